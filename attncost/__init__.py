@@ -1,0 +1,18 @@
+"""attncost: what the attention in a PyTorch model costs, before it runs.
+
+    >>> import attncost
+    >>> a = attncost.analyze("examples/dense_attention.py", seq_len=4096)
+    >>> a.sites[0].flops          # a SymPy expression in N and B
+    >>> a.at(a.flops, seq_len=10**6)
+
+The flow: loader -> tracer -> detect -> symbolic -> analysis -> report -> cli.
+"""
+from .analysis import Analysis, analyze
+from .detect import AttentionSite
+from .errors import AttncostError, ModelError, SpecError
+from .loader import load
+from .tracer import B, N, trace
+
+__all__ = ["Analysis", "AttentionSite", "AttncostError", "ModelError", "SpecError", "B", "N",
+           "analyze", "load", "trace"]
+__version__ = "0.1.0"

@@ -1,0 +1,384 @@
+"""Find the attention sites in a traced graph by pattern, not by name.
+
+Two patterns are recognised on the aten graph (a networkx view of it):
+
+* a fused attention call (``scaled_dot_product_attention`` in any of its aten
+  forms, FlexAttention);
+* the unfused chain ``Q·Kᵀ -> (scale, mask, bias) -> softmax over keys -> ·V``:
+  a matrix product whose output, through elementwise ops only, is the input
+  of a softmax taken over the axis that the next product contracts.
+
+Heads, KV heads and head_dim come from shapes; causality, windows and
+sparsity from the mask, evaluated on concrete data at a small length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import sympy
+import torch
+import torch.fx as fx
+
+from . import masks
+from .symbolic import FLEX_ATTENTION, FUSED_ATTENTION_OPS, is_view, node_flops, tensor_bytes
+from .tracer import B, N, TracedModel
+
+aten = torch.ops.aten
+
+SOFTMAX_OPS = frozenset(
+    getattr(aten, n) for n in ("_softmax", "softmax", "_safe_softmax") if hasattr(aten, n)
+)
+MATMUL_OPS = frozenset({aten.bmm, aten.mm, aten.baddbmm, aten.addmm})
+
+#: Ops that may sit between Q·Kᵀ and the softmax (scale, mask, bias, casts).
+SCORE_OPS = frozenset(
+    getattr(aten, n) for n in (
+        "div", "mul", "add", "sub", "masked_fill", "where", "_to_copy", "clone", "neg",
+        "tanh", "clamp", "contiguous", "masked_fill_", "add_", "div_", "mul_", "to",
+    ) if hasattr(aten, n)
+)
+#: Ops that may sit between the softmax and ·V (dropout, casts).
+PROB_OPS = frozenset(
+    getattr(aten, n) for n in (
+        "_to_copy", "clone", "native_dropout", "dropout", "mul", "div", "masked_fill",
+        "where", "contiguous", "to",
+    ) if hasattr(aten, n)
+)
+
+
+@dataclass
+class AttentionSite:
+    """One attention computation in the model, with its cost in N and B."""
+
+    name: str
+    layer: str
+    variant: str  # dense | local | sparse | linear
+    implementation: str
+    causal: bool
+    heads: int
+    kv_heads: int
+    head_dim: int
+    window: int | None
+    query_len: sympy.Expr
+    key_len: sympy.Expr
+    flops: sympy.Expr
+    useful_flops: sympy.Expr
+    memory_bytes: sympy.Expr
+    complexity: str
+    density: float | None = None
+    mask: str | None = None  # none | causal | window | pattern | unknown
+    nodes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flops_per_head(self) -> sympy.Expr:
+        return sympy.expand(self.flops / self.heads)
+
+
+def _packet(node: fx.Node):
+    return getattr(node.target, "overloadpacket", node.target)
+
+
+def _schema_args(node: fx.Node) -> dict[str, Any]:
+    """A node's arguments by name, defaults filled in from the op's schema."""
+    schema = getattr(node.target, "_schema", None)
+    out: dict[str, Any] = {}
+    if schema is None:
+        return out
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            out[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            out[arg.name] = node.kwargs[arg.name]
+        elif arg.has_default_value():
+            out[arg.name] = arg.default_value
+    return out
+
+
+def _as_int(expr: sympy.Expr) -> int | None:
+    expr = sympy.simplify(expr)
+    return int(expr) if expr.is_Integer else None
+
+
+def layer_of(path: str) -> str:
+    """The repeated block a module belongs to: the path up to its last index
+    (``model.layers.3.self_attn`` -> ``model.layers.3``)."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i].isdigit():
+            return ".".join(parts[: i + 1])
+    return path
+
+
+def to_nx(gm: fx.GraphModule) -> nx.DiGraph:
+    """The fx graph as a networkx DiGraph of node names (edges: data flow)."""
+    g = nx.DiGraph()
+    for node in gm.graph.nodes:
+        g.add_node(node.name, node=node)
+        for inp in node.all_input_nodes:
+            g.add_edge(inp.name, node.name)
+    return g
+
+
+def _expand_ratio(traced: TracedModel, start: fx.Node, limit: int = 12) -> sympy.Expr:
+    """How many times the K (or V) operand was repeated on its way to the
+    product: the product of numel ratios of the expands it went through."""
+    ratio = sympy.Integer(1)
+    node = start
+    for _ in range(limit):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            break
+        if _packet(node) is aten.expand:
+            src, dst = traced.shape(node.args[0]), traced.shape(node)
+            if src is not None and dst is not None:
+                ratio *= sympy.Mul(*dst) / sympy.Mul(*src)
+        if not (is_view(node) or _packet(node) in (aten.clone, aten._to_copy, aten.contiguous)):
+            break
+        node = node.args[0]
+    return sympy.simplify(ratio)
+
+
+def _rows_split(traced, rows: sympy.Expr) -> tuple[int, sympy.Expr]:
+    """Split score rows (B·H·N_q) into heads H and query length N_q."""
+    per_batch = sympy.simplify(rows / B) if B in rows.free_symbols else rows
+    coeff, rest = sympy.factor(per_batch).as_coeff_Mul()
+    if coeff.is_Integer and coeff > 0:
+        return int(coeff), rest
+    return 1, per_batch
+
+
+class Detector:
+    """Finds attention sites in one traced model."""
+
+    def __init__(self, traced: TracedModel, loaded=None, seq_len: int | None = None):
+        self.traced = traced
+        self.loaded = loaded
+        self.seq_len = seq_len or traced.seq_len_hint
+        self.graph = to_nx(traced.graph_module)
+        self.nodes = {n.name: n for n in traced.graph_module.graph.nodes}
+
+    def sites(self) -> list[AttentionSite]:
+        found = []
+        for node in self.traced.graph_module.graph.nodes:
+            if node.op != "call_function":
+                continue
+            if node.target in FUSED_ATTENTION_OPS or _packet(node) in FUSED_ATTENTION_OPS:
+                found.append(self._fused(node))
+            elif _packet(node) in SOFTMAX_OPS:
+                site = self._unfused(node)
+                if site is not None:
+                    found.append(site)
+        return found
+
+    # ------------------------------------------------------------ fused
+
+    def _fused(self, node: fx.Node) -> AttentionSite:
+        t = self.traced
+        if node.target is FLEX_ATTENTION:
+            q, k, v = node.args[:3]
+            args: dict[str, Any] = {}
+            impl = "flex"
+        else:
+            args = _schema_args(node)
+            q, k, v = args.get("query", node.args[0]), args.get("key", node.args[1]), \
+                args.get("value", node.args[2])
+            impl = "sdpa"
+        qs, ks, vs = t.shape(q), t.shape(k), t.shape(v)
+        if _packet(node) in (aten._flash_attention_forward, aten._efficient_attention_forward):
+            qs, ks, vs = [(s[0], s[2], s[1], s[3]) for s in (qs, ks, vs)]
+        heads = _as_int(qs[1]) or 1
+        kv_direct = _as_int(ks[1]) or heads
+        ratio = _as_int(_expand_ratio(t, k)) or 1
+        kv_heads = max(1, kv_direct // ratio) if kv_direct % ratio == 0 else kv_direct
+        head_dim = _as_int(qs[-1]) or 0
+        flops = node_flops(t, node)
+        causal = bool(args.get("is_causal", False))
+        mask_node = args.get("attn_mask")
+        pattern = None
+        if isinstance(mask_node, fx.Node):
+            pattern = masks.pattern_of(self, mask_node, polarity="allowed")
+        elif causal:
+            pattern = masks.MaskPattern.causal_mask()
+        else:
+            pattern = masks.MaskPattern.full()
+        return self._site(node, impl, heads, kv_heads, head_dim, qs[-2], ks[-2], flops,
+                          pattern, nodes=[node.name], mem_nodes=[node])
+
+    # ---------------------------------------------------------- unfused
+
+    def _unfused(self, softmax: fx.Node) -> AttentionSite | None:
+        t = self.traced
+        shape = t.shape(softmax)
+        if shape is None or len(shape) < 2:
+            return None
+        dim = softmax.args[1] if len(softmax.args) > 1 else -1
+        dim = dim % len(shape)
+        n_keys = shape[dim]
+        qk, mask_inputs, score_path = self._walk_back(softmax.args[0])
+        if qk is None:
+            return None
+        qk_shape = t.shape(qk)
+        # The softmax must be over the keys: the axis the Q·Kᵀ product produced.
+        if sympy.simplify(qk_shape[-1] - n_keys) != 0 or dim != len(shape) - 1:
+            return None
+        pv, prob_path = self._walk_forward(softmax)
+        if pv is None:
+            return None
+        p_operand = pv.args[1] if _packet(pv) in (aten.baddbmm, aten.addmm) else pv.args[0]
+        pv_a = t.shape(p_operand)
+        if pv_a is None or sympy.simplify(pv_a[-1] - n_keys) != 0:
+            return None
+        rows = sympy.Mul(*shape) / n_keys
+        heads, n_q = _rows_split(t, rows)
+        a_op = 1 if _packet(qk) in (aten.baddbmm, aten.addmm) else 0
+        head_dim = _as_int(t.shape(qk.args[a_op])[-1]) or 0
+        k_operand = qk.args[a_op + 1]
+        ratio = _as_int(_expand_ratio(t, k_operand)) or 1
+        kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
+        flops = sympy.expand(node_flops(t, qk) + node_flops(t, pv))
+        if mask_inputs:
+            pattern = masks.combine([masks.pattern_of(self, m, polarity=p) for m, p in mask_inputs])
+        else:
+            pattern = masks.MaskPattern.full()
+        unfold = any(_packet(self.nodes[n]) is aten.unfold
+                     for n in nx.ancestors(self.graph, k_operand.name))
+        impl = "unfold" if unfold else ("masked" if pattern.kind == "pattern" else "unfused")
+        site_nodes = [qk, *score_path, softmax, *prob_path, pv]
+        return self._site(softmax, impl, heads, kv_heads, head_dim, n_q, n_keys, flops, pattern,
+                          nodes=[n.name for n in site_nodes], mem_nodes=site_nodes)
+
+    def _walk_back(self, start: fx.Node, limit: int = 16):
+        """From the softmax input back to the Q·Kᵀ product, collecting the masks
+        and biases applied on the way (with how to read them)."""
+        t = self.traced
+        masks_found: list[tuple[fx.Node, str]] = []
+        path: list[fx.Node] = []
+        node = start
+        for _ in range(limit):
+            if not isinstance(node, fx.Node) or node.op != "call_function":
+                return None, [], []
+            pk = _packet(node)
+            if pk in MATMUL_OPS:
+                return node, masks_found, path
+            if not (pk in SCORE_OPS or is_view(node)):
+                return None, [], []
+            path.append(node)
+            tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+            if pk in (aten.masked_fill, aten.masked_fill_):
+                masks_found.append((node.args[1], "masked_fill"))
+                node = node.args[0]
+            elif pk is aten.where:
+                cond, a, b = node.args[:3]
+                on_a = isinstance(a, fx.Node) and self._reaches_matmul(a)
+                masks_found.append((cond, "allowed" if on_a else "blocked"))
+                node = a if on_a else b
+            elif pk in (aten.add, aten.sub, aten.add_) and len(tensor_args) == 2:
+                main, other = self._main_operand(tensor_args)
+                masks_found.append((other, "additive"))
+                node = main
+            elif tensor_args:
+                node = self._main_operand(tensor_args)[0] if len(tensor_args) > 1 else tensor_args[0]
+            else:
+                return None, [], []
+        return None, [], []
+
+    def _main_operand(self, args: list[fx.Node]) -> tuple[fx.Node, fx.Node]:
+        """Of two operands, the one that carries the scores (reaches Q·Kᵀ)."""
+        a, b = args[0], args[1]
+        if self._reaches_matmul(a):
+            return a, b
+        return b, a
+
+    def _reaches_matmul(self, node: fx.Node, limit: int = 16) -> bool:
+        for _ in range(limit):
+            if not isinstance(node, fx.Node) or node.op != "call_function":
+                return False
+            if _packet(node) in MATMUL_OPS:
+                return True
+            if not (_packet(node) in SCORE_OPS or is_view(node)):
+                return False
+            tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+            if not tensor_args:
+                return False
+            if len(tensor_args) > 1:
+                return any(self._reaches_matmul(a, limit - 1) for a in tensor_args)
+            node = tensor_args[0]
+        return False
+
+    def _walk_forward(self, softmax: fx.Node, limit: int = 8):
+        """From the softmax to the product that applies it to V."""
+        frontier = [(softmax, [])]
+        for _ in range(limit):
+            nxt = []
+            for node, path in frontier:
+                for user in node.users:
+                    pk = _packet(user)
+                    if pk in MATMUL_OPS:
+                        p_idx = 1 if pk in (aten.baddbmm, aten.addmm) else 0
+                        if user.args[p_idx] is node:
+                            return user, path
+                        continue
+                    if pk in PROB_OPS or is_view(user) or user.target is _getitem:
+                        nxt.append((user, path + [user]))
+            frontier = nxt
+            if not frontier:
+                break
+        return None, []
+
+    # -------------------------------------------------------------- site
+
+    def _site(self, node, impl, heads, kv_heads, head_dim, n_q, n_k, flops, pattern,
+              nodes, mem_nodes) -> AttentionSite:
+        t = self.traced
+        name = t.module_path(node)
+        variant, useful, window, complexity = classify(
+            pattern, impl, heads, head_dim, n_q, n_k, flops)
+        memory = sympy.Integer(0)
+        for m in mem_nodes:
+            if not is_view(m) and m.op == "call_function":
+                memory += tensor_bytes(t, m)
+        notes = list(pattern.notes)
+        return AttentionSite(
+            name=name or "<root>", layer=layer_of(name) or "<root>", variant=variant,
+            implementation=impl, causal=pattern.causal, heads=heads, kv_heads=kv_heads,
+            head_dim=head_dim, window=window, query_len=n_q, key_len=n_k,
+            flops=flops, useful_flops=useful, memory_bytes=sympy.expand(memory),
+            complexity=complexity, density=pattern.density, mask=pattern.kind,
+            nodes=nodes, notes=notes)
+
+
+_getitem = __import__("operator").getitem
+
+
+def classify(pattern, impl, heads, head_dim, n_q, n_k, flops):
+    """Variant, useful FLOPs, window and complexity class of a site, from its
+    mask pattern and its query/key lengths, by the canonical formulas."""
+    from .variants import SYMBOLS, formula
+
+    values = {SYMBOLS["B"]: B, SYMBOLS["H"]: heads, SYMBOLS["N"]: n_q, SYMBOLS["M"]: n_k,
+              SYMBOLS["d"]: head_dim}
+    keys_grow = N in sympy.sympify(n_k).free_symbols
+    if not keys_grow and N in sympy.sympify(n_q).free_symbols:
+        # Each query sees a fixed number of keys: a local window (unfold) or
+        # a fixed key set; the work is linear in N as written.
+        w = _as_int(n_k)
+        f = formula("local")
+        # As written each query meets all w keys of its window (padding too).
+        useful = flops
+        variant = "local" if impl == "unfold" or pattern.kind == "full" else "dense"
+        return variant, useful, w, f.complexity
+    if pattern.kind == "causal":
+        f = formula("causal_dense")
+        return "dense", sympy.expand(f.useful_flops.xreplace(values)), None, f.complexity
+    if pattern.kind == "window" and pattern.window:
+        f = formula("local")
+        useful = masks.window_useful_flops(pattern, values)
+        return "local", useful, pattern.window, f.complexity
+    if pattern.kind == "pattern" and pattern.density is not None:
+        f = formula("sparse")
+        useful = masks.pattern_useful_flops(pattern, flops)
+        return "sparse", useful, None, f.complexity
+    f = formula("dense")
+    return "dense", flops, None, f.complexity

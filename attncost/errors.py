@@ -1,0 +1,13 @@
+"""Errors that mean the user's input is wrong: the CLI turns them into exit 2."""
+
+
+class AttncostError(Exception):
+    """Bad input: a message that says what is wrong and what to do."""
+
+
+class ModelError(AttncostError):
+    """The model file, config or the model itself cannot be used."""
+
+
+class SpecError(AttncostError):
+    """A GPU or variant spec file is malformed or names something unknown."""
