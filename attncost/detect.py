@@ -219,6 +219,10 @@ class Detector:
         qk, mask_inputs, score_path = self._walk_back(softmax.args[0])
         if qk is None:
             return None
+        a_op = 1 if _packet(qk) in (aten.baddbmm, aten.addmm) else 0
+        # Scores and values come from activations; a product with a weight is a layer.
+        if any(self._is_weight(x) for x in qk.args[a_op:a_op + 2]):
+            return None
         qk_shape = t.shape(qk)
         # The softmax must be over the keys: the axis the Q·Kᵀ product produced.
         if sympy.simplify(qk_shape[-1] - n_keys) != 0 or dim != len(shape) - 1:
@@ -227,12 +231,13 @@ class Detector:
         if pv is None:
             return None
         p_operand = pv.args[1] if _packet(pv) in (aten.baddbmm, aten.addmm) else pv.args[0]
+        if self._is_weight(pv.args[-1]):
+            return None
         pv_a = t.shape(p_operand)
         if pv_a is None or sympy.simplify(pv_a[-1] - n_keys) != 0:
             return None
         rows = sympy.Mul(*shape) / n_keys
         heads, n_q = _rows_split(t, rows)
-        a_op = 1 if _packet(qk) in (aten.baddbmm, aten.addmm) else 0
         head_dim = _as_int(t.shape(qk.args[a_op])[-1]) or 0
         k_operand = qk.args[a_op + 1]
         ratio = _as_int(_expand_ratio(t, k_operand)) or 1
@@ -248,6 +253,19 @@ class Detector:
         site_nodes = [qk, *score_path, softmax, *prob_path, pv]
         return self._site(softmax, impl, heads, kv_heads, head_dim, n_q, n_keys, flops, pattern,
                           nodes=[n.name for n in site_nodes], mem_nodes=site_nodes)
+
+    def _is_weight(self, node, limit: int = 12) -> bool:
+        """Is this operand a parameter or buffer (seen through views)?"""
+        for _ in range(limit):
+            if not isinstance(node, fx.Node):
+                return False
+            if node.op == "placeholder":
+                return self.traced.placeholder_kinds.get(node.name) in ("parameter", "buffer")
+            if node.op != "call_function" or not (
+                    is_view(node) or _packet(node) in (aten._to_copy, aten.clone)):
+                return False
+            node = node.args[0]
+        return False
 
     def _walk_back(self, start: fx.Node, limit: int = 16):
         """From the softmax input back to the Q·Kᵀ product, collecting the masks

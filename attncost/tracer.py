@@ -221,11 +221,11 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     params: dict[str, torch.Tensor] = {}
     kinds: dict[str, str] = {}
     with mode:
-        for name, p in model.named_parameters(remove_duplicate=False):
+        for name, p in model.named_parameters():
             params[name] = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype,
                                                device=loaded.trace_device)
             kinds[name] = "parameter"
-        for name, b in model.named_buffers(remove_duplicate=False):
+        for name, b in model.named_buffers():
             params[name] = torch.empty_strided(b.shape, b.stride(), dtype=b.dtype,
                                                device=loaded.trace_device)
             kinds[name] = "buffer"
