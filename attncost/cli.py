@@ -121,7 +121,26 @@ def _run_analysis(model, seq_len, batch, dtype, device, attn_implementation, kv_
                    attn_implementation=attn_implementation, kv_cache=kv_cache)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class AttncostGroup(click.Group):
+    """Usage errors in two lines on stderr, exit status 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            _stderr(exc.format_message())
+            cmd = exc.ctx.command_path if exc.ctx else "attncost"
+            click.echo(f"attncost: see '{cmd} --help'", err=True)
+            sys.exit(2)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            sys.exit(1)
+
+
+@click.group(cls=AttncostGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="attncost")
 def main():
     """What the attention in a PyTorch model costs, as formulas in the sequence length N."""

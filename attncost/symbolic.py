@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import math
+
 import sympy
 import torch
 import torch.fx as fx
@@ -204,16 +206,27 @@ def leading_term(expr: sympy.Expr, symbol: sympy.Symbol) -> sympy.Expr:
     expr = sympy.expand(expr)
     if expr == 0 or symbol not in expr.free_symbols:
         return expr
-    poly = sympy.Poly(expr, symbol)
+    try:
+        poly = sympy.Poly(expr, symbol)
+    except sympy.PolynomialError:  # floor division and the like: no single term leads
+        return expr
     deg = poly.degree()
     return sympy.expand(poly.coeff_monomial(symbol**deg) * symbol**deg)
 
 
 def degree(expr: sympy.Expr, symbol: sympy.Symbol) -> int:
+    """Degree in ``symbol``; for a non-polynomial (floor division), the growth
+    rate measured between two large values."""
     expr = sympy.expand(expr)
     if symbol not in expr.free_symbols:
         return 0
-    return int(sympy.Poly(expr, symbol).degree())
+    try:
+        return int(sympy.Poly(expr, symbol).degree())
+    except sympy.PolynomialError:
+        other = {s: 1 for s in expr.free_symbols if s != symbol}
+        lo = float(expr.xreplace({**other, symbol: 2**20}))
+        hi = float(expr.xreplace({**other, symbol: 2**21}))
+        return round(math.log2(hi / lo)) if lo > 0 else 0
 
 
 def evaluate(expr: sympy.Expr, **values: int) -> int:

@@ -1,0 +1,66 @@
+"""Time `attncost analyze` against FlopCounterMode under FakeTensorMode.
+
+Both run as whole processes (imports included), alternating, on the
+22-layer TinyLlama-shaped config in examples/tinyllama, at one length.
+Prints each run and the median ratio attncost / FlopCounterMode.
+
+    python benchmarks/bench_analyze.py [--repeats 5] [--seq-len 4k]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "examples" / "tinyllama"
+
+FLOPCOUNTER = r"""
+import sys, json, torch, transformers
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
+raw = json.load(open(sys.argv[1] + "/config.json"))
+config = transformers.AutoConfig.for_model(**raw)
+n = int(sys.argv[2])
+with FakeTensorMode():
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
+                                                          dtype=torch.bfloat16).eval()
+    ids = torch.zeros(1, n, dtype=torch.long)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(input_ids=ids, use_cache=False)
+print(fc.get_total_flops())
+"""
+
+
+def run(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seq-len", default="4096")
+    args = ap.parse_args()
+    n = args.seq_len
+    n_int = int(n[:-1]) * 1024 if n.endswith("k") else int(n)
+    ours = [sys.executable, "-m", "attncost.cli", "analyze", str(CONFIG), "--seq-len", n,
+            "--format", "json", "--no-kv-cache"]
+    theirs = [sys.executable, "-c", FLOPCOUNTER, str(CONFIG), str(n_int)]
+    t_ours, t_theirs = [], []
+    for i in range(args.repeats):
+        t_theirs.append(run(theirs))
+        t_ours.append(run(ours))
+        print(f"run {i + 1}: attncost {t_ours[-1]:.2f} s, FlopCounterMode {t_theirs[-1]:.2f} s, "
+              f"ratio {t_ours[-1] / t_theirs[-1]:.2f}", flush=True)
+    ratios = [a / b for a, b in zip(t_ours, t_theirs)]
+    print(f"median: attncost {statistics.median(t_ours):.2f} s, FlopCounterMode "
+          f"{statistics.median(t_theirs):.2f} s, ratio {statistics.median(ratios):.2f} (target <= 2)")
+
+
+if __name__ == "__main__":
+    main()

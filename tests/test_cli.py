@@ -1,0 +1,127 @@
+"""The command line: output formats, and bad input ending with exit 2, no traceback."""
+import json
+
+import pytest
+import sympy
+from click.testing import CliRunner
+
+from attncost.cli import main, parse_length
+from conftest import MODELS
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_parse_length_suffixes():
+    assert parse_length("4k") == 4096
+    assert parse_length("128k") == 131072
+    assert parse_length("1M") == 1048576
+    assert parse_length("32768") == 32768
+
+
+def test_analyze_json_contract():
+    result = run("analyze", MODELS / "causal_unfused.py", "--seq-len", "2k", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["seq_len"] == 2048 and data["batch"] == 1 and data["device"] == "cuda"
+    syms = {"N": sympy.Symbol("N"), "B": sympy.Symbol("B")}
+    site = data["sites"][0]
+    for key in ("flops", "useful_flops", "flops_per_head", "memory_bytes"):
+        expr = sympy.sympify(site[key]["expr"], locals=syms)
+        assert expr.free_symbols <= set(syms.values())
+        assert int(expr.subs({syms["N"]: 2048, syms["B"]: 1})) == site[key]["value"]
+    # by hand: 3 heads of 16, Q·Kᵀ and P·V each 2·N²·d per head
+    assert site["flops"]["value"] == 2 * 2 * 3 * 2048 * 2048 * 16
+    for key in ("flops", "attention_flops"):
+        expr = sympy.sympify(data["totals"][key]["expr"], locals=syms)
+        assert int(expr.subs({syms["N"]: 2048, syms["B"]: 1})) == data["totals"][key]["value"]
+
+
+@pytest.mark.parametrize("fmt", ["table", "yaml", "markdown"])
+def test_other_formats(fmt):
+    result = run("analyze", MODELS / "dense_unfused.py", "--seq-len", "1k", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    assert "layers" in result.stdout
+
+
+def test_model_without_attention_reports_zero_sites():
+    result = run("analyze", MODELS / "mlp_only.py", "--seq-len", "128", "--format", "json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["sites"] == []
+
+
+def _bad(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("case", ["missing", "no_model", "raises", "syntax", "bad_json",
+                                  "not_config", "zero_len", "negative_len", "bad_len",
+                                  "no_inputs", "returns_other"])
+def test_bad_input_exits_2_without_traceback(tmp_path, case):
+    seq = "64"
+    if case == "missing":
+        target = tmp_path / "nope.py"
+    elif case == "no_model":
+        target = _bad(tmp_path, "m.py", "x = 1\n")
+    elif case == "raises":
+        target = _bad(tmp_path, "m.py", "import torch\nclass M(torch.nn.Module):\n"
+                      "    def forward(self, x):\n        raise RuntimeError('boom')\n"
+                      "def build_model():\n    return M()\n"
+                      "def example_inputs(n, batch=1):\n    return (torch.randn(batch, n),)\n")
+    elif case == "syntax":
+        target = _bad(tmp_path, "m.py", "def build_model(:\n")
+    elif case == "bad_json":
+        target = _bad(tmp_path, "config.json", "{not json")
+    elif case == "not_config":
+        target = _bad(tmp_path, "config.json", '{"hidden_size": 3}')
+    elif case == "no_inputs":
+        target = _bad(tmp_path, "m.py", "import torch\ndef build_model():\n"
+                      "    return torch.nn.Linear(4, 4)\n")
+    elif case == "returns_other":
+        target = _bad(tmp_path, "m.py", "def build_model():\n    return 3\n")
+    else:
+        target = MODELS / "dense_unfused.py"
+        seq = {"zero_len": "0", "negative_len": "-5", "bad_len": "lots"}[case]
+    before = target.read_text() if target.exists() else None
+    result = run("analyze", target, "--seq-len", seq)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    err = result.stderr.strip().splitlines()
+    assert 1 <= len(err) <= 3, err
+    if before is not None:
+        assert target.read_text() == before
+        assert not (target.parent / "__pycache__").exists()
+
+
+def test_debug_shows_traceback(tmp_path):
+    target = _bad(tmp_path, "m.py", "x = 1\n")
+    result = run("analyze", target, "--seq-len", "64", "--debug")
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr
+
+
+def test_branch_on_length_states_the_range(tmp_path):
+    target = _bad(tmp_path, "m.py", """
+import torch
+class M(torch.nn.Module):
+    def forward(self, q):
+        if q.shape[1] > 2048:
+            q = q[:, ::2]
+        return torch.softmax(q @ q.transpose(-1, -2), -1) @ q
+def build_model():
+    return M()
+def example_inputs(n, batch=1):
+    return (torch.randn(batch, n, 16),)
+""")
+    result = run("analyze", target, "--seq-len", "1k", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["valid_for"] == "2 <= N <= 2048" or data["valid_for"] == "1 <= N <= 2048"
+    result = run("analyze", target, "--seq-len", "4k", "--format", "json")
+    data = json.loads(result.stdout)
+    assert data["valid_for"] == "N >= 2049"
+    # the long branch halves the sequence: (N/2)² scores of 16, twice
+    assert data["sites"][0]["flops"]["value"] == 2 * 2 * 2048 * 2048 * 16
