@@ -16,6 +16,8 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_flatten
 
+from .tracer import B, N
+
 #: Largest length at which a mask is evaluated (its N×N entries are built).
 MAX_EVAL_LEN = 4096
 
@@ -128,11 +130,19 @@ def evaluate_node(detector, target: fx.Node, n_eval: int):
     traced = detector.traced
     loaded = detector.loaded
     gm = traced.graph_module
+    batch = 2
+    sizes = {N: n_eval, B: batch}
     needed: set[fx.Node] = set()
+    scalars: dict[fx.Node, int] = {}
     stack = [target]
     while stack:
         n = stack.pop()
-        if n in needed:
+        if n in needed or n in scalars:
+            continue
+        val = n.meta.get("val")
+        if n is not target and isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
+            # A size read off a tensor: known from the shapes alone.
+            scalars[n] = int(traced.expr(val).xreplace(sizes))
             continue
         needed.add(n)
         stack.extend(n.all_input_nodes)
@@ -142,7 +152,6 @@ def evaluate_node(detector, target: fx.Node, n_eval: int):
             raise _CannotEvaluate(f"it depends on the model's {traced.placeholder_kinds[p.name]}s")
     if loaded is None:
         raise _CannotEvaluate("no inputs to evaluate it on")
-    batch = max(2, traced.batch_hint if traced.batch_hint <= 2 else 2)
     with torch.device("cpu"):
         inputs = loaded.example_inputs(n_eval, batch)
     flat, _ = tree_flatten(inputs)
@@ -151,7 +160,7 @@ def evaluate_node(detector, target: fx.Node, n_eval: int):
         raise _CannotEvaluate("inputs do not line up with the graph")
     # Placeholders for non-tensor leaves are not in the graph: match by position of tensors.
     tensors = [x for x in flat if isinstance(x, torch.Tensor)] if len(input_nodes) != len(flat) else flat
-    env: dict[fx.Node, object] = {}
+    env: dict[fx.Node, object] = dict(scalars)
     sub = fx.Graph()
     feeds = {}
     for node, value in zip(input_nodes, tensors):

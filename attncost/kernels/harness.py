@@ -228,6 +228,11 @@ def _inputs(batch, heads, kv_heads, n, head_dim, dtype, device, seed=0):
     return q, k, v
 
 
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def _seconds(fn: Callable[[], object]) -> float:
     """Median seconds of one call: CUDA events, after warm-up, L2 flushed."""
     import triton.testing
@@ -273,8 +278,12 @@ def fit_exponent(seq_lens: list[int], seconds: list[float]) -> float | None:
 
 
 def _validate_variant(variant: _Variant, *, device: str, dtype: torch.dtype, batch: int, heads: int,
-                      head_dim: int, seq_lens: list[int], say: Callable[[str], None]) -> dict:
+                      head_dim: int, seq_lens: list[int], say: Callable[[str], None],
+                      timer: Callable | None = None, peak_meter: Callable | None = None) -> dict:
+    """Correctness checks, then (on CUDA, or wherever a timer is given) the sweep over N."""
     name = variant.name
+    timer = timer or (_seconds if device == "cuda" else None)
+    peak_meter = peak_meter or (_peak_bytes if device == "cuda" else None)
     spec = formula(name)
     dtype_name = str(dtype).replace("torch.", "")
     elem = torch.empty((), dtype=dtype).element_size()
@@ -340,7 +349,7 @@ def _validate_variant(variant: _Variant, *, device: str, dtype: torch.dtype, bat
     say(f"{name}: max abs error {result['max_abs_error']:.3g} (tolerance {result['tolerance']:g})"
         f" -> {'correct' if result['correct'] else 'WRONG'}")
 
-    if device == "cpu":
+    if timer is None:
         result["settings"].update({k: CPU_CHECK[k] for k in ("batch", "heads", "kv_heads", "head_dim")})
         result["ok"] = result["correct"]
         return result
@@ -354,9 +363,9 @@ def _validate_variant(variant: _Variant, *, device: str, dtype: torch.dtype, bat
             values = {**base_symbols, **variant.symbols(n, extras), "N": n}
             call = lambda: variant.run(q, k, v, extras, use_tma=use_tma)  # noqa: E731
             call()  # autotune and compile outside the timing
-            torch.cuda.synchronize()
-            seconds = _seconds(call)
-            peak = _peak_bytes(call, q.nbytes + k.nbytes + v.nbytes)
+            _synchronize(device)
+            seconds = timer(call)
+            peak = peak_meter(call, q.nbytes + k.nbytes + v.nbytes)
             flops = spec.evaluate("flops", **values)
             useful = spec.evaluate("useful_flops", **values)
             predicted_bytes = spec.evaluate("memory_bytes", **values)
@@ -382,7 +391,8 @@ def _validate_variant(variant: _Variant, *, device: str, dtype: torch.dtype, bat
         finally:
             q = k = v = extras = call = None  # noqa: F841
             gc.collect()
-            torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.empty_cache()
         result["points"].append(point)
 
     timed = [p for p in result["points"] if "seconds" in p]
