@@ -29,6 +29,44 @@ def value_of(expr: sympy.Expr, seq_len: int, batch: int) -> int:
 
 
 @dataclass
+class QuadraticTensor:
+    """An intermediate whose size grows as N² (a mask, a bias, a score matrix)."""
+
+    node: str
+    op: str
+    layer: str
+    shape: tuple
+    dtype: str
+    bytes: sympy.Expr
+    in_site: bool  # part of an attention site's own computation
+
+
+def quadratic_tensors(traced: TracedModel, sites: list[AttentionSite]) -> list[QuadraticTensor]:
+    """Every allocated tensor whose bytes are of degree >= 2 in N."""
+    from .detect import layer_of
+    from .symbolic import degree, is_view, tensor_bytes
+
+    site_nodes = {n for s in sites for n in s.nodes}
+    out = []
+    for node in traced.graph_module.graph.nodes:
+        if node.op != "call_function" or is_view(node):
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        size = tensor_bytes(traced, node)
+        if degree(size, N) < 2:
+            continue
+        path = traced.module_path(node)
+        out.append(QuadraticTensor(
+            node=node.name, op=str(getattr(node.target, "__name__", node.target)),
+            layer=layer_of(path) or "<root>", shape=traced.shape(node),
+            dtype=str(val.dtype).replace("torch.", ""), bytes=size,
+            in_site=node.name in site_nodes))
+    return out
+
+
+@dataclass
 class Analysis:
     """What the attention of one model costs, for every N the trace holds for."""
 
@@ -47,6 +85,7 @@ class Analysis:
     attn_implementation: str | None = None
     kv_cache: bool = False
     memory: Any = None
+    quadratic: list[QuadraticTensor] = field(default_factory=list)
     traced: TracedModel | None = field(default=None, repr=False)
     loaded: LoadedModel | None = field(default=None, repr=False)
 
@@ -62,6 +101,19 @@ class Analysis:
         """Evaluate one of this analysis' expressions (default: the requested N, B)."""
         return value_of(expr, self.seq_len if seq_len is None else seq_len,
                         self.batch if batch is None else batch)
+
+    @property
+    def subquadratic(self) -> bool:
+        """Does every site need less than N² work (local, sparse, linear)?"""
+        from .symbolic import degree
+
+        return bool(self.sites) and all(degree(s.useful_flops, N) < 2 or s.variant != "dense"
+                                        for s in self.sites) and any(
+            s.variant in ("local", "sparse", "linear") for s in self.sites)
+
+    def hidden_quadratics(self) -> list[QuadraticTensor]:
+        """N² tensors in a model whose attention needs less than N² work."""
+        return list(self.quadratic) if self.subquadratic else []
 
     def valid_for(self) -> str | None:
         """The range of N the formulas hold for, when a branch narrowed it."""
@@ -90,7 +142,9 @@ class Analysis:
                 "memory_bytes": ev(s.memory_bytes),
                 "complexity": s.complexity,
                 "query_len": str(s.query_len), "key_len": str(s.key_len),
-                "mask": s.mask, "density": s.density, "notes": list(s.notes),
+                "mask": s.mask, "density": s.density, "feature_dim": s.feature_dim,
+                "formula": s.formula, "matches_formula": s.matches_formula,
+                "notes": list(s.notes),
             })
         totals = {
             "flops": ev(self.flops),
@@ -100,12 +154,18 @@ class Analysis:
             "peak_memory_bytes": ev(self.peak_memory_bytes) if self.peak_memory_bytes is not None else None,
             "leading_term": str(leading_term(self.flops, N)),
         }
+        quadratic = [{
+            "node": q.node, "op": q.op, "layer": q.layer, "shape": [str(x) for x in q.shape],
+            "dtype": q.dtype, "bytes": ev(q.bytes), "in_attention_site": q.in_site,
+        } for q in self.quadratic]
         return {
             "model": self.model, "seq_len": self.seq_len, "batch": self.batch,
             "dtype": self.dtype, "device": self.device,
             "attn_implementation": self.attn_implementation,
             "sites": sites, "totals": totals,
             "valid_for": self.valid_for(), "guards": list(self.guards),
+            "quadratic_tensors": quadratic,
+            "hidden_quadratic": bool(self.hidden_quadratics()),
         }
 
 
@@ -167,4 +227,5 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
         device=device, sites=sites, flops=flops, weight_bytes=int(weight_bytes),
         peak_memory_bytes=peak, n_range=traced.n_range, guards=traced.guards,
         source=loaded.source, attn_implementation=loaded.attn_implementation,
-        kv_cache=loaded.kv_cache, memory=memory, traced=traced, loaded=loaded)
+        kv_cache=loaded.kv_cache, memory=memory, quadratic=quadratic_tensors(traced, sites),
+        traced=traced, loaded=loaded)

@@ -31,6 +31,11 @@ SOFTMAX_OPS = frozenset(
     getattr(aten, n) for n in ("_softmax", "softmax", "_safe_softmax") if hasattr(aten, n)
 )
 MATMUL_OPS = frozenset({aten.bmm, aten.mm, aten.baddbmm, aten.addmm})
+#: Ops that pick keys by index: block-sparse attention written in PyTorch.
+GATHER_OPS = frozenset(
+    getattr(aten, n) for n in ("index", "gather", "index_select", "take_along_dim")
+    if hasattr(aten, n)
+)
 
 #: Ops that may sit between Q·Kᵀ and the softmax (scale, mask, bias, casts).
 SCORE_OPS = frozenset(
@@ -68,7 +73,11 @@ class AttentionSite:
     memory_bytes: sympy.Expr
     complexity: str
     density: float | None = None
-    mask: str | None = None  # none | causal | window | pattern | unknown
+    feature_dim: int | None = None
+    mask: str | None = None
+    #: the canonical formula (specs/variants.yaml) the code executes as written
+    formula: str | None = None
+    matches_formula: bool | None = None  # none | causal | window | pattern | unknown
     nodes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -170,7 +179,89 @@ class Detector:
                 site = self._unfused(node)
                 if site is not None:
                     found.append(site)
-        return found
+        used = {n for s in found for n in s.nodes}
+        for node in self.traced.graph_module.graph.nodes:
+            if node.op == "call_function" and _packet(node) in MATMUL_OPS and node.name not in used:
+                site = self._linear(node, used)
+                if site is not None:
+                    found.append(site)
+                    used.update(site.nodes)
+        order = {n.name: i for i, n in enumerate(self.traced.graph_module.graph.nodes)}
+        return sorted(found, key=lambda s: order[s.nodes[-1]])
+
+    # ----------------------------------------------------------- linear
+
+    def _contraction(self, mm: fx.Node) -> tuple[sympy.Expr, fx.Node, fx.Node] | None:
+        """Contraction length and the two operands of an activation product."""
+        a_op = 1 if _packet(mm) in (aten.baddbmm, aten.addmm) else 0
+        a, b = mm.args[a_op], mm.args[a_op + 1]
+        if self._is_weight(a) or self._is_weight(b):
+            return None
+        shape = self.traced.shape(a)
+        return (shape[-1], a, b) if shape else None
+
+    def _linear(self, state_mm: fx.Node, used: set[str]) -> AttentionSite | None:
+        """Kernelized attention: a product summing over the sequence into a
+        state with no N (phi(K)ᵀV), then applied to every query (phi(Q)·state)."""
+        t = self.traced
+        c = self._contraction(state_mm)
+        out = t.shape(state_mm)
+        if c is None or out is None:
+            return None
+        k_len = sympy.sympify(c[0])
+        if N not in k_len.free_symbols or any(N in sympy.sympify(x).free_symbols for x in out):
+            return None
+        apply_mm = self._state_consumer(state_mm)
+        if apply_mm is None:
+            return None
+        ca = self._contraction(apply_mm)
+        out_apply = t.shape(apply_mm)
+        if ca is None or out_apply is None:
+            return None
+        r = _as_int(ca[0]) or 0
+        d = _as_int(out_apply[-1]) or 0
+        heads, n_q = _rows_split(t, sympy.Mul(*out_apply[:-1]))
+        module = t.module_path(apply_mm)
+        site_nodes = [state_mm, apply_mm]
+        # Normalizers and other activation products of the same module.
+        for node in t.graph_module.graph.nodes:
+            if (node.op == "call_function" and _packet(node) in MATMUL_OPS
+                    and node not in site_nodes and node.name not in used
+                    and t.module_path(node) == module and self._contraction(node) is not None):
+                site_nodes.append(node)
+        flops = sympy.expand(sum((node_flops(t, n) for n in site_nodes), sympy.Integer(0)))
+        from .variants import SYMBOLS, formula
+
+        f = formula("linear")
+        values = {SYMBOLS["B"]: B, SYMBOLS["H"]: heads, SYMBOLS["N"]: n_q, SYMBOLS["d"]: d,
+                  SYMBOLS["r"]: r}
+        useful = sympy.expand(f.useful_flops.xreplace(values))
+        memory = sum((tensor_bytes(t, n) for n in site_nodes), sympy.Integer(0))
+        name = module or "<root>"
+        return AttentionSite(
+            name=name, layer=layer_of(module) or "<root>", variant="linear",
+            implementation="einsum", causal=False, heads=heads, kv_heads=heads, head_dim=d,
+            window=None, query_len=n_q, key_len=k_len, flops=flops, useful_flops=useful,
+            memory_bytes=sympy.expand(memory), complexity=f.complexity, mask=None,
+            nodes=[n.name for n in sorted(site_nodes, key=lambda n: list(self.nodes).index(n.name))],
+            feature_dim=r, formula="linear", matches_formula=sympy.expand(f.flops.xreplace(values) - flops) == 0)
+
+    def _state_consumer(self, state_mm: fx.Node, limit: int = 8) -> fx.Node | None:
+        """The product that applies a sequence-free state to every query."""
+        frontier = [state_mm]
+        for _ in range(limit):
+            nxt = []
+            for node in frontier:
+                for user in node.users:
+                    if _packet(user) in MATMUL_OPS:
+                        out = self.traced.shape(user)
+                        if out and any(N in sympy.sympify(x).free_symbols for x in out):
+                            return user
+                        continue
+                    if is_view(user) or _packet(user) in SCORE_OPS:
+                        nxt.append(user)
+            frontier = nxt
+        return None
 
     # ------------------------------------------------------------ fused
 
@@ -178,8 +269,10 @@ class Detector:
         t = self.traced
         if node.target is FLEX_ATTENTION:
             q, k, v = node.args[:3]
-            args: dict[str, Any] = {}
+            args = {}
             impl = "flex"
+            block_mask = node.args[4] if len(node.args) > 4 else None
+            mask_mod = block_mask[-1] if isinstance(block_mask, tuple) and block_mask else None
         else:
             args = _schema_args(node)
             q, k, v = args.get("query", node.args[0]), args.get("key", node.args[1]), \
@@ -196,8 +289,9 @@ class Detector:
         flops = node_flops(t, node)
         causal = bool(args.get("is_causal", False))
         mask_node = args.get("attn_mask")
-        pattern = None
-        if isinstance(mask_node, fx.Node):
+        if impl == "flex":
+            pattern = masks.pattern_of_mask_mod(self, mask_mod)
+        elif isinstance(mask_node, fx.Node):
             pattern = masks.pattern_of(self, mask_node, polarity="allowed")
         elif causal:
             pattern = masks.MaskPattern.causal_mask()
@@ -247,9 +341,15 @@ class Detector:
             pattern = masks.combine([masks.pattern_of(self, m, polarity=p) for m, p in mask_inputs])
         else:
             pattern = masks.MaskPattern.full()
-        unfold = any(_packet(self.nodes[n]) is aten.unfold
-                     for n in nx.ancestors(self.graph, k_operand.name))
-        impl = "unfold" if unfold else ("masked" if pattern.kind == "pattern" else "unfused")
+        k_ops = {_packet(self.nodes[n]) for n in nx.ancestors(self.graph, k_operand.name)}
+        if aten.unfold in k_ops:
+            impl = "unfold"
+        elif k_ops & GATHER_OPS and N not in sympy.sympify(n_keys).free_symbols:
+            impl = "gather"
+        elif pattern.kind in ("pattern", "window"):
+            impl = "masked"
+        else:
+            impl = "unfused"
         site_nodes = [qk, *score_path, softmax, *prob_path, pv]
         return self._site(softmax, impl, heads, kv_heads, head_dim, n_q, n_keys, flops, pattern,
                           nodes=[n.name for n in site_nodes], mem_nodes=site_nodes)
@@ -351,26 +451,41 @@ class Detector:
               nodes, mem_nodes) -> AttentionSite:
         t = self.traced
         name = t.module_path(node)
-        variant, useful, window, complexity = classify(
-            pattern, impl, heads, head_dim, n_q, n_k, flops)
+        c = classify(pattern, impl, heads, head_dim, n_q, n_k, flops)
         memory = sympy.Integer(0)
         for m in mem_nodes:
             if not is_view(m) and m.op == "call_function":
                 memory += tensor_bytes(t, m)
-        notes = list(pattern.notes)
-        return AttentionSite(
-            name=name or "<root>", layer=layer_of(name) or "<root>", variant=variant,
+        site = AttentionSite(
+            name=name or "<root>", layer=layer_of(name) or "<root>", variant=c.variant,
             implementation=impl, causal=pattern.causal, heads=heads, kv_heads=kv_heads,
-            head_dim=head_dim, window=window, query_len=n_q, key_len=n_k,
-            flops=flops, useful_flops=useful, memory_bytes=sympy.expand(memory),
-            complexity=complexity, density=pattern.density, mask=pattern.kind,
-            nodes=nodes, notes=notes)
-
+            head_dim=head_dim, window=c.window, query_len=n_q, key_len=n_k,
+            flops=flops, useful_flops=c.useful_flops, memory_bytes=sympy.expand(memory),
+            complexity=c.complexity, density=pattern.density, mask=pattern.kind,
+            nodes=nodes, notes=list(pattern.notes), formula=c.as_written,
+            matches_formula=matches_formula(flops, c.as_written, c.values))
+        # FlexAttention skips masked blocks itself: no waste to report.
+        note = waste_note(site, self.seq_len) if impl != "flex" else None
+        if note:
+            site.notes.append(note)
+        return site
 
 _getitem = __import__("operator").getitem
 
 
-def classify(pattern, impl, heads, head_dim, n_q, n_k, flops):
+@dataclass
+class Classification:
+    variant: str
+    useful_flops: sympy.Expr
+    window: int | None
+    complexity: str
+    #: the canonical formula that the code as written executes
+    as_written: str
+    #: values of the canonical formula's symbols for this site
+    values: dict
+
+
+def classify(pattern, impl, heads, head_dim, n_q, n_k, flops) -> Classification:
     """Variant, useful FLOPs, window and complexity class of a site, from its
     mask pattern and its query/key lengths, by the canonical formulas."""
     from .variants import SYMBOLS, formula
@@ -379,24 +494,60 @@ def classify(pattern, impl, heads, head_dim, n_q, n_k, flops):
               SYMBOLS["d"]: head_dim}
     keys_grow = N in sympy.sympify(n_k).free_symbols
     if not keys_grow and N in sympy.sympify(n_q).free_symbols:
-        # Each query sees a fixed number of keys: a local window (unfold) or
-        # a fixed key set; the work is linear in N as written.
-        w = _as_int(n_k)
-        f = formula("local")
-        # As written each query meets all w keys of its window (padding too).
-        useful = flops
-        variant = "local" if impl == "unfold" or pattern.kind == "full" else "dense"
-        return variant, useful, w, f.complexity
+        # Each query meets a fixed number of keys, all of which the code
+        # computes: a window cut out with unfold, blocks gathered by index,
+        # or a fixed context (cross-attention to a few tokens).
+        kept = _as_int(n_k)
+        if impl == "unfold":
+            values[SYMBOLS["w"]] = kept
+            return Classification("local", flops, kept, formula("local").complexity, "local", values)
+        if impl == "gather":
+            values[SYMBOLS["k"]] = kept
+            return Classification("sparse", flops, None, formula("sparse").complexity, "sparse",
+                                  values)
+        return Classification("dense", flops, None, formula("dense").complexity, "dense", values)
     if pattern.kind == "causal":
         f = formula("causal_dense")
-        return "dense", sympy.expand(f.useful_flops.xreplace(values)), None, f.complexity
+        return Classification("dense", sympy.expand(f.useful_flops.xreplace(values)), None,
+                              f.complexity, "dense", values)
     if pattern.kind == "window" and pattern.window:
-        f = formula("local")
-        useful = masks.window_useful_flops(pattern, values)
-        return "local", useful, pattern.window, f.complexity
+        values[SYMBOLS["w"]] = pattern.window
+        return Classification("local", masks.window_useful_flops(pattern, values), pattern.window,
+                              formula("local").complexity, "dense", values)
     if pattern.kind == "pattern" and pattern.density is not None:
-        f = formula("sparse")
-        useful = masks.pattern_useful_flops(pattern, flops)
-        return "sparse", useful, None, f.complexity
-    f = formula("dense")
-    return "dense", flops, None, f.complexity
+        return Classification("sparse", masks.pattern_useful_flops(pattern, flops), None,
+                              formula("sparse").complexity, "dense", values)
+    return Classification("dense", flops, None, formula("dense").complexity, "dense", values)
+
+
+def matches_formula(flops: sympy.Expr, name: str, values: dict) -> bool:
+    """Does the traced count equal the canonical formula of ``name``?"""
+    from .variants import formula
+
+    canonical = formula(name).flops.xreplace(values)
+    return sympy.expand(canonical - flops) == 0
+
+
+def waste_note(site: "AttentionSite", seq_len: int) -> str | None:
+    """A plain-words note when the code computes far more than its pattern needs."""
+    done = value_at(site.flops, seq_len)
+    needed = value_at(site.useful_flops, seq_len)
+    if needed <= 0 or done < WASTE_FACTOR * needed:
+        return None
+    factor = done / needed
+    if site.variant == "sparse":
+        return (f"{site.implementation} sparse attention computes all N×N scores: {factor:.1f}× "
+                "what its pattern needs; a block-sparse kernel would skip them")
+    if site.variant == "local":
+        return (f"the sliding window is applied as a mask over all N×N scores: {factor:.1f}× what "
+                "the window needs; a sliding-window kernel (FlexAttention, flash-attn "
+                "window_size) would skip them")
+    return f"computes {factor:.1f}× the attention its mask lets through"
+
+
+#: Computing this many times the needed work earns a note.
+WASTE_FACTOR = 3
+
+
+def value_at(expr: sympy.Expr, seq_len: int, batch: int = 1) -> int:
+    return int(sympy.sympify(expr).xreplace({N: seq_len, B: batch}))

@@ -91,6 +91,9 @@ def _import_file(p: Path):
     if spec is None or spec.loader is None:
         raise ModelError(f"{p}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
+    # Registered so that code that re-imports it (torch.compile inside
+    # FlexAttention, pickling) finds it.
+    sys.modules[name] = module
     folder = str(p.resolve().parent)
     sys.path.insert(0, folder)
     sys.dont_write_bytecode, old = True, sys.dont_write_bytecode
@@ -178,6 +181,8 @@ def _load_config(cfg_path: Path, given: str, dtype, attn_implementation, kv_cach
     except ImportError as exc:
         raise ModelError("reading a transformers config needs transformers: "
                          "pip install 'attncost[hf]'") from exc
+    # Config sanity warnings (token ids outside a small test vocabulary) are noise here.
+    transformers.logging.set_verbosity_error()
     impl = attn_implementation or "sdpa"
     if impl not in ATTN_IMPLEMENTATIONS:
         raise ModelError(f"unknown attention implementation {impl!r}: use one of "

@@ -120,6 +120,28 @@ def pattern_of(detector, mask: fx.Node, polarity: str) -> MaskPattern:
     return pattern
 
 
+def pattern_of_mask_mod(detector, mask_mod) -> MaskPattern:
+    """The pattern of a FlexAttention mask_mod (a graph of (b, h, q_idx, kv_idx)),
+    evaluated on the grid of positions at a small length."""
+    if mask_mod is None:
+        return MaskPattern.full()
+    fn = mask_mod
+    if isinstance(mask_mod, fx.Node) and mask_mod.op == "get_attr":
+        fn = getattr(detector.traced.graph_module, mask_mod.target)
+    n = _eval_len(detector)
+    q = torch.arange(n).view(n, 1)
+    kv = torch.arange(n).view(1, n)
+    zero = torch.zeros((), dtype=torch.long)
+    try:
+        with torch.no_grad():
+            out = fn(zero, zero, q, kv)
+    except Exception as exc:
+        return MaskPattern("unknown", notes=[f"mask_mod not evaluated: {type(exc).__name__}"])
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    allowed = torch.as_tensor(out).to(torch.bool).expand(n, n)
+    return classify_allowed(allowed.contiguous())
+
+
 class _CannotEvaluate(Exception):
     pass
 

@@ -149,11 +149,22 @@ def _summary_lines(a: Analysis) -> list[str]:
         lines.append(f"formulas valid for {a.valid_for()} (the model branches on the length)")
     if not a.sites:
         lines.append("no attention found in this model")
+    hidden = a.hidden_quadratics()
+    if hidden:
+        biggest = max(hidden, key=lambda q: a.at(q.bytes))
+        total = sum(a.at(q.bytes) for q in hidden)
+        shape = "×".join(str(x) for x in biggest.shape)
+        lines.append(f"hidden quadratic: {len(hidden)} tensor(s) of N² size although the attention "
+                     f"is sub-quadratic, {human_bytes(total)} in all; the largest is a "
+                     f"{biggest.dtype} {biggest.op} of {shape} in {biggest.layer} "
+                     f"({human_bytes(a.at(biggest.bytes))})")
+    by_note: dict[str, list[str]] = {}
     for s in a.sites:
         for note in s.notes:
-            line = f"{s.name}: {note}"
-            if line not in lines:
-                lines.append(line)
+            by_note.setdefault(note, []).append(s.name)
+    for note, names in by_note.items():
+        where = names[0] if len(names) == 1 else f"{len(names)} sites ({names[0]}, ...)"
+        lines.append(f"{where}: {note}")
     return lines
 
 

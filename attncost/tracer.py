@@ -11,6 +11,7 @@ the formulas hold for.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -235,12 +236,17 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
         args = tuple(inputs)
 
     def forward(params, args, kwargs):
-        return functional_call(model, params, args, kwargs)
+        # The outputs as a flat list of tensors: they are what the forward
+        # returns, and so what stays alive after it (logits, a KV cache).
+        return _tensors_of(functional_call(model, params, args, kwargs))
 
     if progress:
         progress("tracing the model with symbolic N")
     try:
-        with torch.no_grad(), _record_module_paths(model), loaded.trace_context():
+        with torch.no_grad(), _record_module_paths(model), loaded.trace_context(), \
+                warnings.catch_warnings():
+            # Warnings about running eagerly on fake data concern the trace, not the model.
+            warnings.simplefilter("ignore")
             gm = make_fx(forward, tracing_mode="symbolic")(params, args, kwargs)
     except ModelError:
         raise
@@ -261,6 +267,31 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
                          seq_len_hint=seq_hint, batch_hint=batch_hint)
     traced.guards, traced.n_range = _guards(traced)
     return traced
+
+
+def _tensors_of(obj, seen=None, depth: int = 0) -> list[torch.Tensor]:
+    """Every tensor reachable from a model's output (tuples, dicts, model
+    outputs, cache objects), each once."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        if id(obj) in seen:
+            return []
+        seen.add(id(obj))
+        return [obj]
+    if depth > 6 or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return []
+    if isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple, set)):
+        items = list(obj)
+    elif hasattr(obj, "__dict__"):
+        items = list(vars(obj).values())
+    else:
+        return []
+    out: list[torch.Tensor] = []
+    for item in items:
+        out.extend(_tensors_of(item, seen, depth + 1))
+    return out
 
 
 def _first_line(exc: Exception) -> str:

@@ -646,13 +646,19 @@ def main(argv=None) -> int:
     report = None
     # One variant at a time, writing after each, so a timeout keeps what finished.
     for name in variants:
-        part = run_validation([name], **common)
+        try:
+            part = run_validation([name], **common)
+        except (ValueError, RuntimeError) as exc:
+            say(f"error: {exc}")
+            return 2
         if report is None:
             report = part
         else:
             report["results"].extend(part["results"])
         if json_path:
-            Path(json_path).write_text(json.dumps(report, indent=2))
+            tmp = Path(json_path + ".tmp")
+            tmp.write_text(json.dumps(report, indent=2))
+            tmp.replace(json_path)
     if plot_path:
         plot_validation(report, plot_path)
         say(f"plot written to {plot_path}")
