@@ -73,8 +73,10 @@ class Allocation:
     bytes: sympy.Expr
     node: fx.Node | None       # the graph node that produced it
     output: int = 0            # which of the node's tensor outputs
-    kind: str = "tensor"       # tensor | kernel workspace (alive only inside its op)
+    kind: str = "tensor"       # tensor | workspace (alive only inside its op)
     label: str = ""
+    #: made inside softmax(fp16, dtype=float32): a CUDA kernel upcasts in place
+    half_softmax: bool = False
 
     def alive_at(self, t: int) -> bool:
         return self.time <= t and (self.death is None or t < self.death)
@@ -109,31 +111,60 @@ class _Candidate:
 
 
 @dataclass
+class _Profile:
+    """Allocations and their peak, from one replay (one batch case)."""
+
+    allocations: list[Allocation]
+    front: list[_Candidate]
+    layer_fronts: dict[str, list[_Candidate]]
+    node_bytes: dict[str, sympy.Expr]
+
+    @property
+    def intermediates(self) -> sympy.Expr:
+        return _max_expr([c.terms for c in self.front])
+
+    def intermediate_at(self, n: int, b: int) -> int:
+        return max((_eval_terms(c.terms, n, b) for c in self.front), default=0)
+
+
+@dataclass
 class MemoryModel:
-    """Peak memory of one no-grad forward on ``device``, in N and B."""
+    """Peak memory of one no-grad forward on ``device``, in N and B.
+
+    Eager PyTorch views where it would copy for a batch of one (merging a
+    size-1 batch dim into the rows of a matmul), so B = 1 may have a profile
+    of its own; expressions then read ``Piecewise((at B=1, Eq(B, 1)), (else, True))``.
+    """
 
     device: str
     weight_bytes: int
     input_bytes: sympy.Expr
-    #: live intermediates at the candidate peak points (pruned: none dominates another)
-    intermediate_candidates: list[sympy.Expr]
+    #: weights + buffers + inputs + peak of live intermediates
     peak_bytes: sympy.Expr
+    #: peak of live intermediates alone
+    intermediate_bytes: sympy.Expr
     #: layer -> peak of live intermediates while that layer's ops run
     layer_peak_bytes: dict[str, sympy.Expr]
-    allocations: list[Allocation]
     #: "eager replay" or "graph last use"
     liveness: str
     n_range: tuple[int, int | None] = (1, None)
     notes: list[str] = field(default_factory=list)
-    _front: list[_Candidate] = field(default_factory=list, repr=False)
-    _node_bytes: dict[str, sympy.Expr] = field(default_factory=dict, repr=False)
+    _profiles: dict[int | None, _Profile] = field(default_factory=dict, repr=False)
     _traced: Any = field(default=None, repr=False)
+
+    def _profile(self, b: int) -> _Profile:
+        return self._profiles.get(b) or self._profiles[None]
+
+    @property
+    def allocations(self) -> list[Allocation]:
+        """The tensors the forward allocates (for B > 1 where B = 1 differs)."""
+        return self._profiles[None].allocations
 
     # ---------------------------------------------------------- numbers
 
     def intermediate_at(self, n: int, b: int = 1) -> int:
         """Peak of live intermediates at N=n, B=b (bytes)."""
-        return max((_eval_terms(c.terms, n, b) for c in self._front), default=0)
+        return self._profile(b).intermediate_at(n, b)
 
     def at(self, n: int, b: int = 1) -> int:
         """Peak bytes at N=n, B=b, exactly."""
@@ -143,34 +174,37 @@ class MemoryModel:
         return self.at(n, b)
 
     def layer_peaks_at(self, n: int, b: int = 1) -> dict[str, int]:
-        return {layer: _eval_expr(e, n, b) for layer, e in self.layer_peak_bytes.items()}
+        """Layer -> peak of live intermediates while its ops run, at N=n, B=b."""
+        fronts = self._profile(b).layer_fronts
+        return {layer: max(_eval_terms(c.terms, n, b) for c in cs) for layer, cs in fronts.items()}
 
     # ------------------------------------------------------- explanation
 
     def peak_time(self, n: int, b: int = 1) -> int | None:
         """The op after which the peak is reached at N=n, B=b."""
-        if not self._front:
+        front = self._profile(b).front
+        if not front:
             return None
-        return max(self._front, key=lambda c: _eval_terms(c.terms, n, b)).time
+        return max(front, key=lambda c: _eval_terms(c.terms, n, b)).time
 
     def breakdown(self, n: int, b: int = 1, top: int = 8) -> list[BreakdownEntry]:
         """What is alive at the peak for N=n, B=b: the largest tensors first,
         then weights, inputs and the rest, each with its share of the peak."""
         total = self.at(n, b)
         t = self.peak_time(n, b)
-        entries: list[BreakdownEntry] = []
-        live = [a for a in self.allocations if t is not None and a.alive_at(t)]
+        live = [a for a in self._profile(b).allocations if t is not None and a.alive_at(t)]
         sized = sorted(((_eval_expr(a.bytes, n, b), a) for a in live), key=lambda x: -x[0])
-        share = (lambda x: x / total) if total else (lambda x: 0.0)
-        for nbytes, a in sized[:top]:
-            if nbytes == 0:
-                continue
-            entries.append(self._entry(a, nbytes, share(nbytes)))
-        rest = sum(x for x, _ in sized[top:])
+        sized = [x for x in sized if x[0] > 0]
+
+        def share(x: int) -> float:
+            return x / total if total else 0.0
+
+        entries = [self._entry(a, nbytes, share(nbytes)) for nbytes, a in sized[:top]]
         entries.append(BreakdownEntry("weights and buffers", "", "", "", "", self.weight_bytes,
                                       share(self.weight_bytes)))
         inputs = _eval_expr(self.input_bytes, n, b)
         entries.append(BreakdownEntry("inputs", "", "", "", "", inputs, share(inputs)))
+        rest = sum(x for x, _ in sized[top:])
         if rest:
             entries.append(BreakdownEntry(f"{len(sized) - top} smaller tensors", "", "", "", "",
                                           rest, share(rest)))
@@ -180,10 +214,10 @@ class MemoryModel:
         node = a.node
         path = self._traced.module_path(node) if (node is not None and self._traced) else ""
         shape = dtype = ""
-        if node is not None:
-            val = _tensor_outputs(node)
-            if a.output < len(val) and val[a.output] is not None:
-                t = val[a.output]
+        if node is not None and a.kind != "workspace":
+            outs = _tensor_outputs(node)
+            if a.output < len(outs):
+                t = outs[a.output]
                 dims = [self._traced.expr(s) for s in t.shape]
                 shape = "×".join(str(d).replace("*", "·") for d in dims) or "scalar"
                 dtype = _DTYPE_NAMES.get(t.dtype, str(t.dtype).replace("torch.", ""))
@@ -191,15 +225,26 @@ class MemoryModel:
         return BreakdownEntry(name, path, _layer_of(path), shape, dtype, nbytes, share)
 
     def describe(self, n: int, b: int = 1, top: int = 5) -> list[str]:
-        """The breakdown as sentences: 'fp32 softmax of B·4×N×N in model.layers.0: 64% of peak'."""
+        """The breakdown as sentences: 'fp32 softmax of B×4×N×N in model.layers.0: 64% of peak'."""
         return [str(e) for e in self.breakdown(n, b, top)]
 
     def site_memory_bytes(self, site) -> sympy.Expr:
         """What an attention site allocates on the target device: the sum of
         the tensors its ops create (views and copies the eager run does not
         make count nothing; a fused kernel counts its outputs and workspace)."""
-        return sympy.expand(sum((self._node_bytes.get(name, sympy.Integer(0))
-                                 for name in site.nodes), sympy.Integer(0)))
+        def total(profile: _Profile) -> sympy.Expr:
+            return sympy.expand(sum((profile.node_bytes.get(name, sympy.Integer(0))
+                                     for name in site.nodes), sympy.Integer(0)))
+        return _by_batch({b: total(p) for b, p in self._profiles.items()})
+
+
+def _by_batch(values: dict[int | None, sympy.Expr]) -> sympy.Expr:
+    """One expression from per-batch-case ones (Piecewise only where they differ)."""
+    general = values[None]
+    single = values.get(1)
+    if single is None or sympy.expand(single - general) == 0:
+        return general
+    return sympy.Piecewise((single, sympy.Eq(B, 1)), (general, True))
 
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
@@ -222,48 +267,62 @@ def _layer_of(path: str) -> str:
 
 
 def peak_memory(traced: TracedModel, loaded=None, device: str = "cuda") -> MemoryModel:
-    """Peak memory of one forward of ``traced`` on ``device`` ("cuda" or "cpu")."""
+    """Peak memory of one forward of ``traced`` on ``device`` ("cuda" or "cpu").
+
+    With ``loaded`` the forward is replayed eagerly on fake tensors (at the
+    trace's length, for a batch of one and for the trace's batch); without
+    it, or if the replay fails, liveness is last use in the graph."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     notes: list[str] = []
-    allocations = None
+    per_batch: dict[int | None, list[Allocation]] = {}
     liveness = "graph last use"
     if loaded is not None:
         try:
-            replay = _replay(traced, loaded)
+            for key, batch in ((None, traced.batch_hint), (1, 1)):
+                per_batch[key] = _match_replay(traced, _replay(traced, loaded, batch), notes)
+            liveness = "eager replay"
         except Exception as exc:  # the model cannot run eagerly on fake tensors
+            per_batch = {}
             notes.append(f"eager replay failed ({type(exc).__name__}: {_first_line(exc)}); "
                          "liveness follows last use in the graph")
-        else:
-            allocations = _match_replay(traced, replay, notes)
-            liveness = "eager replay"
-    if allocations is None:
-        allocations = _graph_allocations(traced)
-    if device == "cuda":
-        allocations = _on_cuda(traced, allocations, notes)
+    if not per_batch:
+        per_batch[None] = _graph_allocations(traced)
+
+    lo = traced.n_range[0] if traced.n_range else 1
+    profiles: dict[int | None, _Profile] = {}
+    for key, allocations in per_batch.items():
+        if device == "cuda":
+            allocations = _on_cuda(traced, allocations)
+        candidates = _candidates(traced, allocations)
+        layer_fronts: dict[str, list[_Candidate]] = {}
+        for c in candidates:
+            if c.layer:
+                layer_fronts.setdefault(c.layer, []).append(c)
+        node_bytes: dict[str, sympy.Expr] = {}
+        for a in allocations:
+            if a.node is not None:
+                node_bytes[a.node.name] = node_bytes.get(a.node.name, sympy.Integer(0)) + a.bytes
+        profiles[key] = _Profile(allocations, _prune(candidates, lo),
+                                 {layer: _prune(cs, lo) for layer, cs in layer_fronts.items()},
+                                 node_bytes)
 
     weight_bytes = _weight_bytes(traced, loaded)
     input_bytes = _input_bytes(traced)
-    lo = traced.n_range[0] if traced.n_range else 1
-    candidates = _candidates(traced, allocations)
-    front = _prune(candidates, lo)
-    layer_fronts: dict[str, list[_Candidate]] = {}
-    for c in candidates:
-        layer_fronts.setdefault(c.layer, []).append(c)
-    layer_peaks = {layer: _max_expr([c.terms for c in _prune(cs, lo)])
-                   for layer, cs in layer_fronts.items() if layer}
-    intermediates = [_terms_expr(c.terms) for c in front]
-    peak = sympy.Integer(weight_bytes) + input_bytes + _max_expr([c.terms for c in front])
-
-    node_bytes: dict[str, sympy.Expr] = {}
-    for a in allocations:
-        if a.node is not None:
-            node_bytes[a.node.name] = node_bytes.get(a.node.name, sympy.Integer(0)) + a.bytes
+    intermediates = _by_batch({k: p.intermediates for k, p in profiles.items()})
+    layer_peaks = {}
+    for layer in dict.fromkeys(layer for p in profiles.values() for layer in p.layer_fronts):
+        layer_peaks[layer] = _by_batch({k: _max_expr([c.terms for c in p.layer_fronts.get(layer, [])])
+                                        for k, p in profiles.items()})
     return MemoryModel(device=device, weight_bytes=weight_bytes, input_bytes=input_bytes,
-                       intermediate_candidates=intermediates, peak_bytes=peak,
-                       layer_peak_bytes=layer_peaks, allocations=allocations, liveness=liveness,
-                       n_range=traced.n_range, notes=notes, _front=front,
-                       _node_bytes=node_bytes, _traced=traced)
+                       peak_bytes=sympy.Integer(weight_bytes) + input_bytes + intermediates,
+                       intermediate_bytes=intermediates, layer_peak_bytes=layer_peaks,
+                       liveness=liveness, n_range=traced.n_range, notes=_unique(notes),
+                       _profiles=profiles, _traced=traced)
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
 
 
 def _first_line(exc: Exception) -> str:
@@ -404,10 +463,11 @@ class _Replay:
     ops: list[_Op]
     storages: list[_Storage]
     end: int
+    batch: int
 
 
-def _replay(traced: TracedModel, loaded) -> _Replay:
-    """Run the forward eagerly on fake tensors at the trace's sizes."""
+def _replay(traced: TracedModel, loaded, batch: int) -> _Replay:
+    """Run the forward eagerly on fake tensors at the trace's length."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     model = loaded.module
@@ -421,7 +481,7 @@ def _replay(traced: TracedModel, loaded) -> _Replay:
                 fakes[id(p)] = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype,
                                                    device=loaded.trace_device)
             params[name] = fakes[id(p)]
-        inputs = loaded.example_inputs(traced.seq_len_hint, traced.batch_hint)
+        inputs = loaded.example_inputs(traced.seq_len_hint, batch)
         inputs = _to_device(inputs, loaded.trace_device)
     existing = {t.untyped_storage()._cdata for t in params.values()}
     existing |= {t.untyped_storage()._cdata for t in tree_flatten(inputs)[0]
@@ -439,7 +499,7 @@ def _replay(traced: TracedModel, loaded) -> _Replay:
         end = len(recorder.ops)
         recorder.stop()
     del out
-    return _Replay(recorder.ops, recorder.storages, end)
+    return _Replay(recorder.ops, recorder.storages, end, batch)
 
 
 def _to_device(obj, device):
@@ -466,21 +526,32 @@ def _writes_input(node: fx.Node) -> bool:
                 any(r.alias_info is not None for r in schema.returns))
 
 
+#: Ops one run may pick for another's (a 3-d matmul folds to mm when the
+#: batch dims can be viewed as rows, else runs as bmm): aligned as one.
+_ALIGN_AS = {str(op): "matmul" for op in (aten.mm.default, aten.bmm.default, aten.addmm.default,
+                                          aten.baddbmm.default)}
+#: Constants made by torch.tensor(...) in the forward: their size never depends on N.
+_CONSTANT_OPS = {str(aten.lift_fresh.default), str(aten.lift_fresh_copy.default)}
+
+
+def _align_key(op: Any) -> str:
+    name = str(op)
+    return _ALIGN_AS.get(name, name)
+
+
 def _match_replay(traced: TracedModel, replay: _Replay, notes: list[str]) -> list[Allocation]:
     """Give each replayed storage the graph node (and so the size expression)
-    that made it: align the two sequences of allocating ops."""
+    that made it: align the two sequences of allocating ops, then check that
+    sizes agree at the replay's N and B."""
     alloc_ops = [i for i, op in enumerate(replay.ops) if any(s is not None for s in op.new)]
     nodes = _allocating_nodes(traced)
-    a_keys = [str(replay.ops[i].func) for i in alloc_ops]
-    b_keys = [str(n.target) for n in nodes]
-    hint = {N: traced.seq_len_hint, B: traced.batch_hint}
+    hint = {N: sympy.Integer(traced.seq_len_hint), B: sympy.Integer(replay.batch)}
     node_of_op: dict[int, fx.Node] = {}
     used: set[int] = set()
 
     def fits(i: int, node: fx.Node) -> bool:
-        """Same op, and every new storage has the node's output size at the hint."""
         op = replay.ops[i]
-        if str(op.func) != str(node.target):
+        if _align_key(op.func) != _align_key(node.target):
             return False
         sizes = _node_output_bytes(traced, node)
         for k, sid in enumerate(op.new):
@@ -490,8 +561,9 @@ def _match_replay(traced: TracedModel, replay: _Replay, notes: list[str]) -> lis
                 return False
         return True
 
-    matcher = difflib.SequenceMatcher(a=a_keys, b=b_keys, autojunk=False)
-    gaps = []
+    matcher = difflib.SequenceMatcher(a=[_align_key(replay.ops[i].func) for i in alloc_ops],
+                                      b=[_align_key(n.target) for n in nodes], autojunk=False)
+    gaps: list[tuple[list[int], range]] = []
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
             for di in range(i2 - i1):
@@ -500,17 +572,15 @@ def _match_replay(traced: TracedModel, replay: _Replay, notes: list[str]) -> lis
                     node_of_op[i] = nodes[j]
                     used.add(j)
                 else:
-                    gaps.append(([alloc_ops[i1 + di]], range(max(0, j - 4), min(len(nodes), j + 5))))
+                    gaps.append(([i], range(max(0, j - 8), min(len(nodes), j + 9))))
         elif tag in ("replace", "delete"):
-            gaps.append(([alloc_ops[i] for i in range(i1, i2)],
-                         range(max(0, j1 - 4), min(len(nodes), j2 + 4))))
+            gaps.append((alloc_ops[i1:i2], range(max(0, j1 - 8), min(len(nodes), j2 + 8))))
     for ops, window in gaps:
         for i in ops:
-            for j in window:
-                if j not in used and fits(i, nodes[j]):
-                    node_of_op[i] = nodes[j]
-                    used.add(j)
-                    break
+            j = next((j for j in window if j not in used and fits(i, nodes[j])), None)
+            if j is not None:
+                node_of_op[i] = nodes[j]
+                used.add(j)
 
     allocations = []
     unmatched = []
@@ -526,13 +596,13 @@ def _match_replay(traced: TracedModel, replay: _Replay, notes: list[str]) -> lis
                 nbytes = sizes[k]
             else:
                 nbytes = sympy.Integer(st.nbytes)
-                unmatched.append(str(op.func))
-            a = Allocation(time=i, death=st.death, bytes=nbytes, node=node, output=k)
-            a.half_softmax = op.half_softmax  # type: ignore[attr-defined]
-            allocations.append(a)
+                if str(op.func) not in _CONSTANT_OPS:
+                    unmatched.append(str(op.func))
+            allocations.append(Allocation(time=i, death=st.death, bytes=nbytes, node=node,
+                                          output=k, half_softmax=op.half_softmax))
     if unmatched:
-        notes.append(f"{len(unmatched)} tensors of the eager run had no graph node "
-                     f"({', '.join(sorted(set(unmatched))[:4])}); counted at their size at "
+        notes.append(f"{len(unmatched)} tensors of the eager run (B={replay.batch}) had no graph "
+                     f"node ({', '.join(sorted(set(unmatched))[:4])}); counted at their size at "
                      f"N={traced.seq_len_hint}")
     return allocations
 
@@ -577,13 +647,13 @@ def _graph_allocations(traced: TracedModel) -> list[Allocation]:
 # ------------------------------------------------------------ CUDA kernels
 
 
-def _on_cuda(traced: TracedModel, allocations: list[Allocation], notes: list[str]) -> list[Allocation]:
+def _on_cuda(traced: TracedModel, allocations: list[Allocation]) -> list[Allocation]:
     """What CUDA kernels allocate where they differ from the traced CPU ones."""
     out: list[Allocation] = []
     done: set[str] = set()
     for a in allocations:
         node = a.node
-        if getattr(a, "half_softmax", False) and node is not None and \
+        if a.half_softmax and node is not None and \
                 getattr(node.target, "overloadpacket", None) is aten._to_copy:
             # _softmax(x, dim, half_to_float=True) reads the fp16 input directly.
             continue
@@ -713,7 +783,7 @@ def _candidates(traced: TracedModel, allocations: list[Allocation]) -> list[_Can
     deaths: dict[int, list[Allocation]] = {}
     for a in allocations:
         births.setdefault(a.time, []).append(a)
-        if a.death is not None:
+        if a.death is not None and a.kind != "workspace":
             deaths.setdefault(a.death, []).append(a)
     current: dict[sympy.Expr, sympy.Rational] = {}
     candidates = []

@@ -91,7 +91,7 @@ def _attend_block(acc, l_i, m_i, q, K, V, kv_row, start_n, offs_m, n_kv, left, r
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     v = _load_kv_block(V, kv_row, start_n, n_kv, offs_n, offs_d, HEAD_DIM, MASKED, USE_TMA)
-    acc = tl.dot(p, v, acc, input_precision=DOT_PRECISION)
+    acc = tl.dot(p.to(q.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
 

@@ -10,6 +10,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 from attncost.kernels import dense, harness, linear, local, sparse
 
@@ -255,6 +256,51 @@ def test_random_projection_is_orthogonal_within_blocks():
     directions = w / w.norm(dim=1, keepdim=True)
     gram = directions[:16] @ directions[:16].T
     assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Memory: what each call allocates is what the formula declares
+# ---------------------------------------------------------------------------
+
+
+class AllocatedBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Sums the bytes of every tensor a factory op creates while active."""
+
+    FACTORIES = ("empty", "zeros", "full", "ones")
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(name in str(func) for name in self.FACTORIES):
+            self.total += out.nbytes
+        return out
+
+
+@pytest.mark.parametrize("variant", ["dense", "causal_dense", "local", "sparse", "linear"])
+def test_allocations_match_memory_formula(variant):
+    from attncost.variants import formula
+
+    n, d = 64, 16
+    q, k, v = qkv(heads=2, kv_heads=2, n=n, d=d)
+    lists = sparse.layout_to_block_lists(sparse.sliding_block_layout(4, 2).to(q.device))
+    calls = {
+        "dense": (lambda: dense.flash_attention(q, k, v), {}),
+        "causal_dense": (lambda: dense.flash_attention(q, k, v, causal=True), {}),
+        "local": (lambda: local.local_attention(q, k, v, 16), {"w": 16}),
+        "sparse": (lambda: sparse.block_sparse_attention(q, k, v, lists, 16), {"k": 24}),
+        "linear": (lambda: linear.linear_attention(q, k, v, "elu"), {"r": d}),
+    }
+    call, symbols = calls[variant]
+    if q.is_cuda:
+        call()  # autotuning allocates benchmark buffers on the first call
+    with AllocatedBytes() as allocated:
+        call()
+    measured = allocated.total + q.nbytes + k.nbytes + v.nbytes
+    predicted = formula(variant).evaluate("memory_bytes", B=1, H=2, N=n, d=d, s=4, **symbols)
+    assert measured == predicted
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""Each attention variant is classified correctly, counted as written
+(FlopCounterMode) and as needed (a count derived here by hand)."""
+import pytest
+import sympy
+import torch
+
+import attncost
+from attncost.symbolic import degree
+from conftest import MODELS
+from oracle import count_flops, load_module
+
+
+def oracle(name, n, batch=1):
+    mod = load_module(MODELS / f"{name}.py")
+    torch.manual_seed(0)
+    return count_flops(mod.build_model().eval(), mod.example_inputs(n, batch=batch))
+
+
+def analyze(name, n=64, **kw):
+    return attncost.analyze(MODELS / f"{name}.py", seq_len=n, device="cpu", **kw)
+
+
+def test_unfold_local():
+    a = analyze("local_unfold")
+    (s,) = a.sites
+    assert (s.variant, s.implementation, s.window, s.heads, s.head_dim) == ("local", "unfold", 9, 2, 16)
+    assert degree(s.flops, attncost.N) == 1
+    for n in (16, 40, 64):
+        assert a.at(a.flops, n) == oracle("local_unfold", n)
+        # each query meets its 9 padded keys: Q·Kᵀ and P·V, 2 heads of 16
+        assert a.at(s.useful_flops, n) == 2 * (2 * 2 * n * 9 * 16)
+
+
+def test_masked_sparse_costs_n_squared_but_needs_its_nonzeros():
+    from models.masked_sparse import pattern
+
+    n = 96
+    a = analyze("masked_sparse", n)
+    (s,) = a.sites
+    assert (s.variant, s.implementation, s.causal) == ("sparse", "masked", False)
+    assert degree(s.flops, attncost.N) == 2
+    for m in (32, 96, 200):
+        assert a.at(a.flops, m) == oracle("masked_sparse", m)
+    kept = int(pattern(n).sum())
+    assert a.at(s.useful_flops) == 2 * (2 * 2 * kept * 8)
+    assert s.density == pytest.approx(kept / n**2)
+    assert any("block-sparse kernel would skip them" in note for note in s.notes)
+
+
+def test_linear_einsum():
+    a = analyze("linear_einsum")
+    (s,) = a.sites
+    assert (s.variant, s.implementation, s.feature_dim, s.head_dim) == ("linear", "einsum", 12, 20)
+    assert degree(s.flops, attncost.N) == 1
+    for n in (5, 64, 300):
+        assert a.at(a.flops, n) == oracle("linear_einsum", n)
+        # phi(K)ᵀV and phi(Q)·state: 2·N·r·d each; normalizer 2·N·r
+        assert a.at(s.useful_flops, n) == 2 * 2 * n * 12 * 20 + 2 * n * 12
+    assert not a.quadratic
+
+
+def _pairs_causal_window(n, w):
+    return sum(min(i + 1, w) for i in range(n))
+
+
+def _pairs_band(n, h):
+    return sum(min(i + h, n - 1) - max(i - h, 0) + 1 for i in range(n))
+
+
+def test_banded_masks_are_local():
+    n = 80
+    a = analyze("banded", n)
+    causal, band = a.sites
+    assert (causal.variant, causal.window, causal.causal) == ("local", 6, True)
+    assert (band.variant, band.window, band.causal) == ("local", 7, False)
+    for m in (20, 80, 333):
+        assert a.at(a.flops, m) == oracle("banded", m)
+        assert a.at(causal.useful_flops, m) == 4 * 4 * 8 * _pairs_causal_window(m, 6)
+        assert a.at(band.useful_flops, m) == 4 * 4 * 8 * _pairs_band(m, 3)
+    assert degree(causal.flops, attncost.N) == 2
+    assert degree(causal.useful_flops, attncost.N) == 1
+
+
+def test_block_gather_is_sparse_and_linear_in_n():
+    a = analyze("block_gather", 64)
+    (s,) = a.sites
+    assert (s.variant, s.implementation) == ("sparse", "gather")
+    assert degree(s.flops, attncost.N) == 1
+    for n in (32, 64, 256):
+        assert a.at(a.flops, n) == oracle("block_gather", n)
+        # every query meets 2 blocks of 8 keys, 2 heads of 8
+        assert a.at(s.flops, n) == 2 * (2 * 2 * n * 16 * 8)
+
+
+def test_flex_sliding_window():
+    n = 128
+    a = analyze("flex_window", n)
+    (s,) = a.sites
+    assert (s.variant, s.implementation, s.window, s.causal) == ("local", "flex", 16, True)
+    # FlexAttention counts as dense, as FlopCounterMode counts it
+    assert a.at(s.flops) == 4 * 4 * n * n * 16
+    assert a.at(s.useful_flops) == 4 * 4 * 16 * _pairs_causal_window(n, 16)
+
+
+def test_causal_sdpa_useful_is_about_half():
+    a = analyze("sdpa_causal_gqa", 50)
+    s = a.sites[0]
+    n = 50
+    assert a.at(s.useful_flops) == 4 * 8 * 8 * n * (n + 1) // 2
+
+
+def test_no_false_positives():
+    assert analyze("not_attention").sites == []
+    assert analyze("mlp_only").sites == []
+
+
+def test_mistral_sliding_window_reports_the_hidden_quadratic(write_config):
+    folder = write_config("mistral", model_type="mistral", architectures=["MistralForCausalLM"],
+                          hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                          intermediate_size=96, num_hidden_layers=2, vocab_size=128,
+                          max_position_embeddings=4096, sliding_window=32)
+    a = attncost.analyze(folder, seq_len=256, attn_implementation="sdpa", device="cpu")
+    assert [(s.variant, s.window, s.causal, s.kv_heads) for s in a.sites] == [("local", 32, True, 2)] * 2
+    hidden = a.hidden_quadratics()
+    assert hidden, "the N×N mask built for SDPA must be reported"
+    n = 256
+    # the boolean mask of B×1×N×N that SDPA receives
+    assert any(a.at(q.bytes, n, 1) == n * n and q.dtype == "bool" for q in hidden)
+    assert all(q.layer for q in hidden)
+    assert a.to_dict()["hidden_quadratic"] is True
+
+
+def test_per_head_and_gqa():
+    a = analyze("sdpa_causal_gqa", 32)
+    s = a.sites[0]
+    assert sympy.expand(s.flops_per_head * s.heads - s.flops) == 0
+    assert (s.heads, s.kv_heads) == (8, 2)
+
+
+def test_formulas_match_canonical_specs():
+    for name in ("local_unfold", "linear_einsum", "dense_unfused", "masked_sparse", "block_gather"):
+        for s in analyze(name).sites:
+            assert s.matches_formula, (name, s.name, s.formula)
