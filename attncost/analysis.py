@@ -112,8 +112,9 @@ class Analysis:
             s.variant in ("local", "sparse", "linear") for s in self.sites)
 
     def hidden_quadratics(self) -> list[QuadraticTensor]:
-        """N² tensors in a model whose attention needs less than N² work."""
-        return list(self.quadratic) if self.subquadratic else []
+        """N² tensors outside the attention computations themselves (masks,
+        biases) in a model whose attention needs less than N² work."""
+        return [q for q in self.quadratic if not q.in_site] if self.subquadratic else []
 
     def valid_for(self) -> str | None:
         """The range of N the formulas hold for, when a branch narrowed it."""

@@ -182,8 +182,7 @@ def print_table(a: Analysis, console: Console) -> None:
         s = row.site
         label = row.label + (f" ×{row.count}" if row.count > 1 else "")
         table.add_row(label, _variant_text(s), _heads_text(s), _expr_text(s.flops),
-                      human_flops(row.flops_value * row.count)
-                      + ("" if row.count == 1 else f" ({human_flops(row.flops_value)} each)"),
+                      human_flops(row.flops_value * row.count),
                       f"{row.flops_value * row.count / total:.1%}")
     console.print(table)
     for line in _summary_lines(a):

@@ -422,9 +422,10 @@ def run_validation(variants=None, device="cuda", seq_lens=None, dtype="bfloat16"
 
     Returns ``{"device", "results": [...]}`` as DESIGN.md's ``attncost
     validate`` JSON (plus extra fields).  ``seq_lens`` replaces the default
-    sweep of every variant (ignored on a CPU); ``plot`` is a path for a
-    figure of measured against predicted time and memory; ``progress`` gets
-    one-line status messages.
+    sweep of every variant; ``plot`` is a path for a figure of measured
+    against predicted time and memory; ``progress`` gets one-line status
+    messages.  On a CPU the check runs in fp32 at fixed tiny shapes, so
+    ``seq_lens``, ``dtype`` and the shape arguments do not apply there.
     """
     variants = list(variants) if variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
