@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -494,7 +495,10 @@ def _replay(traced: TracedModel, loaded, batch: int) -> _Replay:
         args, kwargs = inputs, {}
 
     recorder = _Recorder(existing)
-    with torch.no_grad(), loaded.trace_context(), mode, recorder, _SoftmaxUpcasts(recorder):
+    with torch.no_grad(), loaded.trace_context(), warnings.catch_warnings(), mode, recorder, \
+            _SoftmaxUpcasts(recorder):
+        # Warnings about running on fake data concern the replay, not the model.
+        warnings.simplefilter("ignore")
         out = functional_call(model, params, args, kwargs)
         end = len(recorder.ops)
         recorder.stop()

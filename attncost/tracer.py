@@ -26,7 +26,8 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .errors import ModelError
-from .loader import InputSpec, LoadedModel
+from .loader import LoadedModel
+from .repeat import find_repeated, replay_layers, truncated
 
 #: The two symbols every expression is written in.
 N = sympy.Symbol("N", positive=True, integer=True)
@@ -207,14 +208,38 @@ def _record_module_paths(model: torch.nn.Module) -> Iterator[None]:
 
 
 def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
-          progress: Callable[[str], None] | None = None) -> TracedModel:
-    """Trace ``loaded`` once; the graph holds for every N in ``n_range``."""
+          progress: Callable[[str], None] | None = None, reuse_layers: bool = True) -> TracedModel:
+    """Trace ``loaded`` once; the graph holds for every N in ``n_range``.
+
+    With ``reuse_layers``, a stack of identical layers is traced two layers
+    deep and the rest replayed (see attncost.repeat); the graph is the same.
+    """
     model = loaded.module
     dims = _probe_specs(loaded)
     # A batch of 1 would be specialized to the constant 1; trace with 2 and
     # keep B symbolic (nothing is allocated, so the size is free).
     batch_hint = batch if batch >= 2 else 2
     seq_hint = seq_len if seq_len >= 2 else 2
+    block = find_repeated(model, loaded.config) if reuse_layers else None
+    if progress:
+        progress("tracing the model with symbolic N")
+    if block is not None:
+        with truncated(block):
+            gm, shape_env, replacements, kinds = _make_graph(loaded, dims, seq_hint, batch_hint)
+        if not replay_layers(gm, block, kinds):
+            block = None
+    if block is None:
+        gm, shape_env, replacements, kinds = _make_graph(loaded, dims, seq_hint, batch_hint)
+    module_types = {name: type(m).__qualname__ for name, m in model.named_modules()}
+    traced = TracedModel(gm, shape_env, replacements, module_types, kinds,
+                         seq_len_hint=seq_hint, batch_hint=batch_hint)
+    traced.guards, traced.n_range = _guards(traced)
+    return traced
+
+
+def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int):
+    """make_fx over fake parameters and symbolic inputs."""
+    model = loaded.module
     shape_env = ShapeEnv(duck_shape=False)
     mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
     inputs, replacements = _symbolic_inputs(loaded, mode, seq_hint, batch_hint, dims)
@@ -240,8 +265,6 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
         # returns, and so what stays alive after it (logits, a KV cache).
         return _tensors_of(functional_call(model, params, args, kwargs))
 
-    if progress:
-        progress("tracing the model with symbolic N")
     try:
         with torch.no_grad(), _record_module_paths(model), loaded.trace_context(), \
                 warnings.catch_warnings():
@@ -261,12 +284,7 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
         placeholder_kinds[node.name] = kinds[names[i]] if i < len(names) else "input"
         if i < len(names):
             node.meta["attncost_param"] = names[i]
-
-    module_types = {name: type(m).__qualname__ for name, m in model.named_modules()}
-    traced = TracedModel(gm, shape_env, replacements, module_types, placeholder_kinds,
-                         seq_len_hint=seq_hint, batch_hint=batch_hint)
-    traced.guards, traced.n_range = _guards(traced)
-    return traced
+    return gm, shape_env, replacements, placeholder_kinds
 
 
 def _tensors_of(obj, seen=None, depth: int = 0) -> list[torch.Tensor]:

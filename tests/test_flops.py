@@ -113,3 +113,36 @@ def test_detected_shapes_of_python_models():
     assert len(a.sites) == 1 and a.sites[0].heads == 4 and a.sites[0].head_dim == 8
 
     assert attncost.analyze(MODELS / "mlp_only.py", seq_len=32).sites == []
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_replayed_layers_equal_a_full_trace(write_config, impl):
+    """Four identical layers: traced two deep and replayed, the graph has the
+    same ops, outputs and formulas as a full trace, and matches the oracle."""
+    from collections import Counter
+
+    from attncost.loader import load
+    from attncost.symbolic import node_flops
+    from attncost.tracer import trace
+
+    fields = dict(HF_CONFIGS["llama"], num_hidden_layers=4)
+    folder = write_config("llama4", **fields)
+    loaded = load(folder, attn_implementation=impl, kv_cache=True)
+    graphs = [trace(loaded, 40, 1, reuse_layers=r) for r in (True, False)]
+
+    def ops(t):
+        return Counter(str(n.target) for n in t.graph_module.graph.nodes if n.op == "call_function"
+                       and "sym_size" not in str(n.target))
+
+    def flops(t):
+        return sum(node_flops(t, n) for n in t.graph_module.graph.nodes)
+
+    reused, full = graphs
+    assert ops(reused) == ops(full)
+    assert len(list(reused.graph_module.graph.nodes)[-1].args[0]) == \
+        len(list(full.graph_module.graph.nodes)[-1].args[0])
+    assert flops(reused) - flops(full) == 0
+    a = attncost.analyze(loaded, seq_len=40, device="cpu")
+    assert [s.layer for s in a.sites] == [f"model.layers.{i}" for i in range(4)]
+    for n in (9, 70):
+        assert a.at(a.flops, n, 1) == _hf_oracle(folder, "LlamaForCausalLM", impl, n, 1)

@@ -269,9 +269,9 @@ def banded_attention(q, k, v, left: int, right: int, sm_scale: float | None = No
     B, H, N, d = q.shape
     H_kv, M = k.shape[1], k.shape[2]
     sm_scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
-    # Bands wider than the sequence are the whole sequence; clipping keeps the
-    # autotuning key independent of how "unbounded" was spelled.
-    left, right = min(int(left), M), min(int(right), M)
+    # A band reaching past both sequences is unbounded; clipping it to
+    # max(N, M) keeps the autotuning key independent of how that was spelled.
+    left, right = min(int(left), max(N, M)), min(int(right), max(N, M))
     o = torch.empty_like(q)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     if use_tma is None:
@@ -302,8 +302,8 @@ def flash_attention(q, k, v, causal: bool = False, sm_scale: float | None = None
     (B, H, N, d) in q's dtype and, with ``return_lse``, the fp32 natural-log
     log-sum-exp of the scaled scores per query (B, H, N).
     """
-    M = k.shape[2] if k.dim() == 4 else 0
-    return banded_attention(q, k, v, left=M, right=0 if causal else M, sm_scale=sm_scale,
+    unbounded = q.shape[2] + k.shape[2] if q.dim() == 4 and k.dim() == 4 else 0
+    return banded_attention(q, k, v, left=unbounded, right=0 if causal else unbounded, sm_scale=sm_scale,
                             return_lse=return_lse, config=config, use_tma=use_tma)
 
 
@@ -346,5 +346,5 @@ def band_mask(n: int, m: int, left: int, right: int, device=None) -> torch.Tenso
 def dense_reference(q, k, v, causal: bool = False, sm_scale: float | None = None):
     """Naive dense attention: the N x M score matrix, softmax, then P v."""
     N, M = q.shape[2], k.shape[2]
-    allowed = band_mask(N, M, M, 0, q.device) if causal else None
+    allowed = band_mask(N, M, N + M, 0, q.device) if causal else None
     return masked_attention_reference(q, k, v, allowed, sm_scale)

@@ -18,7 +18,7 @@ class WithCache(torch.nn.Module):
 
     def forward(self, input_ids):
         out = self.lm(input_ids=input_ids, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache
         return out.logits, [(layer.keys, layer.values) for layer in cache.layers]
 
 

@@ -1,0 +1,354 @@
+"""Peak memory against an independent oracle, the CUDA kernel rules against
+hand-derived values, and the fits / GPU-spec / size contracts.
+
+The oracle (tests/memtrack.py) runs the real model on real CPU tensors and
+counts weights + inputs + the peak of live op-output storages.  The
+prediction comes from one trace (at N=64) and must agree within 2% at other
+lengths, including lengths where the N² terms dominate.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import sympy
+import torch
+
+from attncost.detect import Detector
+from attncost.errors import AttncostError, SpecError
+from attncost.fits import FitResult, check_fits, max_seq_len, roofline
+from attncost.gpus import DEFAULT_RESERVE, get_gpu, load_gpus, parse_size
+from attncost.loader import load
+from attncost.memory import cuda_sdpa_backend, peak_memory
+from attncost.tracer import B, N, trace
+
+sys.path.insert(0, str(Path(__file__).parent))
+from memtrack import measure  # noqa: E402
+
+MODELS = Path(__file__).parent / "models_mem"
+TRACE_N = 64
+TOLERANCE = 0.02
+
+LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"], num_hidden_layers=2,
+             hidden_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+             intermediate_size=128, max_position_embeddings=256, use_cache=False)
+
+
+def _import(path: Path):
+    spec = importlib.util.spec_from_file_location(f"memtest_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_CACHE: dict = {}
+
+
+def predicted(path, device="cpu", **load_kwargs):
+    """The memory model of a model file or config, traced once per test session."""
+    key = (str(path), device, tuple(sorted(load_kwargs.items())))
+    if key not in _CACHE:
+        loaded = load(path, **load_kwargs)
+        traced = trace(loaded, TRACE_N, 1)
+        _CACHE[key] = (peak_memory(traced, loaded, device=device), traced, loaded)
+    return _CACHE[key]
+
+
+def relative_error(pred: int, real: int) -> float:
+    return abs(pred - real) / real
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama")
+    (folder / "config.json").write_text(json.dumps(LLAMA))
+    return folder
+
+
+def _real_llama(impl: str, dtype=torch.bfloat16, use_cache=False):
+    import transformers
+
+    config = transformers.AutoConfig.for_model(**dict(LLAMA, use_cache=use_cache))
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(
+        config, attn_implementation=impl, dtype=dtype).eval()
+
+
+# ------------------------------------------------------------ the oracle
+
+
+@pytest.mark.parametrize("name", ["dense_unfused", "local_unfold", "sparse_masked",
+                                  "linear_einsum", "sdpa_masked", "llama_kv"])
+def test_python_models_match_the_oracle(name):
+    memory, _, _ = predicted(MODELS / f"{name}.py")
+    module = _import(MODELS / f"{name}.py")
+    torch.manual_seed(0)
+    model = module.build_model().eval()
+    assert memory.liveness == "eager replay"
+    for n, b in ((48, 1), (200, 1), (384, 2)):
+        real = measure(model, module.example_inputs(n, batch=b))
+        assert memory.weight_bytes == real.weight_bytes
+        assert relative_error(memory.at(n, b), real.peak_bytes) <= TOLERANCE, (name, n, b)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_transformers_llama_matches_the_oracle(llama_dir, impl):
+    memory, _, _ = predicted(llama_dir, attn_implementation=impl, kv_cache=False)
+    model = _real_llama(impl)
+    for n, b in ((32, 1), (256, 1), (512, 2)):
+        real = measure(model, {"input_ids": torch.zeros(b, n, dtype=torch.long),
+                               "use_cache": False})
+        assert relative_error(memory.at(n, b), real.peak_bytes) <= TOLERANCE, (impl, n, b)
+
+
+def test_transformers_llama_with_kv_cache_matches_the_oracle(llama_dir):
+    from attncost.errors import ModelError
+
+    try:
+        memory, _, _ = predicted(llama_dir, attn_implementation="eager", kv_cache=True)
+    except ModelError as exc:
+        pytest.xfail(f"tracing with use_cache=True: {exc}")
+    model = _real_llama("eager", use_cache=True)
+    for n, b in ((32, 1), (256, 1)):
+        real = measure(model, {"input_ids": torch.zeros(b, n, dtype=torch.long),
+                               "use_cache": True})
+        assert relative_error(memory.at(n, b), real.peak_bytes) <= TOLERANCE, n
+
+
+def test_kv_cache_returned_by_the_model_stays_alive():
+    """2 layers × (K, V) × B·H_kv·N·d fp32 outlive the last attention."""
+    memory, _, _ = predicted(MODELS / "llama_kv.py")
+    n = 300
+    cache = 2 * 2 * (1 * 2 * n * 16) * 4
+    logits = n * 128 * 4
+    final = memory.at(n, 1) - memory.weight_bytes - 8 * n  # less weights and input ids
+    assert final >= cache + logits
+
+
+def test_eager_attention_holds_scores_softmax_and_copy(llama_dir):
+    """transformers' eager attention keeps the bf16 scores while the fp32
+    softmax (and on a CPU its fp32 input copy) and the bf16 copy are made."""
+    memory, _, _ = predicted(llama_dir, attn_implementation="eager", kv_cache=False)
+    n = 1024
+    top = memory.breakdown(n, 1, top=3)
+    names = {(e.name, e.dtype) for e in top[:3]}
+    assert ("softmax", "fp32") in names and ("add", "bf16") in names
+    assert all("self_attn" in e.module_path for e in top[:3])
+    assert "of peak" in str(top[0]) and "N×N" in top[0].shape
+    assert sum(e.share for e in memory.breakdown(n, 1, top=5)) == pytest.approx(1.0)
+    # bf16 scores + fp32 copy + fp32 softmax for 4 heads, and the bf16 mask.
+    assert _n2_coefficient(memory) == 4 * (2 + 4 + 4) + 2
+
+
+def test_layer_peaks(llama_dir):
+    memory, _, _ = predicted(llama_dir, attn_implementation="eager", kv_cache=False)
+    peaks = memory.layer_peaks_at(512, 1)
+    assert {"model.layers.0", "model.layers.1"} <= set(peaks)
+    assert max(peaks.values()) == memory.intermediate_at(512, 1)
+    assert peaks["model.layers.1"] >= peaks["model.layers.0"]
+
+
+def test_graph_fallback_without_the_loaded_model():
+    memory, traced, _ = predicted(MODELS / "dense_unfused.py")
+    fallback = peak_memory(traced, None, device="cpu")
+    assert fallback.liveness == "graph last use"
+    assert fallback.weight_bytes == memory.weight_bytes
+    assert fallback.at(384, 2) > 0
+
+
+# ------------------------------------------------------- CUDA kernel rules
+
+
+def _n2_coefficient(memory, b: int = 1) -> int:
+    """The N² coefficient of the peak, from an exact second difference at
+    lengths where one quadratic dominates."""
+    n, h = 1 << 16, 1 << 12
+    f = [memory.at(n + i * h, b) for i in range(3)]
+    second = f[2] - 2 * f[1] + f[0]
+    assert second % (2 * h * h) == 0
+    return second // (2 * h * h)
+
+
+def test_cuda_backend_choice():
+    assert cuda_sdpa_backend(torch.bfloat16, 64, 64, has_mask=False) == "flash"
+    assert cuda_sdpa_backend(torch.float16, 20, 20, has_mask=False) == "flash"
+    assert cuda_sdpa_backend(torch.bfloat16, 64, 64, has_mask=True) == "efficient"
+    assert cuda_sdpa_backend(torch.float32, 64, 64, has_mask=False) == "efficient"
+    assert cuda_sdpa_backend(torch.bfloat16, 512, 512, has_mask=False) == "efficient"
+    assert cuda_sdpa_backend(torch.float32, 18, 18, has_mask=False) == "math"
+
+
+def test_cuda_flash_sdpa_has_no_n_squared_term(llama_dir):
+    """bf16, causal, no mask: flash keeps the output and an fp32 logsumexp per row."""
+    cuda, traced, loaded = predicted(llama_dir, "cuda", attn_implementation="sdpa", kv_cache=False)
+    assert _n2_coefficient(cuda) == 0
+    sites = Detector(traced, loaded, TRACE_N).sites()
+    assert len(sites) == 2
+    heads, head_dim = 4, 16
+    for site in sites:
+        expected = B * heads * N * head_dim * 2 + B * heads * N * 4
+        assert sympy.expand(cuda.site_memory_bytes(site) - expected) == 0
+
+
+def test_cuda_efficient_fp32_sdpa_has_no_logsumexp(llama_dir):
+    """fp32 picks the memory-efficient kernel; under no_grad its logsumexp has 0 columns."""
+    cuda, traced, loaded = predicted(llama_dir, "cuda", attn_implementation="sdpa",
+                                     kv_cache=False, dtype="float32")
+    cpu, _, _ = predicted(llama_dir, "cpu", attn_implementation="sdpa", kv_cache=False,
+                          dtype="float32")
+    site = Detector(traced, loaded, TRACE_N).sites()[0]
+    assert sympy.expand(cuda.site_memory_bytes(site) - B * 4 * N * 16 * 4) == 0
+    assert sympy.expand(cpu.site_memory_bytes(site) - (B * 4 * N * 16 * 4 + B * 4 * N * 4)) == 0
+
+
+def test_cuda_fp16_softmax_upcasts_inside_the_kernel(llama_dir):
+    """On CUDA, softmax(fp16, dtype=float32) makes no fp32 copy of its input:
+    fp16 scores (2) + fp32 softmax (4) + fp16 copy (2) per head, + the fp16 mask."""
+    cuda, _, _ = predicted(llama_dir, "cuda", attn_implementation="eager", kv_cache=False,
+                           dtype="float16")
+    cpu, _, _ = predicted(llama_dir, "cpu", attn_implementation="eager", kv_cache=False,
+                          dtype="float16")
+    assert _n2_coefficient(cuda) == 4 * (2 + 4 + 2) + 2
+    assert _n2_coefficient(cpu) == 4 * (2 + 4 + 4) + 2
+
+
+def test_cuda_masked_sdpa_by_hand():
+    """tests/models_mem/sdpa_masked.py, fp32, at the second layer's SDPA on CUDA
+    (memory-efficient: a mask is given):
+
+    weights 2·(64·192 + 64·64)·4; inputs x (256·B·N) and the bool mask (N²);
+    alive: the layer's input (256·B·N), the qkv projection (768·B·N), the
+    fp32 mask made from the bool one (4·N²), the output (256·B·N), no
+    logsumexp; while the kernel runs, a copy of the mask padded to a multiple
+    of 8 columns when N is not one."""
+    cuda, _, _ = predicted(MODELS / "sdpa_masked.py", "cuda")
+    cpu, _, _ = predicted(MODELS / "sdpa_masked.py", "cpu")
+
+    def expected(n, b):
+        weights = 2 * (64 * 192 + 64 * 64) * 4
+        inputs = 256 * b * n + n * n
+        live = 256 * b * n + 768 * b * n + 4 * n * n + 256 * b * n
+        padded = 0 if n % 8 == 0 else n * (n + 8 - n % 8) * 4
+        return weights + inputs + live + padded
+
+    assert cuda.at(200, 1) == expected(200, 1)
+    assert cuda.at(201, 1) == expected(201, 1)
+    assert cuda.at(512, 3) == expected(512, 3)
+    # The CPU kernel also returns a logsumexp (B·H·N fp32) and pads nothing.
+    assert cpu.at(200, 1) == expected(200, 1) + 4 * 200 * 4
+    assert cpu.at(201, 1) == expected(201, 1) - 201 * 208 * 4 + 4 * 201 * 4
+
+
+def test_cuda_and_cpu_agree_without_attention_kernels():
+    for name in ("local_unfold", "linear_einsum"):
+        cuda, _, _ = predicted(MODELS / f"{name}.py", "cuda")
+        cpu, _, _ = predicted(MODELS / f"{name}.py", "cpu")
+        assert cuda.at(1000, 2) == cpu.at(1000, 2)
+
+
+# ------------------------------------------------------------- fits
+
+
+@pytest.mark.parametrize("budget", [300_000, 2_000_000, 10**8, 10**10])
+def test_max_seq_len_is_the_exact_boundary(budget):
+    memory, _, _ = predicted(MODELS / "sparse_masked.py")
+    for batch in (1, 2):
+        n = max_seq_len(memory, batch, budget)
+        assert n is not None
+        assert memory.at(n, batch) <= budget < memory.at(n + 1, batch)
+
+
+def test_max_seq_len_on_expressions_and_callables():
+    expr = 3 * N**2 * B + 5 * N + 7
+    for budget in (15, 10**6, 10**15):
+        n = max_seq_len(expr, 1, budget)
+        assert 3 * n * n + 5 * n + 7 <= budget < 3 * (n + 1) ** 2 + 5 * (n + 1) + 7
+    assert max_seq_len(expr, 1, 14) is None
+    assert max_seq_len(lambda n, b: 100, 1, 100) == 2**40
+    assert max_seq_len(lambda n, b: n, 1, 10**6, hi=4096) == 4096
+    assert max_seq_len(lambda n, b: n, 1, 10**6, lo=10**7) is None
+
+
+def test_check_fits_contract():
+    memory, _, _ = predicted(MODELS / "sparse_masked.py")
+    budget = memory.at(1000, 1) + 5
+    result = check_fits(memory, 1000, 1, budget, gpu="H100-SXM")
+    assert isinstance(result, FitResult)
+    assert result.fits and result.headroom_bytes == 5
+    assert result.max_seq_len == max_seq_len(memory, 1, budget) >= 1000
+    assert set(result.to_dict()) == {"fits", "seq_len", "peak_memory_bytes", "budget_bytes",
+                                     "headroom_bytes", "max_seq_len", "gpu"}
+    assert not check_fits(memory, 2000, 1, budget).fits
+
+
+def test_roofline_estimate():
+    h100 = get_gpu("H100")
+    assert roofline(989.5e12, 1, h100, torch.bfloat16) == pytest.approx(1.0)
+    assert roofline(1, 3.35e12, h100, "bf16") == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------ sizes, GPUs
+
+
+def test_parse_size():
+    assert parse_size("24GiB") == 24 * 2**30
+    assert parse_size("24G") == 24 * 2**30
+    assert parse_size("80GB") == 80 * 10**9
+    assert parse_size("123456") == 123456
+    assert parse_size("512B") == 512
+    assert parse_size("1.5 MiB") == 3 * 2**19
+    assert parse_size(4096) == 4096
+    for bad in ("", "lots", "-1GB", "0", "12XB", "GB"):
+        with pytest.raises(AttncostError):
+            parse_size(bad)
+
+
+def test_bundled_gpus():
+    gpus = load_gpus()
+    wanted = {"A100-40GB", "A100-80GB", "H100-SXM", "H100-PCIe", "H200", "L4", "L40S",
+              "RTX-3090", "RTX-4090", "MI300X"}
+    assert wanted <= set(gpus)
+    for gpu in gpus.values():
+        assert gpu.memory_bytes > 0 and gpu.memory_bandwidth > 0 and gpu.datasheet
+        assert {"float32", "tf32", "bfloat16", "float16"} <= set(gpu.peak_flops)
+    assert gpus["H100-SXM"].peak_flops["bfloat16"] == pytest.approx(989.5e12)
+    assert gpus["A100-80GB"].memory_bytes == 80 * 2**30
+    assert get_gpu("h100 sxm").name == "H100-SXM"
+    assert get_gpu("A100").name == "A100-80GB"
+    assert DEFAULT_RESERVE == 2**30
+
+
+def test_unknown_gpu_lists_known_ones():
+    with pytest.raises(SpecError, match="H100-SXM") as info:
+        get_gpu("H1000")
+    assert "\n" not in str(info.value)
+
+
+def test_gpu_spec_files(tmp_path):
+    good = tmp_path / "mine.yaml"
+    good.write_text("gpus:\n  B200:\n    memory: 180GiB\n    memory_bandwidth: 8 TB/s\n"
+                    "    peak_flops: {bfloat16: 2250 TFLOPS, float32: 8.0e+13}\n")
+    assert get_gpu("b200", [good]).memory_bandwidth == 8e12
+    assert load_gpus([good])["B200"].peak_flops["float32"] == 8e13
+
+    malformed = tmp_path / "bad.yaml"
+    malformed.write_text("gpus:\n  X: [unclosed\n")
+    with pytest.raises(SpecError, match="bad.yaml: malformed YAML at line"):
+        load_gpus([malformed])
+
+    incomplete = tmp_path / "incomplete.yaml"
+    incomplete.write_text("gpus:\n  X:\n    memory: 16GiB\n    peak_flops: {float32: 1 TFLOPS}\n")
+    with pytest.raises(SpecError, match="incomplete.yaml: GPU 'X': missing 'memory_bandwidth'"):
+        load_gpus([incomplete])
+
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("gpus:\n  X:\n    memory: lots\n    memory_bandwidth: 1 TB/s\n"
+                     "    peak_flops: {float32: 1 TFLOPS}\n")
+    with pytest.raises(SpecError, match="wrong.yaml: GPU 'X': memory"):
+        load_gpus([wrong])
+
+    with pytest.raises(SpecError, match="missing.yaml"):
+        load_gpus([tmp_path / "missing.yaml"])
