@@ -21,6 +21,10 @@ The target device decides what attention kernels allocate (``device``):
 on "cpu" the traced kernels' outputs; on "cuda" the backend that
 ``scaled_dot_product_attention`` would pick there (flash, memory-efficient or
 math) and its outputs, and the fp16 softmax that upcasts inside its kernel.
+
+Not modelled: the caching allocator rounding each block up to 512 bytes,
+and workspaces of kernels other than attention (cuBLAS, a fused MHA's
+projections).
 """
 from __future__ import annotations
 
@@ -85,7 +89,8 @@ class Allocation:
 
 @dataclass
 class BreakdownEntry:
-    """One tensor (or group) at the peak, with its share of the peak."""
+    """One tensor at the peak, or a group of like tensors (one per layer),
+    with its share of the peak."""
 
     name: str
     module_path: str
@@ -94,12 +99,15 @@ class BreakdownEntry:
     dtype: str
     bytes: int
     share: float
+    count: int = 1
+    node: str = ""  # the fx node that made it (the first one of a group)
 
     def __str__(self) -> str:
         where = f" in {self.module_path}" if self.module_path else ""
         of = f" of {self.shape}" if self.shape else ""
         dtype = f"{self.dtype} " if self.dtype else ""
-        return f"{dtype}{self.name}{of}{where}: {self.share:.0%} of peak"
+        times = f" (×{self.count})" if self.count > 1 else ""
+        return f"{dtype}{self.name}{of}{where}{times}: {self.share:.0%} of peak"
 
 
 @dataclass
@@ -200,15 +208,31 @@ class MemoryModel:
         def share(x: int) -> float:
             return x / total if total else 0.0
 
-        entries = [self._entry(a, nbytes, share(nbytes)) for nbytes, a in sized[:top]]
+        # Like tensors of different layers (a KV cache) are one entry.
+        groups: dict[tuple, BreakdownEntry] = {}
+        for nbytes, a in sized:
+            e = self._entry(a, nbytes, share(nbytes))
+            key = (e.name, e.dtype, e.shape, _any_layer(e.module_path))
+            if key in groups:
+                g = groups[key]
+                g.bytes += nbytes
+                g.share = share(g.bytes)
+                g.count += 1
+                g.module_path = key[3]
+                g.layer = _any_layer(g.layer)
+            else:
+                groups[key] = e
+        ranked = sorted(groups.values(), key=lambda e: -e.bytes)
+        entries = ranked[:top]
         entries.append(BreakdownEntry("weights and buffers", "", "", "", "", self.weight_bytes,
                                       share(self.weight_bytes)))
         inputs = _eval_expr(self.input_bytes, n, b)
         entries.append(BreakdownEntry("inputs", "", "", "", "", inputs, share(inputs)))
-        rest = sum(x for x, _ in sized[top:])
+        rest = ranked[top:]
         if rest:
-            entries.append(BreakdownEntry(f"{len(sized) - top} smaller tensors", "", "", "", "",
-                                          rest, share(rest)))
+            rest_bytes = sum(e.bytes for e in rest)
+            entries.append(BreakdownEntry("smaller tensors", "", "", "", "", rest_bytes,
+                                          share(rest_bytes), sum(e.count for e in rest)))
         return entries
 
     def _entry(self, a: Allocation, nbytes: int, share: float) -> BreakdownEntry:
@@ -223,7 +247,8 @@ class MemoryModel:
                 shape = "×".join(str(d).replace("*", "·") for d in dims) or "scalar"
                 dtype = _DTYPE_NAMES.get(t.dtype, str(t.dtype).replace("torch.", ""))
         name = a.label or (_op_label(node) if node is not None else "tensor")
-        return BreakdownEntry(name, path, _layer_of(path), shape, dtype, nbytes, share)
+        return BreakdownEntry(name, path, _layer_of(path), shape, dtype, nbytes, share,
+                              node=node.name if node is not None else "")
 
     def describe(self, n: int, b: int = 1, top: int = 5) -> list[str]:
         """The breakdown as sentences: 'fp32 softmax of B×4×N×N in model.layers.0: 64% of peak'."""
@@ -259,6 +284,11 @@ def _op_label(node: fx.Node) -> str:
     return name.lstrip("_") or name
 
 
+def _any_layer(path: str) -> str:
+    """'model.layers.3.self_attn' -> 'model.layers.*.self_attn'."""
+    return ".".join("*" if part.isdigit() else part for part in path.split("."))
+
+
 def _layer_of(path: str) -> str:
     from .detect import layer_of
     return layer_of(path) if path else ""
@@ -279,14 +309,16 @@ def peak_memory(traced: TracedModel, loaded=None, device: str = "cuda") -> Memor
     per_batch: dict[int | None, list[Allocation]] = {}
     liveness = "graph last use"
     if loaded is not None:
-        try:
-            for key, batch in ((None, traced.batch_hint), (1, 1)):
+        for key, batch in ((None, traced.batch_hint), (1, 1)):
+            try:
                 per_batch[key] = _match_replay(traced, _replay(traced, loaded, batch), notes)
+            except Exception as exc:  # the model cannot run eagerly on fake tensors
+                notes.append(f"eager replay at B={batch} failed ({type(exc).__name__}: "
+                             f"{_first_line(exc)})" + ("; liveness follows last use in the graph"
+                                                      if key is None else ""))
+                break
+        if None in per_batch:
             liveness = "eager replay"
-        except Exception as exc:  # the model cannot run eagerly on fake tensors
-            per_batch = {}
-            notes.append(f"eager replay failed ({type(exc).__name__}: {_first_line(exc)}); "
-                         "liveness follows last use in the graph")
     if not per_batch:
         per_batch[None] = _graph_allocations(traced)
 
@@ -335,7 +367,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def _weight_bytes(traced: TracedModel, loaded) -> int:
-    """Parameters and buffers, each storage once (tied weights count once)."""
+    """Parameters and buffers, each tensor once (tied weights count once)."""
     if loaded is not None:
         seen: set[int] = set()
         total = 0
@@ -348,7 +380,7 @@ def _weight_bytes(traced: TracedModel, loaded) -> int:
     total = 0
     for node in traced.graph_module.graph.nodes:
         if node.op == "placeholder" and traced.placeholder_kinds.get(node.name) in ("parameter", "buffer"):
-            total += int(_node_output_bytes(traced, node)[0] or 0)
+            total += int(sum(_node_output_bytes(traced, node), sympy.Integer(0)))
     return total
 
 
@@ -356,8 +388,7 @@ def _input_bytes(traced: TracedModel) -> sympy.Expr:
     total = sympy.Integer(0)
     for node in traced.graph_module.graph.nodes:
         if node.op == "placeholder" and traced.placeholder_kinds.get(node.name) == "input":
-            total += sum((b for b in _node_output_bytes(traced, node) if b is not None),
-                         sympy.Integer(0))
+            total += sum(_node_output_bytes(traced, node), sympy.Integer(0))
     return sympy.expand(total)
 
 
@@ -368,7 +399,7 @@ def _tensor_outputs(node: fx.Node) -> list:
     return [v for v in flat if isinstance(v, torch.Tensor)]
 
 
-def _node_output_bytes(traced: TracedModel, node: fx.Node) -> list[sympy.Expr | None]:
+def _node_output_bytes(traced: TracedModel, node: fx.Node) -> list[sympy.Expr]:
     out = []
     for t in _tensor_outputs(node):
         numel = sympy.Mul(*[traced.expr(s) for s in t.shape]) if t.dim() else sympy.Integer(1)
@@ -561,7 +592,8 @@ def _match_replay(traced: TracedModel, replay: _Replay, notes: list[str]) -> lis
         for k, sid in enumerate(op.new):
             if sid is None:
                 continue
-            if k >= len(sizes) or int(sizes[k].xreplace(hint)) != replay.storages[sid].nbytes:
+            at_hint = sizes[k].xreplace(hint) if k < len(sizes) else None
+            if at_hint is None or not at_hint.is_Integer or int(at_hint) != replay.storages[sid].nbytes:
                 return False
         return True
 
