@@ -177,7 +177,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
             dtype: str | None = None, device: str = "cuda",
             attn_implementation: str | None = None, kv_cache: bool | None = None,
-            progress: Callable[[str], None] | None = None) -> Analysis:
+            progress: Callable[[str], None] | None = None,
+            last_logits_only: bool = False) -> Analysis:
     """Trace ``model`` once and derive its attention cost as formulas in N and B.
 
     ``model`` is a path (a .py file, a transformers config.json or its
@@ -194,7 +195,8 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     if progress:
         progress("loading the model")
     loaded = model if isinstance(model, LoadedModel) else load(
-        model, dtype=dtype, attn_implementation=attn_implementation, kv_cache=kv_cache)
+        model, dtype=dtype, attn_implementation=attn_implementation, kv_cache=kv_cache,
+        last_logits_only=last_logits_only)
     traced = trace(loaded, seq_len, batch, progress=progress)
     lo, hi = traced.n_range
     if seq_len < lo or (hi is not None and seq_len > hi):

@@ -144,16 +144,107 @@ def run_fits(analysis, gpu: str | None = None, memory: str | None = None,
         raise AttncostError("no memory model for this analysis")
     result = check_fits(model, analysis.seq_len, analysis.batch, budget, spec,
                         n_range=analysis.n_range)
+    alternatives = [] if result.fits else what_ifs(analysis, budget, spec)
+    times = site_times(analysis, spec) if spec is not None else []
+    data = result.to_dict()
+    data["what_if"] = [{"change": w.change, "peak_memory_bytes": w.result.peak_memory_bytes,
+                        "fits": w.result.fits, "max_seq_len": w.result.max_seq_len}
+                       for w in alternatives]
+    if times:
+        data["roofline_estimate"] = [{"site": name, "seconds": sec, "bound": bound}
+                                     for name, sec, bound in times]
     if fmt == "json":
         import json
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps(data, indent=2))
     elif fmt == "yaml":
         import yaml
-        click.echo(yaml.safe_dump(result.to_dict(), sort_keys=False), nl=False)
+        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
     else:
         for line in _summary(result, analysis, spec):
             click.echo(line)
+        for line in _what_if_lines(alternatives) + _roofline_lines(times, spec):
+            click.echo(line)
     return 0 if result.fits else 1
+
+
+@dataclass
+class WhatIf:
+    """The same model with one thing changed, and how far it then reaches."""
+
+    change: str
+    result: FitResult
+
+
+def _variations(analysis) -> list[tuple[str, dict]]:
+    """Changes worth trying when a length does not fit."""
+    base = dict(dtype=analysis.dtype, attn_implementation=analysis.attn_implementation,
+                kv_cache=analysis.kv_cache if analysis.source == "config" else None)
+    out = []
+    if analysis.source == "config":
+        for impl in ("sdpa", "eager"):
+            if impl != analysis.attn_implementation:
+                out.append((f"attn_implementation={impl}", dict(base, attn_implementation=impl)))
+        out.append(("logits for the last position only (logits_to_keep=1)",
+                    dict(base, last_logits_only=True)))
+        if analysis.kv_cache:
+            out.append(("no KV cache returned (use_cache=False)", dict(base, kv_cache=False)))
+    if analysis.dtype == "float32":
+        out.append(("dtype=bfloat16", dict(base, dtype="bfloat16")))
+    return out
+
+
+def what_ifs(analysis, budget: int, spec: GPU | None) -> list[WhatIf]:
+    """Re-analyze the model under each variation (one trace each)."""
+    from .analysis import analyze
+
+    results = []
+    for change, kwargs in _variations(analysis):
+        try:
+            other = analyze(analysis.model, analysis.seq_len, batch=analysis.batch,
+                            device=analysis.device, **kwargs)
+        except AttncostError:
+            continue
+        model = other.memory if other.memory is not None else other.peak_memory_bytes
+        if model is None:
+            continue
+        results.append(WhatIf(change, check_fits(model, other.seq_len, other.batch, budget, spec,
+                                                 n_range=other.n_range)))
+    return results
+
+
+def _what_if_lines(alternatives: list[WhatIf]) -> list[str]:
+    from .report import human_bytes
+
+    lines = ["what if:"] if alternatives else []
+    for w in alternatives:
+        reach = f"up to {w.result.max_seq_len:,} tokens fit" if w.result.max_seq_len else "nothing fits"
+        verdict = "fits" if w.result.fits else "does not fit"
+        lines.append(f"  {w.change}: peak {human_bytes(w.result.peak_memory_bytes)}, {verdict}; {reach}")
+    return lines
+
+
+def site_times(analysis, spec: GPU) -> list[tuple[str, float, str]]:
+    """Roofline estimate of each attention site on ``spec`` at the requested N."""
+    out = []
+    for site in analysis.sites:
+        flops = analysis.at(site.flops)
+        size = analysis.at(site.memory_bytes)
+        seconds = roofline(flops, size, spec, analysis.dtype)
+        compute = flops / spec.flops_for(dtype_key(analysis.dtype))
+        out.append((site.name, seconds, "compute" if compute >= seconds else "memory"))
+    return out
+
+
+def _roofline_lines(times, spec) -> list[str]:
+    if not times:
+        return []
+    total = sum(t for _, t, _ in times)
+    bounds = {b for _, _, b in times}
+    kind = bounds.pop() if len(bounds) == 1 else "mixed"
+    from .report import human_seconds
+
+    return [f"roofline estimate (not a measurement): attention {human_seconds(total)} per forward "
+            f"on {spec.name} over {len(times)} site(s), {kind}-bound at peak FLOP/s and bandwidth"]
 
 
 def _summary(result: FitResult, analysis, spec: GPU | None) -> list[str]:

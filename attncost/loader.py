@@ -61,8 +61,13 @@ def parse_dtype(name: str | torch.dtype | None, default: torch.dtype) -> torch.d
 
 
 def load(path: str | Path, dtype: str | torch.dtype | None = None,
-         attn_implementation: str | None = None, kv_cache: bool | None = None) -> LoadedModel:
-    """Load a Python model file or a transformers config (file or directory)."""
+         attn_implementation: str | None = None, kv_cache: bool | None = None,
+         last_logits_only: bool = False) -> LoadedModel:
+    """Load a Python model file or a transformers config (file or directory).
+
+    ``last_logits_only`` (configs) computes the LM head for the last position
+    only (transformers' ``logits_to_keep=1``), as generation does.
+    """
     p = Path(path)
     if not p.exists():
         raise ModelError(f"{path}: no such file or directory; give a model .py file or a "
@@ -72,9 +77,9 @@ def load(path: str | Path, dtype: str | torch.dtype | None = None,
         if not cfg.exists():
             raise ModelError(f"{path}: a directory without config.json; point at a transformers "
                              "config folder or a model .py file")
-        return _load_config(cfg, str(path), dtype, attn_implementation, kv_cache)
+        return _load_config(cfg, str(path), dtype, attn_implementation, kv_cache, last_logits_only)
     if p.suffix == ".json":
-        return _load_config(p, str(path), dtype, attn_implementation, kv_cache)
+        return _load_config(p, str(path), dtype, attn_implementation, kv_cache, last_logits_only)
     if p.suffix == ".py":
         if attn_implementation is not None:
             raise ModelError("--attn-implementation applies to transformers configs, not to a .py file")
@@ -169,7 +174,8 @@ def _cast_floats(obj, dtype):
 # ------------------------------------------------------------ transformers
 
 
-def _load_config(cfg_path: Path, given: str, dtype, attn_implementation, kv_cache) -> LoadedModel:
+def _load_config(cfg_path: Path, given: str, dtype, attn_implementation, kv_cache,
+                 last_logits_only: bool = False) -> LoadedModel:
     try:
         raw = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -197,7 +203,10 @@ def _load_config(cfg_path: Path, given: str, dtype, attn_implementation, kv_cach
     vocab = int(getattr(config, "vocab_size", 0) or 0)
 
     def example_inputs(seq_len: int, batch: int):
-        return {"input_ids": torch.zeros(batch, seq_len, dtype=torch.long), "use_cache": use_cache}
+        inputs = {"input_ids": torch.zeros(batch, seq_len, dtype=torch.long), "use_cache": use_cache}
+        if last_logits_only:
+            inputs["logits_to_keep"] = 1
+        return inputs
 
     del vocab
     return LoadedModel(model, example_inputs, "config", given, dt, config=config,

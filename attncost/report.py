@@ -31,6 +31,14 @@ def human_bytes(x: int | float) -> str:
     return _scaled(x, ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"], 1024)
 
 
+def human_seconds(x: float) -> str:
+    """0.00042 -> 420 µs, 0.15 -> 150 ms, 200.0 -> 200 s."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x * 1e9:.3g} ns"
+
+
 def human_tokens(n: int) -> str:
     """4096 -> 4k, 131072 -> 128k, 1048576 -> 1M; other values with separators."""
     for unit, size in (("M", 1 << 20), ("k", 1 << 10)):
