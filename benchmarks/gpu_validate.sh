@@ -29,13 +29,13 @@ timeout -k 10 190 python3 -m attncost.kernels.harness --device cuda --json "$JSO
   > "$OUT/validate.log" 2>&1
 echo "validation exit status $? after $(( $(date +%s) - START ))s" >> "$OUT/validate.log"
 if [ -s "$JSON" ] && [ ! -s "$PNG" ]; then
-  timeout 60 python3 -c "import json, sys; from attncost.kernels.harness import plot_validation; plot_validation(json.load(open(sys.argv[1])), sys.argv[2])" \
+  timeout 30 python3 -c "import json, sys; from attncost.kernels.harness import plot_validation; plot_validation(json.load(open(sys.argv[1])), sys.argv[2])" \
     "$JSON" "$PNG" >> "$OUT/validate.log" 2>&1
 fi
 
 # 3. kernels vs SDPA / FlexAttention; the later FlexAttention compile gets whatever time is left
 LEFT=$(( 285 - ($(date +%s) - START) ))
-[ "$LEFT" -gt 30 ] || LEFT=30
+[ "$LEFT" -gt 20 ] || LEFT=20
 timeout -k 5 "$LEFT" python3 benchmarks/kernels_vs_sdpa.py > "$OUT/kernels_vs_sdpa.txt" 2>&1
 echo "benchmark exit status $? after $(( $(date +%s) - START ))s" >> "$OUT/kernels_vs_sdpa.txt"
 

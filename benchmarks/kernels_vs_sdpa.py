@@ -116,7 +116,7 @@ def run_local(lens, results):
         ours = attempt(lambda: bench_ms(lambda: local.local_attention(q, k, v, WINDOW, causal=True)), f"local {n}")
         results[n] = ours
         ref = attempt(lambda: bench_ms(lambda: sdpa(q, k, v, True)), f"sdpa {n}")
-        row("local causal w=512", n, ours, "sdpa causal", ref, useful("local", n, w=WINDOW),
+        row(f"local causal w={WINDOW}", n, ours, "sdpa causal", ref, useful("local", n, w=WINDOW),
             best_config(dense._banded_attn_fwd_tuned))
         del q, k, v
 
@@ -175,7 +175,7 @@ def run_flex(local_lens, sparse_lens, local_ours, sparse_ours):
         mask = attempt(lambda: create_block_mask(sliding, None, None, n, n, device="cuda", **kwargs),
                        f"flex mask {n}")
         ref = attempt(lambda: bench_ms(lambda: flex(q, k, v, block_mask=mask)), f"flex local {n}") if mask else None
-        row("local causal w=512", n, local_ours.get(n), "flex", ref, useful("local", n, w=WINDOW))
+        row(f"local causal w={WINDOW}", n, local_ours.get(n), "flex", ref, useful("local", n, w=WINDOW))
         del q, k, v
     for n in sparse_lens:
         q, k, v = qkv(n)

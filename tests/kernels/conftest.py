@@ -1,21 +1,35 @@
 """Run the kernel tests under the Triton interpreter when there is no GPU.
 
-Triton chooses between compiling and interpreting when a kernel is
-decorated, that is when its module is imported, so TRITON_INTERPRET is set
-here, before any test module imports a kernel; kernel modules that something
-imported earlier without it are re-imported.
+Triton chooses between compiling and interpreting when a function is
+decorated with @triton.jit, its own library functions included, so
+TRITON_INTERPRET is set here, before this directory's test modules import
+Triton.  If something imported Triton earlier in this process, the
+interpreter cannot be switched on any more; ``interpreter_unavailable``
+then says why, and the kernel tests skip with that reason (run them in a
+pytest process of their own, or with TRITON_INTERPRET=1 set).
 """
-import importlib
 import os
 import sys
 
 import torch
 
-KERNEL_MODULES = ("dense", "local", "sparse", "linear")  # dependency order
+ON_GPU = torch.cuda.is_available()
+_TRITON_IMPORTED_BEFORE = "triton" in sys.modules
 
-if not torch.cuda.is_available():
+if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
-    for _name in KERNEL_MODULES:
-        _module = sys.modules.get(f"attncost.kernels.{_name}")
-        if _module is not None:
-            importlib.reload(_module)
+
+
+def interpreter_unavailable() -> str | None:
+    """Why the Triton interpreter cannot run here, or None when it can (or a GPU is used)."""
+    if ON_GPU:
+        return None
+    try:
+        import triton.language.standard as standard
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return None  # no Triton: the test module skips on its own
+    if isinstance(standard.cdiv, InterpretedFunction):
+        return None
+    where = "before tests/kernels/conftest.py" if _TRITON_IMPORTED_BEFORE else "without TRITON_INTERPRET"
+    return f"Triton was imported {where}; run the kernel tests in their own pytest process"

@@ -16,6 +16,10 @@ pytest.importorskip("triton")
 
 from attncost.kernels import dense, harness, linear, local, sparse  # noqa: E402
 
+from .conftest import interpreter_unavailable  # noqa: E402
+
+pytestmark = pytest.mark.skipif(interpreter_unavailable() is not None, reason=str(interpreter_unavailable()))
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 #: The interpreter runs the TMA-descriptor path anywhere; a GPU needs sm90+.
 HAS_TMA = DEVICE == "cpu" or dense.tma_supported(torch.empty(16, device=DEVICE))
