@@ -194,8 +194,9 @@ def evaluate_node(detector, target: fx.Node, n_eval: int):
         if node in needed and node.op != "placeholder":
             env[node] = sub.node_copy(node, lambda x: env[x])
     sub.output(env[target])
-    module = fx.GraphModule(torch.nn.Module(), sub)
     try:
+        # Rooted at the traced module so that constants (get_attr) resolve.
+        module = fx.GraphModule(gm, sub)
         with torch.no_grad():
             return module(*[feeds[n.name] for n in sub.nodes if n.op == "placeholder"])
     except Exception as exc:  # the mask code needs something we cannot give it

@@ -211,3 +211,31 @@ def markdown(a: Analysis) -> str:
     out.append("")
     out.extend(f"- {line}" for line in _summary_lines(a))
     return "\n".join(out) + "\n"
+
+
+def render_validation(result: dict, console: Console) -> None:
+    """`attncost validate` as a table: correctness, scaling and memory per variant."""
+    table = Table(title=f"attncost validate on {result.get('device', '?')}", box=box.SIMPLE_HEAD,
+                  title_justify="left", pad_edge=False, collapse_padding=True)
+    for col, justify in (("variant", "left"), ("max err", "right"),
+                         ("N^k fit/spec", "right"), ("at N", "right"), ("time", "right"),
+                         ("TFLOP/s", "right"), ("mem/spec", "right"), ("ok", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for r in result.get("results", []):
+        points = r.get("points") or []
+        last = points[-1] if points else {}
+        fit = r.get("fitted_exponent")
+        exponent = f"{fit:.2f} / {r.get('formula_exponent')}" if fit is not None else \
+            f"- / {r.get('formula_exponent')}"
+        ratio = (last.get("peak_bytes") / last["predicted_bytes"]
+                 if last.get("predicted_bytes") and last.get("peak_bytes") else None)
+        table.add_row(
+            r.get("variant", "?"),
+            f"{r.get('max_abs_error', float('nan')):.1e}" + ("" if r.get("correct") else " WRONG"),
+            exponent,
+            human_tokens(last["seq_len"]) if last else "-",
+            human_seconds(last["seconds"]) if last.get("seconds") else "-",
+            f"{last['tflops']:.0f}" if last.get("tflops") else "-",
+            f"{ratio:.3f}" if ratio else "-",
+            "yes" if r.get("ok") else "no")
+    console.print(table)
