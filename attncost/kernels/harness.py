@@ -48,8 +48,8 @@ VARIANTS = ("dense", "causal_dense", "local", "sparse", "linear")
 
 #: Default sweeps on a GPU (B=1, H=16, d=128, bf16 fit comfortably in 80 GB).
 DEFAULT_SEQ_LENS = {
-    "dense": [1024, 2048, 4096, 8192, 16384],
-    "causal_dense": [1024, 2048, 4096, 8192, 16384],
+    "dense": [2048, 4096, 8192, 16384, 32768],
+    "causal_dense": [2048, 4096, 8192, 16384, 32768, 65536],
     "local": [4096, 8192, 16384, 32768, 65536],
     "sparse": [4096, 8192, 16384, 32768, 65536],
     "linear": [16384, 65536, 262144, 1048576],
@@ -582,9 +582,10 @@ def plot_validation(report: dict, path) -> None:
             ax_t.set_ylabel("FLOPs (no timing on this device)")
             ax_m.loglog(ns, [spec.evaluate("memory_bytes", N=n, **values) for n in ns], "-", color="tab:gray",
                         label="formula")
-        ax_m.set_ylabel("peak bytes")
+        ax_m.set_ylabel("peak memory")
+        _human_axes(ax_t, ax_m, ns, timed=bool(pts))
         for ax in (ax_t, ax_m):
-            ax.set_xlabel("sequence length N")
+            ax.set_xlabel("sequence length N (tokens)")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle(f"attncost kernels on {report.get('device', '?')} ({report.get('dtype', '')}): "
@@ -592,6 +593,25 @@ def plot_validation(report: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _human_axes(ax_t, ax_m, ns, timed: bool) -> None:
+    """Tick labels a person reads: 4k/64k/1M tokens, ms, MiB/GiB."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    from ..report import human_bytes, human_seconds, human_tokens
+
+    for ax in (ax_t, ax_m):
+        ax.xaxis.set_major_locator(FixedLocator(sorted(set(ns))))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_tokens(int(round(x)))))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    ax_m.set_yscale("log", base=2)  # ticks at 64 MiB, 128 MiB, ...
+    ax_m.yaxis.set_major_formatter(FuncFormatter(lambda y, _: human_bytes(y)))
+    ax_m.yaxis.set_minor_formatter(NullFormatter())
+    if timed:
+        ax_t.yaxis.set_major_formatter(FuncFormatter(lambda y, _: human_seconds(y)))
+        ax_t.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _symbol_values(res: dict, settings: dict) -> dict:
