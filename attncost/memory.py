@@ -28,7 +28,6 @@ projections).
 """
 from __future__ import annotations
 
-import difflib
 import math
 import warnings
 import weakref
@@ -593,6 +592,10 @@ def _align_key(op: Any) -> str:
     return _ALIGN_AS.get(name, name)
 
 
+#: How far the alignment of replayed ops and graph nodes looks around its position.
+_LOOK_AHEAD, _LOOK_BEHIND = 48, 8
+
+
 def _match_replay(traced: TracedModel, replay: _Replay, notes: list[str]) -> list[Allocation]:
     """Give each replayed storage the graph node (and so the size expression)
     that made it: align the two sequences of allocating ops, then check that
@@ -603,39 +606,37 @@ def _match_replay(traced: TracedModel, replay: _Replay, notes: list[str]) -> lis
     node_of_op: dict[int, fx.Node] = {}
     used: set[int] = set()
 
+    hinted: dict[fx.Node, list] = {}
+
     def fits(i: int, node: fx.Node) -> bool:
         op = replay.ops[i]
         if _align_key(op.func) != _align_key(node.target):
             return False
-        sizes = _node_output_bytes(traced, node)
+        if node not in hinted:
+            hinted[node] = [x.xreplace(hint) for x in _node_output_bytes(traced, node)]
+        sizes = hinted[node]
         for k, sid in enumerate(op.new):
             if sid is None:
                 continue
-            at_hint = sizes[k].xreplace(hint) if k < len(sizes) else None
+            at_hint = sizes[k] if k < len(sizes) else None
             if at_hint is None or not at_hint.is_Integer or int(at_hint) != replay.storages[sid].nbytes:
                 return False
         return True
 
-    matcher = difflib.SequenceMatcher(a=[_align_key(replay.ops[i].func) for i in alloc_ops],
-                                      b=[_align_key(n.target) for n in nodes], autojunk=False)
-    gaps: list[tuple[list[int], range]] = []
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            for di in range(i2 - i1):
-                i, j = alloc_ops[i1 + di], j1 + di
-                if fits(i, nodes[j]):
-                    node_of_op[i] = nodes[j]
-                    used.add(j)
-                else:
-                    gaps.append(([i], range(max(0, j - 8), min(len(nodes), j + 9))))
-        elif tag in ("replace", "delete"):
-            gaps.append((alloc_ops[i1:i2], range(max(0, j1 - 8), min(len(nodes), j2 + 8))))
-    for ops, window in gaps:
-        for i in ops:
-            j = next((j for j in window if j not in used and fits(i, nodes[j])), None)
-            if j is not None:
-                node_of_op[i] = nodes[j]
-                used.add(j)
+    # Both sequences run the same program in the same order, so a greedy walk
+    # with a small look-ahead aligns them in linear time (a generic diff is
+    # quadratic on the repetitive op sequences of deep models).
+    j = 0
+    for i in alloc_ops:
+        found = None
+        for jj in range(max(0, j - _LOOK_BEHIND), min(len(nodes), j + _LOOK_AHEAD)):
+            if jj not in used and fits(i, nodes[jj]):
+                found = jj
+                break
+        if found is not None:
+            node_of_op[i] = nodes[found]
+            used.add(found)
+            j = max(j, found + 1)
 
     allocations = []
     unmatched = []
