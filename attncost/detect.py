@@ -22,7 +22,8 @@ import torch
 import torch.fx as fx
 
 from . import masks
-from .symbolic import FLEX_ATTENTION, FUSED_ATTENTION_OPS, is_view, node_flops, tensor_bytes
+from .symbolic import (FLEX_ATTENTION, FUSED_ATTENTION_OPS, is_view, node_flops, schema_args,
+                       tensor_bytes)
 from .tracer import B, N, TracedModel
 
 aten = torch.ops.aten
@@ -88,22 +89,6 @@ class AttentionSite:
 
 def _packet(node: fx.Node):
     return getattr(node.target, "overloadpacket", node.target)
-
-
-def _schema_args(node: fx.Node) -> dict[str, Any]:
-    """A node's arguments by name, defaults filled in from the op's schema."""
-    schema = getattr(node.target, "_schema", None)
-    out: dict[str, Any] = {}
-    if schema is None:
-        return out
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            out[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            out[arg.name] = node.kwargs[arg.name]
-        elif arg.has_default_value():
-            out[arg.name] = arg.default_value
-    return out
 
 
 def _as_int(expr: sympy.Expr) -> int | None:
@@ -274,7 +259,7 @@ class Detector:
             block_mask = node.args[4] if len(node.args) > 4 else None
             mask_mod = block_mask[-1] if isinstance(block_mask, tuple) and block_mask else None
         else:
-            args = _schema_args(node)
+            args = schema_args(node)
             q, k, v = args.get("query", node.args[0]), args.get("key", node.args[1]), \
                 args.get("value", node.args[2])
             impl = "sdpa"

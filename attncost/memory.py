@@ -42,7 +42,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .symbolic import SDPA_OPS, is_view
+from .symbolic import SDPA_OPS, is_view, schema_args
 from .tracer import B, N, TracedModel
 
 aten = torch.ops.aten
@@ -735,19 +735,6 @@ def _is_sdpa(node: fx.Node) -> bool:
     return node.target in SDPA_OPS or getattr(node.target, "overloadpacket", None) in SDPA_OPS
 
 
-def _sdpa_args(node: fx.Node) -> dict[str, Any]:
-    schema = node.target._schema
-    args: dict[str, Any] = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            args[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            args[arg.name] = node.kwargs[arg.name]
-        elif arg.has_default_value():
-            args[arg.name] = arg.default_value
-    return args
-
-
 def cuda_sdpa_backend(dtype: torch.dtype, head_dim_qk: int, head_dim_v: int, has_mask: bool) -> str:
     """The backend ``scaled_dot_product_attention`` picks on an sm80+ GPU
     (priority flash > memory-efficient > math, as torch's sdp_utils orders them)."""
@@ -771,7 +758,7 @@ def cuda_sdpa_allocations(traced: TracedModel, node: fx.Node):
     fp16/bf16 with a value head dim over 128 keeps an fp32 accumulator.
     math: the composite's N×N scores and softmax (fp32 for fp16/bf16 inputs).
     """
-    args = _sdpa_args(node)
+    args = schema_args(node)
     q, k, v = (args.get("query", node.args[0]), args.get("key", node.args[1]),
                args.get("value", node.args[2]))
     mask = args.get("attn_mask")

@@ -131,6 +131,22 @@ FUSED_ATTENTION_OPS = frozenset(SDPA_OPS) | frozenset(
 ) | (frozenset({FLEX_ATTENTION}) if FLEX_ATTENTION is not None else frozenset())
 
 
+def schema_args(node: fx.Node) -> dict[str, Any]:
+    """A node's arguments by name, defaults filled in from the op's schema."""
+    schema = getattr(node.target, "_schema", None)
+    out: dict[str, Any] = {}
+    if schema is None:
+        return out
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            out[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            out[arg.name] = node.kwargs[arg.name]
+        elif arg.has_default_value():
+            out[arg.name] = arg.default_value
+    return out
+
+
 def rule_for(target) -> FlopRule | None:
     """The FLOP rule of an fx node's target (overload or its packet)."""
     rule = FLOP_RULES.get(target)
