@@ -200,7 +200,7 @@ def specs(gpu_specs, fmt):
 
 @main.command()
 @click.option("--variant", "variants", multiple=True,
-              type=click.Choice(["dense", "local", "sparse", "linear"]))
+              type=click.Choice(["dense", "causal_dense", "local", "sparse", "linear"]))
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
               help="Default: cuda when available, else cpu (correctness only).")
 @click.option("--seq-lens", default=None, help="Comma-separated lengths, e.g. 1k,4k,16k.")
@@ -230,6 +230,110 @@ def validate(variants, device, seq_lens, plot_path, fmt):
         render_validation(result, Console())
     if not all(r.get("ok", r.get("correct")) for r in result["results"]):
         sys.exit(1)
+
+
+def _gpu_budgets(names, gpu_specs, reserve):
+    """(GPU, bytes left for tensors) for each name, less the reserve as in `fits --gpu`."""
+    from .fits import budget_for
+
+    out = []
+    for name in names:
+        budget, spec = budget_for(gpu=name, reserve=reserve, gpu_specs=gpu_specs)
+        out.append((spec, budget))
+    return out
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--seq-len", "seq_range", required=True, metavar="LO..HI",
+              help="The range of N to plot: 1k..1M.")
+@click.option("--gpu", "gpu_names", multiple=True, help="A GPU from `attncost specs` "
+              "(repeat for more): its memory as a line, the largest N that fits as a marker.")
+@click.option("--attn-implementation", "attn_implementations", multiple=True,
+              type=click.Choice(["eager", "sdpa", "flex_attention"]),
+              help="For transformers configs; repeat for one curve each (default sdpa).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Default: float32 for a .py file, bfloat16 for a config.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="The device whose kernels are modelled.")
+@click.option("--kv-cache/--no-kv-cache", default=None,
+              help="For transformers configs (default: the config's use_cache).")
+@click.option("--reserve", default=None, help="Memory held back on each --gpu for the CUDA "
+              "context and allocator (default 1GiB).")
+@click.option("--gpu-spec", "gpu_specs", multiple=True, type=click.Path(),
+              help="A YAML file of more GPUs.")
+@click.option("--points", type=click.IntRange(min=2, max=1000), default=60, show_default=True,
+              help="How many lengths to evaluate the formulas at.")
+@click.option("--out", "out", required=True, type=click.Path(), help="The image: .png or .svg.")
+@handles_errors
+def plot(model, seq_range, gpu_names, attn_implementations, batch, dtype, device, kv_cache,
+         reserve, gpu_specs, points, out):
+    """FLOPs and peak memory against N (log-log), one curve per attention implementation."""
+    from .plot import draw, plot_data
+    from .report import human_tokens
+
+    bounds = seq_range.split("..")
+    if len(bounds) != 2:
+        raise AttncostError(f"--seq-len {seq_range!r}: give a range such as 1k..1M")
+    lo, hi = (parse_length(x) for x in bounds)
+    if hi <= lo:
+        raise AttncostError(f"--seq-len {seq_range}: the end must be above the start")
+    data = plot_data(model, (lo, hi), batch=batch, dtype=dtype, device=device,
+                     attn_implementations=attn_implementations or (None,), kv_cache=kv_cache,
+                     gpus=_gpu_budgets(gpu_names, gpu_specs, reserve), points=points)
+    path = draw(data, out)
+    click.echo(f"wrote {path}: {len(data.curves)} curve(s), N = {human_tokens(lo)}..{human_tokens(hi)}")
+    for gpu in data.gpus:
+        for label, n in gpu.max_seq_len.items():
+            fits = f"up to N = {human_tokens(n)}" if n else "not even the shortest length"
+            which = f" {label}" if len(data.curves) > 1 else ""
+            click.echo(f"{gpu.name}:{which} fits {fits}")
+    for note in data.notes:
+        click.echo(note)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--seq-len", "seq_len", type=LENGTH, required=True,
+              help="Sequence length N: 4096, 4k, 128k, 1M.")
+@click.option("--attn-implementation", "attn_implementations", multiple=True,
+              type=click.Choice(["eager", "sdpa", "flex_attention"]),
+              help="For transformers configs; repeat to compare (default sdpa).")
+@click.option("--dtype", "dtypes", multiple=True,
+              type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Repeat to compare (default: float32 for a .py file, bfloat16 for a config).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="The device whose kernels are modelled.")
+@click.option("--kv-cache/--no-kv-cache", default=None,
+              help="For transformers configs (default: the config's use_cache).")
+@click.option("--gpu", "gpu_name", default=None,
+              help="A GPU from `attncost specs`: adds the largest N that fits each choice.")
+@click.option("--reserve", default=None, help="Memory held back on --gpu for the CUDA context "
+              "and allocator (default 1GiB).")
+@click.option("--gpu-spec", "gpu_specs", multiple=True, type=click.Path(),
+              help="A YAML file of more GPUs.")
+@click.option("--baseline", "baselines", multiple=True,
+              type=click.Choice(["fvcore", "flopcounter"]),
+              help="Count FLOPs with fvcore (a real forward; small models only) or torch's "
+                   "FlopCounterMode too, per layer.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True)
+@handles_errors
+def compare(model, seq_len, attn_implementations, dtypes, batch, device, kv_cache, gpu_name,
+            reserve, gpu_specs, baselines, fmt):
+    """One model under several attention implementations or dtypes, and other FLOP counters."""
+    from .compare import compare_choices, render_comparison
+
+    gpu, budget = _gpu_budgets([gpu_name], gpu_specs, reserve)[0] if gpu_name else (None, None)
+    comparison = compare_choices(model, seq_len, batch=batch, device=device,
+                                 attn_implementations=attn_implementations or (None,),
+                                 dtypes=dtypes or (None,), kv_cache=kv_cache,
+                                 gpu=gpu, budget_bytes=budget, baselines=baselines)
+    text = render_comparison(comparison, fmt, Console())
+    if text is not None:
+        click.echo(text)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -90,7 +90,7 @@ def load(path: str | Path, dtype: str | torch.dtype | None = None,
 # ---------------------------------------------------------------- Python files
 
 
-def _import_file(p: Path):
+def import_file(p: Path):
     name = f"attncost_user_{p.stem}_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(name, p)
     if spec is None or spec.loader is None:
@@ -118,7 +118,7 @@ def _import_file(p: Path):
 
 
 def _load_python(p: Path, given: str, dtype) -> LoadedModel:
-    module = _import_file(p)
+    module = import_file(p)
     dt = parse_dtype(dtype, torch.float32)
     builder = getattr(module, "build_model", None)
     try:

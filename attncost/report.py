@@ -179,7 +179,7 @@ def _summary_lines(a: Analysis) -> list[str]:
 def print_table(a: Analysis, console: Console) -> None:
     table = Table(title=_title(a), box=box.SIMPLE_HEAD, title_justify="left",
                   show_footer=False, pad_edge=False)
-    table.add_column("site", overflow="fold", max_width=30)
+    table.add_column("site", overflow="fold", max_width=40)
     table.add_column("variant", overflow="fold", max_width=22)
     table.add_column("heads", justify="right")
     table.add_column("FLOPs formula", overflow="fold", max_width=24)

@@ -263,7 +263,7 @@ def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int):
     def forward(params, args, kwargs):
         # The outputs as a flat list of tensors: they are what the forward
         # returns, and so what stays alive after it (logits, a KV cache).
-        return _tensors_of(functional_call(model, params, args, kwargs))
+        return tensors_of(functional_call(model, params, args, kwargs))
 
     try:
         with torch.no_grad(), _record_module_paths(model), loaded.trace_context(), \
@@ -287,7 +287,7 @@ def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int):
     return gm, shape_env, replacements, placeholder_kinds
 
 
-def _tensors_of(obj, seen=None, depth: int = 0) -> list[torch.Tensor]:
+def tensors_of(obj, seen=None, depth: int = 0) -> list[torch.Tensor]:
     """Every tensor reachable from a model's output (tuples, dicts, model
     outputs, cache objects), each once."""
     seen = set() if seen is None else seen
@@ -308,7 +308,7 @@ def _tensors_of(obj, seen=None, depth: int = 0) -> list[torch.Tensor]:
         return []
     out: list[torch.Tensor] = []
     for item in items:
-        out.extend(_tensors_of(item, seen, depth + 1))
+        out.extend(tensors_of(item, seen, depth + 1))
     return out
 
 
