@@ -73,7 +73,7 @@ class SiteRow:
 def site_rows(analysis: Analysis) -> list[SiteRow]:
     rows: list[SiteRow] = []
     for s in analysis.sites:
-        key = (re.sub(r"\.\d+(\.|$)", r".*\1", s.name), s.variant, s.implementation, s.causal,
+        key = (re.sub(r"(^|\.)\d+(?=\.|$)", r"\1*", s.name), s.variant, s.implementation, s.causal,
                s.heads, s.kv_heads, s.head_dim, s.window, str(s.flops))
         if rows and getattr(rows[-1], "_key", None) == key:
             rows[-1].count += 1
@@ -178,8 +178,9 @@ def _summary_lines(a: Analysis) -> list[str]:
 
 def print_table(a: Analysis, console: Console) -> None:
     table = Table(title=_title(a), box=box.SIMPLE_HEAD, title_justify="left",
-                  show_footer=False, pad_edge=False)
+                  show_footer=False, pad_edge=False, show_edge=False, collapse_padding=True)
     table.add_column("site", overflow="fold", max_width=40)
+    table.add_column("×", justify="right")
     table.add_column("variant", overflow="fold", max_width=22)
     table.add_column("heads", justify="right")
     table.add_column("FLOPs formula", overflow="fold", max_width=24)
@@ -188,11 +189,11 @@ def print_table(a: Analysis, console: Console) -> None:
     total = a.at(a.flops) or 1
     for row in site_rows(a):
         s = row.site
-        label = row.label + (f" ×{row.count}" if row.count > 1 else "")
-        table.add_row(label, _variant_text(s), _heads_text(s), _expr_text(s.flops),
+        table.add_row(row.label, str(row.count), _variant_text(s), _heads_text(s), _expr_text(s.flops),
                       human_flops(row.flops_value * row.count),
                       f"{row.flops_value * row.count / total:.1%}")
     console.print(table)
+    console.print()
     for line in _summary_lines(a):
         console.print(line, highlight=False, soft_wrap=False)
 

@@ -56,7 +56,7 @@ def block_for(command: str, output: str) -> str:
 
 
 def build(check: bool, jobs: int) -> int:
-    guides = sorted(GUIDES.glob("*.md"))
+    guides = sorted(GUIDES.glob("*.md")) + [ROOT / "README.md"]
     texts = {g: g.read_text(encoding="utf-8") for g in guides}
     commands = list(dict.fromkeys(m.group("command") for text in texts.values()
                                   for m in RUN_BLOCK.finditer(text)))
