@@ -16,6 +16,7 @@ import torch
 from .detect import AttentionSite, Detector
 from .errors import AttncostError, ModelError
 from .loader import DTYPES, LoadedModel, load
+from .memory import peak_memory
 from .symbolic import leading_term, node_flops
 from .tracer import B, N, TracedModel, trace
 
@@ -166,6 +167,7 @@ class Analysis:
             "sites": sites, "totals": totals,
             "valid_for": self.valid_for(), "guards": list(self.guards),
             "quadratic_tensors": quadratic,
+            "memory_notes": list(self.memory.notes) if self.memory is not None else [],
             "hidden_quadratic": bool(self.hidden_quadratics()),
         }
 
@@ -211,20 +213,13 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     for node in traced.graph_module.graph.nodes:
         flops += node_flops(traced, node)
     flops = sympy.expand(flops)
-    weight_bytes = sum(p.numel() * p.element_size() for p in loaded.module.parameters())
-    weight_bytes += sum(b.numel() * b.element_size() for b in loaded.module.buffers())
-    memory = None
-    peak = None
-    try:
-        from .memory import peak_memory
-    except ImportError:  # pragma: no cover - memory model not installed
-        peak_memory = None
-    if peak_memory is not None:
-        memory = peak_memory(traced, loaded, device=device)
-        peak = memory.peak_bytes
-        weight_bytes = int(memory.weight_bytes)
-        for site in sites:
-            site.memory_bytes = memory.site_memory_bytes(site)
+    if progress:
+        progress("following tensor lifetimes for the peak memory")
+    memory = peak_memory(traced, loaded, device=device)
+    peak = memory.peak_bytes
+    weight_bytes = int(memory.weight_bytes)
+    for site in sites:
+        site.memory_bytes = memory.site_memory_bytes(site)
     return Analysis(
         model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=_dtype_name(loaded.dtype),
         device=device, sites=sites, flops=flops, weight_bytes=int(weight_bytes),

@@ -11,7 +11,7 @@ import importlib.util
 import json
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,13 +21,6 @@ from .errors import ModelError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention")
-
-
-@dataclass
-class InputSpec:
-    """How to call the model: positional and keyword arguments at (N, B)."""
-
-    build: Callable[[int, int], Any]
 
 
 @dataclass
@@ -46,7 +39,6 @@ class LoadedModel:
     trace_device: str = "cpu"
     #: context entered while tracing (library patches that mimic real data)
     trace_context: Callable[[], Any] = contextlib.nullcontext
-    notes: list[str] = field(default_factory=list)
 
 
 def parse_dtype(name: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:

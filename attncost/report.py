@@ -155,6 +155,8 @@ def _summary_lines(a: Analysis) -> list[str]:
     lines.append(mem)
     if a.valid_for():
         lines.append(f"formulas valid for {a.valid_for()} (the model branches on the length)")
+    if a.memory is not None:
+        lines.extend(f"memory: {note}" for note in a.memory.notes)
     if not a.sites:
         lines.append("no attention found in this model")
     hidden = a.hidden_quadratics()

@@ -33,8 +33,9 @@ def test_analyze_json_contract():
         assert int(expr.subs({syms["N"]: 2048, syms["B"]: 1})) == site[key]["value"]
     # by hand: 3 heads of 16, Q·Kᵀ and P·V each 2·N²·d per head
     assert site["flops"]["value"] == 2 * 2 * 3 * 2048 * 2048 * 16
-    for key in ("flops", "attention_flops"):
+    for key in ("flops", "attention_flops", "peak_memory_bytes"):
         expr = sympy.sympify(data["totals"][key]["expr"], locals=syms)
+        assert expr.free_symbols <= set(syms.values())
         assert int(expr.subs({syms["N"]: 2048, syms["B"]: 1})) == data["totals"][key]["value"]
 
 
