@@ -42,6 +42,12 @@ class QuadraticTensor:
     in_site: bool  # part of an attention site's own computation
 
 
+def _op_name(node) -> str:
+    """aten.bitwise_not.default -> bitwise_not."""
+    packet = getattr(node.target, "overloadpacket", None)
+    return getattr(packet, "__name__", None) or str(getattr(node.target, "__name__", node.target))
+
+
 def quadratic_tensors(traced: TracedModel, sites: list[AttentionSite]) -> list[QuadraticTensor]:
     """Every allocated tensor whose bytes are of degree >= 2 in N."""
     from .detect import layer_of
@@ -60,7 +66,7 @@ def quadratic_tensors(traced: TracedModel, sites: list[AttentionSite]) -> list[Q
             continue
         path = traced.module_path(node)
         out.append(QuadraticTensor(
-            node=node.name, op=str(getattr(node.target, "__name__", node.target)),
+            node=node.name, op=_op_name(node),
             layer=layer_of(path) or "<root>", shape=traced.shape(node),
             dtype=str(val.dtype).replace("torch.", ""), bytes=size,
             in_site=node.name in site_nodes))

@@ -126,3 +126,28 @@ def example_inputs(n, batch=1):
     assert data["valid_for"] == "N >= 2049"
     # the long branch halves the sequence: (N/2)² scores of 16, twice
     assert data["sites"][0]["flops"]["value"] == 2 * 2 * 2048 * 2048 * 16
+
+
+def test_module_level_model_and_keyword_inputs(tmp_path):
+    """DESIGN's other MODEL forms: a module-level `model`, inputs as a dict."""
+    target = _bad(tmp_path, "m.py", """
+import torch
+import torch.nn.functional as F
+
+class M(torch.nn.Module):
+    def forward(self, q, k=None):
+        return F.scaled_dot_product_attention(q, k, k, is_causal=True)
+
+model = M()
+
+def example_inputs(seq_len, batch=1):
+    return {"q": torch.randn(batch, 2, seq_len, 8), "k": torch.randn(batch, 2, seq_len, 8)}
+""")
+    result = run("analyze", target, "--seq-len", "100", "--format", "json")
+    assert result.exit_code == 0, result.output
+    (site,) = json.loads(result.stdout)["sites"]
+    assert (site["heads"], site["head_dim"], site["causal"]) == (2, 8, True)
+    # 2 heads, Q·Kᵀ and P·V over 100×100 pairs of 8-dim vectors
+    assert site["flops"]["value"] == 2 * (2 * 2 * 100 * 100 * 8)
+    # by hand: about half the pairs are needed, query i sees i + 1 keys
+    assert site["useful_flops"]["value"] == 2 * 2 * 2 * 8 * sum(range(1, 101))
