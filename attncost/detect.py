@@ -14,7 +14,6 @@ sparsity from the mask, evaluated on concrete data at a small length.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import networkx as nx
 import sympy
@@ -355,7 +354,6 @@ class Detector:
     def _walk_back(self, start: fx.Node, limit: int = 16):
         """From the softmax input back to the Q·Kᵀ product, collecting the masks
         and biases applied on the way (with how to read them)."""
-        t = self.traced
         masks_found: list[tuple[fx.Node, str]] = []
         path: list[fx.Node] = []
         node = start
