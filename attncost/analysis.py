@@ -174,6 +174,11 @@ class Analysis:
             "valid_for": self.valid_for(), "guards": list(self.guards),
             "quadratic_tensors": quadratic,
             "memory_notes": list(self.memory.notes) if self.memory is not None else [],
+            "peak_breakdown": [{
+                "tensor": e.name, "module": e.module_path, "layer": e.layer, "shape": e.shape,
+                "dtype": e.dtype, "bytes": e.bytes, "share": round(e.share, 4), "count": e.count,
+            } for e in self.memory.breakdown(self.seq_len, self.batch, top=5)]
+            if self.memory is not None else [],
             "hidden_quadratic": bool(self.hidden_quadratics()),
         }
 

@@ -152,7 +152,13 @@ def _summary_lines(a: Analysis) -> list[str]:
     mem = f"weights {human_bytes(a.weight_bytes)}"
     if a.peak_memory_bytes is not None:
         mem = f"peak memory {human_bytes(a.at(a.peak_memory_bytes))} ({mem})"
+    largest = None
+    if a.memory is not None:
+        largest = next((e for e in a.memory.breakdown(a.seq_len, a.batch, top=1)
+                        if e.name != "weights and buffers"), None)
     lines.append(mem)
+    if a.memory is not None and largest is not None:
+        lines.append(f"largest tensor at the peak: {largest}")
     if a.valid_for():
         lines.append(f"formulas valid for {a.valid_for()} (the model branches on the length)")
     if a.memory is not None:
