@@ -18,15 +18,9 @@ from .errors import AttncostError, ModelError
 from .loader import DTYPES, LoadedModel, load
 from .memory import peak_memory
 from .symbolic import leading_term, node_flops
-from .tracer import B, N, TracedModel, trace
+from .tracer import N, TracedModel, trace, value_at
 
 DEVICES = ("cuda", "cpu")
-
-
-def value_of(expr: sympy.Expr, seq_len: int, batch: int) -> int:
-    """An expression in N and B at concrete values, as an exact integer."""
-    result = sympy.sympify(expr).xreplace({N: seq_len, B: batch})
-    return int(result)
 
 
 @dataclass
@@ -106,7 +100,7 @@ class Analysis:
 
     def at(self, expr: sympy.Expr, seq_len: int | None = None, batch: int | None = None) -> int:
         """Evaluate one of this analysis' expressions (default: the requested N, B)."""
-        return value_of(expr, self.seq_len if seq_len is None else seq_len,
+        return value_at(expr, self.seq_len if seq_len is None else seq_len,
                         self.batch if batch is None else batch)
 
     @property

@@ -23,7 +23,7 @@ import torch.fx as fx
 from . import masks
 from .symbolic import (FLEX_ATTENTION, FUSED_ATTENTION_OPS, is_view, node_flops, schema_args,
                        tensor_bytes)
-from .tracer import B, N, TracedModel
+from .tracer import B, N, TracedModel, value_at
 
 aten = torch.ops.aten
 
@@ -530,7 +530,3 @@ def waste_note(site: "AttentionSite", seq_len: int) -> str | None:
 
 #: Computing this many times the needed work earns a note.
 WASTE_FACTOR = 3
-
-
-def value_at(expr: sympy.Expr, seq_len: int, batch: int = 1) -> int:
-    return int(sympy.sympify(expr).xreplace({N: seq_len, B: batch}))

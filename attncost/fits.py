@@ -14,7 +14,7 @@ import sympy
 
 from .errors import AttncostError
 from .gpus import DEFAULT_RESERVE, GPU, dtype_key, get_gpu, parse_size
-from .tracer import B, N
+from .tracer import value_at
 
 #: No answer is larger than this (a 1T-token context).
 MAX_SEQ_LEN_CAP = 2**40
@@ -47,10 +47,7 @@ def _peak_function(peak) -> Callable[[int, int], int]:
     if callable(peak) and not isinstance(peak, sympy.Basic):
         return lambda n, b: int(peak(n, b))
     expr = sympy.sympify(peak)
-
-    def evaluate(n: int, b: int) -> int:
-        return int(expr.xreplace({N: sympy.Integer(n), B: sympy.Integer(b)}))
-    return evaluate
+    return lambda n, b: value_at(expr, n, b)
 
 
 def max_seq_len(peak, batch: int, budget: int, lo: int = 1, hi: int | None = None) -> int | None:

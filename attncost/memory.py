@@ -43,7 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .symbolic import SDPA_OPS, is_view, schema_args
-from .tracer import B, N, TracedModel
+from .tracer import B, N, TracedModel, value_at
 
 aten = torch.ops.aten
 
@@ -178,7 +178,7 @@ class MemoryModel:
 
     def at(self, n: int, b: int = 1) -> int:
         """Peak bytes at N=n, B=b, exactly."""
-        return (self.weight_bytes + self.workspace_bytes + _eval_expr(self.input_bytes, n, b)
+        return (self.weight_bytes + self.workspace_bytes + value_at(self.input_bytes, n, b)
                 + self.intermediate_at(n, b))
 
     def __call__(self, n: int, b: int = 1) -> int:
@@ -204,7 +204,7 @@ class MemoryModel:
         total = self.at(n, b)
         t = self.peak_time(n, b)
         live = [a for a in self._profile(b).allocations if t is not None and a.alive_at(t)]
-        sized = sorted(((_eval_expr(a.bytes, n, b), a) for a in live), key=lambda x: -x[0])
+        sized = sorted(((value_at(a.bytes, n, b), a) for a in live), key=lambda x: -x[0])
         sized = [x for x in sized if x[0] > 0]
 
         def share(x: int) -> float:
@@ -228,7 +228,7 @@ class MemoryModel:
         entries = ranked[:top]
         entries.append(BreakdownEntry("weights and buffers", "", "", "", "", self.weight_bytes,
                                       share(self.weight_bytes)))
-        inputs = _eval_expr(self.input_bytes, n, b)
+        inputs = value_at(self.input_bytes, n, b)
         entries.append(BreakdownEntry("inputs", "", "", "", "", inputs, share(inputs)))
         rest = ranked[top:]
         if rest:
@@ -926,11 +926,6 @@ def _shifted_nonnegative(a: dict, b: dict, lo: int) -> bool:
 
 
 # ------------------------------------------------------------ evaluation
-
-
-def _eval_expr(expr: sympy.Expr, n: int, b: int) -> int:
-    value = sympy.sympify(expr).xreplace({N: sympy.Integer(n), B: sympy.Integer(b)})
-    return int(value)
 
 
 _MONOMIALS: dict[sympy.Expr, tuple[int, int] | None] = {}

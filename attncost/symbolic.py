@@ -243,13 +243,3 @@ def degree(expr: sympy.Expr, symbol: sympy.Symbol) -> int:
         lo = float(expr.xreplace({**other, symbol: 2**20}))
         hi = float(expr.xreplace({**other, symbol: 2**21}))
         return round(math.log2(hi / lo)) if lo > 0 else 0
-
-
-def evaluate(expr: sympy.Expr, **values: int) -> int:
-    """An expression at concrete N and B, as an exact integer."""
-    subs = {sympy.Symbol(k, positive=True, integer=True): v for k, v in values.items()}
-    result = sympy.sympify(expr).xreplace(subs)
-    if result.free_symbols:
-        raise ValueError(f"{expr} needs values for {sorted(map(str, result.free_symbols))}")
-    return int(result)
-

@@ -33,6 +33,11 @@ from .repeat import find_repeated, replay_layers, truncated
 N = sympy.Symbol("N", positive=True, integer=True)
 B = sympy.Symbol("B", positive=True, integer=True)
 
+def value_at(expr, seq_len: int, batch: int = 1) -> int:
+    """An expression in N and B at concrete values, as an exact integer."""
+    return int(sympy.sympify(expr).xreplace({N: sympy.Integer(seq_len), B: sympy.Integer(batch)}))
+
+
 #: Sizes used to tell which input dims follow the length and which the batch.
 _PROBES = ((11, 3), (13, 5))
 
