@@ -109,16 +109,44 @@ def import_file(p: Path):
     return module
 
 
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Build modules with their parameters on the meta device (no memory, and
+    their initialisation costs nothing) while buffers keep their data: masks
+    are often precomputed into buffers (a causal ``tril``), and attncost reads
+    them to tell causal, windowed and sparse attention apart."""
+    original = torch.nn.Module.register_parameter
+
+    def register(self, name, param):
+        if param is not None and param.device.type != "meta":
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(self, name, param)
+
+    torch.nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original
+
+
+def _move_parameters_to_meta(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"),
+                                                          requires_grad=param.requires_grad)
+
+
 def _load_python(p: Path, given: str, dtype) -> LoadedModel:
     module = import_file(p)
     dt = parse_dtype(dtype, torch.float32)
     builder = getattr(module, "build_model", None)
     try:
-        with torch.device("meta"):
+        with parameters_on_meta():
             if callable(builder):
                 model = builder()
             elif isinstance(getattr(module, "model", None), torch.nn.Module):
-                model = module.model.to("meta")
+                model = module.model
+                _move_parameters_to_meta(model)
             else:
                 raise ModelError(f"{given}: defines neither build_model() nor a module-level "
                                  "`model` (an nn.Module); add one of them")

@@ -142,6 +142,17 @@ def pattern_of_mask_mod(detector, mask_mod) -> MaskPattern:
     return classify_allowed(allowed.contiguous())
 
 
+def _buffer_data(loaded, name: str | None) -> torch.Tensor | None:
+    """A buffer's real data, when the model was built with it (not on meta)."""
+    if loaded is None or not name:
+        return None
+    try:
+        buf = loaded.module.get_buffer(name)
+    except AttributeError:
+        return None
+    return None if buf.device.type == "meta" else buf
+
+
 class _CannotEvaluate(Exception):
     pass
 
@@ -169,9 +180,15 @@ def evaluate_node(detector, target: fx.Node, n_eval: int):
         needed.add(n)
         stack.extend(n.all_input_nodes)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    buffers: dict[str, torch.Tensor] = {}
     for p in placeholders:
-        if p in needed and traced.placeholder_kinds.get(p.name) != "input":
-            raise _CannotEvaluate(f"it depends on the model's {traced.placeholder_kinds[p.name]}s")
+        kind = traced.placeholder_kinds.get(p.name)
+        if p not in needed or kind == "input":
+            continue
+        data = _buffer_data(loaded, p.meta.get("attncost_param")) if kind == "buffer" else None
+        if data is None:
+            raise _CannotEvaluate(f"it depends on the model's {kind}s")
+        buffers[p.name] = data
     if loaded is None:
         raise _CannotEvaluate("no inputs to evaluate it on")
     with torch.device("cpu"):
@@ -185,7 +202,8 @@ def evaluate_node(detector, target: fx.Node, n_eval: int):
     env: dict[fx.Node, object] = dict(scalars)
     sub = fx.Graph()
     feeds = {}
-    for node, value in zip(input_nodes, tensors):
+    for node, value in [*zip(input_nodes, tensors),
+                        *((p, buffers[p.name]) for p in placeholders if p.name in buffers)]:
         if node in needed:
             new = sub.placeholder(node.name)
             env[node] = new

@@ -141,3 +141,16 @@ def test_formulas_match_canonical_specs():
     for name in ("local_unfold", "linear_einsum", "dense_unfused", "masked_sparse", "block_gather"):
         for s in analyze(name).sites:
             assert s.matches_formula, (name, s.name, s.formula)
+
+
+def test_causal_mask_precomputed_in_a_buffer():
+    """nanoGPT keeps tril(ones) in a buffer: its data is read, not guessed."""
+    a = analyze("nanogpt_buffer", 100)
+    (s,) = a.sites
+    assert (s.variant, s.causal, s.mask) == ("dense", True, "causal")
+    # the buffer is block_size = 256 long: the trace holds up to there
+    assert a.n_range == (1, 256)
+    for n in (10, 100, 256):
+        assert a.at(a.flops, n) == oracle("nanogpt_buffer", n)
+        # query i sees keys 0..i: 2 heads of 16, Q·Kᵀ and P·V
+        assert a.at(s.useful_flops, n) == 2 * 2 * 2 * 16 * sum(range(1, n + 1))
