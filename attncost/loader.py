@@ -75,6 +75,9 @@ def load(path: str | Path, dtype: str | torch.dtype | None = None,
     if p.suffix == ".py":
         if attn_implementation is not None:
             raise ModelError("--attn-implementation applies to transformers configs, not to a .py file")
+        if kv_cache is not None:
+            raise ModelError("--kv-cache/--no-kv-cache applies to transformers configs, not to a "
+                             ".py file: return the cache from forward() to count it")
         return _load_python(p, str(path), dtype)
     raise ModelError(f"{path}: expected a .py model file or a transformers config.json")
 
