@@ -151,3 +151,57 @@ def example_inputs(seq_len, batch=1):
     assert site["flops"]["value"] == 2 * (2 * 2 * 100 * 100 * 8)
     # by hand: about half the pairs are needed, query i sees i + 1 keys
     assert site["useful_flops"]["value"] == 2 * 2 * 2 * 8 * sum(range(1, 101))
+
+
+def _llama_config(tmp_path, **extra):
+    fields = dict(model_type="llama", architectures=["LlamaForCausalLM"], num_hidden_layers=2,
+                  hidden_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=1024,
+                  intermediate_size=128, max_position_embeddings=1 << 20, use_cache=False)
+    fields.update(extra)
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(fields))
+    return folder
+
+
+def test_fits_exit_status_and_json(tmp_path):
+    folder = _llama_config(tmp_path)
+    fit = run("fits", folder, "--seq-len", "1k", "--memory", "1GiB", "--format", "json")
+    assert fit.exit_code == 0, fit.output
+    data = json.loads(fit.stdout)
+    assert data["fits"] is True and data["budget_bytes"] == 1 << 30
+    assert data["headroom_bytes"] == data["budget_bytes"] - data["peak_memory_bytes"]
+    largest = data["max_seq_len"]
+    assert largest >= 1024
+
+    def peak(n):
+        out = run("fits", folder, "--seq-len", str(n), "--memory", "1GiB", "--format", "json")
+        return json.loads(out.stdout)["peak_memory_bytes"], out.exit_code
+
+    # the boundary, checked by asking at both sides of it
+    at, code_at = peak(largest)
+    above, code_above = peak(largest + 1)
+    assert at <= 1 << 30 < above and (code_at, code_above) == (0, 1)
+
+
+def test_fits_what_if_when_it_does_not_fit(tmp_path):
+    folder = _llama_config(tmp_path)
+    out = run("fits", folder, "--seq-len", "256k", "--memory", "256MiB")
+    assert out.exit_code == 1, out.output
+    assert "does not fit" in out.stdout and "what if:" in out.stdout
+    data = json.loads(run("fits", folder, "--seq-len", "256k", "--memory", "256MiB",
+                          "--format", "json").stdout)
+    changes = {w["change"]: w for w in data["what_if"]}
+    last_only = next(w for c, w in changes.items() if "logits_to_keep" in c)
+    # without N×vocab logits the same budget reaches further
+    assert last_only["max_seq_len"] > data["max_seq_len"]
+    assert last_only["peak_memory_bytes"] < data["peak_memory_bytes"]
+
+
+@pytest.mark.parametrize("args", [["--gpu", "no-such-gpu"], ["--memory", "lots"], [],
+                                  ["--gpu", "H100-SXM", "--memory", "1GiB"]])
+def test_fits_bad_budget_exits_2(tmp_path, args):
+    folder = _llama_config(tmp_path)
+    out = run("fits", folder, "--seq-len", "1k", *args)
+    assert out.exit_code == 2, out.output
+    assert "Traceback" not in out.output
