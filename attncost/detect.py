@@ -297,6 +297,9 @@ class Detector:
         qk, mask_inputs, score_path = self._walk_back(softmax.args[0])
         if qk is None:
             return None
+        if _packet(qk) is aten.baddbmm and isinstance(qk.args[0], fx.Node):
+            # mask + Q·Kᵀ in one op (nn.MultiheadAttention with attn_mask)
+            mask_inputs.append((qk.args[0], "additive"))
         a_op = 1 if _packet(qk) in (aten.baddbmm, aten.addmm) else 0
         # Scores and values come from activations; a product with a weight is a layer.
         if any(self._is_weight(x) for x in qk.args[a_op:a_op + 2]):

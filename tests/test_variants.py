@@ -154,3 +154,12 @@ def test_causal_mask_precomputed_in_a_buffer():
         assert a.at(a.flops, n) == oracle("nanogpt_buffer", n)
         # query i sees keys 0..i: 2 heads of 16, Q·Kᵀ and P·V
         assert a.at(s.useful_flops, n) == 2 * 2 * 2 * 16 * sum(range(1, n + 1))
+
+
+def test_multihead_attention_with_a_causal_attn_mask():
+    a = analyze("mha_causal", 64)
+    (s,) = a.sites
+    assert (s.variant, s.causal, s.heads, s.head_dim) == ("dense", True, 4, 8)
+    for n in (16, 64, 100):
+        assert a.at(a.flops, n) == oracle("mha_causal", n)
+        assert a.at(s.useful_flops, n) == 2 * 2 * 4 * 8 * sum(range(1, n + 1))
