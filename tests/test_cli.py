@@ -104,19 +104,8 @@ def test_debug_shows_traceback(tmp_path):
     assert "Traceback" in result.stderr
 
 
-def test_branch_on_length_states_the_range(tmp_path):
-    target = _bad(tmp_path, "m.py", """
-import torch
-class M(torch.nn.Module):
-    def forward(self, q):
-        if q.shape[1] > 2048:
-            q = q[:, ::2]
-        return torch.softmax(q @ q.transpose(-1, -2), -1) @ q
-def build_model():
-    return M()
-def example_inputs(n, batch=1):
-    return (torch.randn(batch, n, 16),)
-""")
+def test_branch_on_length_states_the_range():
+    target = MODELS / "branch_on_length.py"
     result = run("analyze", target, "--seq-len", "1k", "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

@@ -50,20 +50,8 @@ def test_plot_of_a_config_has_a_curve_per_implementation(write_config, tmp_path)
     assert png.read_bytes().startswith(PNG_MAGIC)
 
 
-def test_plot_traces_each_branch_of_a_model_that_branches_on_n(tmp_path):
-    model = tmp_path / "branch.py"
-    model.write_text("""
-import torch
-class M(torch.nn.Module):
-    def forward(self, q):
-        if q.shape[1] > 2048:
-            q = q[:, ::2]
-        return torch.softmax(q @ q.transpose(-1, -2), -1) @ q
-def build_model():
-    return M()
-def example_inputs(n, batch=1):
-    return (torch.randn(batch, n, 16),)
-""")
+def test_plot_traces_each_branch_of_a_model_that_branches_on_n():
+    model = MODELS / "branch_on_length.py"
     data = plot_data(str(model), (1024, 8192), points=9)
     (curve,) = data.curves
     assert len(curve.pieces) == 2 and not curve.clipped
