@@ -98,7 +98,7 @@ def model_options(fn):
     return fn
 
 
-def _progress(console: Console, fmt: str):
+def _progress():
     """A status line on stderr while the model is traced (TTY only)."""
     err = Console(stderr=True)
     if not err.is_terminal:
@@ -110,8 +110,7 @@ def _progress(console: Console, fmt: str):
 def _run_analysis(model, seq_len, batch, dtype, device, attn_implementation, kv_cache, fmt):
     from .analysis import analyze
 
-    console = Console()
-    status, progress = _progress(console, fmt)
+    status, progress = _progress()
     if status is not None:
         with status:
             return analyze(model, seq_len, batch=batch, dtype=dtype, device=device,

@@ -21,8 +21,7 @@ import torch
 import torch.fx as fx
 
 from . import masks
-from .symbolic import (FLEX_ATTENTION, FUSED_ATTENTION_OPS, is_view, node_flops, schema_args,
-                       tensor_bytes)
+from .symbolic import (FLEX_ATTENTION, FUSED_ATTENTION_OPS, is_view, node_flops, schema_args)
 from .tracer import B, N, TracedModel, value_at
 
 aten = torch.ops.aten
@@ -70,8 +69,9 @@ class AttentionSite:
     key_len: sympy.Expr
     flops: sympy.Expr
     useful_flops: sympy.Expr
-    memory_bytes: sympy.Expr
     complexity: str
+    #: what the site allocates on the target device (set by the memory model)
+    memory_bytes: sympy.Expr | None = None
     density: float | None = None
     feature_dim: int | None = None
     mask: str | None = None
@@ -220,15 +220,16 @@ class Detector:
         values = {SYMBOLS["B"]: B, SYMBOLS["H"]: heads, SYMBOLS["N"]: n_q, SYMBOLS["d"]: d,
                   SYMBOLS["r"]: r}
         useful = sympy.expand(f.useful_flops.xreplace(values))
-        memory = sum((tensor_bytes(t, n) for n in site_nodes), sympy.Integer(0))
+        order = {n: i for i, n in enumerate(t.graph_module.graph.nodes)}
         name = module or "<root>"
         return AttentionSite(
             name=name, layer=layer_of(module) or "<root>", variant="linear",
             implementation="einsum", causal=False, heads=heads, kv_heads=heads, head_dim=d,
             window=None, query_len=n_q, key_len=k_len, flops=flops, useful_flops=useful,
-            memory_bytes=sympy.expand(memory), complexity=f.complexity, mask=None,
-            nodes=[n.name for n in sorted(site_nodes, key=lambda n: list(self.nodes).index(n.name))],
-            feature_dim=r, formula="linear", matches_formula=sympy.expand(f.flops.xreplace(values) - flops) == 0)
+            complexity=f.complexity, mask=None,
+            nodes=[n.name for n in sorted(site_nodes, key=order.__getitem__)],
+            feature_dim=r, formula="linear",
+            matches_formula=matches_formula(flops, "linear", values))
 
     def _state_consumer(self, state_mm: fx.Node, limit: int = 8) -> fx.Node | None:
         """The product that applies a sequence-free state to every query."""
@@ -282,7 +283,7 @@ class Detector:
         else:
             pattern = masks.MaskPattern.full()
         return self._site(node, impl, heads, kv_heads, head_dim, qs[-2], ks[-2], flops,
-                          pattern, nodes=[node.name], mem_nodes=[node])
+                          pattern, nodes=[node.name])
 
     # ---------------------------------------------------------- unfused
 
@@ -339,7 +340,7 @@ class Detector:
             impl = "unfused"
         site_nodes = [qk, *score_path, softmax, *prob_path, pv]
         return self._site(softmax, impl, heads, kv_heads, head_dim, n_q, n_keys, flops, pattern,
-                          nodes=[n.name for n in site_nodes], mem_nodes=site_nodes)
+                          nodes=[n.name for n in site_nodes])
 
     def _is_weight(self, node, limit: int = 12) -> bool:
         """Is this operand a parameter or buffer (seen through views)?"""
@@ -434,19 +435,14 @@ class Detector:
     # -------------------------------------------------------------- site
 
     def _site(self, node, impl, heads, kv_heads, head_dim, n_q, n_k, flops, pattern,
-              nodes, mem_nodes) -> AttentionSite:
-        t = self.traced
-        name = t.module_path(node)
+              nodes) -> AttentionSite:
+        name = self.traced.module_path(node)
         c = classify(pattern, impl, heads, head_dim, n_q, n_k, flops)
-        memory = sympy.Integer(0)
-        for m in mem_nodes:
-            if not is_view(m) and m.op == "call_function":
-                memory += tensor_bytes(t, m)
         site = AttentionSite(
             name=name or "<root>", layer=layer_of(name) or "<root>", variant=c.variant,
             implementation=impl, causal=pattern.causal, heads=heads, kv_heads=kv_heads,
             head_dim=head_dim, window=c.window, query_len=n_q, key_len=n_k,
-            flops=flops, useful_flops=c.useful_flops, memory_bytes=sympy.expand(memory),
+            flops=flops, useful_flops=c.useful_flops,
             complexity=c.complexity, density=pattern.density, mask=pattern.kind,
             nodes=nodes, notes=list(pattern.notes), formula=c.as_written,
             matches_formula=matches_formula(flops, c.as_written, c.values))

@@ -223,7 +223,6 @@ def _load_config(cfg_path: Path, given: str, dtype, attn_implementation, kv_cach
     dt = parse_dtype(dtype, torch.bfloat16)
     use_cache = bool(getattr(config, "use_cache", False)) if kv_cache is None else bool(kv_cache)
     model = _build_hf(config, impl, dt, cfg_path)
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
 
     def example_inputs(seq_len: int, batch: int):
         inputs = {"input_ids": torch.zeros(batch, seq_len, dtype=torch.long), "use_cache": use_cache}
@@ -231,7 +230,6 @@ def _load_config(cfg_path: Path, given: str, dtype, attn_implementation, kv_cach
             inputs["logits_to_keep"] = 1
         return inputs
 
-    del vocab
     return LoadedModel(model, example_inputs, "config", given, dt, config=config,
                        attn_implementation=impl, kv_cache=use_cache,
                        trace_context=_unpacked_sequences)

@@ -97,17 +97,7 @@ def pattern_of(detector, mask: fx.Node, polarity: str) -> MaskPattern:
     if value is None:
         return MaskPattern("unknown")
     value = torch.as_tensor(value)
-    if value.dtype == torch.bool:
-        allowed = value if polarity in ("allowed", "additive") else ~value
-    elif value.is_floating_point():
-        if polarity == "masked_fill":
-            allowed = value == 0
-        else:
-            allowed = value > torch.finfo(value.dtype).min / 2
-            if polarity == "blocked":
-                allowed = value == 0
-    else:
-        allowed = value != 0 if polarity == "allowed" else value == 0
+    allowed = _allowed(value, polarity)
     if allowed.dim() < 2:
         return MaskPattern.full()
     lead = allowed.reshape(-1, *allowed.shape[-2:])
@@ -118,6 +108,16 @@ def pattern_of(detector, mask: fx.Node, polarity: str) -> MaskPattern:
     if value.is_floating_point() and polarity == "additive" and pattern.kind == "full":
         pattern.notes.append("an additive bias of N×N entries is applied to the scores")
     return pattern
+
+
+def _allowed(value: torch.Tensor, polarity: str) -> torch.Tensor:
+    """Which (query, key) pairs a mask's values let through."""
+    if value.dtype == torch.bool:
+        return value if polarity in ("allowed", "additive") else ~value
+    if value.is_floating_point() and polarity in ("allowed", "additive"):
+        # added to the scores (SDPA treats a float attn_mask the same way): -inf blocks
+        return value > torch.finfo(value.dtype).min / 2
+    return value != 0 if polarity == "allowed" else value == 0
 
 
 def pattern_of_mask_mod(detector, mask_mod) -> MaskPattern:

@@ -68,6 +68,8 @@ class SiteRow:
     count: int
     site: object
     flops_value: int
+    first: str
+    key: tuple
 
 
 def site_rows(analysis: Analysis) -> list[SiteRow]:
@@ -75,14 +77,11 @@ def site_rows(analysis: Analysis) -> list[SiteRow]:
     for s in analysis.sites:
         key = (re.sub(r"(^|\.)\d+(?=\.|$)", r"\1*", s.name), s.variant, s.implementation, s.causal,
                s.heads, s.kv_heads, s.head_dim, s.window, str(s.flops))
-        if rows and getattr(rows[-1], "_key", None) == key:
+        if rows and rows[-1].key == key:
             rows[-1].count += 1
-            rows[-1].label = _range_label(rows[-1]._first, s.name)
+            rows[-1].label = _range_label(rows[-1].first, s.name)
             continue
-        row = SiteRow(s.name, 1, s, analysis.at(s.flops))
-        row._key = key  # type: ignore[attr-defined]
-        row._first = s.name  # type: ignore[attr-defined]
-        rows.append(row)
+        rows.append(SiteRow(s.name, 1, s, analysis.at(s.flops), s.name, key))
     return rows
 
 

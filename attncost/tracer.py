@@ -11,6 +11,7 @@ the formulas hold for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -65,9 +66,9 @@ class TracedModel:
         """A SymInt, int or sympy expression as an expression in N and B."""
         if isinstance(value, torch.SymInt):
             node_expr = value.node.expr
-            return sympy.sympify(node_expr).xreplace(self._full_replacements())
+            return sympy.sympify(node_expr).xreplace(self._all_replacements)
         if isinstance(value, sympy.Basic):
-            return value.xreplace(self._full_replacements())
+            return value.xreplace(self._all_replacements)
         return sympy.Integer(int(value))
 
     def shape(self, node: fx.Node) -> tuple[sympy.Expr, ...] | None:
@@ -77,15 +78,13 @@ class TracedModel:
             return tuple(self.expr(s) for s in val.shape)
         return None
 
-    def _full_replacements(self) -> dict:
-        cache = getattr(self, "_repl_cache", None)
-        if cache is None:
-            cache = dict(self.replacements)
-            # Symbols the shape env unified with others (s1 == s0) map through.
-            for sym, target in self.shape_env.replacements.items():
-                cache.setdefault(sym, sympy.sympify(target).xreplace(self.replacements))
-            self._repl_cache = cache
-        return cache
+    @functools.cached_property
+    def _all_replacements(self) -> dict:
+        """Input symbols, and the symbols the shape env unified with them."""
+        out = dict(self.replacements)
+        for sym, target in self.shape_env.replacements.items():
+            out.setdefault(sym, sympy.sympify(target).xreplace(self.replacements))
+        return out
 
     def module_path(self, node: fx.Node) -> str:
         """The innermost module that executed this node ('' for the root)."""
