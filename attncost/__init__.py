@@ -5,13 +5,15 @@
     >>> a.sites[0].flops          # a SymPy expression in N and B
     >>> a.at(a.flops, seq_len=10**6)
 
-The flow: loader -> tracer -> detect -> symbolic -> analysis -> report -> cli.
+The flow: loader -> tracing -> detect -> rules -> memory -> questions ->
+render -> cli (docs/design.md).
 """
 from .analysis import Analysis, analyze
 from .detect import AttentionSite
 from .errors import AttncostError, ModelError, SpecError
+from .expr import B, N
 from .loader import load
-from .tracer import B, N, trace
+from .tracing import trace
 
 __all__ = ["Analysis", "AttentionSite", "AttncostError", "ModelError", "SpecError", "B", "N",
            "analyze", "load", "trace"]

@@ -1,26 +1,29 @@
 """The analysis of one model: sites, totals and memory, as SymPy expressions.
 
-This is the data model every output is rendered from (table, JSON, YAML,
-Markdown, plots).  ``analyze`` is the library's entry point; the CLI is a thin
-layer over it.
+This is the data every output is rendered from (table, JSON, YAML,
+Markdown, plots).  ``analyze`` is the library's entry point; the CLI is a
+thin layer over it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Mapping
 
 import sympy
 import torch
 
-from .detect import AttentionSite, Detector
+from .detect import AttentionSite, find_sites
 from .errors import AttncostError, ModelError
-from .loader import DTYPES, LoadedModel, load
-from .memory import peak_memory
-from .symbolic import leading_term, node_flops
-from .tracer import N, TracedModel, trace, value_at
-
-DEVICES = ("cuda", "cpu")
+from .expr import N, degree, value_at
+from .loader import LoadedModel, load
+from .memory import MemoryModel, peak_memory
+from .paths import layer_or_path
+from .patterns import subquadratic
+from .rules import DEVICES, flop_rules, node_flops
+from .rules.ops import is_view, op_name
+from .tracing import TracedModel, trace
+from .units import dtype_name
 
 
 @dataclass
@@ -36,33 +39,22 @@ class QuadraticTensor:
     in_site: bool  # part of an attention site's own computation
 
 
-def _op_name(node) -> str:
-    """aten.bitwise_not.default -> bitwise_not."""
-    packet = getattr(node.target, "overloadpacket", None)
-    return getattr(packet, "__name__", None) or str(getattr(node.target, "__name__", node.target))
-
-
 def quadratic_tensors(traced: TracedModel, sites: list[AttentionSite]) -> list[QuadraticTensor]:
     """Every allocated tensor whose bytes are of degree >= 2 in N."""
-    from .detect import layer_of
-    from .symbolic import degree, is_view, tensor_bytes
-
     site_nodes = {n for s in sites for n in s.nodes}
     out = []
-    for node in traced.graph_module.graph.nodes:
+    for node in traced.nodes:
         if node.op != "call_function" or is_view(node):
             continue
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor):
             continue
-        size = tensor_bytes(traced, node)
+        size = sum(traced.output_bytes(node), sympy.Integer(0))
         if degree(size, N) < 2:
             continue
-        path = traced.module_path(node)
         out.append(QuadraticTensor(
-            node=node.name, op=_op_name(node),
-            layer=layer_of(path) or "<root>", shape=traced.shape(node),
-            dtype=str(val.dtype).replace("torch.", ""), bytes=size,
+            node=node.name, op=op_name(node), layer=layer_or_path(traced.module_path(node)) or "<root>",
+            shape=traced.shape(node), dtype=dtype_name(val.dtype), bytes=size,
             in_site=node.name in site_nodes))
     return out
 
@@ -79,13 +71,13 @@ class Analysis:
     sites: list[AttentionSite]
     flops: sympy.Expr
     weight_bytes: int
-    peak_memory_bytes: sympy.Expr | None
+    peak_memory_bytes: sympy.Expr
     n_range: tuple[int, int | None]
+    memory: MemoryModel
     guards: list[str] = field(default_factory=list)
     source: str = "file"
     attn_implementation: str | None = None
     kv_cache: bool = False
-    memory: Any = None
     quadratic: list[QuadraticTensor] = field(default_factory=list)
     traced: TracedModel | None = field(default=None, repr=False)
     loaded: LoadedModel | None = field(default=None, repr=False)
@@ -103,19 +95,10 @@ class Analysis:
         return value_at(expr, self.seq_len if seq_len is None else seq_len,
                         self.batch if batch is None else batch)
 
-    @property
-    def subquadratic(self) -> bool:
-        """Does every site need less than N² work (local, sparse, linear)?"""
-        from .symbolic import degree
-
-        return bool(self.sites) and all(degree(s.useful_flops, N) < 2 or s.variant != "dense"
-                                        for s in self.sites) and any(
-            s.variant in ("local", "sparse", "linear") for s in self.sites)
-
     def hidden_quadratics(self) -> list[QuadraticTensor]:
         """N² tensors outside the attention computations themselves (masks,
         biases) in a model whose attention needs less than N² work."""
-        return [q for q in self.quadratic if not q.in_site] if self.subquadratic else []
+        return [q for q in self.quadratic if not q.in_site] if subquadratic(self.sites) else []
 
     def valid_for(self) -> str | None:
         """The range of N the formulas hold for, when a branch narrowed it."""
@@ -127,80 +110,39 @@ class Analysis:
         return f"{lo} <= N <= {hi}"
 
     def to_dict(self) -> dict:
-        """DESIGN.md's JSON object for `attncost analyze`."""
-        def ev(expr):
-            return {"expr": str(sympy.expand(expr)), "value": self.at(expr)}
+        """The JSON object of `attncost analyze` (docs/design.md)."""
+        from .render.schema import analysis_dict
 
-        sites = []
-        for s in self.sites:
-            sites.append({
-                "name": s.name, "layer": s.layer, "variant": s.variant,
-                "implementation": s.implementation, "causal": s.causal,
-                "heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim,
-                "window": s.window,
-                "flops": ev(s.flops),
-                "useful_flops": ev(s.useful_flops),
-                "flops_per_head": ev(s.flops_per_head),
-                "memory_bytes": ev(s.memory_bytes),
-                "complexity": s.complexity,
-                "query_len": str(s.query_len), "key_len": str(s.key_len),
-                "mask": s.mask, "density": s.density, "feature_dim": s.feature_dim,
-                "formula": s.formula, "matches_formula": s.matches_formula,
-                "notes": list(s.notes),
-            })
-        totals = {
-            "flops": ev(self.flops),
-            "attention_flops": ev(self.attention_flops),
-            "useful_attention_flops": ev(self.useful_attention_flops),
-            "weight_bytes": int(self.weight_bytes),
-            "peak_memory_bytes": ev(self.peak_memory_bytes) if self.peak_memory_bytes is not None else None,
-            "leading_term": str(leading_term(self.flops, N)),
-        }
-        quadratic = [{
-            "node": q.node, "op": q.op, "layer": q.layer, "shape": [str(x) for x in q.shape],
-            "dtype": q.dtype, "bytes": ev(q.bytes), "in_attention_site": q.in_site,
-        } for q in self.quadratic]
-        return {
-            "model": self.model, "seq_len": self.seq_len, "batch": self.batch,
-            "dtype": self.dtype, "device": self.device,
-            "attn_implementation": self.attn_implementation,
-            "sites": sites, "totals": totals,
-            "valid_for": self.valid_for(), "guards": list(self.guards),
-            "quadratic_tensors": quadratic,
-            "memory_notes": list(self.memory.notes) if self.memory is not None else [],
-            "peak_breakdown": [{
-                "tensor": e.name, "module": e.module_path, "layer": e.layer, "shape": e.shape,
-                "dtype": e.dtype, "bytes": e.bytes, "share": round(e.share, 4), "count": e.count,
-            } for e in self.memory.breakdown(self.seq_len, self.batch, top=5)]
-            if self.memory is not None else [],
-            "hidden_quadratic": bool(self.hidden_quadratics()),
-        }
+        return analysis_dict(self)
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return next(k for k, v in DTYPES.items() if v == dtype)
-
-
-def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
-            dtype: str | None = None, device: str = "cuda",
-            attn_implementation: str | None = None, kv_cache: bool | None = None,
-            progress: Callable[[str], None] | None = None,
-            last_logits_only: bool = False) -> Analysis:
-    """Trace ``model`` once and derive its attention cost as formulas in N and B.
-
-    ``model`` is a path (a .py file, a transformers config.json or its
-    folder) or an already loaded model.  Every expression of the result holds
-    for all N in ``result.n_range``; ``result.at(expr, N, B)`` evaluates one.
-    """
-    seq_len, batch = int(seq_len), int(batch)
+def _check_request(seq_len: int, batch: int, device: str) -> None:
     if seq_len <= 0:
         raise AttncostError(f"--seq-len must be a positive integer, not {seq_len}")
     if batch <= 0:
         raise AttncostError(f"--batch must be a positive integer, not {batch}")
     if device not in DEVICES:
         raise AttncostError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
-    if progress:
-        progress("loading the model")
+
+
+def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
+            dtype: str | None = None, device: str = "cuda",
+            attn_implementation: str | None = None, kv_cache: bool | None = None,
+            progress: Callable[[str], None] | None = None,
+            last_logits_only: bool = False, flop_rules_override: Mapping | None = None,
+            allocation_rules: Mapping | None = None) -> Analysis:
+    """Trace ``model`` once and derive its attention cost as formulas in N and B.
+
+    ``model`` is a path (a .py file, a transformers config.json or its
+    folder) or an already loaded model.  Every expression of the result holds
+    for all N in ``result.n_range``; ``result.at(expr, N, B)`` evaluates one.
+    ``flop_rules_override`` ({op: rule}) and ``allocation_rules`` ({op: rule}
+    for ``device``) replace registered rules for this analysis only.
+    """
+    seq_len, batch = int(seq_len), int(batch)
+    _check_request(seq_len, batch, device)
+    say = progress or (lambda msg: None)
+    say("loading the model")
     loaded = model if isinstance(model, LoadedModel) else load(
         model, dtype=dtype, attn_implementation=attn_implementation, kv_cache=kv_cache,
         last_logits_only=last_logits_only)
@@ -209,26 +151,20 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     if seq_len < lo or (hi is not None and seq_len > hi):
         raise ModelError(f"the model's own code constrains the length: N={seq_len} is outside "
                          f"{lo}..{hi or 'inf'}")
-    if progress:
-        progress("finding attention sites")
-    sites = Detector(traced, loaded, seq_len).sites()
-    if progress:
-        progress("deriving formulas")
-    flops = sympy.Integer(0)
-    for node in traced.graph_module.graph.nodes:
-        flops += node_flops(traced, node)
-    flops = sympy.expand(flops)
-    if progress:
-        progress("following tensor lifetimes for the peak memory")
-    memory = peak_memory(traced, loaded, device=device)
-    peak = memory.peak_bytes
-    weight_bytes = int(memory.weight_bytes)
+    rules = flop_rules(flop_rules_override)
+    say("finding attention sites")
+    sites = find_sites(traced, loaded, seq_len, flop_rules=rules)
+    say("deriving formulas")
+    flops = sympy.expand(sum((node_flops(traced, node, rules) for node in traced.nodes),
+                             sympy.Integer(0)))
+    say("following tensor lifetimes for the peak memory")
+    memory = peak_memory(traced, loaded, device=device, allocation_rules=allocation_rules)
     for site in sites:
-        site.memory_bytes = memory.site_memory_bytes(site)
+        site.allocated_bytes = memory.site_allocated_bytes(site)
     return Analysis(
-        model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=_dtype_name(loaded.dtype),
-        device=device, sites=sites, flops=flops, weight_bytes=int(weight_bytes),
-        peak_memory_bytes=peak, n_range=traced.n_range, guards=traced.guards,
-        source=loaded.source, attn_implementation=loaded.attn_implementation,
-        kv_cache=loaded.kv_cache, memory=memory, quadratic=quadratic_tensors(traced, sites),
+        model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=dtype_name(loaded.dtype),
+        device=device, sites=sites, flops=flops, weight_bytes=int(memory.weight_bytes),
+        peak_memory_bytes=memory.peak_bytes, n_range=traced.n_range, memory=memory,
+        guards=traced.guards, source=loaded.source, attn_implementation=loaded.attn_implementation,
+        kv_cache=loaded.kv_cache, quadratic=quadratic_tensors(traced, sites),
         traced=traced, loaded=loaded)

@@ -11,3 +11,9 @@ class ModelError(AttncostError):
 
 class SpecError(AttncostError):
     """A GPU or variant spec file is malformed or names something unknown."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: enough to say what went wrong."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""

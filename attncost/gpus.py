@@ -6,15 +6,15 @@ the same layout.
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import yaml
 
 from .errors import AttncostError, SpecError
+from .units import dtype_name, parse_rate, parse_size
 
 SPEC_PATH = Path(__file__).resolve().parent / "specs" / "gpus.yaml"
 
@@ -24,11 +24,6 @@ SPEC_PATH = Path(__file__).resolve().parent / "specs" / "gpus.yaml"
 #: the caching allocator's rounding and fragmentation.  1 GiB covers these on
 #: an inference process that runs one model; `--reserve SIZE` changes it.
 DEFAULT_RESERVE = 1 << 30
-
-DTYPE_KEYS = ("float32", "tf32", "bfloat16", "float16")
-_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16",
-                  "fp16": "float16", "half": "float16"}
-
 
 @dataclass(frozen=True)
 class GPU:
@@ -40,12 +35,10 @@ class GPU:
     peak_flops: dict[str, float]
     datasheet: str = ""
     aliases: tuple[str, ...] = ()
-    source: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
     def flops_for(self, dtype) -> float:
         """Dense peak FLOP/s for a dtype name or torch.dtype."""
-        key = dtype_key(dtype)
+        key = dtype_name(dtype)
         if key not in self.peak_flops:
             raise SpecError(f"{self.name}: no peak FLOP/s for {key} (it has "
                             f"{', '.join(self.peak_flops)})")
@@ -56,58 +49,6 @@ class GPU:
                 "memory_bandwidth": self.memory_bandwidth,
                 "peak_flops": dict(self.peak_flops), "datasheet": self.datasheet,
                 "aliases": list(self.aliases)}
-
-
-def dtype_key(dtype) -> str:
-    """'bfloat16' for torch.bfloat16, 'bf16' or 'bfloat16'."""
-    name = str(dtype).replace("torch.", "").lower()
-    return _DTYPE_ALIASES.get(name, name)
-
-
-# ------------------------------------------------------------------ sizes
-
-_BINARY = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(i?)(b?)|(b?))\s*", re.IGNORECASE)
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from '24GiB' (binary), '80GB' (decimal), '24G' (= GiB), '123456' or '512B'."""
-    if isinstance(text, bool):
-        raise AttncostError(f"{text!r} is not a memory size")
-    if isinstance(text, int):
-        if text <= 0:
-            raise AttncostError(f"a memory size must be positive, not {text}")
-        return text
-    m = _SIZE.fullmatch(str(text))
-    if not m:
-        raise AttncostError(f"{text!r} is not a memory size: write 24GiB, 80GB, 24G (= GiB) "
-                            "or a number of bytes")
-    number, prefix, binary, bytes_unit = m.group(1), (m.group(2) or "").lower(), m.group(3), m.group(4)
-    if prefix and not binary and bytes_unit:
-        scale = _DECIMAL[prefix]  # GB, MB: decimal, as vendors write them
-    else:
-        scale = _BINARY[prefix]   # GiB, G, bare numbers
-    value = round(float(number) * scale)
-    if value <= 0:
-        raise AttncostError(f"a memory size must be positive, not {text!r}")
-    return value
-
-
-_RATE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kMGTP]?)\s*"
-                   r"(B/s|FLOPS|FLOP/s)?\s*")
-
-
-def _parse_rate(value, unit: str) -> float:
-    """A decimal rate: 3.35e12, '3.35 TB/s', '989.5 TFLOPS'."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    m = _RATE.fullmatch(str(value))
-    if not m or (m.group(3) and m.group(3).split("/")[0].rstrip("S") != unit):
-        raise ValueError(value)
-    return float(m.group(1)) * _DECIMAL[m.group(2).lower()]
 
 
 # ------------------------------------------------------------------ specs
@@ -127,7 +68,7 @@ def _gpu_from(name: str, spec, path: str) -> GPU:
     except AttncostError:
         raise bad(f"memory {spec['memory']!r} is not a size such as 80GiB") from None
     try:
-        bandwidth = _parse_rate(spec["memory_bandwidth"], "B")
+        bandwidth = parse_rate(spec["memory_bandwidth"], "B")
     except ValueError:
         raise bad(f"memory_bandwidth {spec['memory_bandwidth']!r} is not a rate such as "
                   "'3.35 TB/s'") from None
@@ -136,9 +77,9 @@ def _gpu_from(name: str, spec, path: str) -> GPU:
         raise bad("peak_flops must map dtypes (float32, tf32, bfloat16, float16) to FLOP/s")
     flops = {}
     for dtype, value in flops_spec.items():
-        key = dtype_key(dtype)
+        key = dtype_name(dtype)
         try:
-            flops[key] = _parse_rate(value, "FLOP")
+            flops[key] = parse_rate(value, "FLOP")
         except ValueError:
             raise bad(f"peak_flops.{dtype} {value!r} is not a rate such as '989.5 TFLOPS'") from None
         if flops[key] <= 0:
@@ -150,7 +91,7 @@ def _gpu_from(name: str, spec, path: str) -> GPU:
         raise bad("aliases must be a list of names")
     return GPU(name=str(name), memory_bytes=memory, memory_bandwidth=bandwidth,
                peak_flops=flops, datasheet=str(spec.get("datasheet", "")),
-               aliases=tuple(str(a) for a in aliases), source=path)
+               aliases=tuple(str(a) for a in aliases))
 
 
 def _read_file(path: str | Path) -> dict[str, GPU]:
@@ -195,29 +136,3 @@ def get_gpu(name: str, extra_files: Iterable[str | Path] = ()) -> GPU:
             return gpu
     raise SpecError(f"unknown GPU {name!r}: known GPUs are {', '.join(gpus)} "
                     "(add one with --gpu-spec FILE)")
-
-
-# --------------------------------------------------------------- display
-
-
-def render_gpus(gpus: dict[str, GPU], fmt: str = "table", console=None) -> str | None:
-    """The GPUs as JSON or YAML text, or a table printed to ``console``."""
-    rows = [g.to_dict() for g in gpus.values()]
-    if fmt == "json":
-        return json.dumps(rows, indent=2)
-    if fmt == "yaml":
-        return yaml.safe_dump(rows, sort_keys=False)
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title="GPUs (dense peak FLOP/s from datasheets)")
-    for col in ("GPU", "memory", "bandwidth", *DTYPE_KEYS):
-        table.add_column(col, justify="left" if col == "GPU" else "right")
-    for g in gpus.values():
-        table.add_row(g.name, f"{g.memory_bytes / (1 << 30):g} GiB",
-                      f"{g.memory_bandwidth / 1e12:.3g} TB/s",
-                      *[f"{g.peak_flops[k] / 1e12:g} T" if k in g.peak_flops else "-"
-                        for k in DTYPE_KEYS])
-    console.print(table)
-    return None

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import torch
 
 from .errors import ModelError
+from .units import parse_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention")
 
 
@@ -39,17 +39,6 @@ class LoadedModel:
     trace_device: str = "cpu"
     #: context entered while tracing (library patches that mimic real data)
     trace_context: Callable[[], Any] = contextlib.nullcontext
-
-
-def parse_dtype(name: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:
-    if name is None:
-        return default
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return DTYPES[str(name)]
-    except KeyError:
-        raise ModelError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}") from None
 
 
 def load(path: str | Path, dtype: str | torch.dtype | None = None,

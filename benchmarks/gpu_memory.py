@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import attncost  # noqa: E402
-from attncost.fits import max_seq_len  # noqa: E402
+from attncost.questions.fits import max_seq_len  # noqa: E402
 
 CONFIG = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=2048,
               intermediate_size=5632, num_attention_heads=16, num_key_value_heads=4,
@@ -141,7 +141,7 @@ def main() -> None:
             predicted_max = max_seq_len(analysis.memory, 1, BUDGET, lo=analysis.n_range[0])
             deadline = start + args.seconds
             if predicted_max and time.time() < deadline:
-                # By DESIGN's definition: max_memory_allocated within the budget.
+                # By the definition of peak_memory_bytes (docs/design.md): max_memory_allocated within the budget.
                 by_allocated, tries_a = largest_n(model, use_cache, predicted_max, deadline, BUDGET)
                 case["max_seq_len_allocated"] = {
                     "predicted": predicted_max, "measured": by_allocated, "tries": tries_a,

@@ -20,7 +20,7 @@ import triton
 import triton.testing
 
 from attncost.kernels import dense, linear, local, sparse
-from attncost.variants import formula
+from attncost.patterns.formulas import formula
 
 B, H, D = 1, 16, 128
 DTYPE = torch.bfloat16

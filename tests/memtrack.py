@@ -1,6 +1,6 @@
 """Independent memory oracle: live tensor storage of a real forward on a CPU.
 
-What it counts, to compare with DESIGN's ``peak_memory_bytes``:
+What it counts, to compare with ``peak_memory_bytes`` (docs/design.md):
 
 * weights: every parameter and buffer storage of the model, once;
 * inputs: every storage of the forward's tensor arguments, once;

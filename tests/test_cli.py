@@ -5,7 +5,8 @@ import pytest
 import sympy
 from click.testing import CliRunner
 
-from attncost.cli import main, parse_length
+from attncost.cli import main
+from attncost.units import parse_length
 from conftest import MODELS
 
 
@@ -118,7 +119,7 @@ def test_branch_on_length_states_the_range():
 
 
 def test_module_level_model_and_keyword_inputs(tmp_path):
-    """DESIGN's other MODEL forms: a module-level `model`, inputs as a dict."""
+    """The other MODEL forms: a module-level `model`, inputs as a dict."""
     target = _bad(tmp_path, "m.py", """
 import torch
 import torch.nn.functional as F

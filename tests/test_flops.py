@@ -122,8 +122,8 @@ def test_replayed_layers_equal_a_full_trace(write_config, impl):
     from collections import Counter
 
     from attncost.loader import load
-    from attncost.symbolic import node_flops
-    from attncost.tracer import trace
+    from attncost.rules.flops import node_flops
+    from attncost.tracing import trace
 
     fields = dict(HF_CONFIGS["llama"], num_hidden_layers=4)
     folder = write_config("llama4", **fields)

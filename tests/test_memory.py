@@ -17,13 +17,19 @@ import pytest
 import sympy
 import torch
 
-from attncost.detect import Detector
+from attncost.detect import find_sites
 from attncost.errors import AttncostError, SpecError
-from attncost.fits import FitResult, check_fits, max_seq_len, roofline
-from attncost.gpus import DEFAULT_RESERVE, get_gpu, load_gpus, parse_size
+from attncost.questions.fits import FitResult, check_fits, max_seq_len
+from attncost.questions.roofline import roofline
+from attncost.render.schema import fit_dict
+from attncost.render.sentences import breakdown_sentence
+from attncost.gpus import DEFAULT_RESERVE, get_gpu, load_gpus
+from attncost.units import parse_size
 from attncost.loader import load
-from attncost.memory import cuda_sdpa_backend, peak_memory
-from attncost.tracer import B, N, trace
+from attncost.memory import peak_memory
+from attncost.rules.cuda import sdpa_backend as cuda_sdpa_backend
+from attncost.expr import B, N
+from attncost.tracing import trace
 
 sys.path.insert(0, str(Path(__file__).parent))
 from memtrack import measure  # noqa: E402
@@ -151,7 +157,7 @@ def test_eager_attention_holds_scores_softmax_and_copy(llama_dir):
     names = {(e.name, e.dtype) for e in top[:3]}
     assert ("softmax", "fp32") in names and ("add", "bf16") in names
     assert all("self_attn" in e.module_path for e in top[:3])
-    assert "of peak" in str(top[0]) and "N×N" in top[0].shape
+    assert "of peak" in breakdown_sentence(top[0]) and "N×N" in top[0].shape
     assert sum(e.share for e in memory.breakdown(n, 1, top=5)) == pytest.approx(1.0)
     # bf16 scores + fp32 copy + fp32 softmax for 4 heads, and the bf16 mask.
     assert _n2_coefficient(memory) == 4 * (2 + 4 + 4) + 2
@@ -206,12 +212,12 @@ def test_cuda_flash_sdpa_has_no_n_squared_term(llama_dir):
     """bf16, causal, no mask: flash keeps the output and an fp32 logsumexp per row."""
     cuda, traced, loaded = predicted(llama_dir, "cuda", attn_implementation="sdpa", kv_cache=False)
     assert _n2_coefficient(cuda) == 0
-    sites = Detector(traced, loaded, TRACE_N).sites()
+    sites = find_sites(traced, loaded, TRACE_N)
     assert len(sites) == 2
     heads, head_dim = 4, 16
     for site in sites:
         expected = B * heads * N * head_dim * 2 + B * heads * N * 4
-        assert sympy.expand(cuda.site_memory_bytes(site) - expected) == 0
+        assert sympy.expand(cuda.site_allocated_bytes(site) - expected) == 0
 
 
 def test_cuda_efficient_fp32_sdpa_has_no_logsumexp(llama_dir):
@@ -220,9 +226,9 @@ def test_cuda_efficient_fp32_sdpa_has_no_logsumexp(llama_dir):
                                      kv_cache=False, dtype="float32")
     cpu, _, _ = predicted(llama_dir, "cpu", attn_implementation="sdpa", kv_cache=False,
                           dtype="float32")
-    site = Detector(traced, loaded, TRACE_N).sites()[0]
-    assert sympy.expand(cuda.site_memory_bytes(site) - B * 4 * N * 16 * 4) == 0
-    assert sympy.expand(cpu.site_memory_bytes(site) - (B * 4 * N * 16 * 4 + B * 4 * N * 4)) == 0
+    site = find_sites(traced, loaded, TRACE_N)[0]
+    assert sympy.expand(cuda.site_allocated_bytes(site) - B * 4 * N * 16 * 4) == 0
+    assert sympy.expand(cpu.site_allocated_bytes(site) - (B * 4 * N * 16 * 4 + B * 4 * N * 4)) == 0
 
 
 def test_cuda_fp16_softmax_upcasts_inside_the_kernel(llama_dir):
@@ -309,7 +315,7 @@ def test_check_fits_contract():
     assert isinstance(result, FitResult)
     assert result.fits and result.headroom_bytes == 5
     assert result.max_seq_len == max_seq_len(memory, 1, budget) >= 1000
-    assert set(result.to_dict()) == {"fits", "seq_len", "peak_memory_bytes", "budget_bytes",
+    assert set(fit_dict(result)) == {"fits", "seq_len", "peak_memory_bytes", "budget_bytes",
                                      "headroom_bytes", "max_seq_len", "gpu"}
     assert not check_fits(memory, 2000, 1, budget).fits
 

@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from attncost.cli import main
-from attncost.plot import plot_data
+from attncost.questions.sweep import plot_data
+from attncost.render.sentences import sweep_notes
 from conftest import MODELS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -60,7 +61,7 @@ def test_plot_traces_each_branch_of_a_model_that_branches_on_n():
         m = n if n <= 2048 else (n + 1) // 2
         # Q·Qᵀ and P·Q: 2·M²·16 each, at the length the branch leaves
         assert flops == 2 * (2 * m * m * 16), n
-    assert any("branches on N" in note for note in data.notes)
+    assert any("branches on N" in note for note in sweep_notes(data))
 
 
 def test_plot_rejects_bad_input(tmp_path):

@@ -5,7 +5,8 @@ import sympy
 import torch
 
 import attncost
-from attncost.symbolic import degree
+from attncost.expr import degree
+from attncost.render.sentences import site_notes
 from conftest import MODELS
 from oracle import count_flops, load_module
 
@@ -44,7 +45,7 @@ def test_masked_sparse_costs_n_squared_but_needs_its_nonzeros():
     kept = int(pattern(n).sum())
     assert a.at(s.useful_flops) == 2 * (2 * 2 * kept * 8)
     assert s.density == pytest.approx(kept / n**2)
-    assert any("block-sparse kernel would skip them" in note for note in s.notes)
+    assert any("block-sparse kernel would skip them" in note for note in site_notes(s))
 
 
 def test_linear_einsum():

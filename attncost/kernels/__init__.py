@@ -1,19 +1,25 @@
 """Reference Triton kernels for each attention variant, each beside a naive PyTorch reference.
 
+* blocks.py - what the kernels share: the online-softmax Triton functions, input checks,
+  the K/V fetch path and the naive references' masked attention
 * dense.py  - flash-style dense attention (causal or not), and the banded kernel it is built on
 * local.py  - sliding-window attention (causal or symmetric window)
 * sparse.py - block-sparse attention and layout builders (strided, BigBird, sliding-block)
 * linear.py - kernelized linear attention (elu + 1, FAVOR+), causal and non-causal
+* registry.py - the variants `attncost validate` runs, registered once (``VARIANTS``)
 * harness.py - runs them on a GPU (or the Triton interpreter) and compares measured
   time and memory with the formulas of specs/variants.yaml
 
 Importing this package does not import Triton: the submodules do, and the
 Triton interpreter (TRITON_INTERPRET=1) must be chosen before they are
-imported.  The names below load their submodule on first use.
+imported.  ``VARIANTS`` comes from registry.py, which imports no Triton; the
+other names below load their submodule on first use.
 """
 from __future__ import annotations
 
 import importlib
+
+from .registry import VARIANTS
 
 _EXPORTS = {
     "flash_attention": "dense",
@@ -33,7 +39,7 @@ _EXPORTS = {
     "run_validation": "harness",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["VARIANTS", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str):

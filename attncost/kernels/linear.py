@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dense import check_qkv, dot_precision, expand_kv_heads
+from .blocks import check_qkv, dot_precision, expand_kv_heads
 
 FEATURE_MAPS = ("elu", "favor")
 #: Added to every FAVOR+ feature so the normalizer stays positive.

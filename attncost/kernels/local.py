@@ -14,7 +14,8 @@ Shapes: q (B, H, N, d); k and v (B, H_kv, N, d) with H % H_kv == 0 (GQA).
 """
 from __future__ import annotations
 
-from .dense import band_mask, banded_attention, masked_attention_reference
+from .blocks import band_mask, masked_attention_reference
+from .dense import banded_attention
 
 
 def window_band(window: int, causal: bool = True) -> tuple[int, int]:

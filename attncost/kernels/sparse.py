@@ -19,7 +19,6 @@ Shapes: q (B, H, N, d); k and v (B, H_kv, N, d) with H % H_kv == 0 (GQA).
 """
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -27,17 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .dense import (
-    _attend_block,
-    _load_q_block,
-    _set_tma_block_shapes,
-    _store_output,
-    check_qkv,
-    dot_precision,
-    kv_sources,
-    masked_attention_reference,
-    tma_supported,
-)
+from .blocks import (attend_block, check_qkv, dot_precision, empty_output, head_rows, kv_sources,
+                    load_q_block, masked_attention_reference, online_softmax_state, set_tma_block_shapes,
+                    softmax_scale, store_output, tma_supported)
 
 #: Layout block sizes the kernel accepts (one block is one tl.dot tile).
 BLOCK_SIZES = (16, 32, 64, 128)
@@ -54,21 +45,16 @@ def _block_sparse_fwd(Q, K, V, O, LSE, COUNTS, COLS, sm_scale, n, H, H_KV, LAYOU
     """
     row_block = tl.program_id(0)
     off_bh = tl.program_id(1)
-    off_b = off_bh // H
+    q_row, kv_row = head_rows(off_bh, H, H_KV, n, n)
     off_h = off_bh % H
-    group = H // H_KV
-    q_row = off_bh * n
-    kv_row = (off_b * H_KV + off_h // group) * n
     layout_row = (off_h % LAYOUT_HEADS) * num_blocks + row_block
     count = tl.load(COUNTS + layout_row)
     col_base = COLS + layout_row.to(tl.int64) * max_nnz
 
     offs_m = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634
-    q = _load_q_block(Q, q_row, offs_m, n, HEAD_DIM)
+    acc, l_i, m_i = online_softmax_state(BLOCK_M, HEAD_DIM)
+    qk_scale = sm_scale * 1.4426950408889634  # log2(e): the scores go through exp2
+    q = load_q_block(Q, q_row, offs_m, n, HEAD_DIM)
 
     n_body = count
     if not EVEN_N:
@@ -76,19 +62,19 @@ def _block_sparse_fwd(Q, K, V, O, LSE, COUNTS, COLS, sm_scale, n, H, H_KV, LAYOU
         n_body = tl.where((count > 0) & (last_col == num_blocks - 1), count - 1, count)
     for idx in range(0, n_body):
         start_n = tl.multiple_of(tl.load(col_base + idx) * BLOCK_N, BLOCK_N)
-        acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, K, V, kv_row, start_n, offs_m, n, n, n, qk_scale,
-                                      BLOCK_N, HEAD_DIM, False, USE_TMA, DOT_PRECISION)
+        acc, l_i, m_i = attend_block(acc, l_i, m_i, q, K, V, kv_row, start_n, offs_m, n, n, n, qk_scale,
+                                     BLOCK_N, HEAD_DIM, False, USE_TMA, DOT_PRECISION)
     for idx in range(n_body, count):
         start_n = tl.load(col_base + idx) * BLOCK_N
-        acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, K, V, kv_row, start_n, offs_m, n, n, n, qk_scale,
-                                      BLOCK_N, HEAD_DIM, True, USE_TMA, DOT_PRECISION)
+        acc, l_i, m_i = attend_block(acc, l_i, m_i, q, K, V, kv_row, start_n, offs_m, n, n, n, qk_scale,
+                                     BLOCK_N, HEAD_DIM, True, USE_TMA, DOT_PRECISION)
 
-    _store_output(acc, l_i, m_i, O, LSE, q_row, offs_m, n, HEAD_DIM)
+    store_output(acc, l_i, m_i, O, LSE, q_row, offs_m, n, HEAD_DIM)
 
 
 _block_sparse_fwd_tuned = triton.autotune(
     configs=[
-        triton.Config({}, num_warps=w, num_stages=s, pre_hook=_set_tma_block_shapes)
+        triton.Config({}, num_warps=w, num_stages=s, pre_hook=set_tma_block_shapes)
         for w, s in ((4, 3), (8, 2), (8, 3))
     ],
     key=["n", "max_nnz", "HEAD_DIM", "BLOCK_N"],
@@ -220,9 +206,8 @@ def block_sparse_attention(q, k, v, layout, block_size: int, sm_scale: float | N
         raise ValueError(f"layout must have 1 or H={H} heads, got {layout_heads}")
     counts = lists.counts.to(q.device)
     cols = lists.cols.to(q.device)
-    sm_scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
-    o = torch.empty_like(q)
-    lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    sm_scale = softmax_scale(sm_scale, d)
+    o, lse = empty_output(q)
     if use_tma is None:
         use_tma = tma_supported(q, k, v)
     k_src, v_src = kv_sources(k, v, block_size, use_tma)

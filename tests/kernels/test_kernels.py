@@ -14,7 +14,9 @@ import torch.utils._python_dispatch
 
 pytest.importorskip("triton")
 
-from attncost.kernels import dense, harness, linear, local, sparse  # noqa: E402
+from attncost.kernels import blocks, dense, harness, linear, local, sparse  # noqa: E402
+
+from attncost.kernels import VARIANTS  # noqa: E402
 
 from .conftest import interpreter_unavailable  # noqa: E402
 
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.skipif(interpreter_unavailable() is not None, reason=st
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 #: The interpreter runs the TMA-descriptor path anywhere; a GPU needs sm90+.
-HAS_TMA = DEVICE == "cpu" or dense.tma_supported(torch.empty(16, device=DEVICE))
+HAS_TMA = DEVICE == "cpu" or blocks.tma_supported(torch.empty(16, device=DEVICE))
 ATOL = 2e-4
 SMALL = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
 TALL = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}
@@ -55,7 +57,7 @@ def test_dense_reference_matches_sdpa(causal, n, m):
     q, k, v = qkv(heads=4, kv_heads=2, n=n, m=m)
     ref = dense.dense_reference(q, k, v, causal=causal)
     sdpa = torch.nn.functional.scaled_dot_product_attention(
-        q, dense.expand_kv_heads(k, 4), dense.expand_kv_heads(v, 4), is_causal=causal)
+        q, blocks.expand_kv_heads(k, 4), blocks.expand_kv_heads(v, 4), is_causal=causal)
     assert_close(ref, sdpa, 1e-5)
 
 
@@ -94,7 +96,7 @@ def test_dense_matches_reference(causal, use_tma, config):
     assert_close(out, dense.dense_reference(q, k, v, causal=causal))
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if causal:
-        scores = scores.masked_fill(~dense.band_mask(40, 40, 40, 0, q.device), float("-inf"))
+        scores = scores.masked_fill(~blocks.band_mask(40, 40, 40, 0, q.device), float("-inf"))
     assert_close(lse, torch.logsumexp(scores, -1))
 
 
@@ -116,7 +118,7 @@ def test_dense_query_and_key_lengths_differ(n, m, causal):
 def test_dense_exact_multiple_of_block_and_custom_scale():
     q, k, v = qkv(n=64)
     out = dense.flash_attention(q, k, v, causal=True, sm_scale=0.3, config=SMALL)
-    assert_close(out, dense.masked_attention_reference(q, k, v, dense.band_mask(64, 64, 64, 0, q.device), 0.3))
+    assert_close(out, blocks.masked_attention_reference(q, k, v, blocks.band_mask(64, 64, 64, 0, q.device), 0.3))
 
 
 def test_dense_rejects_bad_shapes():
@@ -294,9 +296,9 @@ class AllocatedBytes(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("variant", ["dense", "causal_dense", "local", "sparse", "linear"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_allocations_match_memory_formula(variant):
-    from attncost.variants import formula
+    from attncost.patterns.formulas import formula
 
     n, d = 64, 16
     q, k, v = qkv(heads=2, kv_heads=2, n=n, d=d)
@@ -329,7 +331,7 @@ def test_run_validation_cpu_json_shape(tmp_path):
     report = harness.run_validation(device="cpu", plot=str(plot), progress=messages.append)
     json.dumps(report)  # plain JSON types only
     assert report["device"] == "cpu"
-    assert [r["variant"] for r in report["results"]] == list(harness.VARIANTS)
+    assert [r["variant"] for r in report["results"]] == list(VARIANTS)
     for res in report["results"]:
         assert set(res) >= {"variant", "correct", "max_abs_error", "formula", "points",
                             "fitted_exponent", "formula_exponent", "ok"}

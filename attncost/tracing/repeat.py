@@ -18,6 +18,8 @@ from typing import Iterator
 import torch
 import torch.fx as fx
 
+from ..paths import index_in
+
 #: Fewer layers than this are traced in full.
 MIN_LAYERS = 4
 
@@ -82,15 +84,9 @@ def truncated(block: RepeatedBlock) -> Iterator[None]:
         setattr(block.parent, block.attr, block.layers)
 
 
-def _layer_of(node: fx.Node, prefix: str) -> int | None:
+def _layer_index(node: fx.Node, container: str) -> int | None:
     stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    path = next(reversed(stack.values()))[0]
-    if path == prefix or not path.startswith(prefix + "."):
-        return None
-    head = path[len(prefix) + 1:].split(".", 1)[0]
-    return int(head) if head.isdigit() else None
+    return index_in(next(reversed(stack.values()))[0], container) if stack else None
 
 
 def _is_tensor(node: fx.Node) -> bool:
@@ -118,14 +114,24 @@ def _renamed_stack(stack, prefix: str, index: int):
     return {rename(k): (rename(v[0]), v[1]) for k, v in stack.items()}
 
 
-def replay_layers(gm: fx.GraphModule, block: RepeatedBlock, kinds: dict[str, str]) -> bool:
-    """Extend a two-layer trace to all layers of ``block``; False (and the
-    graph untouched) when the two traced layers do not allow it."""
-    graph = gm.graph
-    nodes = list(graph.nodes)
-    region = {0: [], 1: []}
+@dataclass
+class _TwoLayers:
+    """The traced layers 0 and 1 of a block, matched op for op."""
+
+    r0: list[fx.Node]
+    r1: list[fx.Node]
+    #: layer-0 tensor node -> layer-1 tensor node
+    corr: dict[fx.Node, fx.Node]
+    #: layer-1 value -> its users after the stack (carried state or per-layer outputs)
+    outside_users: dict[fx.Node, list[fx.Node]]
+
+
+def _two_layers(nodes: list[fx.Node], block: RepeatedBlock) -> _TwoLayers | None:
+    """Layers 0 and 1 when they do the same tensor work, contiguously, with
+    nothing between them; None when they do not allow a replay."""
+    region: dict[int, list[fx.Node]] = {0: [], 1: []}
     for n in nodes:
-        k = _layer_of(n, block.path)
+        k = _layer_index(n, block.path)
         if k in region:
             region[k].append(n)
     r0, r1 = region[0], region[1]
@@ -133,76 +139,94 @@ def replay_layers(gm: fx.GraphModule, block: RepeatedBlock, kinds: dict[str, str
     # tensor work of the two layers, op for op.
     t0, t1 = [n for n in r0 if _is_tensor(n)], [n for n in r1 if _is_tensor(n)]
     if not t0 or len(t0) != len(t1) or not all(_same_op(a, b) for a, b in zip(t0, t1)):
-        return False
+        return None
     pos = {n: i for i, n in enumerate(nodes)}
     if pos[r0[-1]] > pos[r1[0]] or pos[r1[-1]] - pos[r1[0]] + 1 != len(r1):
-        return False
+        return None
     # No tensor work between the layers: everything a layer does is inside it.
     for n in nodes[pos[r0[-1]] + 1: pos[r1[0]]]:
         if n.op == "call_function" and isinstance(n.meta.get("val"), torch.Tensor):
-            return False
+            return None
     in_r0, in_r1 = set(r0), set(r1)
-    corr = dict(zip(t0, t1))  # layer-0 tensor node -> layer-1 tensor node
-    # A layer-1 value used after the stack: the carried hidden state (to be
-    # taken from the last layer) or a per-layer output (one per layer).
     outside_users = {}
     for a, b in zip(t0, t1):
-        users_b = [u for u in b.users if u not in in_r1]
         users_a = [u for u in a.users if u not in in_r0 and u not in in_r1]
         if users_a and any(u.op != "output" for u in users_a):
-            return False  # a per-layer value consumed by later work: not handled
+            return None  # a per-layer value consumed by later work: not handled
+        users_b = [u for u in b.users if u not in in_r1]
         if users_b:
             outside_users[b] = users_b
+    return _TwoLayers(r0, r1, dict(zip(t0, t1)), outside_users)
 
+
+def _layer_parameters(graph: fx.Graph, block: RepeatedBlock, index: int, layer1: set,
+                      kinds: dict[str, str]) -> dict[fx.Node, fx.Node]:
+    """Placeholders for layer ``index``'s parameters, beside the others:
+    layer 1's parameter placeholder -> the new one."""
     prefix1 = f"{block.path}.1."
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    param_of = {n: n.meta.get("attncost_param") for n in placeholders}
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     first_input = next((n for n in placeholders if kinds.get(n.name) == "input"), None)
+    out: dict[fx.Node, fx.Node] = {}
+    for ph in placeholders:
+        name = ph.meta.get("attncost_param")
+        if name and name.startswith(prefix1) and any(u in layer1 for u in ph.users):
+            new_name = f"{block.path}.{index}." + name[len(prefix1):]
+            ctx = graph.inserting_before(first_input) if first_input else \
+                graph.inserting_after(placeholders[-1])
+            with ctx:
+                new = graph.placeholder(f"p_{new_name.replace('.', '_')}")
+            new.meta.update(ph.meta)
+            new.meta["attncost_param"] = new_name
+            kinds[new.name] = kinds.get(ph.name, "parameter")
+            out[ph] = new
+    return out
 
+
+def _copy_layer(graph: fx.Graph, two: _TwoLayers, block: RepeatedBlock, index: int,
+                params: dict, prev: dict, after: fx.Node) -> dict[fx.Node, fx.Node]:
+    """Copy layer 1's nodes as layer ``index``, reading the previous layer's
+    values and its own parameters: layer-1 node -> its copy."""
+    env: dict[fx.Node, fx.Node] = {}
+
+    def remap(x: fx.Node) -> fx.Node:
+        if x in env:
+            return env[x]
+        if x in params:
+            return params[x]
+        if x in two.corr:  # the previous layer's value of this node
+            return prev[two.corr[x]]
+        return x  # shared: inputs, masks, sizes
+
+    for b in two.r1:
+        with graph.inserting_after(after):
+            new = graph.node_copy(b, remap)
+        if "nn_module_stack" in b.meta:
+            new.meta["nn_module_stack"] = _renamed_stack(b.meta["nn_module_stack"],
+                                                         block.path, index)
+        env[b] = after = new
+    return env
+
+
+def replay_layers(gm: fx.GraphModule, block: RepeatedBlock, kinds: dict[str, str]) -> bool:
+    """Extend a two-layer trace to all layers of ``block``; False (and the
+    graph untouched) when the two traced layers do not allow it."""
+    graph = gm.graph
+    nodes = list(graph.nodes)
+    two = _two_layers(nodes, block)
+    if two is None:
+        return False
     output = next(n for n in reversed(nodes) if n.op == "output")
     per_layer_outputs: list[fx.Node] = []
-    prev = {b: b for b in t1}  # layer-1 node -> its value in the previous layer
-    last_inserted = r1[-1]
+    prev = {b: b for b in two.corr.values()}  # layer-1 node -> its value in the previous layer
+    last = two.r1[-1]
     for index in range(2, block.count):
-        param_nodes: dict[fx.Node, fx.Node] = {}
-        # Placeholders for this layer's parameters, beside the others.
-        for ph in placeholders:
-            name = param_of.get(ph)
-            if name and name.startswith(prefix1) and any(u in in_r1 for u in ph.users):
-                new_name = f"{block.path}.{index}." + name[len(prefix1):]
-                ctx = graph.inserting_before(first_input) if first_input else \
-                    graph.inserting_after(placeholders[-1])
-                with ctx:
-                    new = graph.placeholder(f"p_{new_name.replace('.', '_')}")
-                new.meta.update(ph.meta)
-                new.meta["attncost_param"] = new_name
-                kinds[new.name] = kinds.get(ph.name, "parameter")
-                param_nodes[ph] = new
-        env: dict[fx.Node, fx.Node] = {}
-
-        def remap(x: fx.Node) -> fx.Node:
-            if x in env:
-                return env[x]
-            if x in param_nodes:
-                return param_nodes[x]
-            if x in corr:  # the previous layer's value of this node
-                return prev[corr[x]]
-            return x  # shared: inputs, masks, sizes
-
-        for b in r1:
-            with graph.inserting_after(last_inserted):
-                new = graph.node_copy(b, remap)
-            if "nn_module_stack" in b.meta:
-                new.meta["nn_module_stack"] = _renamed_stack(b.meta["nn_module_stack"],
-                                                             block.path, index)
-            env[b] = new
-            last_inserted = new
-        for b in outside_users:
-            if any(u.op == "output" for u in outside_users[b]):
-                per_layer_outputs.append(env[b])
+        params = _layer_parameters(graph, block, index, set(two.r1), kinds)
+        env = _copy_layer(graph, two, block, index, params, prev, last)
+        last = env[two.r1[-1]]
+        per_layer_outputs += [env[b] for b, users in two.outside_users.items()
+                              if any(u.op == "output" for u in users)]
         prev = env
-
-    for b, users in outside_users.items():
+    for b, users in two.outside_users.items():
         for u in users:
             if u.op != "output":
                 u.replace_input_with(b, prev[b])

@@ -1,0 +1,55 @@
+"""Where attention is: the attention sites of a traced graph, found by what
+the graph computes, not by module names.
+
+Each recogniser lives in its own module and is registered here, in the
+order they run; a later one does not claim nodes an earlier site holds:
+
+* fused.py: scaled_dot_product_attention in any aten form, FlexAttention;
+* unfused.py: Q·Kᵀ -> softmax over keys -> ·V, with the masks on the way;
+* linear.py: kernelized attention through a sequence-free state.
+
+Masks are read by evaluating them (masks.py); what they let through and
+which variant that makes is patterns/'s answer.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..rules.flops import FLOP_RULES
+from ..rules.registry import Registry
+from .fused import find_fused
+from .graph import GraphContext
+from .linear import find_linear
+from .site import AttentionSite
+from .unfused import find_unfused
+
+#: name -> recogniser(ctx, used node names) -> sites; run in this order.
+Recogniser = Callable[[GraphContext, set], list]
+RECOGNISERS: Registry[Recogniser] = Registry("recognisers")
+
+
+def register_recogniser(name: str) -> Callable[[Recogniser], Recogniser]:
+    """Decorator: add a recogniser (after the registered ones); names are unique."""
+    return RECOGNISERS.register(name)
+
+
+register_recogniser("fused")(find_fused)
+register_recogniser("unfused")(find_unfused)
+register_recogniser("linear")(find_linear)
+
+
+def find_sites(traced, loaded=None, seq_len: int | None = None,
+               flop_rules=FLOP_RULES) -> list[AttentionSite]:
+    """Every attention site of ``traced``, in graph order."""
+    ctx = GraphContext(traced, loaded, seq_len or 0, flop_rules=flop_rules)
+    found: list[AttentionSite] = []
+    used: set[str] = set()
+    for _, recognise in RECOGNISERS.items():
+        sites = recognise(ctx, used)
+        found.extend(sites)
+        used.update(n for s in sites for n in s.nodes)
+    order = {n.name: i for n, i in ctx.order.items()}
+    return sorted(found, key=lambda s: order[s.nodes[-1]])
+
+
+__all__ = ["AttentionSite", "GraphContext", "RECOGNISERS", "find_sites", "register_recogniser"]

@@ -1,0 +1,49 @@
+"""Fused attention: a call of scaled_dot_product_attention (any aten form) or
+FlexAttention.  Heads and head dims come from the operands' shapes, KV heads
+from how far K was expanded, the pattern from the mask (or is_causal)."""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..expr import as_int
+from ..patterns import MaskPattern
+from ..rules.flops import node_flops
+from ..rules.ops import FLASH_FORWARD_OPS, FLEX_ATTENTION, is_fused_attention, packet, qkv_args, \
+    schema_args
+from . import masks
+from .site import AttentionSite, SiteShape, build_site
+
+
+def find_fused(ctx, used: set[str]) -> list[AttentionSite]:
+    return [read_fused(ctx, node) for node in ctx.traced.nodes
+            if node.op == "call_function" and is_fused_attention(node)]
+
+
+def read_fused(ctx, node: fx.Node) -> AttentionSite:
+    t = ctx.traced
+    q, k, v = qkv_args(node)
+    qs, ks, vs = t.shape(q), t.shape(k), t.shape(v)
+    if packet(node) in FLASH_FORWARD_OPS:
+        qs, ks, vs = [(s[0], s[2], s[1], s[3]) for s in (qs, ks, vs)]
+    heads = as_int(qs[1]) or 1
+    kv_direct = as_int(ks[1]) or heads
+    ratio = as_int(ctx.expand_ratio(k)) or 1
+    kv_heads = max(1, kv_direct // ratio) if kv_direct % ratio == 0 else kv_direct
+    impl = "flex" if node.target is FLEX_ATTENTION else "sdpa"
+    shape = SiteShape(impl, heads, kv_heads, as_int(qs[-1]) or 0, qs[-2], ks[-2],
+                      node_flops(t, node, ctx.flop_rules), as_int(vs[-1]))
+    return build_site(ctx, node, shape, _pattern(ctx, node, impl), nodes=[node])
+
+
+def _pattern(ctx, node: fx.Node, impl: str) -> MaskPattern:
+    """What the call lets through: its mask_mod, attn_mask or is_causal."""
+    if impl == "flex":
+        block_mask = node.args[4] if len(node.args) > 4 else None
+        mask_mod = block_mask[-1] if isinstance(block_mask, tuple) and block_mask else None
+        return masks.pattern_of_mask_mod(ctx, mask_mod)
+    args = schema_args(node)
+    if isinstance(args.get("attn_mask"), fx.Node):
+        return masks.pattern_of(ctx, args["attn_mask"], polarity="allowed")
+    if args.get("is_causal", False):
+        return MaskPattern.causal_mask()
+    return MaskPattern.full()

@@ -1,0 +1,107 @@
+"""What every recogniser asks of the graph: operands seen through views,
+weights told from activations, heads told from rows."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+import torch
+import torch.fx as fx
+
+from ..expr import B
+from ..rules.flops import FLOP_RULES
+from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, MATMUL_OPS, is_view, packet
+
+aten = torch.ops.aten
+
+#: Ops that may sit between Q·Kᵀ and the softmax (scale, mask, bias, casts).
+SCORE_OPS = frozenset(
+    getattr(aten, n) for n in (
+        "div", "mul", "add", "sub", "masked_fill", "where", "_to_copy", "clone", "neg",
+        "tanh", "clamp", "contiguous", "masked_fill_", "add_", "div_", "mul_", "to",
+    ) if hasattr(aten, n)
+)
+#: Ops that may sit between the softmax and ·V (dropout, casts).
+PROB_OPS = frozenset(
+    getattr(aten, n) for n in (
+        "_to_copy", "clone", "native_dropout", "dropout", "mul", "div", "masked_fill",
+        "where", "contiguous", "to",
+    ) if hasattr(aten, n)
+)
+
+
+@dataclass
+class GraphContext:
+    """One traced model as the recognisers see it."""
+
+    traced: object
+    loaded: object = None
+    #: the length the user asked about (masks are read at it, or below a cap)
+    seq_len: int = 0
+    flop_rules: object = None
+    order: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.seq_len = self.seq_len or self.traced.seq_len_hint
+        if self.flop_rules is None:
+            self.flop_rules = FLOP_RULES
+        self.order = {n: i for i, n in enumerate(self.traced.nodes)}
+
+    def is_weight(self, node, limit: int = 12) -> bool:
+        """Is this operand a parameter or buffer (seen through views)?"""
+        for _ in range(limit):
+            if not isinstance(node, fx.Node):
+                return False
+            if node.op == "placeholder":
+                return self.traced.placeholder_kinds.get(node.name) in ("parameter", "buffer")
+            if node.op != "call_function" or not (
+                    is_view(node) or packet(node) in (aten._to_copy, aten.clone)):
+                return False
+            node = node.args[0]
+        return False
+
+    def product_operands(self, mm: fx.Node) -> tuple[fx.Node, fx.Node]:
+        """The two factors of a matrix product (after the bias of baddbmm/addmm)."""
+        first = 1 if packet(mm) in BIASED_MATMUL_OPS else 0
+        return mm.args[first], mm.args[first + 1]
+
+    def expand_ratio(self, start: fx.Node, limit: int = 12) -> sympy.Expr:
+        """How many times the K (or V) operand was repeated on its way to the
+        product: the product of numel ratios of the expands it went through."""
+        ratio = sympy.Integer(1)
+        node = start
+        for _ in range(limit):
+            if not isinstance(node, fx.Node) or node.op != "call_function":
+                break
+            if packet(node) is aten.expand:
+                src, dst = self.traced.shape(node.args[0]), self.traced.shape(node)
+                if src is not None and dst is not None:
+                    ratio *= sympy.Mul(*dst) / sympy.Mul(*src)
+            if not (is_view(node) or packet(node) in COPY_OPS):
+                break
+            node = node.args[0]
+        return sympy.simplify(ratio)
+
+    def ancestor_ops(self, node: fx.Node) -> set:
+        """The ops of every node ``node`` depends on."""
+        seen: set[fx.Node] = set()
+        stack = list(node.all_input_nodes)
+        while stack:
+            n = stack.pop()
+            if n not in seen:
+                seen.add(n)
+                stack.extend(n.all_input_nodes)
+        return {packet(n) for n in seen}
+
+
+def split_rows(rows: sympy.Expr) -> tuple[int, sympy.Expr]:
+    """Split score rows (B·H·N_q) into heads H and query length N_q."""
+    per_batch = sympy.simplify(rows / B) if B in rows.free_symbols else rows
+    coeff, rest = sympy.factor(per_batch).as_coeff_Mul()
+    if coeff.is_Integer and coeff > 0:
+        return int(coeff), rest
+    return 1, per_batch
+
+
+def is_product(node: fx.Node) -> bool:
+    return node.op == "call_function" and packet(node) in MATMUL_OPS

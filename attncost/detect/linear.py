@@ -1,0 +1,88 @@
+"""Kernelized (linear) attention: a product that sums over the sequence into
+a state with no N (phi(K)ᵀV), then a product that applies that state to
+every query (phi(Q)·state).  Normalizers of the same module join the site."""
+from __future__ import annotations
+
+import sympy
+import torch.fx as fx
+
+from ..expr import N, as_int
+from ..patterns.classify import classify_linear, matches_formula
+from ..patterns.formulas import formula
+from ..paths import layer_or_path
+from ..rules.flops import node_flops
+from ..rules.ops import MATMUL_OPS, is_view, packet
+from .graph import SCORE_OPS, is_product, split_rows
+from .site import AttentionSite
+
+
+def find_linear(ctx, used: set[str]) -> list[AttentionSite]:
+    found = []
+    for node in ctx.traced.nodes:
+        if is_product(node) and node.name not in used:
+            site = read_linear(ctx, node, used)
+            if site is not None:
+                found.append(site)
+                used.update(site.nodes)
+    return found
+
+
+def _contraction(ctx, mm: fx.Node) -> sympy.Expr | None:
+    """Contraction length of a product of two activations (None: a layer)."""
+    a, b = ctx.product_operands(mm)
+    if ctx.is_weight(a) or ctx.is_weight(b):
+        return None
+    shape = ctx.traced.shape(a)
+    return sympy.sympify(shape[-1]) if shape else None
+
+
+def _has_n(exprs) -> bool:
+    return any(N in sympy.sympify(x).free_symbols for x in exprs)
+
+
+def read_linear(ctx, state_mm: fx.Node, used: set[str]) -> AttentionSite | None:
+    t = ctx.traced
+    k_len, out = _contraction(ctx, state_mm), t.shape(state_mm)
+    if k_len is None or out is None or N not in k_len.free_symbols or _has_n(out):
+        return None
+    apply_mm = _state_consumer(ctx, state_mm)
+    if apply_mm is None:
+        return None
+    r_len, out_apply = _contraction(ctx, apply_mm), t.shape(apply_mm)
+    if r_len is None or out_apply is None:
+        return None
+    r, d = as_int(r_len) or 0, as_int(out_apply[-1]) or 0
+    heads, n_q = split_rows(sympy.Mul(*out_apply[:-1]))
+    module = t.module_path(apply_mm)
+    site_nodes = [state_mm, apply_mm] + [
+        node for node in t.nodes
+        if is_product(node) and node not in (state_mm, apply_mm) and node.name not in used
+        and t.module_path(node) == module and _contraction(ctx, node) is not None]
+    flops = sympy.expand(sum((node_flops(t, n, ctx.flop_rules) for n in site_nodes),
+                             sympy.Integer(0)))
+    values, useful = classify_linear(heads, n_q, r, d)
+    name = module or "<root>"
+    return AttentionSite(
+        name=name, layer=layer_or_path(name), variant="linear", implementation="einsum",
+        causal=False, heads=heads, kv_heads=heads, head_dim=d, window=None, query_len=n_q,
+        key_len=k_len, flops=flops, useful_flops=useful, complexity=formula("linear").complexity,
+        mask=None, nodes=[n.name for n in sorted(site_nodes, key=ctx.order.__getitem__)],
+        feature_dim=r, formula="linear", matches_formula=matches_formula(flops, "linear", values))
+
+
+def _state_consumer(ctx, state_mm: fx.Node, limit: int = 8) -> fx.Node | None:
+    """The product that applies a sequence-free state to every query."""
+    frontier = [state_mm]
+    for _ in range(limit):
+        nxt = []
+        for node in frontier:
+            for user in node.users:
+                if packet(user) in MATMUL_OPS:
+                    out = ctx.traced.shape(user)
+                    if out and _has_n(out):
+                        return user
+                    continue
+                if is_view(user) or packet(user) in SCORE_OPS:
+                    nxt.append(user)
+        frontier = nxt
+    return None

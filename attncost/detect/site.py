@@ -1,0 +1,84 @@
+"""An attention site: one attention computation, its shape and its cost in N and B."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+import torch.fx as fx
+
+from ..paths import layer_or_path
+from ..patterns import MaskPattern, classify, matches_formula, waste_factor
+from ..patterns.classify import formula_values
+
+
+@dataclass
+class AttentionSite:
+    """One attention computation in the model, with its cost in N and B."""
+
+    name: str
+    layer: str
+    variant: str  # dense | local | sparse | linear
+    implementation: str
+    causal: bool
+    heads: int
+    kv_heads: int
+    head_dim: int
+    window: int | None
+    query_len: sympy.Expr
+    key_len: sympy.Expr
+    flops: sympy.Expr
+    useful_flops: sympy.Expr
+    complexity: str
+    #: bytes the site's ops allocate on the target device (set by the memory
+    #: model); JSON calls it memory_bytes.  Not bytes moved.
+    allocated_bytes: sympy.Expr | None = None
+    density: float | None = None
+    feature_dim: int | None = None
+    mask: str | None = None
+    #: the canonical formula (specs/variants.yaml) the code executes as written
+    formula: str | None = None
+    matches_formula: bool | None = None
+    #: how many times what its pattern needs the code computes, when >= 3
+    waste_factor: float | None = None
+    nodes: list[str] = field(default_factory=list)
+    #: what could not be read (a mask not evaluated, masks differing by head)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flops_per_head(self) -> sympy.Expr:
+        return sympy.expand(self.flops / self.heads)
+
+
+@dataclass
+class SiteShape:
+    """What a recogniser read off the graph for one site."""
+
+    implementation: str
+    heads: int
+    kv_heads: int
+    head_dim: int
+    query_len: sympy.Expr
+    key_len: sympy.Expr
+    flops: sympy.Expr
+    head_dim_v: int | None = None
+
+
+def build_site(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,
+               nodes: list[fx.Node]) -> AttentionSite:
+    """A site from what a recogniser read and the pattern of its mask."""
+    name = ctx.traced.module_path(node) or "<root>"
+    values = formula_values(shape.heads, shape.head_dim, shape.head_dim_v,
+                            shape.query_len, shape.key_len)
+    c = classify(pattern, shape.implementation, values, shape.flops)
+    site = AttentionSite(
+        name=name, layer=layer_or_path(name), variant=c.variant,
+        implementation=shape.implementation, causal=pattern.causal, heads=shape.heads,
+        kv_heads=shape.kv_heads, head_dim=shape.head_dim, window=c.window,
+        query_len=shape.query_len, key_len=shape.key_len, flops=shape.flops,
+        useful_flops=c.useful_flops, complexity=c.complexity, density=pattern.density,
+        mask=pattern.kind, nodes=[n.name for n in nodes], notes=list(pattern.notes),
+        formula=c.as_written, matches_formula=matches_formula(shape.flops, c.as_written, values))
+    # FlexAttention skips masked blocks itself: no waste to report.
+    if shape.implementation != "flex":
+        site.waste_factor = waste_factor(site.flops, site.useful_flops, ctx.seq_len)
+    return site

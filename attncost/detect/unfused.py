@@ -1,0 +1,169 @@
+"""Unfused attention: the chain ``Q·Kᵀ -> (scale, mask, bias) -> softmax over
+keys -> ·V``: a product of two activations whose output, through
+elementwise ops only, is the input of a softmax taken over the axis that
+the next product contracts.  The masks met on the way name the pattern."""
+from __future__ import annotations
+
+import sympy
+import torch
+import torch.fx as fx
+
+from ..expr import N, as_int
+from ..patterns import MaskPattern, combine
+from ..rules.flops import node_flops
+from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
+    packet
+from . import masks
+from .graph import PROB_OPS, SCORE_OPS, split_rows
+from .site import AttentionSite, SiteShape, build_site
+
+aten = torch.ops.aten
+
+
+def find_unfused(ctx, used: set[str]) -> list[AttentionSite]:
+    found = []
+    for node in ctx.traced.nodes:
+        if node.op == "call_function" and packet(node) in SOFTMAX_OPS:
+            site = read_unfused(ctx, node)
+            if site is not None:
+                found.append(site)
+    return found
+
+
+def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
+    t = ctx.traced
+    shape = t.shape(softmax)
+    if shape is None or len(shape) < 2:
+        return None
+    dim = (softmax.args[1] if len(softmax.args) > 1 else -1) % len(shape)
+    n_keys = shape[dim]
+    qk, mask_inputs, score_path = _walk_back(softmax.args[0])
+    if qk is None:
+        return None
+    if packet(qk) is aten.baddbmm and isinstance(qk.args[0], fx.Node):
+        # mask + Q·Kᵀ in one op (nn.MultiheadAttention with attn_mask)
+        mask_inputs.append((qk.args[0], "additive"))
+    q_operand, k_operand = ctx.product_operands(qk)
+    # Scores and values come from activations; a product with a weight is a layer.
+    if ctx.is_weight(q_operand) or ctx.is_weight(k_operand):
+        return None
+    # The softmax must be over the keys: the axis the Q·Kᵀ product produced.
+    if sympy.simplify(t.shape(qk)[-1] - n_keys) != 0 or dim != len(shape) - 1:
+        return None
+    pv, prob_path = _walk_forward(softmax)
+    if pv is None or ctx.is_weight(pv.args[-1]):
+        return None
+    p_operand, v_operand = ctx.product_operands(pv)
+    if t.shape(p_operand) is None or sympy.simplify(t.shape(p_operand)[-1] - n_keys) != 0:
+        return None
+    heads, n_q = split_rows(sympy.Mul(*shape) / n_keys)
+    ratio = as_int(ctx.expand_ratio(k_operand)) or 1
+    kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
+    flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
+    pattern = combine([masks.pattern_of(ctx, m, polarity=p) for m, p in mask_inputs]) \
+        if mask_inputs else MaskPattern.full()
+    site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
+                           as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
+                           as_int(t.shape(pv)[-1]))
+    return build_site(ctx, softmax, site_shape, pattern,
+                      nodes=[qk, *score_path, softmax, *prob_path, pv])
+
+
+def _implementation(ctx, k_operand: fx.Node, n_keys, pattern: MaskPattern) -> str:
+    """How the keys reach the product: cut out by unfold (a window), picked
+    by index (blocks), masked (a pattern on the full matrix) or all of them."""
+    k_ops = ctx.ancestor_ops(k_operand)
+    if aten.unfold in k_ops:
+        return "unfold"
+    if k_ops & GATHER_OPS and N not in sympy.sympify(n_keys).free_symbols:
+        return "gather"
+    if pattern.kind in ("pattern", "window"):
+        return "masked"
+    return "unfused"
+
+
+def _walk_back(start: fx.Node, limit: int = 16):
+    """From the softmax input back to the Q·Kᵀ product, collecting the masks
+    and biases applied on the way (with how to read them)."""
+    masks_found: list[tuple[fx.Node, str]] = []
+    path: list[fx.Node] = []
+    node = start
+    for _ in range(limit):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            return None, [], []
+        pk = packet(node)
+        if pk in MATMUL_OPS:
+            return node, masks_found, path
+        if not (pk in SCORE_OPS or is_view(node)):
+            return None, [], []
+        path.append(node)
+        node = _score_operand(node, masks_found)
+        if node is None:
+            return None, [], []
+    return None, [], []
+
+
+def _score_operand(node: fx.Node, masks_found: list) -> fx.Node | None:
+    """The operand of a score op that carries the scores; a mask or bias
+    it applies is added to ``masks_found``."""
+    pk = packet(node)
+    tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+    if pk in (aten.masked_fill, aten.masked_fill_):
+        masks_found.append((node.args[1], "masked_fill"))
+        return node.args[0]
+    if pk is aten.where:
+        cond, a, b = node.args[:3]
+        on_a = isinstance(a, fx.Node) and _reaches_product(a)
+        masks_found.append((cond, "allowed" if on_a else "blocked"))
+        return a if on_a else b
+    if pk in (aten.add, aten.sub, aten.add_) and len(tensor_args) == 2:
+        main, other = _main_operand(tensor_args)
+        masks_found.append((other, "additive"))
+        return main
+    if tensor_args:
+        return _main_operand(tensor_args)[0] if len(tensor_args) > 1 else tensor_args[0]
+    return None
+
+
+def _main_operand(args: list[fx.Node]) -> tuple[fx.Node, fx.Node]:
+    """Of two operands, the one that carries the scores (reaches Q·Kᵀ)."""
+    a, b = args[0], args[1]
+    return (a, b) if _reaches_product(a) else (b, a)
+
+
+def _reaches_product(node: fx.Node, limit: int = 16) -> bool:
+    for _ in range(limit):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            return False
+        if packet(node) in MATMUL_OPS:
+            return True
+        if not (packet(node) in SCORE_OPS or is_view(node)):
+            return False
+        tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+        if not tensor_args:
+            return False
+        if len(tensor_args) > 1:
+            return any(_reaches_product(a, limit - 1) for a in tensor_args)
+        node = tensor_args[0]
+    return False
+
+
+def _walk_forward(softmax: fx.Node, limit: int = 8):
+    """From the softmax to the product that applies it to V."""
+    frontier = [(softmax, [])]
+    for _ in range(limit):
+        nxt = []
+        for node, path in frontier:
+            for user in node.users:
+                pk = packet(user)
+                if pk in MATMUL_OPS:
+                    p_idx = 1 if pk in BIASED_MATMUL_OPS else 0
+                    if user.args[p_idx] is node:
+                        return user, path
+                    continue
+                if pk in PROB_OPS or is_view(user) or user.target is getitem:
+                    nxt.append((user, path + [user]))
+        frontier = nxt
+        if not frontier:
+            break
+    return None, []

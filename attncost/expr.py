@@ -1,0 +1,91 @@
+"""The symbols every cost is written in, and the one evaluator of expressions.
+
+Every FLOP count, byte count and peak is a SymPy expression in ``N`` (the
+sequence length) and ``B`` (the batch), exact for every N the trace holds
+for.  ``value_at`` turns one into an integer; nothing else in attncost
+substitutes numbers into an expression.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Union
+
+import sympy
+
+#: The two symbols every expression is written in.
+N = sympy.Symbol("N", positive=True, integer=True)
+B = sympy.Symbol("B", positive=True, integer=True)
+
+#: A sum kept as {monomial: coefficient}: the form peak-memory candidates take.
+Terms = Mapping[sympy.Expr, sympy.Rational]
+
+_MONOMIALS: dict[sympy.Expr, tuple[int, int] | None] = {}
+
+
+def _monomial(term: sympy.Expr) -> tuple[int, int] | None:
+    """(i, j) when ``term`` is N**i * B**j, else None (cached: terms repeat)."""
+    mono = _MONOMIALS.get(term, False)
+    if mono is False:
+        powers = term.as_powers_dict()
+        simple = all(s in (N, B) or s == 1 for s in powers) and \
+            all(p.is_Integer and p >= 0 for p in powers.values())
+        mono = (int(powers.get(N, 0)), int(powers.get(B, 0))) if simple else None
+        _MONOMIALS[term] = mono
+    return mono
+
+
+def value_at(expr: Union[sympy.Expr, int, Terms], seq_len: int, batch: int = 1) -> int:
+    """An expression in N and B (or a {term: coefficient} sum) at N=seq_len,
+    B=batch, as an exact integer."""
+    if isinstance(expr, Mapping):
+        total = 0
+        for term, coeff in expr.items():
+            mono = _monomial(term)
+            value = seq_len ** mono[0] * batch ** mono[1] if mono is not None else \
+                term.xreplace({N: sympy.Integer(seq_len), B: sympy.Integer(batch)})
+            total += coeff * value
+        return int(total)
+    return evaluate(expr, {N: seq_len, B: batch})
+
+
+def evaluate(expr, values: Mapping[sympy.Symbol, int]) -> int:
+    """Any expression at concrete values of its symbols, as an exact integer."""
+    result = sympy.sympify(expr).xreplace({s: sympy.Integer(v) for s, v in values.items()})
+    if result.free_symbols:
+        missing = ", ".join(sorted(str(s) for s in result.free_symbols))
+        raise ValueError(f"{expr} needs values for {missing}")
+    return int(result)
+
+
+def leading_term(expr: sympy.Expr, symbol: sympy.Symbol = N) -> sympy.Expr:
+    """The highest-degree term of ``expr`` in ``symbol`` (other symbols kept)."""
+    expr = sympy.expand(expr)
+    if expr == 0 or symbol not in expr.free_symbols:
+        return expr
+    try:
+        poly = sympy.Poly(expr, symbol)
+    except sympy.PolynomialError:  # floor division and the like: no single term leads
+        return expr
+    deg = poly.degree()
+    return sympy.expand(poly.coeff_monomial(symbol**deg) * symbol**deg)
+
+
+def degree(expr: sympy.Expr, symbol: sympy.Symbol = N) -> int:
+    """Degree in ``symbol``; for a non-polynomial (floor division), the growth
+    rate measured between two large values."""
+    expr = sympy.expand(expr)
+    if symbol not in expr.free_symbols:
+        return 0
+    try:
+        return int(sympy.Poly(expr, symbol).degree())
+    except sympy.PolynomialError:
+        other = {s: 1 for s in expr.free_symbols if s != symbol}
+        lo = float(expr.xreplace({**other, symbol: 2**20}))
+        hi = float(expr.xreplace({**other, symbol: 2**21}))
+        return round(math.log2(hi / lo)) if lo > 0 else 0
+
+
+def as_int(expr) -> int | None:
+    """An expression that is a constant, as an int; None if it depends on N or B."""
+    expr = sympy.simplify(expr)
+    return int(expr) if expr.is_Integer else None

@@ -1,0 +1,145 @@
+"""Replay the forward eagerly on fake tensors, recording when each storage
+is created and when Python frees it.
+
+The graph alone says when a tensor is last *used*, but eager PyTorch frees
+it when the last Python reference goes: ``attn = softmax(attn,
+dtype=float32).to(bf16)`` keeps the old bf16 scores alive until the whole
+line is done.  The replay allocates nothing (fake tensors) and records the
+order of allocations and frees that a real run would have.
+"""
+from __future__ import annotations
+
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from ..tracing.fake import call_args, fake_parameters
+
+#: Softmax entry points whose fp16 -> fp32 upcast a CUDA kernel does in place
+#: (``_softmax(x, dim, half_to_float=True)``); on a CPU it is a separate copy.
+_SOFTMAX_FUNCTIONS = frozenset({torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax})
+
+
+@dataclass
+class Storage:
+    op: int           # index of the op that created it
+    output: int       # which tensor output of that op
+    nbytes: int       # at the replay's sizes
+    death: int | None = None
+
+
+@dataclass
+class Op:
+    func: Any
+    new: list[int | None]       # per tensor output: index of a new storage, or None (alias)
+    half_softmax: bool = False  # dispatched inside softmax(fp16 input, dtype=float32)
+
+
+class Recorder(TorchDispatchMode):
+    """Records each op's new storages and when Python frees each one."""
+
+    def __init__(self, existing: Iterable[int]):
+        super().__init__()
+        self.ops: list[Op] = []
+        self.storages: list[Storage] = []
+        self.half_softmax_depth = 0
+        self._live: dict[int, int] = {key: -1 for key in existing}
+        self._finalizers: list[weakref.finalize] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        index = len(self.ops)
+        new: list[int | None] = []
+        for k, t in enumerate(x for x in tree_flatten(out)[0] if isinstance(x, torch.Tensor)):
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in self._live:
+                new.append(None)
+                continue
+            sid = len(self.storages)
+            self.storages.append(Storage(index, k, int(storage.nbytes())))
+            self._live[key] = sid
+            self._finalizers.append(weakref.finalize(storage, self._freed, key, sid))
+            new.append(sid)
+        self.ops.append(Op(func, new, self.half_softmax_depth > 0))
+        return out
+
+    def _freed(self, key: int, sid: int) -> None:
+        if self._live.get(key) == sid:
+            del self._live[key]
+        self.storages[sid].death = len(self.ops)
+
+    def stop(self) -> None:
+        """Storages still alive now stay alive to the end."""
+        for f in self._finalizers:
+            f.detach()
+
+
+class _SoftmaxUpcasts(TorchFunctionMode):
+    """Marks the ops dispatched inside ``softmax(fp16 x, dtype=torch.float32)``."""
+
+    def __init__(self, recorder: Recorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        mark = func in _SOFTMAX_FUNCTIONS and _is_half_upcast(args, kwargs)
+        if mark:
+            self.recorder.half_softmax_depth += 1
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if mark:
+                self.recorder.half_softmax_depth -= 1
+
+
+def _is_half_upcast(args, kwargs) -> bool:
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input")
+    dtypes = [a for a in list(args[1:]) + list(kwargs.values()) if isinstance(a, torch.dtype)]
+    return isinstance(x, torch.Tensor) and x.dtype == torch.float16 and torch.float32 in dtypes
+
+
+@dataclass
+class Replay:
+    ops: list[Op]
+    storages: list[Storage]
+    end: int
+    batch: int
+
+
+def replay(traced, loaded, batch: int) -> Replay:
+    """Run the forward eagerly on fake tensors at the trace's length."""
+    model = loaded.module
+    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    params, _ = fake_parameters(model, mode, loaded.trace_device, remove_duplicate=False)
+    with mode:
+        inputs = _to_device(loaded.example_inputs(traced.seq_len_hint, batch), loaded.trace_device)
+    existing = {t.untyped_storage()._cdata for t in params.values()}
+    existing |= {t.untyped_storage()._cdata for t in tree_flatten(inputs)[0]
+                 if isinstance(t, torch.Tensor)}
+    args, kwargs = call_args(inputs)
+
+    recorder = Recorder(existing)
+    with torch.no_grad(), loaded.trace_context(), warnings.catch_warnings(), mode, recorder, \
+            _SoftmaxUpcasts(recorder):
+        # Warnings about running on fake data concern the replay, not the model.
+        warnings.simplefilter("ignore")
+        out = functional_call(model, params, args, kwargs)
+        end = len(recorder.ops)
+        recorder.stop()
+    del out
+    return Replay(recorder.ops, recorder.storages, end, batch)
+
+
+def _to_device(obj, device):
+    return torch.utils._pytree.tree_map(
+        lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, obj)

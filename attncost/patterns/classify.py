@@ -1,0 +1,105 @@
+"""Which variant a site is, and what it needs: the one place that turns a
+mask pattern and a site's lengths into a variant, its useful FLOPs and its
+complexity class, by the canonical formulas (specs/variants.yaml).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from ..expr import B, N, as_int, degree, value_at
+from .formulas import SYMBOLS, formula
+from .mask import MaskPattern
+
+#: The variants whose work grows slower than N².
+SUBQUADRATIC_VARIANTS = ("local", "sparse", "linear")
+#: Computing this many times the needed work is worth saying.
+WASTE_FACTOR = 3
+
+
+@dataclass
+class Classification:
+    variant: str
+    useful_flops: sympy.Expr
+    window: int | None
+    complexity: str
+    #: the canonical formula that the code as written executes
+    as_written: str
+    #: values of the canonical formula's symbols for this site
+    values: dict
+
+
+def formula_values(heads: int, head_dim: int, head_dim_v: int | None, n_q, n_k) -> dict:
+    """A site's values of the canonical formulas' symbols."""
+    values = {SYMBOLS["B"]: B, SYMBOLS["H"]: heads, SYMBOLS["N"]: n_q, SYMBOLS["M"]: n_k,
+              SYMBOLS["d"]: head_dim}
+    if head_dim_v is not None:
+        values[SYMBOLS["d_v"]] = head_dim_v
+    return values
+
+
+def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -> Classification:
+    """Variant, useful FLOPs, window and complexity class of a site, from its
+    mask pattern and its query/key lengths."""
+    n_q, n_k = values[SYMBOLS["N"]], values[SYMBOLS["M"]]
+    keys_grow = N in sympy.sympify(n_k).free_symbols
+    if not keys_grow and N in sympy.sympify(n_q).free_symbols:
+        return _fixed_keys(impl, values, flops)
+    if pattern.kind == "causal":
+        f = formula("causal_dense")
+        return Classification("dense", f.at("useful_flops", values), None, f.complexity,
+                              "dense", values)
+    if pattern.kind == "window" and pattern.window:
+        values[SYMBOLS["w"]] = pattern.window
+        name = "local_symmetric" if pattern.symmetric else "local"
+        return Classification("local", formula(name).at("useful_flops", values), pattern.window,
+                              formula("local").complexity, "dense", values)
+    if pattern.kind == "pattern" and pattern.density is not None:
+        # A measured pattern: its density (read at one length) times the work.
+        useful = sympy.expand(flops * sympy.Rational(pattern.allowed, pattern.length ** 2))
+        return Classification("sparse", useful, None, formula("sparse").complexity, "dense", values)
+    return Classification("dense", flops, None, formula("dense").complexity, "dense", values)
+
+
+def _fixed_keys(impl: str, values: dict, flops: sympy.Expr) -> Classification:
+    """Each query meets a fixed number of keys, all of which the code
+    computes: a window cut out with unfold, blocks gathered by index, or a
+    fixed context (cross-attention to a few tokens)."""
+    kept = as_int(values[SYMBOLS["M"]])
+    if impl == "unfold":
+        values[SYMBOLS["w"]] = kept
+        return Classification("local", flops, kept, formula("local").complexity, "local", values)
+    if impl == "gather":
+        values[SYMBOLS["k"]] = kept
+        return Classification("sparse", flops, None, formula("sparse").complexity, "sparse", values)
+    return Classification("dense", flops, None, formula("dense").complexity, "dense", values)
+
+
+def classify_linear(heads: int, n_q, feature_dim: int, head_dim: int) -> tuple[dict, sympy.Expr]:
+    """Kernelized attention: the canonical values and useful FLOPs."""
+    values = {SYMBOLS["B"]: B, SYMBOLS["H"]: heads, SYMBOLS["N"]: n_q, SYMBOLS["d"]: head_dim,
+              SYMBOLS["r"]: feature_dim}
+    return values, formula("linear").at("useful_flops", values)
+
+
+def matches_formula(flops: sympy.Expr, name: str, values: dict) -> bool:
+    """Does the traced count equal the canonical formula of ``name``?"""
+    return sympy.expand(formula(name).at("flops", values) - flops) == 0
+
+
+def waste_factor(flops: sympy.Expr, useful_flops: sympy.Expr, seq_len: int) -> float | None:
+    """How many times the work its pattern needs a site computes at N=seq_len,
+    when that is at least WASTE_FACTOR; None otherwise."""
+    done = value_at(flops, seq_len)
+    needed = value_at(useful_flops, seq_len)
+    if needed <= 0 or done < WASTE_FACTOR * needed:
+        return None
+    return done / needed
+
+
+def subquadratic(sites) -> bool:
+    """Does every site need less than N² work (local, sparse, linear)?"""
+    return bool(sites) and all(degree(s.useful_flops, N) < 2 or s.variant != "dense"
+                               for s in sites) and any(
+        s.variant in SUBQUADRATIC_VARIANTS for s in sites)

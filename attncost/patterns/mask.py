@@ -1,0 +1,83 @@
+"""What a mask lets through: a named pattern read off a boolean matrix.
+
+A mask is whatever the model computes to block scores.  Whatever way it is
+written, its values at a small length are a (queries × keys) boolean matrix
+of allowed pairs; this module names that matrix: all allowed, causal, a
+causal or symmetric window, or a pattern with a measured density.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class MaskPattern:
+    """What a mask lets through, read at length ``length``."""
+
+    kind: str  # full | causal | window | pattern | unknown
+    causal: bool = False
+    window: int | None = None
+    symmetric: bool = False
+    density: float | None = None
+    allowed: int | None = None  # allowed (query, key) pairs at ``length``
+    length: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def full(cls) -> "MaskPattern":
+        return cls("full", density=1.0)
+
+    @classmethod
+    def causal_mask(cls) -> "MaskPattern":
+        return cls("causal", causal=True)
+
+
+#: How restrictive each kind is: of several masks on one score matrix, the
+#: most restrictive known one names the pattern.
+RESTRICTIVENESS = {"full": 0, "causal": 1, "window": 2, "pattern": 3}
+
+
+def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
+    """Name the pattern of a 2-D boolean (queries × keys) matrix."""
+    nq, nk = allowed.shape
+    total = allowed.sum().item()
+    if total == nq * nk:
+        return MaskPattern.full()
+    if nq == nk:
+        i = torch.arange(nq).unsqueeze(1)
+        j = torch.arange(nk).unsqueeze(0)
+        tril = j <= i
+        if torch.equal(allowed, tril):
+            return MaskPattern("causal", causal=True, allowed=int(total), length=nq)
+        w = int(allowed[-1].sum().item())
+        if torch.equal(allowed, tril & (j > i - w)):
+            return MaskPattern("window", causal=True, window=w, allowed=int(total), length=nq)
+        half = int(allowed[nq // 2].sum().item()) // 2
+        if torch.equal(allowed, (j - i).abs() <= half):
+            return MaskPattern("window", causal=False, window=2 * half + 1, symmetric=True,
+                               allowed=int(total), length=nq)
+    causal = bool(nq == nk and not allowed.triu(1).any())
+    return MaskPattern("pattern", causal=causal, density=total / (nq * nk),
+                       allowed=int(total), length=nq)
+
+
+def combine(patterns: list[MaskPattern]) -> MaskPattern:
+    """Several masks on one score matrix: the most restrictive known one wins."""
+    known = [p for p in patterns if p.kind != "unknown"]
+    if not known:
+        return patterns[0] if patterns else MaskPattern.full()
+    return max(known, key=lambda p: RESTRICTIVENESS[p.kind])
+
+
+def allowed_pairs(value: torch.Tensor, polarity: str) -> torch.Tensor:
+    """Which (query, key) pairs a mask's values let through, given how it is
+    applied: allowed (True lets through), blocked (True blocks), masked_fill
+    (as the mask of masked_fill), additive (a float added to the scores)."""
+    if value.dtype == torch.bool:
+        return value if polarity in ("allowed", "additive") else ~value
+    if value.is_floating_point() and polarity in ("allowed", "additive"):
+        # added to the scores (SDPA treats a float attn_mask the same way): -inf blocks
+        return value > torch.finfo(value.dtype).min / 2
+    return value != 0 if polarity == "allowed" else value == 0

@@ -1,0 +1,82 @@
+"""One model under several choices (attention implementation, dtype), side
+by side, and other FLOP counters beside attncost's count (baselines.py).
+
+A choice is one trace; a comparison puts their FLOPs, attention FLOPs, peak
+memory and largest N on a GPU side by side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..analysis import Analysis, analyze
+from .baselines import BaselineComparison, check_baselines, count_with_baselines
+from .sweep import largest_fitting_seq_len
+
+
+@dataclass
+class Choice:
+    """The model under one attention implementation and dtype, at N."""
+
+    label: str
+    analysis: Analysis = field(repr=False)
+    flops: int
+    attention_flops: int
+    useful_attention_flops: int
+    peak_memory_bytes: int
+    max_seq_len: int | None = None
+    fits: bool | None = None
+
+
+@dataclass
+class Comparison:
+    model: str
+    seq_len: int
+    batch: int
+    device: str
+    choices: list[Choice]
+    gpu: str | None = None
+    budget_bytes: int | None = None
+    baselines: list[BaselineComparison] = field(default_factory=list)
+
+
+def _choice(a: Analysis, budget: int | None) -> Choice:
+    label = ", ".join(x for x in (a.attn_implementation, a.dtype) if x)
+    peak = a.at(a.peak_memory_bytes)
+    choice = Choice(label=label, analysis=a, flops=a.at(a.flops),
+                    attention_flops=a.at(a.attention_flops),
+                    useful_attention_flops=a.at(a.useful_attention_flops), peak_memory_bytes=peak)
+    if budget is not None:
+        choice.max_seq_len = largest_fitting_seq_len([a], budget, a.batch)
+        choice.fits = peak <= budget
+    return choice
+
+
+def compare_choices(model: str, seq_len: int, batch: int = 1, device: str = "cuda",
+                    attn_implementations: Iterable[str | None] = (None,),
+                    dtypes: Iterable[str | None] = (None,), kv_cache: bool | None = None,
+                    gpu=None, budget_bytes: int | None = None,
+                    baselines: Iterable[str] = ()) -> Comparison:
+    """Analyze every (implementation, dtype) pair at N; count each distinct
+    implementation with the requested baselines too.  With ``gpu``, the
+    largest N whose peak fits ``budget_bytes`` (its memory less a reserve)."""
+    baselines = check_baselines(baselines)
+    budget = None
+    if gpu is not None:
+        budget = gpu.memory_bytes if budget_bytes is None else budget_bytes
+    choices = [_choice(analyze(model, seq_len, batch=batch, dtype=dtype, device=device,
+                               attn_implementation=impl, kv_cache=kv_cache), budget)
+               for impl in list(dict.fromkeys(attn_implementations)) or [None]
+               for dtype in list(dict.fromkeys(dtypes)) or [None]]
+    comparison = Comparison(model=str(model), seq_len=seq_len, batch=batch, device=device,
+                            choices=choices, gpu=gpu.name if gpu is not None else None,
+                            budget_bytes=budget)
+    if baselines:
+        counted: set = set()
+        for choice in choices:
+            impl = choice.analysis.attn_implementation
+            if impl in counted:
+                continue  # the dtype does not change what a counter counts
+            counted.add(impl)
+            comparison.baselines.append(count_with_baselines(choice, baselines))
+    return comparison

@@ -1,0 +1,173 @@
+"""Does a context length fit a memory budget, and what is the largest that does.
+
+The peak is an exact integer function of N (an expression or a MemoryModel),
+so the largest N under a budget is found on integers, not by solving a
+polynomial numerically: peak(max) <= budget < peak(max + 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import sympy
+
+from ..errors import AttncostError
+from ..expr import value_at
+from ..gpus import DEFAULT_RESERVE, GPU, get_gpu
+from ..units import parse_size
+from .roofline import SiteTime, site_times
+
+#: No answer is larger than this (a 1T-token context).
+MAX_SEQ_LEN_CAP = 2**40
+
+
+@dataclass
+class FitResult:
+    """Whether one length and batch fit a budget, and how far this model reaches."""
+
+    fits: bool
+    seq_len: int
+    peak_memory_bytes: int
+    budget_bytes: int
+    headroom_bytes: int
+    max_seq_len: int | None
+    gpu: str | None
+    batch: int = 1
+
+
+@dataclass
+class WhatIf:
+    """The same model with one thing changed, and how far it then reaches."""
+
+    change: str
+    result: FitResult
+
+
+@dataclass
+class FitsAnswer:
+    """`attncost fits`: the answer, what might make it fit, and an estimate of time."""
+
+    result: FitResult
+    gpu: GPU | None
+    #: the shortest length the trace holds for (what "no length fits" means)
+    lowest_seq_len: int
+    breakdown: list = field(default_factory=list)
+    what_if: list[WhatIf] = field(default_factory=list)
+    roofline: list[SiteTime] = field(default_factory=list)
+
+
+def _peak_function(peak) -> Callable[[int, int], int]:
+    """An exact (n, b) -> bytes function from a MemoryModel, a callable or an expression."""
+    if hasattr(peak, "at") and callable(peak.at):
+        return lambda n, b: int(peak.at(n, b))
+    if callable(peak) and not isinstance(peak, sympy.Basic):
+        return lambda n, b: int(peak(n, b))
+    expr = sympy.sympify(peak)
+    return lambda n, b: value_at(expr, n, b)
+
+
+def max_seq_len(peak, batch: int, budget: int, lo: int = 1, hi: int | None = None) -> int | None:
+    """The largest N in [lo, hi] with peak(N) <= budget, for a peak that does
+    not decrease with N: exponential search for a length that does not fit,
+    then bisection on exact integer values.  None if N = lo does not fit;
+    at most ``hi`` (default 2**40)."""
+    f = _peak_function(peak)
+    cap = MAX_SEQ_LEN_CAP if hi is None else min(int(hi), MAX_SEQ_LEN_CAP)
+    lo = max(1, int(lo))
+    if lo > cap or f(lo, batch) > budget:
+        return None
+    good, step = lo, 1
+    while True:
+        probe = min(good + step, cap)
+        if probe == good:
+            return good  # the cap fits
+        if f(probe, batch) > budget:
+            bad = probe
+            break
+        good, step = probe, step * 2
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if f(mid, batch) <= budget:
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def check_fits(memory_model, seq_len: int, batch: int, budget_bytes: int,
+               gpu: GPU | str | None = None,
+               n_range: tuple[int, int | None] | None = None) -> FitResult:
+    """Does (seq_len, batch) fit ``budget_bytes``, with what headroom, and the
+    largest N that does at this batch (within the range the trace holds for)."""
+    f = _peak_function(memory_model)
+    peak = f(int(seq_len), int(batch))
+    lo, hi = n_range or getattr(memory_model, "n_range", None) or (1, None)
+    largest = max_seq_len(f, int(batch), int(budget_bytes), lo=lo, hi=hi)
+    name = gpu.name if isinstance(gpu, GPU) else gpu
+    return FitResult(fits=peak <= budget_bytes, seq_len=int(seq_len), peak_memory_bytes=peak,
+                     budget_bytes=int(budget_bytes), headroom_bytes=int(budget_bytes) - peak,
+                     max_seq_len=largest, gpu=name, batch=int(batch))
+
+
+def budget_for(gpu: str | None = None, memory: str | int | None = None,
+               reserve: str | int | None = None,
+               gpu_specs: Iterable[str] = ()) -> tuple[int, GPU | None]:
+    """The tensor budget: ``memory`` as given, or the GPU's capacity less the reserve."""
+    if (gpu is None) == (memory is None):
+        raise AttncostError("give exactly one of --gpu NAME or --memory SIZE")
+    if memory is not None:
+        return parse_size(memory), None
+    spec = get_gpu(gpu, gpu_specs)
+    held = DEFAULT_RESERVE if reserve is None else parse_size(reserve, allow_zero=True)
+    budget = spec.memory_bytes - held
+    if budget <= 0:
+        raise AttncostError(f"a reserve of {held} bytes leaves nothing of {spec.name}'s "
+                            f"{spec.memory_bytes} bytes")
+    return budget, spec
+
+
+def fits(analysis, gpu: str | None = None, memory: str | None = None,
+         reserve: str | None = None, gpu_specs: Iterable[str] = ()) -> FitsAnswer:
+    """`attncost fits`: does the analysis' N and B fit, and if not, what would."""
+    budget, spec = budget_for(gpu, memory, reserve, gpu_specs)
+    result = check_fits(analysis.memory, analysis.seq_len, analysis.batch, budget, spec,
+                        n_range=analysis.n_range)
+    return FitsAnswer(
+        result=result, gpu=spec, lowest_seq_len=(analysis.n_range or (1, None))[0],
+        breakdown=analysis.memory.breakdown(result.seq_len, result.batch, top=3),
+        what_if=[] if result.fits else what_ifs(analysis, budget, spec),
+        roofline=site_times(analysis, spec) if spec is not None else [])
+
+
+def _variations(analysis) -> list[tuple[str, dict]]:
+    """Changes worth trying when a length does not fit."""
+    base = dict(dtype=analysis.dtype, attn_implementation=analysis.attn_implementation,
+                kv_cache=analysis.kv_cache if analysis.source == "config" else None)
+    out = []
+    if analysis.source == "config":
+        for impl in ("sdpa", "eager"):
+            if impl != analysis.attn_implementation:
+                out.append((f"attn_implementation={impl}", dict(base, attn_implementation=impl)))
+        out.append(("logits for the last position only (logits_to_keep=1)",
+                    dict(base, last_logits_only=True)))
+        if analysis.kv_cache:
+            out.append(("no KV cache returned (use_cache=False)", dict(base, kv_cache=False)))
+    if analysis.dtype == "float32":
+        out.append(("dtype=bfloat16", dict(base, dtype="bfloat16")))
+    return out
+
+
+def what_ifs(analysis, budget: int, spec: GPU | None) -> list[WhatIf]:
+    """Re-analyze the model under each variation (one trace each)."""
+    from ..analysis import analyze
+
+    results = []
+    for change, kwargs in _variations(analysis):
+        try:
+            other = analyze(analysis.model, analysis.seq_len, batch=analysis.batch,
+                            device=analysis.device, **kwargs)
+        except AttncostError:
+            continue
+        results.append(WhatIf(change, check_fits(other.memory, other.seq_len, other.batch,
+                                                 budget, spec, n_range=other.n_range)))
+    return results

@@ -1,0 +1,117 @@
+"""The JSON contract: every object attncost writes as JSON or YAML, built
+in one place from the data.  Other tools parse these: fields are added,
+never renamed or removed.  An expression is {"expr": text, "value": int at
+the requested N and B}.
+"""
+from __future__ import annotations
+
+import sympy
+
+from ..expr import N, leading_term
+from .sentences import attention_summary, site_notes
+
+
+def _expression(a, expr) -> dict:
+    return {"expr": str(sympy.expand(expr)), "value": a.at(expr)}
+
+
+def site_dict(a, s) -> dict:
+    def ev(expr):
+        return _expression(a, expr)
+
+    return {
+        "name": s.name, "layer": s.layer, "variant": s.variant,
+        "implementation": s.implementation, "causal": s.causal,
+        "heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim,
+        "window": s.window, "flops": ev(s.flops), "useful_flops": ev(s.useful_flops),
+        "flops_per_head": ev(s.flops_per_head), "memory_bytes": ev(s.allocated_bytes),
+        "complexity": s.complexity, "query_len": str(s.query_len), "key_len": str(s.key_len),
+        "mask": s.mask, "density": s.density, "feature_dim": s.feature_dim,
+        "formula": s.formula, "matches_formula": s.matches_formula, "notes": site_notes(s),
+    }
+
+
+def breakdown_dict(e) -> dict:
+    return {"tensor": e.name, "module": e.module_path, "layer": e.layer, "shape": e.shape,
+            "dtype": e.dtype, "bytes": e.bytes, "share": round(e.share, 4), "count": e.count}
+
+
+def analysis_dict(a) -> dict:
+    """`attncost analyze`."""
+    totals = {
+        "flops": _expression(a, a.flops),
+        "attention_flops": _expression(a, a.attention_flops),
+        "useful_attention_flops": _expression(a, a.useful_attention_flops),
+        "weight_bytes": int(a.weight_bytes),
+        "peak_memory_bytes": _expression(a, a.peak_memory_bytes),
+        "leading_term": str(leading_term(a.flops, N)),
+    }
+    quadratic = [{
+        "node": q.node, "op": q.op, "layer": q.layer, "shape": [str(x) for x in q.shape],
+        "dtype": q.dtype, "bytes": _expression(a, q.bytes), "in_attention_site": q.in_site,
+    } for q in a.quadratic]
+    return {
+        "model": a.model, "seq_len": a.seq_len, "batch": a.batch,
+        "dtype": a.dtype, "device": a.device, "attn_implementation": a.attn_implementation,
+        "sites": [site_dict(a, s) for s in a.sites], "totals": totals,
+        "valid_for": a.valid_for(), "guards": list(a.guards),
+        "quadratic_tensors": quadratic, "memory_notes": list(a.memory.notes),
+        "peak_breakdown": [breakdown_dict(e) for e in a.memory.breakdown(a.seq_len, a.batch, top=5)],
+        "hidden_quadratic": bool(a.hidden_quadratics()),
+    }
+
+
+def fit_dict(r) -> dict:
+    """One FitResult."""
+    return {"fits": r.fits, "seq_len": r.seq_len, "peak_memory_bytes": r.peak_memory_bytes,
+            "budget_bytes": r.budget_bytes, "headroom_bytes": r.headroom_bytes,
+            "max_seq_len": r.max_seq_len, "gpu": r.gpu}
+
+
+def fits_dict(answer) -> dict:
+    """`attncost fits`."""
+    data = fit_dict(answer.result)
+    data["what_if"] = [{"change": w.change, "peak_memory_bytes": w.result.peak_memory_bytes,
+                        "fits": w.result.fits, "max_seq_len": w.result.max_seq_len}
+                       for w in answer.what_if]
+    if answer.roofline:
+        data["roofline_estimate"] = [{"site": t.site, "seconds": t.seconds, "bound": t.bound}
+                                     for t in answer.roofline]
+    return data
+
+
+def gpu_dict(g) -> dict:
+    return {"name": g.name, "memory_bytes": g.memory_bytes,
+            "memory_bandwidth": g.memory_bandwidth, "peak_flops": dict(g.peak_flops),
+            "datasheet": g.datasheet, "aliases": list(g.aliases)}
+
+
+def _baseline_dict(b) -> dict:
+    from .sentences import baseline_notes
+
+    return {
+        "choice": b.choice, "counters": b.counters, "totals": b.totals, "notes": baseline_notes(b),
+        "layers": [{"layer": row.layer, "parameters": row.parameters, "flops": row.flops,
+                    "missed": {counter: [{"op": m.op, "calls": m.calls, "flops": m.flops}
+                                         for m in ops] for counter, ops in row.missed.items()}}
+                   for row in b.layers],
+    }
+
+
+def comparison_dict(c) -> dict:
+    """`attncost compare`."""
+    choices = []
+    for ch in c.choices:
+        a = ch.analysis
+        choices.append({
+            "label": ch.label, "attn_implementation": a.attn_implementation, "dtype": a.dtype,
+            "attention": attention_summary(a),
+            "flops": {"expr": str(sympy.expand(a.flops)), "value": ch.flops},
+            "attention_flops": {"expr": str(a.attention_flops), "value": ch.attention_flops},
+            "useful_attention_flops": ch.useful_attention_flops,
+            "peak_memory_bytes": ch.peak_memory_bytes,
+            "max_seq_len": ch.max_seq_len, "fits": ch.fits,
+        })
+    return {"model": c.model, "seq_len": c.seq_len, "batch": c.batch, "device": c.device,
+            "gpu": c.gpu, "budget_bytes": c.budget_bytes, "choices": choices,
+            "baselines": [_baseline_dict(b) for b in c.baselines]}

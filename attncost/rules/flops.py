@@ -1,0 +1,121 @@
+"""What an op costs: one small named FLOP rule per aten op, over symbolic shapes.
+
+Each rule takes the shapes of the op's tensor arguments (tuples of SymPy
+expressions in N and B) and returns a SymPy expression.  FLOPs are 2 per
+multiply-add and cover the ops FlopCounterMode covers, so the two agree
+exactly; fused attention counts 2·B·H_q·N_q·N_k·(d_qk + d_v), as
+FlopCounterMode counts it on a GPU (on a CPU it counts 0).
+
+Add a rule with ``@FLOP_RULES.register(op)``; override rules for one
+analysis with ``analyze(..., flop_rules={op: rule})``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import sympy
+import torch
+import torch.fx as fx
+
+from .ops import FLASH_FORWARD_OPS, FLEX_ATTENTION, SDPA_OPS
+from .registry import Registry
+
+aten = torch.ops.aten
+
+FlopRule = Callable[..., sympy.Expr]
+FLOP_RULES: Registry[FlopRule] = Registry("FLOP rules")
+
+
+def _prod(xs) -> sympy.Expr:
+    return sympy.Mul(*xs) if xs else sympy.Integer(1)
+
+
+@FLOP_RULES.register(aten.mm)
+def mm_flops(a, b, *args, out_shape=None, **kwargs):
+    """(m, k) @ (k, n)."""
+    m, k = a
+    _, n = b
+    return 2 * m * k * n
+
+
+@FLOP_RULES.register(aten.addmm)
+def addmm_flops(bias, a, b, *args, out_shape=None, **kwargs):
+    """bias + (m, k) @ (k, n); the add is not counted."""
+    return mm_flops(a, b)
+
+
+@FLOP_RULES.register(aten.bmm)
+def bmm_flops(a, b, *args, out_shape=None, **kwargs):
+    """(b, m, k) @ (b, k, n)."""
+    bs, m, k = a
+    _, _, n = b
+    return 2 * bs * m * k * n
+
+
+@FLOP_RULES.register(aten.baddbmm)
+def baddbmm_flops(bias, a, b, *args, out_shape=None, **kwargs):
+    return bmm_flops(a, b)
+
+
+@FLOP_RULES.register(aten._scaled_mm)
+def scaled_mm_flops(a, b, *args, out_shape=None, **kwargs):
+    return mm_flops(a, b)
+
+
+@FLOP_RULES.register(aten.convolution, aten._convolution, aten.cudnn_convolution,
+                     aten._slow_conv2d_forward, aten.convolution_overrideable)
+def convolution_flops(x, w, _bias=None, _stride=None, _padding=None, _dilation=None,
+                      transposed=False, *args, out_shape=None, **kwargs):
+    """Each output point (input point if transposed) meets the whole filter."""
+    spatial = (x if transposed else out_shape)[2:]
+    c_out, c_in, *kernel = w
+    return 2 * x[0] * c_out * c_in * _prod(spatial) * _prod(kernel)
+
+
+def attention_flops(q, k, v) -> sympy.Expr:
+    """Q·Kᵀ then P·V over (B, H, N, d) layouts; query heads count (GQA)."""
+    b, h, n_q, d_qk = q
+    n_k = k[-2]
+    d_v = v[-1]
+    return 2 * b * h * n_q * n_k * d_qk + 2 * b * h * n_q * n_k * d_v
+
+
+@FLOP_RULES.register(*SDPA_OPS, *([FLEX_ATTENTION] if FLEX_ATTENTION is not None else []))
+def sdpa_flops(q, k, v, *args, out_shape=None, **kwargs):
+    return attention_flops(q, k, v)
+
+
+@FLOP_RULES.register(*FLASH_FORWARD_OPS)
+def flash_forward_flops(q, k, v, *args, out_shape=None, **kwargs):
+    """These take (B, N, H, d) layouts."""
+    def bhnd(s):
+        return (s[0], s[2], s[1], s[3])
+    return attention_flops(bhnd(q), bhnd(k), bhnd(v))
+
+
+def node_flops(traced, node: fx.Node, rules: Registry[FlopRule] = FLOP_RULES) -> sympy.Expr:
+    """FLOPs of one graph node as an expression in N and B (0 if no rule)."""
+    if node.op != "call_function":
+        return sympy.Integer(0)
+    rule = rules.get(node.target)
+    if rule is None:
+        return sympy.Integer(0)
+
+    def shape_or_value(a):
+        if isinstance(a, fx.Node):
+            s = traced.shape(a)
+            return s if s is not None else a.meta.get("val")
+        return a
+
+    args = [shape_or_value(a) for a in node.args]
+    kwargs = {k: shape_or_value(v) for k, v in node.kwargs.items()}
+    out = node.meta.get("val")
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    out_shape = tuple(traced.expr(s) for s in out.shape) if isinstance(out, torch.Tensor) else None
+    return sympy.expand(rule(*args, out_shape=out_shape, **kwargs))
+
+
+def flop_rules(overrides: Mapping | None = None) -> Registry[FlopRule]:
+    """The registered FLOP rules, with ``overrides`` for one analysis."""
+    return FLOP_RULES.with_overrides(overrides)

@@ -1,0 +1,153 @@
+"""Trace a model into an aten-level torch.fx graph with N and B symbolic.
+
+One trace answers every sequence length: the graph is captured by
+``make_fx(tracing_mode="symbolic")`` over fake tensors, so no weight or
+activation is ever allocated, and every node carries its shape as SymPy
+expressions in ``N`` (sequence length) and ``B`` (batch).  The trace uses the
+requested N as its hint, so a Python branch on the length takes the branch
+the requested N would take; the guards it adds are reported as the range of N
+the formulas hold for.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Callable, Iterator
+
+import sympy
+import torch
+import torch.fx.traceback as fx_traceback
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
+
+from ..errors import ModelError, first_line
+from ..expr import N
+from ..loader import LoadedModel
+from .fake import call_args, fake_parameters
+from .graph import TracedModel, tensor_outputs, tensors_of
+from .inputs import probe_dims, symbolic_inputs
+from .repeat import find_repeated, replay_layers, truncated
+
+__all__ = ["TracedModel", "tensor_outputs", "tensors_of", "trace"]
+
+
+@contextlib.contextmanager
+def _record_module_paths(model: torch.nn.Module) -> Iterator[None]:
+    """Stamp each traced node with the stack of modules that were running."""
+    paths = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(mod), name)
+    stack: list[tuple[str, str]] = []
+
+    def pre(mod, args):
+        path = paths.get(id(mod))
+        if path is not None:
+            stack.append((path, type(mod).__qualname__))
+            fx_traceback.current_meta["nn_module_stack"] = {p: (p, t) for p, t in stack}
+
+    def post(mod, args, out):
+        path = paths.get(id(mod))
+        if path is not None and stack and stack[-1][0] == path:
+            stack.pop()
+            if stack:
+                fx_traceback.current_meta["nn_module_stack"] = {p: (p, t) for p, t in stack}
+            else:
+                fx_traceback.current_meta.pop("nn_module_stack", None)
+
+    h1 = torch.nn.modules.module.register_module_forward_pre_hook(pre)
+    h2 = torch.nn.modules.module.register_module_forward_hook(post, always_call=True)
+    try:
+        with fx_traceback.preserve_node_meta():
+            yield
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
+          progress: Callable[[str], None] | None = None, reuse_layers: bool = True) -> TracedModel:
+    """Trace ``loaded`` once; the graph holds for every N in ``n_range``.
+
+    With ``reuse_layers``, a stack of identical layers is traced two layers
+    deep and the rest replayed (see tracing.repeat); the graph is the same.
+    """
+    dims = probe_dims(loaded)
+    # A batch of 1 would be specialized to the constant 1; trace with 2 and
+    # keep B symbolic (nothing is allocated, so the size is free).
+    batch_hint = batch if batch >= 2 else 2
+    seq_hint = seq_len if seq_len >= 2 else 2
+    block = find_repeated(loaded.module, loaded.config) if reuse_layers else None
+    if progress:
+        progress("tracing the model with symbolic N")
+    if block is not None:
+        with truncated(block):
+            gm, shape_env, replacements, kinds = _make_graph(loaded, dims, seq_hint, batch_hint)
+        if not replay_layers(gm, block, kinds):
+            block = None
+    if block is None:
+        gm, shape_env, replacements, kinds = _make_graph(loaded, dims, seq_hint, batch_hint)
+    traced = TracedModel(gm, shape_env, replacements, kinds,
+                         seq_len_hint=seq_hint, batch_hint=batch_hint)
+    traced.guards, traced.n_range = _guards(traced)
+    return traced
+
+
+def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int):
+    """make_fx over fake parameters and symbolic inputs."""
+    model = loaded.module
+    shape_env = ShapeEnv(duck_shape=False)
+    mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
+    inputs, replacements = symbolic_inputs(loaded, mode, seq_hint, batch_hint, dims)
+    params, kinds = fake_parameters(model, mode, loaded.trace_device)
+    args, kwargs = call_args(inputs)
+
+    def forward(params, args, kwargs):
+        # The outputs as a flat list of tensors: they are what the forward
+        # returns, and so what stays alive after it (logits, a KV cache).
+        return tensors_of(functional_call(model, params, args, kwargs))
+
+    try:
+        with torch.no_grad(), _record_module_paths(model), loaded.trace_context(), \
+                warnings.catch_warnings():
+            # Warnings about running eagerly on fake data concern the trace, not the model.
+            warnings.simplefilter("ignore")
+            gm = make_fx(forward, tracing_mode="symbolic")(params, args, kwargs)
+    except ModelError:
+        raise
+    except Exception as exc:  # the user's model raised while being traced
+        raise ModelError(f"the model raised while being traced: {type(exc).__name__}: "
+                         f"{first_line(exc)}") from exc
+
+    # Placeholders come in the order of the flattened (params, args, kwargs).
+    placeholder_kinds = {}
+    names = list(params)
+    for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        placeholder_kinds[node.name] = kinds[names[i]] if i < len(names) else "input"
+        if i < len(names):
+            node.meta["attncost_param"] = names[i]
+    return gm, shape_env, replacements, placeholder_kinds
+
+
+def _guards(traced: TracedModel) -> tuple[list[str], tuple[int, int | None]]:
+    """Conditions on N and B the trace recorded, and the range of N they allow."""
+    env = traced.shape_env
+    lo, hi = 1, None
+    for s in [s for s, e in traced.replacements.items() if e == N]:
+        vr = env.var_to_range.get(s)
+        if vr is None:
+            continue
+        lower = int(vr.lower) if vr.lower.is_Integer else 1
+        # The shape env assumes sizes >= 2 by default; only a tighter bound counts.
+        if lower > 2:
+            lo = max(lo, lower)
+        if vr.upper.is_Integer and int(vr.upper) < 2**62:
+            hi = int(vr.upper) if hi is None else min(hi, int(vr.upper))
+    texts = []
+    for g in env.guards:
+        expr = traced.expr(g.expr)
+        if expr in (sympy.true, sympy.false) or not expr.free_symbols:
+            continue
+        texts.append(str(expr))
+    return sorted(set(texts)), (lo, hi)

@@ -1,0 +1,92 @@
+"""Inputs of a trace: which dims follow N and B, and symbolic tensors for them."""
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_flatten
+
+from ..errors import ModelError
+from ..expr import B, N, value_at
+from ..loader import LoadedModel
+
+#: Sizes used to tell which input dims follow the length and which the batch.
+_PROBES = ((11, 3), (13, 5))
+
+
+def probe_dims(loaded: LoadedModel) -> Any:
+    """Which input dims follow N and which B, found by calling the input
+    builder at two small sizes under a fake mode (nothing is allocated)."""
+    outs = []
+    for seq, batch in _PROBES:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            outs.append(loaded.example_inputs(seq, batch))
+    flat0, spec0 = tree_flatten(outs[0])
+    flat1, spec1 = tree_flatten(outs[1])
+    if spec0 != spec1 or len(flat0) != len(flat1):
+        raise ModelError("example_inputs returns a different structure for different lengths")
+    dims = []
+    for a, b in zip(flat0, flat1):
+        if not isinstance(a, torch.Tensor):
+            dims.append(None)
+            continue
+        if a.dim() != b.dim():
+            raise ModelError("example_inputs returns tensors whose rank depends on the length")
+        dims.append([_dim_expr(int(x), int(y)) for x, y in zip(a.shape, b.shape)])
+    return dims
+
+
+def _dim_expr(x: int, y: int) -> sympy.Expr | None:
+    """The expression in N and B of an input dim seen as x at the first probe
+    and y at the second; None for a constant dim."""
+    (n0, b0), (n1, b1) = _PROBES
+    if x == y:
+        return None
+    for cand in (N, B, N * B):
+        if value_at(cand, n0, b0) == x and value_at(cand, n1, b1) == y:
+            return cand
+    # c*N + e (for example N + 1 tokens, or 2*N)
+    c = sympy.Rational(y - x, n1 - n0)
+    e = x - c * n0
+    if c.is_integer and e.is_integer and c > 0:
+        return c * N + e
+    raise ModelError(
+        f"an input dim is {x} at N={n0} and {y} at N={n1}: attncost follows dims that grow "
+        "as N, B or a multiple of N; make example_inputs(seq_len, batch) build such shapes"
+    )
+
+
+def symbolic_inputs(loaded: LoadedModel, mode: FakeTensorMode, seq_len: int, batch: int,
+                     dims: list) -> tuple[Any, dict[sympy.Symbol, sympy.Expr]]:
+    """Inputs at the requested size whose length and batch dims are symbols."""
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        concrete = loaded.example_inputs(seq_len, batch)
+    flat, spec = tree_flatten(concrete)
+    shape_env = mode.shape_env
+    replacements: dict[sympy.Symbol, sympy.Expr] = {}
+    made: dict[sympy.Expr, torch.SymInt] = {}
+    out = []
+    # Imported here: torch._dynamo imports Triton, which must not load before
+    # `attncost validate` chooses the interpreter.
+    from torch._dynamo.source import ConstantSource
+
+    for idx, (t, tdims) in enumerate(zip(flat, dims)):
+        if not isinstance(t, torch.Tensor):
+            out.append(t)
+            continue
+        sizes: list[Any] = []
+        for j, (size, dexpr) in enumerate(zip(t.shape, tdims)):
+            if dexpr is None:
+                sizes.append(int(size))
+                continue
+            if dexpr not in made:
+                hint = int(size)
+                sym = shape_env.create_symbol(hint, ConstantSource(f"attncost_in{idx}_{j}"))
+                made[dexpr] = shape_env.create_symintnode(sym, hint=hint)
+                replacements[sym] = dexpr
+            sizes.append(made[dexpr])
+        with mode:
+            out.append(torch.empty(sizes, dtype=t.dtype, device=loaded.trace_device))
+    return spec.unflatten(out) if hasattr(spec, "unflatten") else out, replacements

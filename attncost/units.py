@@ -1,0 +1,172 @@
+"""Units as people write and read them: lengths, sizes, rates, dtypes.
+
+Parsing ("128k", "24GiB", "3.35 TB/s", "bf16") and printing ("4.85 GiB",
+"194 TFLOP", "32k") live here, with the one table of dtypes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import AttncostError
+
+# ------------------------------------------------------------------ dtypes
+
+
+@dataclass(frozen=True)
+class DType:
+    """One dtype: the name attncost's options and JSON use, torch's dtype,
+    the short name printed beside a tensor, and the other names it answers to."""
+
+    name: str
+    torch: torch.dtype | None
+    short: str
+    aliases: tuple[str, ...] = ()
+
+
+#: Every dtype attncost names.  ``MODEL_DTYPES`` are those a model can be run in.
+DTYPE_TABLE = (
+    DType("float32", torch.float32, "fp32", ("fp32", "float")),
+    DType("bfloat16", torch.bfloat16, "bf16", ("bf16",)),
+    DType("float16", torch.float16, "fp16", ("fp16", "half")),
+    DType("tf32", None, "tf32"),
+    DType("float64", torch.float64, "fp64", ("fp64", "double")),
+    DType("int64", torch.int64, "int64", ("long",)),
+    DType("int32", torch.int32, "int32", ("int",)),
+    DType("int8", torch.int8, "int8"),
+    DType("uint8", torch.uint8, "uint8"),
+    DType("bool", torch.bool, "bool"),
+)
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+#: The dtypes a GPU spec gives a dense peak FLOP/s for.
+PEAK_FLOPS_DTYPES = ("float32", "tf32", "bfloat16", "float16")
+
+_BY_NAME = {d.name: d for d in DTYPE_TABLE} | {a: d for d in DTYPE_TABLE for a in d.aliases}
+_BY_TORCH = {d.torch: d for d in DTYPE_TABLE if d.torch is not None}
+
+
+def dtype_name(dtype) -> str:
+    """'bfloat16' for torch.bfloat16, 'bf16' or 'bfloat16'; unknown names pass through."""
+    if isinstance(dtype, torch.dtype):
+        known = _BY_TORCH.get(dtype)
+        return known.name if known else str(dtype).replace("torch.", "")
+    name = str(dtype).replace("torch.", "").lower()
+    known = _BY_NAME.get(name)
+    return known.name if known else name
+
+
+def short_dtype(dtype: torch.dtype) -> str:
+    """'bf16' for torch.bfloat16: how a tensor's dtype is printed."""
+    known = _BY_TORCH.get(dtype)
+    return known.short if known else str(dtype).replace("torch.", "")
+
+
+def parse_dtype(name, default: torch.dtype) -> torch.dtype:
+    """A model dtype from an option value (None: ``default``)."""
+    if name is None:
+        return default
+    if isinstance(name, torch.dtype):
+        return name
+    if dtype_name(name) not in MODEL_DTYPES:
+        raise AttncostError(f"unknown dtype {name!r}: use one of {', '.join(MODEL_DTYPES)}")
+    return _BY_NAME[dtype_name(name)].torch
+
+# ---------------------------------------------------------------- lengths
+
+_LENGTH_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20}
+
+
+def parse_length(text) -> int:
+    """4096, 4k (= 4096), 128k, 1M (= 1048576)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", str(text))
+    if not m:
+        raise AttncostError(f"--seq-len {text!r} is not a length: use a positive integer "
+                            "or a suffix such as 4k, 128k, 1M")
+    value = int(m.group(1)) * _LENGTH_SUFFIX[m.group(2).lower()]
+    if value <= 0:
+        raise AttncostError(f"--seq-len must be positive, not {text}")
+    return value
+
+# ------------------------------------------------------------------ sizes
+
+_BINARY = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(i?)(b?)|(b?))\s*", re.IGNORECASE)
+
+
+def parse_size(text, allow_zero: bool = False) -> int:
+    """Bytes from '24GiB' (binary), '80GB' (decimal), '24G' (= GiB), '123456' or '512B'."""
+    if isinstance(text, bool):
+        raise AttncostError(f"{text!r} is not a memory size")
+    if isinstance(text, int):
+        if text < 0 or (text == 0 and not allow_zero):
+            raise AttncostError(f"a memory size must be positive, not {text}")
+        return text
+    m = _SIZE.fullmatch(str(text))
+    if not m:
+        raise AttncostError(f"{text!r} is not a memory size: write 24GiB, 80GB, 24G (= GiB) "
+                            "or a number of bytes")
+    number, prefix, binary, bytes_unit = m.group(1), (m.group(2) or "").lower(), m.group(3), m.group(4)
+    if prefix and not binary and bytes_unit:
+        scale = _DECIMAL[prefix]  # GB, MB: decimal, as vendors write them
+    else:
+        scale = _BINARY[prefix]   # GiB, G, bare numbers
+    value = round(float(number) * scale)
+    if value < 0 or (value == 0 and not allow_zero):
+        raise AttncostError(f"a memory size must be positive, not {text!r}")
+    return value
+
+
+_RATE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kMGTP]?)\s*"
+                   r"(B/s|FLOPS|FLOP/s)?\s*")
+
+
+def parse_rate(value, unit: str) -> float:
+    """A decimal rate: 3.35e12, '3.35 TB/s', '989.5 TFLOPS' (ValueError if not)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _RATE.fullmatch(str(value))
+    if not m or (m.group(3) and m.group(3).split("/")[0].rstrip("S") != unit):
+        raise ValueError(value)
+    return float(m.group(1)) * _DECIMAL[m.group(2).lower()]
+
+# --------------------------------------------------------------- printing
+
+
+def human_flops(x: int | float) -> str:
+    return _scaled(x, ["FLOP", "kFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP", "EFLOP", "ZFLOP"], 1000)
+
+
+def human_bytes(x: int | float) -> str:
+    return _scaled(x, ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"], 1024)
+
+
+def human_seconds(x: float) -> str:
+    """0.00042 -> 420 µs, 0.15 -> 150 ms, 200.0 -> 200 s."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x * 1e9:.3g} ns"
+
+
+def human_tokens(n: int) -> str:
+    """4096 -> 4k, 131072 -> 128k, 1048576 -> 1M; other values with separators."""
+    for unit, size in (("M", 1 << 20), ("k", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n:,}"
+
+
+def _scaled(x, units, base) -> str:
+    x = float(x)
+    i = 0
+    while abs(x) >= base and i < len(units) - 1:
+        x /= base
+        i += 1
+    if i == 0:
+        return f"{int(x)} {units[0]}"
+    return f"{x:.3g} {units[i]}" if x < 100 else f"{x:.0f} {units[i]}"
