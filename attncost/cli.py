@@ -16,6 +16,7 @@ from rich.console import Console
 from .errors import AttncostError, first_line
 from .loader import ATTN_IMPLEMENTATIONS
 from .questions.baselines import BASELINES
+from .render import FORMATS
 from .rules import DEVICES
 from .units import MODEL_DTYPES, parse_length
 
@@ -157,7 +158,7 @@ def main():
 
 
 @main.command()
-@model_options(("table", "json", "yaml", "markdown"))
+@model_options(FORMATS)
 @handles_errors
 def analyze(model, seq_len, batch, dtype, device, attn_implementation, kv_cache, fmt):
     """FLOPs and memory of every attention site, per layer and per head."""
@@ -168,7 +169,7 @@ def analyze(model, seq_len, batch, dtype, device, attn_implementation, kv_cache,
 
 
 @main.command()
-@model_options(("table", "json", "yaml", "markdown"))
+@model_options(FORMATS)
 @click.option("--gpu", default=None, help="A GPU from `attncost specs`.")
 @click.option("--memory", "memory_size", default=None, help="A budget: 24GiB, 80GB, 24G, bytes.")
 @_reserve_option()

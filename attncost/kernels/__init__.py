@@ -8,9 +8,12 @@
 * linear.py - kernelized linear attention (elu + 1, FAVOR+), causal and non-causal
 * registry.py - the variants `attncost validate` runs, registered once (``VARIANTS``)
 * harness.py - runs them on a GPU (or the Triton interpreter) and compares measured
-  time and memory with the formulas of specs/variants.yaml
+  time and memory with the formulas of specs/variants.yaml; its command line
+* interpreter.py - whether the kernel modules get built for the GPU or the Triton interpreter
+* measure.py - one kernel call on a device: time, peak bytes, the fitted exponent in N
+* variant_report.py - one variant's result: correctness checks, the sweep, the verdict
 
-Importing this package does not import Triton: the submodules do, and the
+Importing this package does not import Triton: the kernel submodules do, and the
 Triton interpreter (TRITON_INTERPRET=1) must be chosen before they are
 imported.  ``VARIANTS`` comes from registry.py, which imports no Triton; the
 other names below load their submodule on first use.

@@ -239,7 +239,9 @@ def main(argv=None) -> int:
     if json_path:
         say(f"JSON written to {json_path}")
     else:
-        print(json.dumps(report, indent=2))
+        from ..render import show_validation
+
+        show_validation(report, "json")
     return 0 if all(r["ok"] for r in report["results"]) else 1
 
 

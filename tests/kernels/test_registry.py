@@ -70,10 +70,14 @@ def recording_import(name, *args, **kwargs):
 
 builtins.__import__ = recording_import
 from attncost.kernels import VARIANTS
+MORE_IMPORTS
 if "triton" in sys.modules:
-    sys.exit("importing VARIANTS imported triton:\n" + "\n".join(first))
+    sys.exit("these imports imported triton:\n" + "\n".join(first))
 print(",".join(VARIANTS))
 """
+
+#: The harness and its parts: run_validation chooses TRITON_INTERPRET after they are imported.
+_HARNESS_MODULES = ("harness", "interpreter", "measure", "variant_report")
 
 
 def _python(code: str, **env_changes) -> subprocess.CompletedProcess:
@@ -85,7 +89,15 @@ def _python(code: str, **env_changes) -> subprocess.CompletedProcess:
 
 def test_variants_import_without_triton():
     """TRITON_INTERPRET must be chosen before Triton is imported, so listing the variants must not import it."""
-    proc = _python(_IMPORT_VARIANTS)
+    proc = _python(_IMPORT_VARIANTS.replace("MORE_IMPORTS", ""))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == ",".join(VARIANTS)
+
+
+def test_harness_imports_without_triton():
+    """``from attncost.kernels.harness import run_validation`` must leave the interpreter choice open."""
+    imports = "\n".join(f"import attncost.kernels.{m}" for m in _HARNESS_MODULES)
+    proc = _python(_IMPORT_VARIANTS.replace("MORE_IMPORTS", imports))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == ",".join(VARIANTS)
 
