@@ -199,13 +199,107 @@ def _n2_coefficient(memory, b: int = 1) -> int:
     return second // (2 * h * h)
 
 
-def test_cuda_backend_choice():
-    assert cuda_sdpa_backend(torch.bfloat16, 64, 64, has_mask=False) == "flash"
-    assert cuda_sdpa_backend(torch.float16, 20, 20, has_mask=False) == "flash"
-    assert cuda_sdpa_backend(torch.bfloat16, 64, 64, has_mask=True) == "efficient"
-    assert cuda_sdpa_backend(torch.float32, 64, 64, has_mask=False) == "efficient"
-    assert cuda_sdpa_backend(torch.bfloat16, 512, 512, has_mask=False) == "efficient"
-    assert cuda_sdpa_backend(torch.float32, 18, 18, has_mask=False) == "math"
+VALIDATION = Path(__file__).parent.parent / "docs" / "validation"
+
+
+def test_cuda_backend_choice_agrees_with_recorded_gpu_peaks(tmp_path, monkeypatch):
+    """The SDPA backend rule against what was measured on a GPU.
+
+    docs/validation/memory_*.json ran a Llama-shaped config through
+    transformers' sdpa in bf16 (benchmarks/gpu_memory.py; no attn_mask, head
+    dim hidden / heads) on an H200 and an H100 and recorded
+    max_memory_allocated at three lengths.  Those peaks are exactly linear in
+    N: the kernel that ran allocated no N×N scores, so it was not the math
+    backend, and the prediction made with the rule's choice has the measured
+    slope while one made with the math backend does not.
+
+    These runs cannot tell flash from memory-efficient (both allocate O(N)
+    and the flash logsumexp is gone before the peak), and no other row (fp32,
+    a mask, head dims over 256 or not a multiple of 8, d_v != d_qk) was ever
+    measured: those are checked against torch's own choice on a GPU below.
+    """
+    import attncost.rules.cuda as cuda_rules
+
+    records = [json.loads(p.read_text()) for p in sorted(VALIDATION.glob("memory_*.json"))]
+    assert len(records) >= 2
+    config = records[0]["config"]
+    assert all(r["config"] == config for r in records)
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    measured = {}  # kv_cache -> [(N, bytes)] from every GPU
+    for record in records:
+        for case in record["cases"]:
+            if case["attn_implementation"] != "sdpa":
+                continue
+            points = [(p["seq_len"], p["measured_bytes"]) for p in case["points"]]
+            (n0, m0), (n1, m1), (n2, m2) = points
+            assert (m1 - m0) * (n2 - n1) == (m2 - m1) * (n1 - n0), (record["device"], points)
+            measured.setdefault(case["kv_cache"], []).append(points)
+    assert measured[False] and measured[True]
+
+    # the measured row, as the rule sees it
+    assert cuda_sdpa_backend(torch.bfloat16, head_dim, head_dim, has_mask=False) != "math"
+
+    # the whole prediction for the measured model, with the rule's choice and
+    # with the math backend forced
+    folder = tmp_path / "recorded"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load(folder, dtype="bfloat16", attn_implementation="sdpa", kv_cache=False)
+    traced = trace(loaded, 4096, 1)
+    calls = []
+    rule = cuda_rules.sdpa_backend
+
+    def spy(*args, **kwargs):
+        calls.append(args + tuple(kwargs.values()))
+        return rule(*args, **kwargs)
+
+    monkeypatch.setattr(cuda_rules, "sdpa_backend", spy)
+    with_rule = peak_memory(traced, loaded, device="cuda")
+    assert set(calls) == {(torch.bfloat16, head_dim, head_dim, False)}
+    monkeypatch.setattr(cuda_rules, "sdpa_backend", lambda *a, **k: "math")
+    with_math = peak_memory(traced, loaded, device="cuda")
+
+    def offsets(memory, points):
+        return {m - memory.at(n, 1) for n, m in points}
+
+    for points in measured[False]:
+        # measured - predicted is one constant (allocator rounding, a few MiB)
+        (offset,) = offsets(with_rule, points)
+        assert 0 <= offset < 4 << 20
+        assert len(offsets(with_math, points)) == 3
+
+
+def _torch_sdpa_choice(dtype, d_qk: int, d_v: int, has_mask: bool, device: str) -> str:
+    """The backend torch's own dispatcher picks for one SDPA call."""
+    from torch.nn.attention import SDPBackend
+
+    names = {int(v): k for k, v in SDPBackend.__members__.items()}
+    q = torch.randn(1, 2, 64, d_qk, device=device, dtype=dtype)
+    k = torch.randn(1, 2, 64, d_qk, device=device, dtype=dtype)
+    v = torch.randn(1, 2, 64, d_v, device=device, dtype=dtype)
+    mask = torch.zeros(1, 1, 64, 64, device=device, dtype=dtype) if has_mask else None
+    chosen = names[torch._fused_sdp_choice(q, k, v, mask, 0.0, False)]
+    return {"FLASH_ATTENTION": "flash", "EFFICIENT_ATTENTION": "efficient",
+            "MATH": "math"}.get(chosen, chosen)
+
+
+def _sm80_gpu() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+@pytest.mark.skipif(not _sm80_gpu(), reason="torch only reports its CUDA SDPA choice on a GPU "
+                    "(torch.backends.cuda.can_use_* return False without one)")
+@pytest.mark.parametrize("dtype,d_qk,d_v,has_mask", [
+    (torch.bfloat16, 64, 64, False), (torch.float16, 20, 20, False),
+    (torch.bfloat16, 64, 64, True), (torch.float32, 64, 64, False),
+    (torch.bfloat16, 512, 512, False), (torch.float32, 18, 18, False),
+    (torch.bfloat16, 128, 128, False), (torch.bfloat16, 192, 128, False),
+    (torch.bfloat16, 24, 16, True), (torch.float16, 20, 12, False),
+    (torch.float32, 20, 12, False), (torch.bfloat16, 256, 256, False),
+])
+def test_cuda_backend_choice_matches_torch(dtype, d_qk, d_v, has_mask):
+    assert cuda_sdpa_backend(dtype, d_qk, d_v, has_mask=has_mask) == \
+        _torch_sdpa_choice(dtype, d_qk, d_v, has_mask, "cuda")
 
 
 def test_cuda_flash_sdpa_has_no_n_squared_term(llama_dir):

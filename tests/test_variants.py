@@ -1,7 +1,6 @@
 """Each attention variant is classified correctly, counted as written
 (FlopCounterMode) and as needed (a count derived here by hand)."""
 import pytest
-import sympy
 import torch
 
 import attncost
@@ -132,10 +131,29 @@ def test_mistral_sliding_window_reports_the_hidden_quadratic(write_config):
 
 
 def test_per_head_and_gqa():
+    """Per query head a dense site does Q·Kᵀ (N_q·N_k dot products of length
+    d_qk) and P·V (N_q·N_k multiply-adds into each of d_v columns):
+    2·B·N_q·N_k·(d_qk + d_v), whatever the number of K/V heads."""
+    torch.manual_seed(0)
+    gqa, plain = load_module(MODELS / "sdpa_causal_gqa.py").build_model()
     a = analyze("sdpa_causal_gqa", 32)
-    s = a.sites[0]
-    assert sympy.expand(s.flops_per_head * s.heads - s.flops) == 0
-    assert (s.heads, s.kv_heads) == (8, 2)
+    assert len(a.sites) == 2
+    for s, layer in zip(a.sites, (gqa, plain)):
+        d_qk = layer.q.out_features // layer.h     # query projection: h heads of d_qk
+        d_v = layer.kv_proj.out_features // (2 * layer.kv)  # K and V: kv heads each
+        for n, b in ((17, 1), (32, 2), (100, 3)):
+            assert a.at(s.flops_per_head, n, b) == 2 * b * n * n * (d_qk + d_v)
+        assert s.heads == layer.h
+    assert (a.sites[0].heads, a.sites[0].kv_heads) == (gqa.h, gqa.kv) == (8, 2)
+
+    # d_v != d_qk, and GQA 6:2 in the first layer (tests/models/mla_sdpa.py)
+    a = analyze("mla_sdpa", 32)
+    mla = load_module(MODELS / "mla_sdpa.py").build_model()
+    for s, layer in zip(a.sites, mla.layers):
+        d_qk = layer.q.out_features // layer.h
+        d_v = layer.o.in_features // layer.h
+        for n, b in ((17, 1), (100, 3)):
+            assert a.at(s.flops_per_head, n, b) == 2 * b * n * n * (d_qk + d_v)
 
 
 def test_formulas_match_canonical_specs():

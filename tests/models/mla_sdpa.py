@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 D_MODEL = 48
 #: (heads, kv_heads, d_qk, d_v, causal) of each layer
-LAYERS = ((6, 2, 24, 16, True), (4, 4, 8, 20, False))
+LAYERS = ((6, 2, 24, 16, True), (4, 4, 8, 24, False))
 
 
 class Attention(nn.Module):
