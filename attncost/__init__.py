@@ -7,14 +7,34 @@
 
 The flow: loader -> tracing -> detect -> rules -> memory -> questions ->
 render -> cli (docs/design.md).
+
+The names below are imported when first used, so that ``attncost --version``
+and ``--help`` start without importing torch.
 """
-from .analysis import Analysis, analyze
-from .detect import AttentionSite
-from .errors import AttncostError, ModelError, SpecError
-from .expr import B, N
-from .loader import load
-from .tracing import trace
+from __future__ import annotations
+
+import importlib
+
+#: name -> the module that defines it
+_EXPORTS = {
+    "Analysis": ".analysis", "analyze": ".analysis", "AttentionSite": ".detect",
+    "AttncostError": ".errors", "ModelError": ".errors", "SpecError": ".errors",
+    "B": ".expr", "N": ".expr", "load": ".loader", "trace": ".tracing",
+}
 
 __all__ = ["Analysis", "AttentionSite", "AttncostError", "ModelError", "SpecError", "B", "N",
            "analyze", "load", "trace"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attncost' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

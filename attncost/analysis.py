@@ -6,6 +6,7 @@ thin layer over it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -81,6 +82,8 @@ class Analysis:
     quadratic: list[QuadraticTensor] = field(default_factory=list)
     traced: TracedModel | None = field(default=None, repr=False)
     loaded: LoadedModel | None = field(default=None, repr=False)
+    #: one-line warnings, e.g. a formula evaluated outside ``n_range``
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def attention_flops(self) -> sympy.Expr:
@@ -91,9 +94,22 @@ class Analysis:
         return sympy.expand(sum((s.useful_flops for s in self.sites), sympy.Integer(0)))
 
     def at(self, expr: sympy.Expr, seq_len: int | None = None, batch: int | None = None) -> int:
-        """Evaluate one of this analysis' expressions (default: the requested N, B)."""
-        return value_at(expr, self.seq_len if seq_len is None else seq_len,
-                        self.batch if batch is None else batch)
+        """Evaluate one of this analysis' expressions (default: the requested N, B).
+        Outside ``n_range`` the value is what the formula says, not what the
+        model does: that is warned about once and recorded in ``warnings``."""
+        n = self.seq_len if seq_len is None else seq_len
+        lo, hi = self.n_range
+        if n < lo or (hi is not None and n > hi):
+            self._outside_range(n)
+        return value_at(expr, n, self.batch if batch is None else batch)
+
+    def _outside_range(self, n: int) -> None:
+        lo, hi = self.n_range
+        message = (f"formulas evaluated at N={n:,}, outside {lo:,}..{f'{hi:,}' if hi else 'inf'} "
+                   "where they hold (the model branches on the length)")
+        if not any(w.startswith("formulas evaluated at N=") for w in self.warnings):
+            self.warnings.append(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def hidden_quadratics(self) -> list[QuadraticTensor]:
         """N² tensors outside the attention computations themselves (masks,

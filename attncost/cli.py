@@ -2,22 +2,22 @@
 
 Bad input ends with exit status 2 and a one- or two-line message on stderr;
 ``--debug`` shows the traceback instead.  Option choices come from the
-registries they name (dtypes, devices, implementations, variants).
+registries they name (dtypes, devices, implementations, variants), read when
+first needed: importing this module imports neither torch nor sympy, so
+``attncost --version`` and ``--help`` are quick.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import sys
 import traceback
 
 import click
-from rich.console import Console
 
 from .errors import AttncostError, first_line
-from .loader import ATTN_IMPLEMENTATIONS
-from .questions.baselines import BASELINES
 from .render import FORMATS
-from .rules import DEVICES
 from .units import MODEL_DTYPES, parse_length
 
 
@@ -36,8 +36,41 @@ class LengthType(click.ParamType):
 LENGTH = LengthType()
 
 
+class LazyChoice(click.Choice):
+    """A choice read from a registry (``module:NAME``) the first time it is
+    needed, so that building the command line imports no registry."""
+
+    def __init__(self, source: str):
+        self._source, self._choices = source, None
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple:
+        if self._choices is None:
+            module, name = self._source.split(":")
+            self._choices = tuple(getattr(importlib.import_module(module, __package__), name))
+        return self._choices
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ sets it; the registry decides
+        pass
+
+
+DEVICES = LazyChoice(".rules:DEVICES")
+IMPLEMENTATIONS = LazyChoice(".loader:ATTN_IMPLEMENTATIONS")
+BASELINE_NAMES = LazyChoice(".questions.baselines:BASELINES")
+VARIANT_NAMES = LazyChoice(".kernels:VARIANTS")
+
+
 def _stderr(msg: str) -> None:
-    click.echo(f"attncost: error: {msg}", err=True)
+    from .render.console import clean
+
+    click.echo(f"attncost: error: {clean(msg)}", err=True)
+
+
+def _debugging() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get("attncost.debug"))
 
 
 def handles_errors(fn):
@@ -45,6 +78,9 @@ def handles_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, debug=False, **kwargs):
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:
+            ctx.meta["attncost.debug"] = debug
         try:
             return fn(*args, **kwargs)
         except AttncostError as exc:
@@ -62,7 +98,19 @@ def handles_errors(fn):
                 click.echo("attncost: run again with --debug for the traceback", err=True)
             sys.exit(2)
 
-    return click.option("--debug", is_flag=True, help="Show the traceback of an error.")(wrapper)
+    return click.option("--debug", is_flag=True, help="Show the traceback of an error, and "
+                        "torch's own logging and warnings.")(wrapper)
+
+
+@contextlib.contextmanager
+def busy(first: str = "loading the model"):
+    """Around slow work that runs the user's model: a spinner on a TTY
+    (nothing otherwise), the model's prints on stderr, the libraries quiet.
+    Yields ``say(message)``, which updates the spinner."""
+    from .render.console import user_code, working
+
+    with working(first) as say, user_code(debug=_debugging()):
+        yield say
 
 
 def _apply(fn, options):
@@ -71,37 +119,38 @@ def _apply(fn, options):
     return fn
 
 
-def _format_option(choices, default="table"):
+def _format_option(choices=FORMATS, default="table"):
     return click.option("--format", "fmt", type=click.Choice(list(choices)), default=default,
                         show_default=True)
 
 
 DTYPE = click.option("--dtype", type=click.Choice(MODEL_DTYPES), default=None,
                      help="Default: float32 for a .py file, bfloat16 for a config.")
-DEVICE = click.option("--device", type=click.Choice(DEVICES), default="cuda", show_default=True,
+DEVICE = click.option("--device", type=DEVICES, default="cuda", show_default=True,
                       help="The device whose kernels are modelled.")
 BATCH = click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 KV_CACHE = click.option("--kv-cache/--no-kv-cache", default=None,
                         help="For transformers configs (default: the config's use_cache).")
 SEQ_LEN = click.option("--seq-len", "seq_len", type=LENGTH, required=True,
-                       help="Sequence length N: 4096, 4k, 128k, 1M.")
+                       help="Sequence length N: 4096, 4k (= 4096), 1.5k (= 1536), 128k, 1M, 1G.")
 GPU_SPEC = click.option("--gpu-spec", "gpu_specs", multiple=True, type=click.Path(),
                         help="A YAML file of more GPUs.")
+GPU_HELP = "A GPU from `attncost specs` (nvidia-smi's name, e.g. 'NVIDIA H100 80GB HBM3', works)"
+SIZE_HELP = "GiB or G are 2^30 bytes, GB is 10^9 (80GB = 74.5 GiB)"
 
 
 def _reserve_option(each: str = ""):
     return click.option("--reserve", default=None, help=f"Memory held back on{each} --gpu for "
-                        "the CUDA context and allocator (default 1GiB).")
+                        f"the CUDA context and allocator (default 1GiB; {SIZE_HELP}).")
 
 
 def _implementations_option(help_text: str, multiple: bool):
     dest = "attn_implementations" if multiple else "attn_implementation"
-    return click.option("--attn-implementation", dest, multiple=multiple,
-                        type=click.Choice(ATTN_IMPLEMENTATIONS), default=None if not multiple else (),
-                        help=help_text)
+    return click.option("--attn-implementation", dest, multiple=multiple, type=IMPLEMENTATIONS,
+                        default=None if not multiple else (), help=help_text)
 
 
-def model_options(formats):
+def model_options(formats=FORMATS):
     """Options shared by the commands that analyze one MODEL at one N."""
     def wrap(fn):
         return _apply(fn, [
@@ -111,25 +160,11 @@ def model_options(formats):
     return wrap
 
 
-def _progress():
-    """A status line on stderr while the model is traced (TTY only)."""
-    err = Console(stderr=True)
-    if not err.is_terminal:
-        return None, None
-    status = err.status("attncost: loading the model")
-    return status, (lambda msg: status.update(f"attncost: {msg}"))
-
-
-def _run_analysis(model, seq_len, batch, dtype, device, attn_implementation, kv_cache):
+def _run_analysis(model, seq_len, batch, dtype, device, attn_implementation, kv_cache, say):
     from .analysis import analyze
 
-    status, progress = _progress()
-    kwargs = dict(batch=batch, dtype=dtype, device=device,
-                  attn_implementation=attn_implementation, kv_cache=kv_cache)
-    if status is not None:
-        with status:
-            return analyze(model, seq_len, progress=progress, **kwargs)
-    return analyze(model, seq_len, **kwargs)
+    return analyze(model, seq_len, batch=batch, dtype=dtype, device=device,
+                   attn_implementation=attn_implementation, kv_cache=kv_cache, progress=say)
 
 
 class AttncostGroup(click.Group):
@@ -158,63 +193,63 @@ def main():
 
 
 @main.command()
-@model_options(FORMATS)
+@model_options()
 @handles_errors
 def analyze(model, seq_len, batch, dtype, device, attn_implementation, kv_cache, fmt):
     """FLOPs and memory of every attention site, per layer and per head."""
     from .render import show_analysis
 
-    analysis = _run_analysis(model, seq_len, batch, dtype, device, attn_implementation, kv_cache)
-    show_analysis(analysis, fmt, Console())
+    with busy() as say:
+        analysis = _run_analysis(model, seq_len, batch, dtype, device, attn_implementation,
+                                 kv_cache, say)
+    show_analysis(analysis, fmt)
 
 
 @main.command()
-@model_options(FORMATS)
-@click.option("--gpu", default=None, help="A GPU from `attncost specs`.")
-@click.option("--memory", "memory_size", default=None, help="A budget: 24GiB, 80GB, 24G, bytes.")
+@model_options()
+@click.option("--gpu", default=None, help=GPU_HELP + ".")
+@click.option("--memory", "memory_size", default=None,
+              help=f"A budget for tensors: 24GiB, 24G, 80GB or bytes ({SIZE_HELP}).")
 @_reserve_option()
 @GPU_SPEC
 @handles_errors
 def fits(model, seq_len, batch, dtype, device, attn_implementation, kv_cache, fmt,
          gpu, memory_size, reserve, gpu_specs):
     """Does N fit the GPU's memory, with what headroom, and what is the largest N that does."""
+    from .questions.fits import budget_for
     from .questions.fits import fits as answer_fits
     from .render import show_fits
 
-    if (gpu is None) == (memory_size is None):
-        raise AttncostError("give exactly one of --gpu NAME or --memory SIZE")
-    analysis = _run_analysis(model, seq_len, batch, dtype, device, attn_implementation, kv_cache)
-    answer = answer_fits(analysis, gpu=gpu, memory=memory_size, reserve=reserve,
-                         gpu_specs=gpu_specs)
+    budget_for(gpu=gpu, memory=memory_size, reserve=reserve, gpu_specs=gpu_specs)  # before tracing
+    with busy() as say:
+        analysis = _run_analysis(model, seq_len, batch, dtype, device, attn_implementation,
+                                 kv_cache, say)
+        answer = answer_fits(analysis, gpu=gpu, memory=memory_size, reserve=reserve,
+                             gpu_specs=gpu_specs, progress=say)
     show_fits(answer, fmt)
     sys.exit(0 if answer.result.fits else 1)
 
 
 @main.command()
 @GPU_SPEC
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table")
+@_format_option()
 @handles_errors
 def specs(gpu_specs, fmt):
     """The GPUs attncost knows: memory, bandwidth, peak FLOP/s."""
     from .gpus import load_gpus
     from .render import show_gpus
 
-    show_gpus(load_gpus(gpu_specs), fmt, Console())
-
-
-def _variant_choice():
-    from .kernels import VARIANTS
-
-    return click.Choice(list(VARIANTS))
+    show_gpus(load_gpus(gpu_specs), fmt)
 
 
 @main.command()
-@click.option("--variant", "variants", multiple=True, type=_variant_choice())
-@click.option("--device", type=click.Choice(DEVICES), default=None,
+@click.option("--variant", "variants", multiple=True, type=VARIANT_NAMES)
+@click.option("--device", type=DEVICES, default=None,
               help="Default: cuda when available, else cpu (correctness only).")
-@click.option("--seq-lens", default=None, help="Comma-separated lengths, e.g. 1k,4k,16k.")
+@click.option("--seq-lens", default=None,
+              help="Comma-separated lengths, e.g. 1k,4k,16k (a GPU only: a CPU checks tiny shapes).")
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write a plot (png/svg).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@_format_option()
 @handles_errors
 def validate(variants, device, seq_lens, plot_path, fmt):
     """Run the bundled kernels and compare measurements with the formulas."""
@@ -227,13 +262,15 @@ def validate(variants, device, seq_lens, plot_path, fmt):
     if device == "cuda" and not torch.cuda.is_available():
         raise AttncostError("--device cuda: no CUDA device is available here; use --device cpu")
     lengths = [parse_length(x) for x in seq_lens.split(",")] if seq_lens else None
+    if lengths and device == "cpu":
+        click.echo("attncost: note: --seq-lens is ignored on a CPU (the Triton interpreter "
+                   "checks correctness at fixed tiny shapes)", err=True)
     from .kernels.harness import run_validation
 
-    err = Console(stderr=True)
-    result = run_validation(variants=list(variants) or None, device=device, seq_lens=lengths,
-                            plot=plot_path, progress=(lambda m: err.print(f"attncost: {m}"))
-                            if err.is_terminal else None)
-    show_validation(result, fmt, Console())
+    with busy("starting the kernels") as say:
+        result = run_validation(variants=list(variants) or None, device=device, seq_lens=lengths,
+                                plot=plot_path, progress=say)
+    show_validation(result, fmt)
     if not all(r.get("ok", r.get("correct")) for r in result["results"]):
         sys.exit(1)
 
@@ -263,8 +300,8 @@ def _seq_range(text: str) -> tuple[int, int]:
 @click.argument("model", type=click.Path())
 @click.option("--seq-len", "seq_range", required=True, metavar="LO..HI",
               help="The range of N to plot: 1k..1M.")
-@click.option("--gpu", "gpu_names", multiple=True, help="A GPU from `attncost specs` "
-              "(repeat for more): its memory as a line, the largest N that fits as a marker.")
+@click.option("--gpu", "gpu_names", multiple=True, help=GPU_HELP + "; repeat for more: its "
+              "memory as a line, the largest N that fits as a marker.")
 @_implementations_option("For transformers configs; repeat for one curve each (default sdpa).",
                          multiple=True)
 @BATCH
@@ -282,12 +319,17 @@ def plot(model, seq_range, gpu_names, attn_implementations, batch, dtype, device
     """FLOPs and peak memory against N (log-log), one curve per attention implementation."""
     from .questions.sweep import plot_data
     from .render import show_sweep
-    from .render.figures import draw
+    from .render.figures import check_out, draw
 
-    data = plot_data(model, _seq_range(seq_range), batch=batch, dtype=dtype, device=device,
-                     attn_implementations=attn_implementations or (None,), kv_cache=kv_cache,
-                     gpus=_gpu_budgets(gpu_names, gpu_specs, reserve), points=points)
-    show_sweep(data, draw(data, out))
+    lengths, gpus = _seq_range(seq_range), _gpu_budgets(gpu_names, gpu_specs, reserve)
+    check_out(out)
+    with busy() as say:
+        data = plot_data(model, lengths, batch=batch, dtype=dtype, device=device,
+                         attn_implementations=attn_implementations or (None,), kv_cache=kv_cache,
+                         gpus=gpus, points=points, progress=say)
+        say(f"drawing {out}")
+        path = draw(data, out)
+    show_sweep(data, path)
 
 
 @main.command()
@@ -301,13 +343,13 @@ def plot(model, seq_range, gpu_names, attn_implementations, batch, dtype, device
 @DEVICE
 @KV_CACHE
 @click.option("--gpu", "gpu_name", default=None,
-              help="A GPU from `attncost specs`: adds the largest N that fits each choice.")
+              help=GPU_HELP + ": adds the largest N that fits each choice.")
 @_reserve_option()
 @GPU_SPEC
-@click.option("--baseline", "baselines", multiple=True, type=click.Choice(BASELINES),
+@click.option("--baseline", "baselines", multiple=True, type=BASELINE_NAMES,
               help="Count FLOPs with fvcore (a real forward; small models only) or torch's "
                    "FlopCounterMode too, per layer.")
-@_format_option(("table", "json", "markdown"))
+@_format_option()
 @handles_errors
 def compare(model, seq_len, attn_implementations, dtypes, batch, device, kv_cache, gpu_name,
             reserve, gpu_specs, baselines, fmt):
@@ -316,11 +358,13 @@ def compare(model, seq_len, attn_implementations, dtypes, batch, device, kv_cach
     from .render import show_comparison
 
     gpu, budget = _gpu_budgets([gpu_name], gpu_specs, reserve)[0] if gpu_name else (None, None)
-    comparison = compare_choices(model, seq_len, batch=batch, device=device,
-                                 attn_implementations=attn_implementations or (None,),
-                                 dtypes=dtypes or (None,), kv_cache=kv_cache,
-                                 gpu=gpu, budget_bytes=budget, baselines=baselines)
-    show_comparison(comparison, fmt, Console())
+    with busy() as say:
+        comparison = compare_choices(model, seq_len, batch=batch, device=device,
+                                     attn_implementations=attn_implementations or (None,),
+                                     dtypes=dtypes or (None,), kv_cache=kv_cache,
+                                     gpu=gpu, budget_bytes=budget, baselines=baselines,
+                                     progress=say)
+    show_comparison(comparison, fmt)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ the same layout.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,19 +121,53 @@ def load_gpus(extra_files: Iterable[str | Path] = ()) -> dict[str, GPU]:
     return gpus
 
 
+#: Words in a GPU's name that do not tell GPUs apart: vendor and product
+#: lines, memory types, form factors nvidia-smi prints ("NVIDIA H100 80GB HBM3").
+_NOISE_WORDS = {"nvidia", "amd", "geforce", "tesla", "instinct", "radeon", "tensor", "core",
+                "gpu", "hbm", "hbm2", "hbm2e", "hbm3", "hbm3e", "gddr6", "gddr6x", "gddr7"}
+
+
 def _normal(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", str(name)).lower()
+    """A name as compared: lower case, no separators, no vendor or memory-type
+    words, a memory size written one way ('80G', '80GiB' and '80GB' are '80gb')."""
+    words = [w for w in re.split(r"[\s_\-]+", str(name).lower()) if w]
+    out = []
+    for word in words:
+        if word in _NOISE_WORDS:
+            continue
+        size = re.fullmatch(r"(\d+)(?:g|gb|gib)", word)
+        out.append(f"{size.group(1)}gb" if size else word)
+    return "".join(out)
+
+
+def _names(gpus: dict[str, GPU]) -> dict[str, GPU]:
+    """Every normalised name and alias -> its GPU (a user file's aliases win)."""
+    out: dict[str, GPU] = {}
+    for gpu in gpus.values():
+        for alias in gpu.aliases:
+            out[_normal(alias)] = gpu
+    for gpu in gpus.values():
+        out[_normal(gpu.name)] = gpu
+    return out
 
 
 def get_gpu(name: str, extra_files: Iterable[str | Path] = ()) -> GPU:
-    """A GPU by name or alias, ignoring case, spaces, '-' and '_'."""
+    """A GPU by name or alias, ignoring case, spaces, '-', '_', vendor words
+    and how a memory size is written: 'H100-SXM', 'NVIDIA H100 80GB HBM3',
+    'H100-80G' are one GPU."""
     gpus = load_gpus(extra_files)
+    by_name = _names(gpus)
     wanted = _normal(name)
-    for gpu in gpus.values():
-        if _normal(gpu.name) == wanted:
-            return gpu
-    for gpu in reversed(list(gpus.values())):  # user files' aliases first
-        if any(_normal(a) == wanted for a in gpu.aliases):
-            return gpu
-    raise SpecError(f"unknown GPU {name!r}: known GPUs are {', '.join(gpus)} "
-                    "(add one with --gpu-spec FILE)")
+    if wanted in by_name:
+        return by_name[wanted]
+    raise SpecError(f"unknown GPU {name!r}{_did_you_mean(wanted, by_name)} "
+                    "(`attncost specs` lists the GPUs; --gpu-spec FILE adds one)")
+
+
+def _did_you_mean(wanted: str, by_name: dict[str, GPU]) -> str:
+    """': did you mean H100-SXM?' from the closest names, or nothing."""
+    close = difflib.get_close_matches(wanted, list(by_name), n=6, cutoff=0.6)
+    names = list(dict.fromkeys(by_name[c].name for c in close))[:3]
+    if not names:
+        return ""
+    return ": did you mean " + " or ".join(names) + "?"

@@ -1,14 +1,16 @@
 """Units as people write and read them: lengths, sizes, rates, dtypes.
 
 Parsing ("128k", "24GiB", "3.35 TB/s", "bf16") and printing ("4.85 GiB",
-"194 TFLOP", "32k") live here, with the one table of dtypes.
+"194 TFLOP", "32k") live here, with the one table of dtypes.  Importing this
+module does not import torch (the command line starts without it); torch's
+dtypes are looked up when first asked for.
 """
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
-
-import torch
+from fractions import Fraction
 
 from .errors import AttncostError
 
@@ -21,53 +23,74 @@ class DType:
     the short name printed beside a tensor, and the other names it answers to."""
 
     name: str
-    torch: torch.dtype | None
+    #: the attribute of ``torch`` (None: torch has no such dtype)
+    torch_name: str | None
     short: str
     aliases: tuple[str, ...] = ()
+
+    @property
+    def torch(self):
+        """torch's dtype (imports torch)."""
+        if self.torch_name is None:
+            return None
+        import torch
+
+        return getattr(torch, self.torch_name)
 
 
 #: Every dtype attncost names.  ``MODEL_DTYPES`` are those a model can be run in.
 DTYPE_TABLE = (
-    DType("float32", torch.float32, "fp32", ("fp32", "float")),
-    DType("bfloat16", torch.bfloat16, "bf16", ("bf16",)),
-    DType("float16", torch.float16, "fp16", ("fp16", "half")),
+    DType("float32", "float32", "fp32", ("fp32", "float")),
+    DType("bfloat16", "bfloat16", "bf16", ("bf16",)),
+    DType("float16", "float16", "fp16", ("fp16", "half")),
     DType("tf32", None, "tf32"),
-    DType("float64", torch.float64, "fp64", ("fp64", "double")),
-    DType("int64", torch.int64, "int64", ("long",)),
-    DType("int32", torch.int32, "int32", ("int",)),
-    DType("int8", torch.int8, "int8"),
-    DType("uint8", torch.uint8, "uint8"),
-    DType("bool", torch.bool, "bool"),
+    DType("float64", "float64", "fp64", ("fp64", "double")),
+    DType("int64", "int64", "int64", ("long",)),
+    DType("int32", "int32", "int32", ("int",)),
+    DType("int8", "int8", "int8"),
+    DType("uint8", "uint8", "uint8"),
+    DType("bool", "bool", "bool"),
 )
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 #: The dtypes a GPU spec gives a dense peak FLOP/s for.
 PEAK_FLOPS_DTYPES = ("float32", "tf32", "bfloat16", "float16")
 
 _BY_NAME = {d.name: d for d in DTYPE_TABLE} | {a: d for d in DTYPE_TABLE for a in d.aliases}
-_BY_TORCH = {d.torch: d for d in DTYPE_TABLE if d.torch is not None}
+_BY_TORCH: dict = {}
+
+
+def _torch_dtype_entry(dtype):
+    """The DType of a torch.dtype; None if ``dtype`` is not one (torch is
+    never imported here: a torch.dtype exists only once torch is)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(dtype, torch.dtype):
+        return None
+    if not _BY_TORCH:
+        _BY_TORCH.update({d.torch: d for d in DTYPE_TABLE if d.torch_name is not None})
+    return _BY_TORCH.get(dtype, False)
 
 
 def dtype_name(dtype) -> str:
     """'bfloat16' for torch.bfloat16, 'bf16' or 'bfloat16'; unknown names pass through."""
-    if isinstance(dtype, torch.dtype):
-        known = _BY_TORCH.get(dtype)
+    known = _torch_dtype_entry(dtype)
+    if known is not None:
         return known.name if known else str(dtype).replace("torch.", "")
     name = str(dtype).replace("torch.", "").lower()
     known = _BY_NAME.get(name)
     return known.name if known else name
 
 
-def short_dtype(dtype: torch.dtype) -> str:
+def short_dtype(dtype) -> str:
     """'bf16' for torch.bfloat16: how a tensor's dtype is printed."""
-    known = _BY_TORCH.get(dtype)
+    known = _torch_dtype_entry(dtype)
     return known.short if known else str(dtype).replace("torch.", "")
 
 
-def parse_dtype(name, default: torch.dtype) -> torch.dtype:
-    """A model dtype from an option value (None: ``default``)."""
+def parse_dtype(name, default):
+    """A model dtype (a torch.dtype) from an option value (None: ``default``)."""
     if name is None:
         return default
-    if isinstance(name, torch.dtype):
+    if _torch_dtype_entry(name) is not None:
         return name
     if dtype_name(name) not in MODEL_DTYPES:
         raise AttncostError(f"unknown dtype {name!r}: use one of {', '.join(MODEL_DTYPES)}")
@@ -75,19 +98,25 @@ def parse_dtype(name, default: torch.dtype) -> torch.dtype:
 
 # ---------------------------------------------------------------- lengths
 
-_LENGTH_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20}
+_LENGTH_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_LENGTH = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*")
 
 
 def parse_length(text) -> int:
-    """4096, 4k (= 4096), 128k, 1M (= 1048576)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", str(text))
+    """4096, 4k (= 4096), 1.5k (= 1536), 128k, 1M (= 1048576), 1G (= 2**30).
+    A length is a whole number of tokens: 1.3k (1331.2) is refused."""
+    m = _LENGTH.fullmatch(str(text))
     if not m:
         raise AttncostError(f"--seq-len {text!r} is not a length: use a positive integer "
-                            "or a suffix such as 4k, 128k, 1M")
-    value = int(m.group(1)) * _LENGTH_SUFFIX[m.group(2).lower()]
+                            "or a suffix such as 4k, 1.5k, 128k, 1M, 1G")
+    value = Fraction(m.group(1)) * _LENGTH_SUFFIX[m.group(2).lower()]
+    if value.denominator != 1:
+        below, above = int(value), int(value) + 1
+        raise AttncostError(f"--seq-len {str(text).strip()} is {float(value):g} tokens, not a whole "
+                            f"number: write {below} or {above}")
     if value <= 0:
         raise AttncostError(f"--seq-len must be positive, not {text}")
-    return value
+    return int(value)
 
 # ------------------------------------------------------------------ sizes
 
@@ -116,6 +145,22 @@ def parse_size(text, allow_zero: bool = False) -> int:
     value = round(float(number) * scale)
     if value < 0 or (value == 0 and not allow_zero):
         raise AttncostError(f"a memory size must be positive, not {text!r}")
+    return value
+
+
+#: A bare number below this is taken for a slip (``--memory 80`` meant GiB, not bytes).
+MIN_BARE_BUDGET = 1 << 20
+
+
+def parse_budget(text, option: str = "--memory") -> int:
+    """A memory budget: as ``parse_size``, but a bare number under 1 MiB is
+    refused, since ``--memory 80`` is far more likely 80 GiB than 80 bytes."""
+    value = parse_size(text)
+    if not isinstance(text, int) and re.fullmatch(r"\s*[\d.]+\s*", str(text)) \
+            and value < MIN_BARE_BUDGET:
+        number = str(text).strip()
+        raise AttncostError(f"{option} {number} is {value} bytes: give a unit, e.g. "
+                            f"{number}GiB (binary) or {number}GB (decimal)")
     return value
 
 
@@ -155,7 +200,7 @@ def human_seconds(x: float) -> str:
 
 def human_tokens(n: int) -> str:
     """4096 -> 4k, 131072 -> 128k, 1048576 -> 1M; other values with separators."""
-    for unit, size in (("M", 1 << 20), ("k", 1 << 10)):
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
         if n >= size and n % size == 0:
             return f"{n // size}{unit}"
     return f"{n:,}"

@@ -43,7 +43,7 @@ def _pattern(ctx, node: fx.Node, impl: str) -> MaskPattern:
         return masks.pattern_of_mask_mod(ctx, mask_mod)
     args = schema_args(node)
     if isinstance(args.get("attn_mask"), fx.Node):
-        return masks.pattern_of(ctx, args["attn_mask"], polarity="allowed")
+        return masks.pattern_of(ctx, [(args["attn_mask"], "allowed")])
     if args.get("is_causal", False):
         return MaskPattern.causal_mask()
     return MaskPattern.full()

@@ -40,6 +40,8 @@ class GraphContext:
     seq_len: int = 0
     flop_rules: object = None
     order: dict = field(default_factory=dict)
+    #: (mask node, length) -> its value there (masks are shared by layers)
+    mask_values: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.seq_len = self.seq_len or self.traced.seq_len_hint

@@ -15,42 +15,117 @@ from torch.utils._pytree import tree_flatten
 from ..errors import first_line
 from ..expr import value_at
 from ..patterns.mask import MaskPattern, allowed_pairs, classify_allowed
+from ..patterns.measure import fit_pairs, is_prefix_stable
 
-#: Largest length at which a mask is evaluated (its N×N entries are built).
-MAX_EVAL_LEN = 4096
+#: Longest length at which a mask is evaluated (its N×N entries are built):
+#: a window longer than this looks causal.
+PROBE_CAP = 8192
+#: Shortest probe: long enough that windows and blocks repeat in it.
+PROBE_MIN = 1024
 
 
-def _eval_len(ctx) -> int:
+def _probe_lengths(ctx) -> tuple[int, int]:
+    """The length a mask is read at, and a shorter one to check that the
+    mask at a length is the top-left block of the mask at a longer one."""
     lo, hi = ctx.traced.n_range
-    n = min(ctx.seq_len, MAX_EVAL_LEN)
+    n = min(max(ctx.seq_len, PROBE_MIN), PROBE_CAP)
     n = max(n, lo, 2)
     if hi is not None:
         n = min(n, hi)
-    return n
+    return n, max(n // 2, lo, 1)
 
 
-def pattern_of(ctx, mask: fx.Node, polarity: str) -> MaskPattern:
-    """The pattern of the mask ``mask`` applied with ``polarity``:
-    allowed (True lets through), blocked (True blocks), masked_fill (as the
-    mask of masked_fill), additive (a float added to the scores)."""
+def _first(allowed: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The first (queries × keys) matrix, and whether all the others equal it."""
+    lead = allowed.reshape(-1, *allowed.shape[-2:])
+    return lead[0], all(torch.equal(lead[0], m) for m in lead[1:])
+
+
+def read_pattern(allowed_at, seq_len: int) -> MaskPattern:
+    """Name what ``allowed_at(n)`` (a boolean matrix, or raises
+    _CannotEvaluate) lets through, and count its pairs as a function of N."""
+    n, shorter = allowed_at.lengths
     try:
-        value = evaluate_node(ctx, mask, _eval_len(ctx))
+        big = allowed_at(n)
     except _CannotEvaluate as why:
         return MaskPattern("unknown", notes=[f"mask not evaluated: {why}"])
-    if value is None:
+    if big is None:
         return MaskPattern("unknown")
-    value = torch.as_tensor(value)
-    allowed = allowed_pairs(value, polarity)
-    if allowed.dim() < 2:
+    if big.dim() < 2:
         return MaskPattern.full()
-    lead = allowed.reshape(-1, *allowed.shape[-2:])
-    first = lead[0]
+    first, same = _first(big)
     pattern = classify_allowed(first)
-    if not all(torch.equal(first, m) for m in lead[1:]):
+    if not same:
         pattern.notes.append("the mask differs across batch or heads; the first is shown")
-    if value.is_floating_point() and polarity == "additive" and pattern.kind == "full":
+    if pattern.kind == "pattern":
+        _count_pairs(pattern, first, allowed_at, shorter)
+        if pattern.pairs is not None:  # the density at the length asked about
+            pattern.density = value_at(pattern.pairs, seq_len) / seq_len ** 2
+    return pattern
+
+
+def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, shorter: int) -> None:
+    """Give a measured pattern its pair count as an exact formula in N, or
+    say that its density was measured at one length."""
+    try:
+        stable = is_prefix_stable(first, _first(allowed_at(shorter))[0])
+    except _CannotEvaluate:
+        stable = False
+    count = fit_pairs(first) if stable else None
+    if count is None:
+        pattern.notes.append(f"its density ({pattern.density:.2%}) was measured at "
+                             f"N={pattern.length}; it is not a formula in N")
+        return
+    pattern.pairs, pattern.pairs_from, pattern.reach = count.expr, count.valid_from, count.reach
+
+
+class _MaskReader:
+    """The allowed pairs of one or more masks applied to one score matrix,
+    evaluated at any length (cached: layers share their masks)."""
+
+    def __init__(self, ctx, masks: list[tuple[fx.Node, str]]):
+        self.ctx, self.masks = ctx, masks
+        self.lengths = _probe_lengths(ctx)
+
+    def __call__(self, n: int) -> torch.Tensor | None:
+        allowed = None
+        for mask, polarity in self.masks:
+            value = _evaluated(self.ctx, mask, n)
+            if value is None:
+                return None
+            value = allowed_pairs(torch.as_tensor(value), polarity)
+            allowed = value if allowed is None else allowed & value
+        return allowed
+
+
+def _evaluated(ctx, mask: fx.Node, n: int):
+    cache = ctx.mask_values
+    if (mask, n) not in cache:
+        try:
+            cache[(mask, n)] = evaluate_node(ctx, mask, n)
+        except _CannotEvaluate as why:
+            cache[(mask, n)] = why
+    value = cache[(mask, n)]
+    if isinstance(value, _CannotEvaluate):
+        raise value
+    return value
+
+
+def pattern_of(ctx, masks: list[tuple[fx.Node, str]]) -> MaskPattern:
+    """The pattern of the masks applied to one score matrix, each with its
+    polarity: allowed (True lets through), blocked (True blocks),
+    masked_fill (as the mask of masked_fill), additive (a float added to
+    the scores)."""
+    pattern = read_pattern(_MaskReader(ctx, masks), ctx.seq_len)
+    additive = [m for m, p in masks if p == "additive"]
+    if additive and pattern.kind == "full" and _is_float(additive[0]):
         pattern.notes.append("an additive bias of N×N entries is applied to the scores")
     return pattern
+
+
+def _is_float(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
 def pattern_of_mask_mod(ctx, mask_mod) -> MaskPattern:
@@ -61,18 +136,19 @@ def pattern_of_mask_mod(ctx, mask_mod) -> MaskPattern:
     fn = mask_mod
     if isinstance(mask_mod, fx.Node) and mask_mod.op == "get_attr":
         fn = getattr(ctx.traced.graph_module, mask_mod.target)
-    n = _eval_len(ctx)
-    q = torch.arange(n).view(n, 1)
-    kv = torch.arange(n).view(1, n)
-    zero = torch.zeros((), dtype=torch.long)
-    try:
-        with torch.no_grad():
-            out = fn(zero, zero, q, kv)
-    except Exception as exc:
-        return MaskPattern("unknown", notes=[f"mask_mod not evaluated: {type(exc).__name__}"])
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    allowed = torch.as_tensor(out).to(torch.bool).expand(n, n)
-    return classify_allowed(allowed.contiguous())
+    def allowed_at(n: int) -> torch.Tensor:
+        q, kv = torch.arange(n).view(n, 1), torch.arange(n).view(1, n)
+        zero = torch.zeros((), dtype=torch.long)
+        try:
+            with torch.no_grad():
+                out = fn(zero, zero, q, kv)
+        except Exception as exc:
+            raise _CannotEvaluate(f"mask_mod raised {type(exc).__name__}") from None
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return torch.as_tensor(out).to(torch.bool).expand(n, n).contiguous()
+
+    allowed_at.lengths = _probe_lengths(ctx)
+    return read_pattern(allowed_at, ctx.seq_len)
 
 
 def _buffer_data(loaded, name: str | None) -> torch.Tensor | None:
@@ -88,6 +164,20 @@ def _buffer_data(loaded, name: str | None) -> torch.Tensor | None:
 
 class _CannotEvaluate(Exception):
     pass
+
+
+#: Most bytes of weights a mask may read; they are given as zeros (a mask
+#: that adds a learned bias to a -inf pattern keeps its pattern).
+MAX_WEIGHT_BYTES = 64 << 20
+
+
+def _zeros_like(p: fx.Node, kind: str) -> torch.Tensor:
+    val = p.meta.get("val")
+    if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in val.shape):
+        raise _CannotEvaluate(f"it depends on the model's {kind}s")
+    if val.numel() * val.element_size() > MAX_WEIGHT_BYTES:
+        raise _CannotEvaluate(f"it depends on the model's {kind}s ({val.numel():,} values)")
+    return torch.zeros(val.shape, dtype=val.dtype)
 
 
 def _needed(traced, target: fx.Node, sizes: tuple[int, int]) -> tuple[set[fx.Node], dict[fx.Node, int]]:
@@ -119,9 +209,7 @@ def _feeds(ctx, needed: set[fx.Node], n_eval: int, batch: int) -> dict[fx.Node, 
             continue
         kind = traced.placeholder_kinds[p.name]
         data = _buffer_data(loaded, p.meta.get("attncost_param")) if kind == "buffer" else None
-        if data is None:
-            raise _CannotEvaluate(f"it depends on the model's {kind}s")
-        feeds[p] = data
+        feeds[p] = data if data is not None else _zeros_like(p, kind)
     if loaded is None:
         raise _CannotEvaluate("no inputs to evaluate it on")
     with torch.device("cpu"):

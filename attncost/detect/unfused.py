@@ -9,7 +9,7 @@ import torch
 import torch.fx as fx
 
 from ..expr import N, as_int
-from ..patterns import MaskPattern, combine
+from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
     packet
@@ -60,8 +60,7 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
-    pattern = combine([masks.pattern_of(ctx, m, polarity=p) for m, p in mask_inputs]) \
-        if mask_inputs else MaskPattern.full()
+    pattern = masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
     site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
                            as_int(t.shape(pv)[-1]))

@@ -6,8 +6,8 @@
 """
 from .classify import Classification, classify, matches_formula, subquadratic, waste_factor
 from .formulas import SYMBOLS, formula, variant_formulas
-from .mask import MaskPattern, classify_allowed, combine
+from .mask import MaskPattern, classify_allowed
 
 __all__ = ["Classification", "MaskPattern", "SYMBOLS", "classify", "classify_allowed",
-           "combine", "formula", "matches_formula", "subquadratic", "variant_formulas",
+           "formula", "matches_formula", "subquadratic", "variant_formulas",
            "waste_factor"]

@@ -12,8 +12,6 @@ from ..expr import B, N, as_int, degree, value_at
 from .formulas import SYMBOLS, formula
 from .mask import MaskPattern
 
-#: The variants whose work grows slower than N².
-SUBQUADRATIC_VARIANTS = ("local", "sparse", "linear")
 #: Computing this many times the needed work is worth saying.
 WASTE_FACTOR = 3
 
@@ -51,15 +49,44 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
         return Classification("dense", f.at("useful_flops", values), None, f.complexity,
                               "dense", values)
     if pattern.kind == "window" and pattern.window:
-        values[SYMBOLS["w"]] = pattern.window
-        name = "local_symmetric" if pattern.symmetric else "local"
-        return Classification("local", formula(name).at("useful_flops", values), pattern.window,
+        return Classification("local", _window_useful(pattern, values, flops), pattern.window,
                               formula("local").complexity, "dense", values)
+    if pattern.kind == "pattern" and pattern.pairs is not None:
+        return _counted(pattern, values, flops)
     if pattern.kind == "pattern" and pattern.density is not None:
-        # A measured pattern: its density (read at one length) times the work.
+        # Measured at one length only: its density times the work, not exact in N.
         useful = sympy.expand(flops * sympy.Rational(pattern.allowed, pattern.length ** 2))
         return Classification("sparse", useful, None, formula("sparse").complexity, "dense", values)
     return Classification("dense", flops, None, formula("dense").complexity, "dense", values)
+
+
+def _per_pair(values: dict, flops: sympy.Expr) -> sympy.Expr:
+    """The work of one (query, key) pair: the site's work over its N_q·N_k pairs."""
+    return sympy.cancel(flops / (values[SYMBOLS["N"]] * values[SYMBOLS["M"]]))
+
+
+def _window_useful(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> sympy.Expr:
+    """A window's useful FLOPs by the canonical local formulas, for every N:
+    below the window every query sees all earlier keys (or, symmetric, all keys)."""
+    w = pattern.window
+    values[SYMBOLS["w"]] = w
+    if pattern.symmetric:
+        inside, short = formula("local_symmetric").at("useful_flops", values), flops
+        edge = (w + 1) // 2
+    else:
+        inside = formula("local").at("useful_flops", values)
+        short, edge = formula("causal_dense").at("useful_flops", values), w
+    return sympy.Piecewise((short, N <= edge), (inside, True))
+
+
+def _counted(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classification:
+    """A pattern whose pairs were counted as a formula in N: local when each
+    query reaches a bounded span of keys and the pairs grow as N, else sparse."""
+    useful = sympy.expand(_per_pair(values, flops) * pattern.pairs)
+    local = pattern.reach is not None and degree(pattern.pairs, N) <= 1
+    variant = "local" if local else "sparse"
+    return Classification(variant, useful, pattern.reach if local else None,
+                          formula(variant).complexity, "dense", values)
 
 
 def _fixed_keys(impl: str, values: dict, flops: sympy.Expr) -> Classification:
@@ -99,7 +126,5 @@ def waste_factor(flops: sympy.Expr, useful_flops: sympy.Expr, seq_len: int) -> f
 
 
 def subquadratic(sites) -> bool:
-    """Does every site need less than N² work (local, sparse, linear)?"""
-    return bool(sites) and all(degree(s.useful_flops, N) < 2 or s.variant != "dense"
-                               for s in sites) and any(
-        s.variant in SUBQUADRATIC_VARIANTS for s in sites)
+    """Does every site need less than N² work (what its pattern lets through)?"""
+    return bool(sites) and all(degree(s.useful_flops, N) < 2 for s in sites)

@@ -24,6 +24,11 @@ class MaskPattern:
     allowed: int | None = None  # allowed (query, key) pairs at ``length``
     length: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: allowed pairs as a function of N (patterns.measure), exact for N >= pairs_from
+    pairs: object = None
+    pairs_from: int | None = None
+    #: keys apart a query and an allowed key are at most (+1), when bounded
+    reach: int | None = None
 
     @classmethod
     def full(cls) -> "MaskPattern":
@@ -32,11 +37,6 @@ class MaskPattern:
     @classmethod
     def causal_mask(cls) -> "MaskPattern":
         return cls("causal", causal=True)
-
-
-#: How restrictive each kind is: of several masks on one score matrix, the
-#: most restrictive known one names the pattern.
-RESTRICTIVENESS = {"full": 0, "causal": 1, "window": 2, "pattern": 3}
 
 
 def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
@@ -61,14 +61,6 @@ def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
     causal = bool(nq == nk and not allowed.triu(1).any())
     return MaskPattern("pattern", causal=causal, density=total / (nq * nk),
                        allowed=int(total), length=nq)
-
-
-def combine(patterns: list[MaskPattern]) -> MaskPattern:
-    """Several masks on one score matrix: the most restrictive known one wins."""
-    known = [p for p in patterns if p.kind != "unknown"]
-    if not known:
-        return patterns[0] if patterns else MaskPattern.full()
-    return max(known, key=lambda p: RESTRICTIVENESS[p.kind])
 
 
 def allowed_pairs(value: torch.Tensor, polarity: str) -> torch.Tensor:

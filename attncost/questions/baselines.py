@@ -320,16 +320,22 @@ class _PositionalCall(torch.nn.Module):
         return tuple(tensors_of(self.call(self.model, tensors)))
 
 
+def check_fvcore_size(model_name: str, module: torch.nn.Module) -> None:
+    """Refuse, from the meta-device model and before any tracing, a model too
+    large for fvcore's real forward on this CPU."""
+    n_params = sum(p.numel() for p in module.parameters())
+    if n_params > MAX_REAL_PARAMETERS:
+        raise AttncostError(f"--baseline fvcore runs the model for real on this CPU; {model_name} "
+                            f"has {n_params / 1e6:,.0f}M parameters, more than "
+                            f"{MAX_REAL_PARAMETERS // 10**6}M. Use --baseline flopcounter "
+                            "(fake tensors, any size)")
+
+
 def _real_model_and_inputs(a: Analysis):
     """The model built for real on this CPU in float32, its input tensors, and
     how to call it with them; refuses a model too large to run here."""
     loaded = a.loaded
-    n_params = sum(p.numel() for p in loaded.module.parameters())
-    if n_params > MAX_REAL_PARAMETERS:
-        raise AttncostError(f"--baseline fvcore runs the model for real on this CPU; {a.model} has "
-                            f"{n_params / 1e6:,.0f}M parameters, more than "
-                            f"{MAX_REAL_PARAMETERS // 10**6}M. Use --baseline flopcounter "
-                            "(fake tensors, any size)")
+    check_fvcore_size(a.model, loaded.module)
     itemsize = torch.empty((), dtype=loaded.dtype).element_size()
     need = a.at(a.peak_memory_bytes) * 4 // itemsize
     if need > MAX_REAL_BYTES:

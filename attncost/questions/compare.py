@@ -7,10 +7,12 @@ memory and largest N on a GPU side by side.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..analysis import Analysis, analyze
-from .baselines import BaselineComparison, check_baselines, count_with_baselines
+from ..loader import load
+from .baselines import BaselineComparison, check_baselines, check_fvcore_size, \
+    count_with_baselines
 from .sweep import largest_fitting_seq_len
 
 
@@ -52,22 +54,48 @@ def _choice(a: Analysis, budget: int | None) -> Choice:
     return choice
 
 
+def _analyses(model: str, seq_len: int, pairs: list[tuple], batch: int, device: str,
+              kv_cache: bool | None, fvcore: bool,
+              progress: Callable[[str], None] | None) -> list[Analysis]:
+    """One analysis per (implementation, dtype).  Every model is loaded (on
+    the meta device, quickly) before any is traced, so that one too large for
+    fvcore is refused before the long work."""
+    loaded = [load(model, dtype=dtype, attn_implementation=impl, kv_cache=kv_cache)
+              for impl, dtype in pairs]
+    if fvcore:
+        for m in loaded:
+            check_fvcore_size(str(model), m.module)
+    out = []
+    for (impl, dtype), m in zip(pairs, loaded):
+        say = None
+        if progress is not None:
+            label = ", ".join(str(x) for x in (impl, dtype) if x) or "as written"
+
+            def say(msg: str, label=label) -> None:
+                progress(f"{label}: {msg}" if len(pairs) > 1 else msg)
+        out.append(analyze(m, seq_len, batch=batch, device=device, progress=say))
+    return out
+
+
 def compare_choices(model: str, seq_len: int, batch: int = 1, device: str = "cuda",
                     attn_implementations: Iterable[str | None] = (None,),
                     dtypes: Iterable[str | None] = (None,), kv_cache: bool | None = None,
                     gpu=None, budget_bytes: int | None = None,
-                    baselines: Iterable[str] = ()) -> Comparison:
+                    baselines: Iterable[str] = (),
+                    progress: Callable[[str], None] | None = None) -> Comparison:
     """Analyze every (implementation, dtype) pair at N; count each distinct
     implementation with the requested baselines too.  With ``gpu``, the
-    largest N whose peak fits ``budget_bytes`` (its memory less a reserve)."""
+    largest N whose peak fits ``budget_bytes`` (its memory less a reserve).
+    ``progress`` hears what is being done."""
     baselines = check_baselines(baselines)
     budget = None
     if gpu is not None:
         budget = gpu.memory_bytes if budget_bytes is None else budget_bytes
-    choices = [_choice(analyze(model, seq_len, batch=batch, dtype=dtype, device=device,
-                               attn_implementation=impl, kv_cache=kv_cache), budget)
-               for impl in list(dict.fromkeys(attn_implementations)) or [None]
-               for dtype in list(dict.fromkeys(dtypes)) or [None]]
+    pairs = [(impl, dtype) for impl in list(dict.fromkeys(attn_implementations)) or [None]
+             for dtype in list(dict.fromkeys(dtypes)) or [None]]
+    analyses = _analyses(model, seq_len, pairs, batch, device, kv_cache, "fvcore" in baselines,
+                         progress)
+    choices = [_choice(a, budget) for a in analyses]
     comparison = Comparison(model=str(model), seq_len=seq_len, batch=batch, device=device,
                             choices=choices, gpu=gpu.name if gpu is not None else None,
                             budget_bytes=budget)
@@ -78,5 +106,7 @@ def compare_choices(model: str, seq_len: int, batch: int = 1, device: str = "cud
             if impl in counted:
                 continue  # the dtype does not change what a counter counts
             counted.add(impl)
+            if progress is not None:
+                progress(f"counting FLOPs with {', '.join(baselines)}")
             comparison.baselines.append(count_with_baselines(choice, baselines))
     return comparison

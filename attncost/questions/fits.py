@@ -14,7 +14,7 @@ import sympy
 from ..errors import AttncostError
 from ..expr import value_at
 from ..gpus import DEFAULT_RESERVE, GPU, get_gpu
-from ..units import parse_size
+from ..units import parse_budget, parse_size
 from .roofline import SiteTime, site_times
 
 #: No answer is larger than this (a 1T-token context).
@@ -54,6 +54,11 @@ class FitsAnswer:
     breakdown: list = field(default_factory=list)
     what_if: list[WhatIf] = field(default_factory=list)
     roofline: list[SiteTime] = field(default_factory=list)
+    #: the model, as the analysis names it, and the dtype it was analysed in
+    model: str = ""
+    dtype: str = ""
+    #: one-line warnings (formulas used outside the range they hold for, ...)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _peak_function(peak) -> Callable[[int, int], int]:
@@ -116,7 +121,7 @@ def budget_for(gpu: str | None = None, memory: str | int | None = None,
     if (gpu is None) == (memory is None):
         raise AttncostError("give exactly one of --gpu NAME or --memory SIZE")
     if memory is not None:
-        return parse_size(memory), None
+        return parse_budget(memory), None
     spec = get_gpu(gpu, gpu_specs)
     held = DEFAULT_RESERVE if reserve is None else parse_size(reserve, allow_zero=True)
     budget = spec.memory_bytes - held
@@ -127,16 +132,20 @@ def budget_for(gpu: str | None = None, memory: str | int | None = None,
 
 
 def fits(analysis, gpu: str | None = None, memory: str | None = None,
-         reserve: str | None = None, gpu_specs: Iterable[str] = ()) -> FitsAnswer:
-    """`attncost fits`: does the analysis' N and B fit, and if not, what would."""
+         reserve: str | None = None, gpu_specs: Iterable[str] = (),
+         progress: Callable[[str], None] | None = None) -> FitsAnswer:
+    """`attncost fits`: does the analysis' N and B fit, and if not, what would.
+    ``progress`` hears about each what-if re-analysis."""
     budget, spec = budget_for(gpu, memory, reserve, gpu_specs)
     result = check_fits(analysis.memory, analysis.seq_len, analysis.batch, budget, spec,
                         n_range=analysis.n_range)
     return FitsAnswer(
         result=result, gpu=spec, lowest_seq_len=(analysis.n_range or (1, None))[0],
         breakdown=analysis.memory.breakdown(result.seq_len, result.batch, top=3),
-        what_if=[] if result.fits else what_ifs(analysis, budget, spec),
-        roofline=site_times(analysis, spec) if spec is not None else [])
+        what_if=[] if result.fits else what_ifs(analysis, budget, spec, progress, result),
+        roofline=site_times(analysis, spec) if spec is not None else [],
+        model=analysis.model, dtype=analysis.dtype,
+        warnings=list(getattr(analysis, "warnings", []) or []))
 
 
 def _variations(analysis) -> list[tuple[str, dict]]:
@@ -157,17 +166,36 @@ def _variations(analysis) -> list[tuple[str, dict]]:
     return out
 
 
-def what_ifs(analysis, budget: int, spec: GPU | None) -> list[WhatIf]:
-    """Re-analyze the model under each variation (one trace each)."""
+def _helps(other: FitResult, current: FitResult | None) -> bool:
+    """A change is worth listing only if it lowers the peak or reaches further."""
+    if current is None:
+        return True
+    return (other.peak_memory_bytes < current.peak_memory_bytes
+            or (other.max_seq_len or 0) > (current.max_seq_len or 0))
+
+
+def what_ifs(analysis, budget: int, spec: GPU | None,
+             progress: Callable[[str], None] | None = None,
+             current: FitResult | None = None) -> list[WhatIf]:
+    """Re-analyze the model under each variation (one trace each); with
+    ``current``, keep only the changes that lower the peak or raise the
+    largest N (attn_implementation=eager, say, when eager can only be worse)."""
     from ..analysis import analyze
 
     results = []
     for change, kwargs in _variations(analysis):
+        say = None
+        if progress is not None:
+            def say(msg: str, change=change) -> None:
+                progress(f"what if {change}: {msg}")
+            say("loading the model")
         try:
             other = analyze(analysis.model, analysis.seq_len, batch=analysis.batch,
-                            device=analysis.device, **kwargs)
+                            device=analysis.device, progress=say, **kwargs)
         except AttncostError:
             continue
-        results.append(WhatIf(change, check_fits(other.memory, other.seq_len, other.batch,
-                                                 budget, spec, n_range=other.n_range)))
+        result = check_fits(other.memory, other.seq_len, other.batch, budget, spec,
+                            n_range=other.n_range)
+        if _helps(result, current):
+            results.append(WhatIf(change, result))
     return results

@@ -135,23 +135,32 @@ def _curve(label: str, pieces: list[Analysis], seq_lens: list[int], clipped: lis
 def plot_data(model: str, seq_range: tuple[int, int], batch: int = 1, dtype: str | None = None,
               device: str = "cuda", attn_implementations: Iterable[str | None] = (None,),
               kv_cache: bool | None = None, gpus: Iterable[tuple[GPU, int]] = (),
-              points: int = 60) -> PlotData:
+              points: int = 60, progress: Callable[[str], None] | None = None) -> PlotData:
     """Trace once per attention implementation (more only where the model
     branches on N) and evaluate FLOPs and peak memory at ``points`` lengths.
-    ``gpus``: (GPU, bytes it leaves for tensors) pairs."""
+    ``gpus``: (GPU, bytes it leaves for tensors) pairs; ``progress`` hears
+    which trace is running."""
     lo, hi = seq_range
     seq_lens = log_spaced_lengths(lo, hi, points)
     curves: list[Curve] = []
     for impl in list(dict.fromkeys(attn_implementations)) or [None]:
         def run(n: int, impl=impl) -> Analysis:
+            say = None
+            if progress is not None:
+                where = f"{impl}, " if impl else ""
+
+                def say(msg: str) -> None:
+                    progress(f"{where}N={human_tokens(n)}: {msg}")
             return analyze(model, n, batch=batch, dtype=dtype, device=device,
-                           attn_implementation=impl, kv_cache=kv_cache)
+                           attn_implementation=impl, kv_cache=kv_cache, progress=say)
 
         pieces, clipped = covering_analyses(run, seq_lens)
         if not pieces:
             raise AttncostError(f"{model}: no trace holds inside {human_tokens(lo)}.."
                                 f"{human_tokens(hi)}; plot another range")
         label = impl or pieces[0].attn_implementation or "as written"
+        if progress is not None:
+            progress(f"evaluating {label} at {len(seq_lens)} lengths")
         curves.append(_curve(label, pieces, seq_lens, clipped, batch))
     limits = [GpuLimit(gpu.name, gpu.memory_bytes, budget,
                        {c.label: largest_fitting_seq_len(c.pieces, budget, batch) for c in curves})

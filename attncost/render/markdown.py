@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from .rows import baseline_rows, choice_rows, site_cells, site_rows
-from .sentences import analysis_lines, analysis_title, baseline_notes, comparison_site_lines, \
-    comparison_title
+from .sentences import analysis_lines, analysis_title, baseline_notes, breakdown_sentence, \
+    comparison_site_lines, comparison_title, fits_verdict, peak_entries, roofline_lines, \
+    what_if_lines
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -39,3 +40,38 @@ def comparison_markdown(c) -> str:
         out += _table(header, rows)
         out += [""] + _bullets(missed + baseline_notes(b))
     return "\n".join(out) + "\n"
+
+
+def fits_markdown(answer) -> str:
+    """`attncost fits`: the verdict in bold, what is at the peak as a table,
+    what would fit and the roofline as bullets."""
+    verdict, *reach = fits_verdict(answer)
+    out = [f"**{verdict}**", ""] + _bullets(reach)
+    entries = peak_entries(answer.breakdown)
+    if entries:
+        out += ["", "| at the peak | share |", "|---|---:|"]
+        out += [f"| {_cell(breakdown_sentence(e).rsplit(': ', 1)[0])} | {e.share:.0%} |"
+                for e in entries]
+    what_if = what_if_lines(answer.what_if)
+    if what_if:
+        out += ["", "**what if**", ""] + _bullets(what_if)
+    roofline = roofline_lines(answer.roofline, answer.gpu)
+    if roofline:
+        out += [""] + _bullets(roofline)
+    return "\n".join(out) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def gpus_markdown(gpus: dict) -> str:
+    """`attncost specs` as a Markdown table."""
+    from ..units import PEAK_FLOPS_DTYPES
+
+    header = ["GPU", "memory (GiB)", "bandwidth (TB/s)"] + \
+        [f"{k} (TFLOP/s)" for k in PEAK_FLOPS_DTYPES] + ["datasheet"]
+    rows = [[g.name, f"{g.memory_bytes / (1 << 30):g}", f"{g.memory_bandwidth / 1e12:.3g}"]
+            + [f"{g.peak_flops[k] / 1e12:g}" if k in g.peak_flops else "-"
+               for k in PEAK_FLOPS_DTYPES] + [g.datasheet] for g in gpus.values()]
+    return "\n".join(_table(header, rows)) + "\n"

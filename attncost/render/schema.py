@@ -8,6 +8,7 @@ from __future__ import annotations
 import sympy
 
 from ..expr import N, leading_term
+from .console import clean
 from .sentences import attention_summary, site_notes
 
 
@@ -36,9 +37,9 @@ def breakdown_dict(e) -> dict:
             "dtype": e.dtype, "bytes": e.bytes, "share": round(e.share, 4), "count": e.count}
 
 
-def analysis_dict(a) -> dict:
-    """`attncost analyze`."""
-    totals = {
+def totals_dict(a) -> dict:
+    """What the whole model costs: `analyze`'s "totals", one per choice in `compare`."""
+    return {
         "flops": _expression(a, a.flops),
         "attention_flops": _expression(a, a.attention_flops),
         "useful_attention_flops": _expression(a, a.useful_attention_flops),
@@ -46,6 +47,11 @@ def analysis_dict(a) -> dict:
         "peak_memory_bytes": _expression(a, a.peak_memory_bytes),
         "leading_term": str(leading_term(a.flops, N)),
     }
+
+
+def analysis_dict(a) -> dict:
+    """`attncost analyze`."""
+    totals = totals_dict(a)
     quadratic = [{
         "node": q.node, "op": q.op, "layer": q.layer, "shape": [str(x) for x in q.shape],
         "dtype": q.dtype, "bytes": _expression(a, q.bytes), "in_attention_site": q.in_site,
@@ -55,9 +61,10 @@ def analysis_dict(a) -> dict:
         "dtype": a.dtype, "device": a.device, "attn_implementation": a.attn_implementation,
         "sites": [site_dict(a, s) for s in a.sites], "totals": totals,
         "valid_for": a.valid_for(), "guards": list(a.guards),
-        "quadratic_tensors": quadratic, "memory_notes": list(a.memory.notes),
+        "quadratic_tensors": quadratic, "memory_notes": [clean(n) for n in a.memory.notes],
         "peak_breakdown": [breakdown_dict(e) for e in a.memory.breakdown(a.seq_len, a.batch, top=5)],
         "hidden_quadratic": bool(a.hidden_quadratics()),
+        "warnings": [clean(w) for w in a.warnings],
     }
 
 
@@ -70,7 +77,11 @@ def fit_dict(r) -> dict:
 
 def fits_dict(answer) -> dict:
     """`attncost fits`."""
-    data = fit_dict(answer.result)
+    r = answer.result
+    data = {"model": answer.model, "seq_len": r.seq_len, "batch": r.batch, "dtype": answer.dtype}
+    data.update(fit_dict(r))
+    data["peak_breakdown"] = [breakdown_dict(e) for e in answer.breakdown]
+    data["warnings"] = [clean(w) for w in answer.warnings]
     data["what_if"] = [{"change": w.change, "peak_memory_bytes": w.result.peak_memory_bytes,
                         "fits": w.result.fits, "max_seq_len": w.result.max_seq_len}
                        for w in answer.what_if]
@@ -111,6 +122,8 @@ def comparison_dict(c) -> dict:
             "useful_attention_flops": ch.useful_attention_flops,
             "peak_memory_bytes": ch.peak_memory_bytes,
             "max_seq_len": ch.max_seq_len, "fits": ch.fits,
+            "totals": totals_dict(a),
+            "warnings": [clean(w) for w in a.warnings],
         })
     return {"model": c.model, "seq_len": c.seq_len, "batch": c.batch, "device": c.device,
             "gpu": c.gpu, "budget_bytes": c.budget_bytes, "choices": choices,

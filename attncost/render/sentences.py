@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import sympy
 
-from ..expr import N, leading_term
+from ..expr import B, N, degree, leading_term, value_at
 from ..units import human_bytes, human_flops, human_seconds, human_tokens
+from .console import clean
+
+#: A share of the peak below this is not worth a sentence ("0% of peak").
+MIN_SHARE = 0.01
 
 # ------------------------------------------------------------- sites
 
@@ -54,7 +58,32 @@ def waste_sentence(site) -> str | None:
 def site_notes(site) -> list[str]:
     """What could not be read about a site, then what it wastes."""
     waste = waste_sentence(site)
-    return list(site.notes) + ([waste] if waste else [])
+    return [clean(n) for n in site.notes] + ([waste] if waste else [])
+
+
+_ROUNDING = (sympy.floor, sympy.ceiling, sympy.Mod)
+
+
+def _smooth(expr: sympy.Expr) -> sympy.Expr:
+    """floor(x) and ceiling(x) as x, Mod(x, m) as 0: what differs from the
+    formula by a bounded amount per term, so the leading term is the same."""
+    expr = expr.replace(sympy.floor, lambda x: x).replace(sympy.ceiling, lambda x: x)
+    return sympy.expand(expr.replace(sympy.Mod, lambda *args: sympy.Integer(0)))
+
+
+def leading_text(expr: sympy.Expr) -> str:
+    """The leading term in N, readable: '8192·B·N^2'.  For a formula with
+    floor or Mod (N rounded to windows), the term it grows like at large N,
+    marked '≈' (the JSON keeps the exact form)."""
+    lead = leading_term(expr, N)
+    if not lead.has(*_ROUNDING):
+        return expr_text(lead)
+    approx = leading_term(_smooth(expr), N)
+    n = 1 << 30
+    exact, guess = value_at(expr, n, 1), value_at(approx, n, 1) if approx.free_symbols <= {N, B} else 0
+    if guess and not approx.has(*_ROUNDING) and abs(exact - guess) <= 0.01 * abs(exact):
+        return f"≈ {expr_text(approx)}"
+    return f"≈ N^{degree(expr, N)} (measured growth)"
 
 
 # ---------------------------------------------------------- analysis
@@ -81,7 +110,7 @@ def _flop_lines(a) -> list[str]:
     lines = [f"total FLOPs: {human_flops(total)}  = {expr_text(a.flops)}"]
     if total:
         lines.append(f"attention: {human_flops(attn)} ({attn / total:.1%} of the model's FLOPs), "
-                     f"leading term {expr_text(leading_term(a.flops, N))}")
+                     f"leading term {leading_text(a.flops)}")
     useful = a.at(a.useful_attention_flops)
     if attn and useful < attn:
         lines.append(f"attention that the masks let through: {human_flops(useful)} "
@@ -94,11 +123,11 @@ def _memory_lines(a) -> list[str]:
              f"(weights {human_bytes(a.weight_bytes)})"]
     largest = next((e for e in a.memory.breakdown(a.seq_len, a.batch, top=1)
                     if e.name != "weights and buffers"), None)
-    if largest is not None:
+    if largest is not None and largest.share >= MIN_SHARE:
         lines.append(f"largest tensor at the peak: {breakdown_sentence(largest)}")
     if a.valid_for():
         lines.append(f"formulas valid for {a.valid_for()} (the model branches on the length)")
-    lines.extend(f"memory: {note}" for note in a.memory.notes)
+    lines.extend(f"memory: {clean(note)}" for note in a.memory.notes)
     return lines
 
 
@@ -107,12 +136,11 @@ def _hidden_quadratic_line(a) -> list[str]:
     if not hidden:
         return []
     biggest = max(hidden, key=lambda q: a.at(q.bytes))
-    total = sum(a.at(q.bytes) for q in hidden)
     shape = "×".join(str(x) for x in biggest.shape)
+    # Not their sum: they are seldom alive at the same time.
     return [f"hidden quadratic: {len(hidden)} tensor(s) of N² size although the attention "
-            f"is sub-quadratic, {human_bytes(total)} in all; the largest is a "
-            f"{biggest.dtype} {biggest.op} of {shape} in {biggest.layer} "
-            f"({human_bytes(a.at(biggest.bytes))})"]
+            f"is sub-quadratic; the largest is a {biggest.dtype} {biggest.op} of {shape} in "
+            f"{biggest.layer} ({human_bytes(a.at(biggest.bytes))})"]
 
 
 def analysis_lines(a) -> list[str]:
@@ -136,6 +164,15 @@ def analysis_lines(a) -> list[str]:
 def fits_lines(answer) -> list[str]:
     """`attncost fits` in words: the verdict, the reach, what is at the peak,
     what might fit, how long attention takes at best."""
+    lines = fits_verdict(answer) + ["at the peak:"]
+    lines += [f"  {breakdown_sentence(e)}" for e in peak_entries(answer.breakdown)]
+    what_if = what_if_lines(answer.what_if)
+    return lines + (["what if:"] + [f"  {w}" for w in what_if] if what_if else []) \
+        + roofline_lines(answer.roofline, answer.gpu)
+
+
+def fits_verdict(answer) -> list[str]:
+    """Does it fit, with what headroom; the largest N that does."""
     result, spec = answer.result, answer.gpu
     where = f"{spec.name} ({human_bytes(spec.memory_bytes)} less the reserve)" if spec else "the budget"
     verdict = "fits" if result.fits else "does not fit"
@@ -147,21 +184,25 @@ def fits_lines(answer) -> list[str]:
         lines.append(f"no length fits at B={result.batch}: not even N={answer.lowest_seq_len}")
     else:
         lines.append(f"largest N that fits at B={result.batch}: {result.max_seq_len:,}")
-    lines.append("at the peak:")
-    lines += [f"  {breakdown_sentence(e)}" for e in answer.breakdown]
-    return lines + _what_if_lines(answer.what_if) + _roofline_lines(answer.roofline, spec)
-
-
-def _what_if_lines(alternatives) -> list[str]:
-    lines = ["what if:"] if alternatives else []
-    for w in alternatives:
-        reach = f"up to {w.result.max_seq_len:,} tokens fit" if w.result.max_seq_len else "nothing fits"
-        verdict = "fits" if w.result.fits else "does not fit"
-        lines.append(f"  {w.change}: peak {human_bytes(w.result.peak_memory_bytes)}, {verdict}; {reach}")
     return lines
 
 
-def _roofline_lines(times, spec) -> list[str]:
+def peak_entries(breakdown) -> list:
+    """What is worth naming at the peak: entries of 1% of it or more."""
+    return [e for e in breakdown if e.share >= MIN_SHARE]
+
+
+def what_if_lines(alternatives) -> list[str]:
+    """One line per change that would help."""
+    lines = []
+    for w in alternatives:
+        reach = f"up to {w.result.max_seq_len:,} tokens fit" if w.result.max_seq_len else "nothing fits"
+        verdict = "fits" if w.result.fits else "does not fit"
+        lines.append(f"{w.change}: peak {human_bytes(w.result.peak_memory_bytes)}, {verdict}; {reach}")
+    return lines
+
+
+def roofline_lines(times, spec) -> list[str]:
     if not times:
         return []
     total = sum(t.seconds for t in times)

@@ -33,6 +33,16 @@ def print_validation(result: dict, console: Console) -> None:
     console.print(table)
 
 
+def validation_markdown(result: dict) -> str:
+    """`attncost validate --format markdown`: the same table, in Markdown."""
+    header = [name for name, _ in _COLUMNS]
+    out = [f"**attncost validate on {result.get('device', '?')}**", "",
+           "| " + " | ".join(header) + " |",
+           "|" + "|".join("---:" if j == "right" else "---" for _, j in _COLUMNS) + "|"]
+    out += ["| " + " | ".join(_table_row(r)) + " |" for r in result.get("results", [])]
+    return "\n".join(out) + "\n"
+
+
 def _table_row(r: dict) -> list[str]:
     """One variant's cells; the sweep columns show its largest length (the last point)."""
     points = r.get("points") or []
@@ -77,8 +87,11 @@ def plot_validation(report: dict, path) -> None:
     fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7.5), squeeze=False)
     for col, res in enumerate(results):
         _plot_variant(axes[0][col], axes[1][col], res)
+    measured = any("seconds" in p for r in results for p in r.get("points", []))
+    what = "measured vs formula" if measured else \
+        "formulas only: no measured points on this device (correctness only)"
     fig.suptitle(f"attncost kernels on {report.get('device', '?')} ({report.get('dtype', '')}): "
-                 "measured vs formula", fontsize=12)
+                 f"{what}", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -136,6 +149,9 @@ def _plot_formulas(ax_t, ax_m, res: dict) -> list[int]:
     ax_t.set_ylabel("FLOPs (no timing on this device)")
     ax_m.loglog(ns, [spec.evaluate("memory_bytes", N=n, **values) for n in ns], "-", color="tab:gray",
                 label="formula")
+    for ax in (ax_t, ax_m):
+        ax.text(0.5, 0.5, "no measured points\n(correctness check only)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, color="tab:red", alpha=0.8)
     return ns
 
 

@@ -1,13 +1,14 @@
-"""Trace two layers of a stack of identical layers and replay the rest.
+"""Trace two periods of a stack of repeated layers and replay the rest.
 
-A decoder of L identical layers traces in time proportional to L.  When the
-layers of an ``nn.ModuleList`` have the same structure (class, parameter
-shapes, settings), the model is traced with its first two layers only; the
-second layer's subgraph is then copied L-2 times, rewired to the next
-layer's parameters and to the previous copy's outputs.  The result is the
-graph a full trace would give.  Any doubt (layers that differ, work done
-between layers, two traced layers that do not match op for op) falls back to
-a full trace.
+A decoder of L layers traces in time proportional to L.  When the layers of
+an ``nn.ModuleList`` repeat with a period p (p = 1: identical layers; p = 2:
+Gemma-2's local/global alternation; p = 6: Gemma-3's 5:1) and L is a
+multiple of p, the model is traced with its first 2p layers only; the second
+period's layers are then copied as layers 2p..L-1 (layer i copies layer
+p + i mod p), each rewired to its own parameters and to the values of the
+layers before it.  The result is the graph a full trace would give.  Any
+doubt (layers that differ, work done between layers, two traced periods that
+do not match op for op) falls back to a full trace.
 """
 from __future__ import annotations
 
@@ -26,21 +27,31 @@ MIN_LAYERS = 4
 
 @dataclass
 class RepeatedBlock:
-    """A ModuleList of identical layers, found at ``path``."""
+    """A ModuleList whose layers repeat with ``period``, found at ``path``."""
 
     path: str
     parent: torch.nn.Module
     attr: str
     layers: torch.nn.ModuleList
+    period: int = 1
 
     @property
     def count(self) -> int:
         return len(self.layers)
 
+    @property
+    def traced_count(self) -> int:
+        """Layers kept while tracing: two periods."""
+        return 2 * self.period
 
-def _signature(module: torch.nn.Module, layer_type=None) -> tuple:
+
+def _signature(module: torch.nn.Module | None, layer_type=None) -> tuple:
     """What makes two layers compute the same thing: class, parameter and
-    buffer shapes, and every plain setting except an index."""
+    buffer shapes, and every plain setting except an index.  A ``None`` held
+    in a ModuleList (x-transformers keeps optional norms that way) is a
+    layer of its own kind."""
+    if module is None:
+        return ("None", layer_type)
     parts: list = [type(module).__qualname__, layer_type]
     for name, p in module.named_parameters():
         parts.append((name, tuple(p.shape), p.dtype))
@@ -56,28 +67,38 @@ def _signature(module: torch.nn.Module, layer_type=None) -> tuple:
     return tuple(parts)
 
 
+def period_of(signatures: list) -> int | None:
+    """The smallest period p of a list of layer signatures that saves work:
+    the list is a whole number (at least three) of repeats of its first p."""
+    count = len(signatures)
+    for p in range(1, count // 3 + 1):
+        if count % p == 0 and count >= max(MIN_LAYERS, 3 * p) and \
+                all(signatures[i] == signatures[i % p] for i in range(p, count)):
+            return p
+    return None
+
+
 def find_repeated(model: torch.nn.Module, config=None) -> RepeatedBlock | None:
-    """The longest ModuleList whose layers are all structurally identical."""
-    best = None
+    """The ModuleList whose repetition saves the most layers of tracing."""
+    best, saved = None, 0
     layer_types = getattr(config, "layer_types", None) if config is not None else None
     for path, mod in model.named_modules():
         if not isinstance(mod, torch.nn.ModuleList) or len(mod) < MIN_LAYERS:
             continue
         types = list(layer_types) if layer_types and len(layer_types) == len(mod) else [None] * len(mod)
-        sigs = {_signature(layer, t) for layer, t in zip(mod, types)}
-        if len(sigs) != 1:
+        period = period_of([_signature(layer, t) for layer, t in zip(mod, types)])
+        if period is None or len(mod) - 2 * period <= saved:
             continue
-        if best is None or len(mod) > best.count:
-            parent_path, _, attr = path.rpartition(".")
-            parent = model.get_submodule(parent_path) if parent_path else model
-            best = RepeatedBlock(path, parent, attr, mod)
+        parent_path, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        best, saved = RepeatedBlock(path, parent, attr, mod, period), len(mod) - 2 * period
     return best
 
 
 @contextlib.contextmanager
 def truncated(block: RepeatedBlock) -> Iterator[None]:
-    """Hold only the first two layers while the model is traced."""
-    setattr(block.parent, block.attr, torch.nn.ModuleList(list(block.layers)[:2]))
+    """Hold only the first two periods of layers while the model is traced."""
+    setattr(block.parent, block.attr, torch.nn.ModuleList(list(block.layers)[:block.traced_count]))
     try:
         yield
     finally:
@@ -104,8 +125,8 @@ def _same_op(a: fx.Node, b: fx.Node) -> bool:
     return True
 
 
-def _renamed_stack(stack, prefix: str, index: int):
-    old = f"{prefix}.1"
+def _renamed_stack(stack, prefix: str, old_index: int, index: int):
+    old = f"{prefix}.{old_index}"
     new = f"{prefix}.{index}"
 
     def rename(p: str) -> str:
@@ -115,62 +136,84 @@ def _renamed_stack(stack, prefix: str, index: int):
 
 
 @dataclass
-class _TwoLayers:
-    """The traced layers 0 and 1 of a block, matched op for op."""
+class _TracedLayers:
+    """The traced layers 0..2p-1 of a block, the two periods matched op for op."""
 
-    r0: list[fx.Node]
-    r1: list[fx.Node]
-    #: layer-0 tensor node -> layer-1 tensor node
-    corr: dict[fx.Node, fx.Node]
-    #: layer-1 value -> its users after the stack (carried state or per-layer outputs)
+    period: int
+    #: every node of each traced layer, in graph order
+    regions: list[list[fx.Node]]
+    #: the tensor nodes of each traced layer (same-kind layers align by position)
+    tensors: list[list[fx.Node]]
+    #: tensor node -> (traced layer, position among its tensors)
+    where: dict[fx.Node, tuple[int, int]]
+    #: last traced layer's value -> its users after the stack (carried state)
     outside_users: dict[fx.Node, list[fx.Node]]
 
 
-def _two_layers(nodes: list[fx.Node], block: RepeatedBlock) -> _TwoLayers | None:
-    """Layers 0 and 1 when they do the same tensor work, contiguously, with
-    nothing between them; None when they do not allow a replay."""
-    region: dict[int, list[fx.Node]] = {0: [], 1: []}
+def _regions(nodes: list[fx.Node], block: RepeatedBlock) -> list[list[fx.Node]]:
+    regions: list[list[fx.Node]] = [[] for _ in range(block.traced_count)]
     for n in nodes:
         k = _layer_index(n, block.path)
-        if k in region:
-            region[k].append(n)
-    r0, r1 = region[0], region[1]
-    # Sizes are computed once and shared by later layers, so compare the
-    # tensor work of the two layers, op for op.
-    t0, t1 = [n for n in r0 if _is_tensor(n)], [n for n in r1 if _is_tensor(n)]
-    if not t0 or len(t0) != len(t1) or not all(_same_op(a, b) for a, b in zip(t0, t1)):
-        return None
+        if k is not None and 0 <= k < len(regions):
+            regions[k].append(n)
+    return regions
+
+
+def _in_order(nodes: list[fx.Node], regions: list[list[fx.Node]], period: int) -> bool:
+    """Layers follow each other with no tensor work between them, and each
+    layer of the second period (the ones copied) is contiguous."""
     pos = {n: i for i, n in enumerate(nodes)}
-    if pos[r0[-1]] > pos[r1[0]] or pos[r1[-1]] - pos[r1[0]] + 1 != len(r1):
-        return None
-    # No tensor work between the layers: everything a layer does is inside it.
-    for n in nodes[pos[r0[-1]] + 1: pos[r1[0]]]:
-        if n.op == "call_function" and isinstance(n.meta.get("val"), torch.Tensor):
+    for k, region in enumerate(regions):
+        if k >= period and pos[region[-1]] - pos[region[0]] + 1 != len(region):
+            return False
+        if k + 1 < len(regions):
+            nxt = regions[k + 1]
+            if pos[region[-1]] > pos[nxt[0]]:
+                return False
+            for n in nodes[pos[region[-1]] + 1: pos[nxt[0]]]:
+                if n.op == "call_function" and isinstance(n.meta.get("val"), torch.Tensor):
+                    return False
+    return True
+
+
+def _traced_layers(nodes: list[fx.Node], block: RepeatedBlock) -> _TracedLayers | None:
+    """The traced layers when the two periods do the same tensor work,
+    in order, with nothing between them; None when they do not allow a replay."""
+    p = block.period
+    regions = _regions(nodes, block)
+    tensors = [[n for n in r if _is_tensor(n)] for r in regions]
+    for j in range(p):
+        a, b = tensors[j], tensors[p + j]
+        if not a or len(a) != len(b) or not all(_same_op(x, y) for x, y in zip(a, b)):
             return None
-    in_r0, in_r1 = set(r0), set(r1)
+    if not _in_order(nodes, regions, p):
+        return None
+    inside = {n for r in regions for n in r}
+    where = {n: (k, i) for k, ts in enumerate(tensors) for i, n in enumerate(ts)}
     outside_users = {}
-    for a, b in zip(t0, t1):
-        users_a = [u for u in a.users if u not in in_r0 and u not in in_r1]
-        if users_a and any(u.op != "output" for u in users_a):
-            return None  # a per-layer value consumed by later work: not handled
-        users_b = [u for u in b.users if u not in in_r1]
-        if users_b:
-            outside_users[b] = users_b
-    return _TwoLayers(r0, r1, dict(zip(t0, t1)), outside_users)
+    last = len(regions) - 1
+    for k, ts in enumerate(tensors):
+        for n in ts:
+            users = [u for u in n.users if u not in inside]
+            if k < last and any(u.op != "output" for u in users):
+                return None  # a per-layer value consumed by later work: not handled
+            if k == last and users:
+                outside_users[n] = users
+    return _TracedLayers(p, regions, tensors, where, outside_users)
 
 
-def _layer_parameters(graph: fx.Graph, block: RepeatedBlock, index: int, layer1: set,
-                      kinds: dict[str, str]) -> dict[fx.Node, fx.Node]:
+def _layer_parameters(graph: fx.Graph, block: RepeatedBlock, template: int, index: int,
+                      layer_nodes: set, kinds: dict[str, str]) -> dict[fx.Node, fx.Node]:
     """Placeholders for layer ``index``'s parameters, beside the others:
-    layer 1's parameter placeholder -> the new one."""
-    prefix1 = f"{block.path}.1."
+    the template layer's parameter placeholder -> the new one."""
+    prefix = f"{block.path}.{template}."
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     first_input = next((n for n in placeholders if kinds.get(n.name) == "input"), None)
     out: dict[fx.Node, fx.Node] = {}
     for ph in placeholders:
         name = ph.meta.get("attncost_param")
-        if name and name.startswith(prefix1) and any(u in layer1 for u in ph.users):
-            new_name = f"{block.path}.{index}." + name[len(prefix1):]
+        if name and name.startswith(prefix) and any(u in layer_nodes for u in ph.users):
+            new_name = f"{block.path}.{index}." + name[len(prefix):]
             ctx = graph.inserting_before(first_input) if first_input else \
                 graph.inserting_after(placeholders[-1])
             with ctx:
@@ -182,10 +225,12 @@ def _layer_parameters(graph: fx.Graph, block: RepeatedBlock, index: int, layer1:
     return out
 
 
-def _copy_layer(graph: fx.Graph, two: _TwoLayers, block: RepeatedBlock, index: int,
-                params: dict, prev: dict, after: fx.Node) -> dict[fx.Node, fx.Node]:
-    """Copy layer 1's nodes as layer ``index``, reading the previous layer's
-    values and its own parameters: layer-1 node -> its copy."""
+def _copy_layer(graph: fx.Graph, traced: _TracedLayers, block: RepeatedBlock, index: int,
+                params: dict, values: list[list[fx.Node]], after: fx.Node) -> dict[fx.Node, fx.Node]:
+    """Copy the template of layer ``index`` (layer p + index mod p), reading
+    its own parameters and the values of the layers before it (``values[m]``:
+    layer m's tensor nodes, traced or copied): template node -> its copy."""
+    template = traced.period + index % traced.period
     env: dict[fx.Node, fx.Node] = {}
 
     def remap(x: fx.Node) -> fx.Node:
@@ -193,43 +238,47 @@ def _copy_layer(graph: fx.Graph, two: _TwoLayers, block: RepeatedBlock, index: i
             return env[x]
         if x in params:
             return params[x]
-        if x in two.corr:  # the previous layer's value of this node
-            return prev[two.corr[x]]
+        if x in traced.where:  # a value of an earlier layer, as many layers back
+            layer, position = traced.where[x]
+            return values[index - (template - layer)][position]
         return x  # shared: inputs, masks, sizes
 
-    for b in two.r1:
+    for b in traced.regions[template]:
         with graph.inserting_after(after):
             new = graph.node_copy(b, remap)
         if "nn_module_stack" in b.meta:
             new.meta["nn_module_stack"] = _renamed_stack(b.meta["nn_module_stack"],
-                                                         block.path, index)
+                                                         block.path, template, index)
         env[b] = after = new
     return env
 
 
 def replay_layers(gm: fx.GraphModule, block: RepeatedBlock, kinds: dict[str, str]) -> bool:
-    """Extend a two-layer trace to all layers of ``block``; False (and the
-    graph untouched) when the two traced layers do not allow it."""
+    """Extend a two-period trace to all layers of ``block``; False (and the
+    graph untouched) when the traced periods do not allow it."""
     graph = gm.graph
     nodes = list(graph.nodes)
-    two = _two_layers(nodes, block)
-    if two is None:
+    traced = _traced_layers(nodes, block)
+    if traced is None:
         return False
     output = next(n for n in reversed(nodes) if n.op == "output")
     per_layer_outputs: list[fx.Node] = []
-    prev = {b: b for b in two.corr.values()}  # layer-1 node -> its value in the previous layer
-    last = two.r1[-1]
-    for index in range(2, block.count):
-        params = _layer_parameters(graph, block, index, set(two.r1), kinds)
-        env = _copy_layer(graph, two, block, index, params, prev, last)
-        last = env[two.r1[-1]]
-        per_layer_outputs += [env[b] for b, users in two.outside_users.items()
-                              if any(u.op == "output" for u in users)]
-        prev = env
-    for b, users in two.outside_users.items():
+    values = [list(ts) for ts in traced.tensors]
+    last = traced.regions[-1][-1]
+    for index in range(block.traced_count, block.count):
+        template = traced.period + index % traced.period
+        params = _layer_parameters(graph, block, template, index,
+                                   set(traced.regions[template]), kinds)
+        env = _copy_layer(graph, traced, block, index, params, values, last)
+        last = env[traced.regions[template][-1]]
+        values.append([env[b] for b in traced.tensors[template]])
+        per_layer_outputs += [env[b] for b in traced.tensors[template]
+                              if any(u.op == "output" for u in b.users)]
+    for b, users in traced.outside_users.items():
+        _, position = traced.where[b]
         for u in users:
             if u.op != "output":
-                u.replace_input_with(b, prev[b])
+                u.replace_input_with(b, values[-1][position])
     if per_layer_outputs:
         (outs,) = output.args
         output.args = (list(outs) + per_layer_outputs,)

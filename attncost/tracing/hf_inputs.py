@@ -1,0 +1,114 @@
+"""The inputs a transformers model's forward needs, as functions of N and B.
+
+Read from the forward's signature and the config:
+
+* token ids (B, N) for a text model; for an encoder-decoder (T5, BART)
+  decoder ids (B, N) as well: N is both the encoder's and the decoder's
+  tokens;
+* pixel values for a vision model (ViT, CLIP's vision tower): an image one
+  patch tall and N patches wide, (B, C, p, p·N), so the image has exactly N
+  patches (plus the model's class token) and its pixels grow linearly in N;
+  the model interpolates its position embeddings to that grid, as it does for
+  any image size other than its config's;
+* input features for a speech model: Whisper pads every input to its fixed
+  window (``max_source_positions`` encoder frames, 30 s), so the encoder
+  reads that window and N is the decoder's tokens; a model whose encoder
+  takes any length (Speech2Text) reads N feature frames.
+
+Each case adds a line to the notes that says what N means.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ModelError
+
+
+def _pair(x) -> tuple[int, int]:
+    return (int(x[0]), int(x[1])) if isinstance(x, (tuple, list)) else (int(x), int(x))
+
+
+def _sub(config, name: str):
+    return getattr(config, name, None) or config
+
+
+def _pixels(config) -> tuple[Callable[[int, int], torch.Tensor], str]:
+    vision = _sub(config, "vision_config")
+    patch = getattr(vision, "patch_size", None)
+    if patch is None:
+        raise ModelError(f"{type(config).__name__} takes pixel_values but its config has no "
+                         "patch_size: write a .py file with example_inputs(seq_len, batch=1)")
+    ph, pw = _pair(patch)
+    channels = int(getattr(vision, "num_channels", 3))
+
+    def pixels(n: int, b: int) -> torch.Tensor:
+        return torch.zeros(b, channels, ph, pw * n)
+
+    return pixels, (f"N is the image's patches: pixel_values of {ph}×{pw}·N pixels, one "
+                    f"{ph}×{pw} patch tall and N wide")
+
+
+def _features(config) -> tuple[Callable[[int, int], torch.Tensor], str]:
+    mels, frames = getattr(config, "num_mel_bins", None), getattr(config, "max_source_positions", None)
+    if mels is not None and frames is not None:  # Whisper: a fixed window, two conv strides
+        length = 2 * int(frames)
+
+        def whisper(n: int, b: int) -> torch.Tensor:
+            return torch.zeros(b, int(mels), length)
+
+        return whisper, (f"the encoder reads the fixed audio window ({length} mel frames, "
+                         f"{frames} encoder positions); N is the decoder's tokens")
+    per_channel = getattr(config, "input_feat_per_channel", None)
+    if per_channel is not None:
+        width = int(per_channel) * int(getattr(config, "input_channels", 1))
+
+        def frames_of(n: int, b: int) -> torch.Tensor:
+            return torch.zeros(b, n, width)
+
+        return frames_of, "N is the input's feature frames (and the decoder's tokens)"
+    raise ModelError(f"{type(config).__name__} takes input_features of a layout attncost does "
+                     "not know: write a .py file with example_inputs(seq_len, batch=1)")
+
+
+def _ids(n: int, b: int) -> torch.Tensor:
+    return torch.zeros(b, n, dtype=torch.long)
+
+
+def hf_inputs(model: torch.nn.Module, config, use_cache: bool,
+              last_logits_only: bool) -> tuple[Callable[[int, int], dict], list[str]]:
+    """(example_inputs(seq_len, batch) -> forward kwargs, notes on what N means)."""
+    params = inspect.signature(model.forward).parameters
+    builders: dict[str, Callable[[int, int], Any]] = {}
+    notes: list[str] = []
+    if "pixel_values" in params:
+        builders["pixel_values"], note = _pixels(config)
+        notes.append(note)
+    if "input_features" in params:
+        builders["input_features"], note = _features(config)
+        notes.append(note)
+    if "input_ids" in params:
+        builders["input_ids"] = _ids
+    if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False):
+        builders["decoder_input_ids"] = _ids
+        if "input_ids" in builders:
+            notes.append("N is both the encoder's and the decoder's tokens")
+    if not builders:
+        raise ModelError(f"{type(model).__name__}.forward takes none of input_ids, pixel_values, "
+                         "input_features: write a .py file with example_inputs(seq_len, batch=1)")
+    fixed: dict[str, Any] = {}
+    if "use_cache" in params:
+        fixed["use_cache"] = use_cache
+    if last_logits_only and "logits_to_keep" in params:
+        fixed["logits_to_keep"] = 1
+    if "interpolate_pos_encoding" in params and "pixel_values" in builders:
+        fixed["interpolate_pos_encoding"] = True
+
+    def example_inputs(seq_len: int, batch: int) -> dict:
+        inputs = {name: build(seq_len, batch) for name, build in builders.items()}
+        inputs.update(fixed)
+        return inputs
+
+    return example_inputs, notes
