@@ -10,9 +10,15 @@ A guide marks each command whose output it shows:
 
 and each image it shows with ``<!-- image: attncost plot ... --out FILE -->``.
 ``python docs/build.py`` runs every command (as ``python -m attncost.cli``,
-from the repository root, COLUMNS=100) and rewrites the blocks; ``--check``
-rewrites nothing and exits 1 if any block differs from what its command
-prints now (images are only checked to exist).
+from the repository root) at two terminal widths, COLUMNS=100 and
+COLUMNS=80, and rewrites the blocks; ``--check`` rewrites nothing and exits
+1 if any block differs from what its command prints now (images are only
+checked to exist).
+
+A block shows the 100-column output; ``<!-- run@80: ... -->`` shows the
+80-column one instead.  Either way both are checked: no line is wider than
+its width, and the narrower output keeps every word of the wider one whole
+(a table may fold its rows, never a site name or a number).
 """
 from __future__ import annotations
 
@@ -27,18 +33,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDES = ROOT / "docs" / "guides"
-COLUMNS = "100"
+#: The width a block shows unless it says otherwise, and the narrow one every
+#: output must also fit.
+WIDE, NARROW = 100, 80
 
-RUN_BLOCK = re.compile(r"<!-- run: (?P<command>.+?) -->\n(?P<body>.*?)<!-- end -->", re.DOTALL)
+RUN_BLOCK = re.compile(r"<!-- run(?:@(?P<width>\d+))?: (?P<command>.+?) -->\n(?P<body>.*?)"
+                       r"<!-- end -->", re.DOTALL)
 IMAGE = re.compile(r"<!-- image: (?P<command>.+?) -->")
+#: Characters a word may end in that a fold may move ("formula" / "formula:").
+_PUNCTUATION = ":,;()[]"
 
 
-def run_command(command: str) -> str:
-    """What ``command`` (an `attncost ...` line) prints, as a guide shows it."""
+def run_command(command: str, columns: int = WIDE) -> str:
+    """What ``command`` (an `attncost ...` line) prints at ``columns``, as a guide shows it."""
     argv = shlex.split(command)
     if argv[0] != "attncost":
         raise SystemExit(f"docs/build.py: only attncost commands can run: {command}")
-    env = dict(os.environ, COLUMNS=COLUMNS, PYTHONHASHSEED="0", TERM="dumb")
+    env = dict(os.environ, COLUMNS=str(columns), PYTHONHASHSEED="0", TERM="dumb")
     env.pop("FORCE_COLOR", None)
     done = subprocess.run([sys.executable, "-m", "attncost.cli", *argv[1:]], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -51,8 +62,40 @@ def run_command(command: str) -> str:
     return "\n".join(lines)
 
 
-def block_for(command: str, output: str) -> str:
-    return f"<!-- run: {command} -->\n```\n$ {command}\n{output}\n```\n<!-- end -->"
+def _words(text: str) -> set[str]:
+    """The words of an output, without rules (────) and the punctuation a fold moves."""
+    words = {w.strip(_PUNCTUATION) for w in text.split()}
+    return {w for w in words if w and not set(w) <= set("─━═-|│┃")}
+
+
+def width_problems(command: str, outputs: dict[int, str]) -> list[str]:
+    """Lines wider than their width; words of the wide output cut in the narrow one."""
+    problems = []
+    for width, text in outputs.items():
+        for line in text.splitlines():
+            if len(line) > width:
+                problems.append(f"{command}: a line of {len(line)} columns at {width}: {line[:60]}...")
+    cut = sorted(w for w in _words(outputs[WIDE]) - _words(outputs[NARROW]) if len(w) <= NARROW)
+    if cut:
+        problems.append(f"{command}: at {NARROW} columns these are cut: {', '.join(cut[:5])}")
+    return problems
+
+
+def block_for(command: str, output: str, width: int | None = None) -> str:
+    marker = f"run@{width}" if width and width != WIDE else "run"
+    return f"<!-- {marker}: {command} -->\n```\n$ {command}\n{output}\n```\n<!-- end -->"
+
+
+def _run_all(commands: list[str], images: list[str], jobs: int) -> dict[str, dict[int, str]]:
+    """Every command at both widths (and every image command once)."""
+    runs = [(c, w) for c in commands for w in (WIDE, NARROW)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        printed = list(pool.map(lambda cw: run_command(*cw), runs))
+        list(pool.map(run_command, images))
+    outputs: dict[str, dict[int, str]] = {c: {} for c in commands}
+    for (command, width), text in zip(runs, printed):
+        outputs[command][width] = text
+    return outputs
 
 
 def build(check: bool, jobs: int) -> int:
@@ -62,16 +105,18 @@ def build(check: bool, jobs: int) -> int:
                                   for m in RUN_BLOCK.finditer(text)))
     images = [] if check else list(dict.fromkeys(m.group("command") for text in texts.values()
                                                  for m in IMAGE.finditer(text)))
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        outputs = dict(zip(commands, pool.map(run_command, commands)))
-        list(pool.map(run_command, images))
+    outputs = _run_all(commands, images, jobs)
 
-    stale = []
+    def shown(m) -> str:
+        width = int(m.group("width") or WIDE)
+        return block_for(m.group("command"), outputs[m.group("command")][width], width)
+
+    too_wide = [p for c in commands for p in width_problems(c, outputs[c])]
+    stale: list[str] = []
     for guide, text in texts.items():
-        new = RUN_BLOCK.sub(lambda m: block_for(m.group("command"), outputs[m.group("command")]),
-                            text)
+        new = RUN_BLOCK.sub(shown, text)
         for m in RUN_BLOCK.finditer(text):
-            if block_for(m.group("command"), outputs[m.group("command")]) != m.group(0):
+            if shown(m) != m.group(0):
                 stale.append(f"{guide.relative_to(ROOT)}: {m.group('command')}")
         for m in IMAGE.finditer(text):
             out = shlex.split(m.group("command"))
@@ -83,13 +128,16 @@ def build(check: bool, jobs: int) -> int:
     if stale:
         verb = "stale (run python docs/build.py)" if check else "updated"
         print(f"{len(stale)} output(s) {verb}:\n  " + "\n  ".join(stale))
-    return 1 if (check and stale) else 0
+    if too_wide:  # fixed in attncost's output, not by regenerating
+        print(f"{len(too_wide)} output(s) do not fit:\n  " + "\n  ".join(too_wide))
+    return 1 if (check and stale) or too_wide else 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
-                        help="Change nothing; exit 1 if a guide's output is stale.")
+                        help="Change nothing; exit 1 if a guide's output is stale or does not "
+                             f"fit {NARROW} columns.")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
                         help="Commands run at once.")
     args = parser.parse_args()

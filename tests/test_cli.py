@@ -144,6 +144,8 @@ def example_inputs(seq_len, batch=1):
 
 
 def _llama_config(tmp_path, **extra):
+    """A small llama config; the tests that read one skip without the `hf` extra."""
+    pytest.importorskip("transformers")
     fields = dict(model_type="llama", architectures=["LlamaForCausalLM"], num_hidden_layers=2,
                   hidden_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=1024,
                   intermediate_size=128, max_position_embeddings=1 << 20, use_cache=False)

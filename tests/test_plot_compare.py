@@ -24,6 +24,11 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def _needs_transformers():
+    """Configs need the `hf` extra: without it these tests skip."""
+    pytest.importorskip("transformers")
+
+
 # ------------------------------------------------------------------ plot
 
 
@@ -38,6 +43,7 @@ def test_plot_of_a_python_model_is_a_png(tmp_path):
 
 
 def test_plot_of_a_config_has_a_curve_per_implementation(write_config, tmp_path):
+    _needs_transformers()
     folder = write_config("llama", **SMALL_LLAMA)
     out = tmp_path / "llama.svg"
     result = run("plot", folder, "--seq-len", "256..16k", "--attn-implementation", "eager",
@@ -105,6 +111,7 @@ def test_compare_with_baselines_shows_what_fused_attention_costs(tmp_path):
 
 
 def test_compare_table_puts_implementations_side_by_side(write_config):
+    _needs_transformers()
     folder = write_config("llama", **SMALL_LLAMA)
     result = run("compare", folder, "--seq-len", "512", "--attn-implementation", "eager",
                  "--attn-implementation", "sdpa", "--gpu", "L4", "--format", "json")
@@ -148,6 +155,7 @@ def example_inputs(n, batch=1):
 
 
 def test_fvcore_refuses_a_model_too_large_to_build_here(write_config):
+    _needs_transformers()
     folder = write_config("wide", **dict(SMALL_LLAMA, vocab_size=120_000, hidden_size=256))
     result = run("compare", folder, "--seq-len", "64", "--baseline", "fvcore")
     assert result.exit_code == 2

@@ -31,6 +31,18 @@ def test_unfold_local():
         assert a.at(s.useful_flops, n) == 2 * (2 * 2 * n * 9 * 16)
 
 
+def test_local_unfold_with_the_values_on_the_left():
+    """The product with the weights may take them as its right operand."""
+    a = analyze("local_unfold_values_left")
+    (s,) = a.sites
+    assert (s.variant, s.implementation, s.window, s.heads, s.head_dim) == ("local", "unfold", 7, 2, 16)
+    for n in (16, 40, 64):
+        assert a.at(a.flops, n) == oracle("local_unfold_values_left", n)
+        # each query meets its 7 padded keys: Q·Kᵀ over 16, weights·V over 24, 2 heads
+        assert a.at(s.useful_flops, n) == 2 * 2 * n * 7 * (16 + 24)
+        assert a.at(s.flops, n) == a.at(s.useful_flops, n)
+
+
 def test_masked_sparse_costs_n_squared_but_needs_its_nonzeros():
     from models.masked_sparse import pattern
 
@@ -45,6 +57,19 @@ def test_masked_sparse_costs_n_squared_but_needs_its_nonzeros():
     assert a.at(s.useful_flops) == 2 * (2 * 2 * kept * 8)
     assert s.density == pytest.approx(kept / n**2)
     assert any("block-sparse kernel would skip them" in note for note in site_notes(s))
+
+
+def test_causal_linear_attention_by_prefix_sums():
+    """A cumsum along the sequence mixes tokens: one causal linear site."""
+    a = analyze("scan_linear")
+    (s,) = a.sites
+    assert (s.variant, s.implementation, s.causal, s.heads) == ("linear", "scan", True, 2)
+    assert degree(s.flops, attncost.N) == 1
+    for n in (5, 64, 300):
+        assert a.at(a.flops, n) == oracle("scan_linear", n)
+        # phi(q)·state per position: 2·d·e; the normalizer phi(q)·sum(phi(k)): 2·d
+        assert a.at(s.flops, n) == 2 * n * 2 * 8 * 12 + 2 * n * 2 * 8
+    assert not a.quadratic
 
 
 def test_linear_einsum():

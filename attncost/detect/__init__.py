@@ -6,7 +6,8 @@ order they run; a later one does not claim nodes an earlier site holds:
 
 * fused.py: scaled_dot_product_attention in any aten form, FlexAttention;
 * unfused.py: Q·Kᵀ -> softmax over keys -> ·V, with the masks on the way;
-* linear.py: kernelized attention through a sequence-free state.
+* linear.py: kernelized attention through a sequence-free state;
+* scan.py: causal linear attention through a prefix sum of states.
 
 Masks are read by evaluating them (masks.py); what they let through and
 which variant that makes is patterns/'s answer.
@@ -20,6 +21,7 @@ from ..rules.registry import Registry
 from .fused import find_fused
 from .graph import GraphContext
 from .linear import find_linear
+from .scan import find_scans
 from .site import AttentionSite
 from .unfused import find_unfused
 
@@ -36,6 +38,7 @@ def register_recogniser(name: str) -> Callable[[Recogniser], Recogniser]:
 register_recogniser("fused")(find_fused)
 register_recogniser("unfused")(find_unfused)
 register_recogniser("linear")(find_linear)
+register_recogniser("scan")(find_scans)
 
 
 def find_sites(traced, loaded=None, seq_len: int | None = None,

@@ -50,11 +50,16 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     # The softmax must be over the keys: the axis the Q·Kᵀ product produced.
     if sympy.simplify(t.shape(qk)[-1] - n_keys) != 0 or dim != len(shape) - 1:
         return None
-    pv, prob_path = _walk_forward(softmax)
-    if pv is None or ctx.is_weight(pv.args[-1]):
+    pv, prob_path, p_side = _walk_forward(softmax)
+    if pv is None:
         return None
-    p_operand, v_operand = ctx.product_operands(pv)
-    if t.shape(p_operand) is None or sympy.simplify(t.shape(p_operand)[-1] - n_keys) != 0:
+    operands = ctx.product_operands(pv)
+    p_operand, v_operand = operands[p_side], operands[1 - p_side]
+    # The product contracts the keys: the weights' last axis on the left,
+    # their next-to-last on the right (V_windows @ weightsᵀ).
+    p_shape = t.shape(p_operand)
+    if ctx.is_weight(v_operand) or p_shape is None or \
+            sympy.simplify(p_shape[-1 if p_side == 0 else -2] - n_keys) != 0:
         return None
     heads, n_q = split_rows(sympy.Mul(*shape) / n_keys)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
@@ -63,7 +68,7 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     pattern = masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
     site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
-                           as_int(t.shape(pv)[-1]))
+                           as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
     return build_site(ctx, softmax, site_shape, pattern,
                       nodes=[qk, *score_path, softmax, *prob_path, pv])
 
@@ -148,7 +153,8 @@ def _reaches_product(node: fx.Node, limit: int = 16) -> bool:
 
 
 def _walk_forward(softmax: fx.Node, limit: int = 8):
-    """From the softmax to the product that applies it to V."""
+    """From the softmax to the product that applies it to V: that product,
+    the ops on the way, and which of its two factors the weights are."""
     frontier = [(softmax, [])]
     for _ in range(limit):
         nxt = []
@@ -156,13 +162,14 @@ def _walk_forward(softmax: fx.Node, limit: int = 8):
             for user in node.users:
                 pk = packet(user)
                 if pk in MATMUL_OPS:
-                    p_idx = 1 if pk in BIASED_MATMUL_OPS else 0
-                    if user.args[p_idx] is node:
-                        return user, path
+                    first = 1 if pk in BIASED_MATMUL_OPS else 0
+                    factors = user.args[first:first + 2]
+                    if node in factors:
+                        return user, path, factors.index(node)
                     continue
                 if pk in PROB_OPS or is_view(user) or user.target is getitem:
                     nxt.append((user, path + [user]))
         frontier = nxt
         if not frontier:
             break
-    return None, []
+    return None, [], 0

@@ -62,6 +62,32 @@ def scaled_mm_flops(a, b, *args, out_shape=None, **kwargs):
     return mm_flops(a, b)
 
 
+def _grouped_flops(a, b) -> sympy.Expr:
+    """A grouped product as torch._grouped_mm takes it (rows of a 2-D
+    operand split among groups by ``offs``; a 3-D operand holds one matrix
+    per group).  Every row (or, for 2-D x 2-D, every column of the shared
+    inner dim) belongs to one group, so the work is that of one product of
+    the whole operand: an MoE layer's tokens x top-k rows each meet one
+    expert's matrix.  Rows past ``offs[-1]`` (expert-parallel sentinels) are
+    counted too: the count is an upper bound there."""
+    if len(a) == 2 and len(b) == 3:  # (S, k) rows by group @ (G, k, n)
+        return 2 * a[0] * a[1] * b[2]
+    if len(a) == 3 and len(b) == 2:  # (G, m, k) @ (k, S) columns by group
+        return 2 * a[1] * a[2] * b[1]
+    if len(a) == 2 and len(b) == 2:  # (m, S) @ (S, n), the inner dim by group -> (G, m, n)
+        return 2 * a[0] * a[1] * b[1]
+    g, m, k = a  # (G, m, k) @ (G, k, n): a batched product
+    return 2 * g * m * k * b[2]
+
+
+@FLOP_RULES.register(*[op for op in (getattr(aten, "_grouped_mm", None),
+                                     getattr(aten, "_scaled_grouped_mm", None)) if op is not None])
+def grouped_mm_flops(a, b, *args, out_shape=None, **kwargs):
+    """aten._grouped_mm(a, b, offs) and its scaled form (scales after b):
+    FlopCounterMode counts these 0; attncost counts the matrix work."""
+    return _grouped_flops(a, b)
+
+
 @FLOP_RULES.register(aten.convolution, aten._convolution, aten.cudnn_convolution,
                      aten._slow_conv2d_forward, aten.convolution_overrideable)
 def convolution_flops(x, w, _bias=None, _stride=None, _padding=None, _dilation=None,

@@ -18,17 +18,17 @@ import sympy
 import torch
 import torch.fx.traceback as fx_traceback
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 
 from ..errors import ModelError, first_line
-from ..expr import N
+from ..expr import B, N
 from ..loader import LoadedModel
 from .fake import call_args, fake_parameters
 from .graph import TracedModel, tensor_outputs, tensors_of
 from .inputs import probe_dims, symbolic_inputs
 from .repeat import find_repeated, replay_layers, truncated
+from .unroll import UNROLL_LIMIT, LengthSpecialized, WatchedShapeEnv, quiet_shape_log, unrolled_error
 
 __all__ = ["TracedModel", "tensor_outputs", "tensors_of", "trace"]
 
@@ -70,10 +70,13 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
           progress: Callable[[str], None] | None = None, reuse_layers: bool = True) -> TracedModel:
     """Trace ``loaded`` once; the graph holds for every N in ``n_range``.
 
-    With ``reuse_layers``, a stack of identical layers is traced two layers
+    With ``reuse_layers``, a stack of repeated layers is traced two periods
     deep and the rest replayed (see tracing.repeat); the graph is the same.
+    A model that unrolls a loop over N above tracing.unroll.UNROLL_LIMIT is
+    an error that says so (see tracing.unroll).
     """
     dims = probe_dims(loaded)
+    _check_batch(dims, batch)
     # A batch of 1 would be specialized to the constant 1; trace with 2 and
     # keep B symbolic (nothing is allocated, so the size is free).
     batch_hint = batch if batch >= 2 else 2
@@ -81,25 +84,59 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     block = find_repeated(loaded.module, loaded.config) if reuse_layers else None
     if progress:
         progress("tracing the model with symbolic N")
-    if block is not None:
-        with truncated(block):
-            gm, shape_env, replacements, kinds = _make_graph(loaded, dims, seq_hint, batch_hint)
-        if not replay_layers(gm, block, kinds):
-            block = None
-    if block is None:
-        gm, shape_env, replacements, kinds = _make_graph(loaded, dims, seq_hint, batch_hint)
+    try:
+        made = _trace_truncated(loaded, dims, seq_hint, batch_hint, block) if block else None
+        if made is None:
+            made = _make_graph(loaded, dims, seq_hint, batch_hint)
+    except LengthSpecialized as exc:
+        raise unrolled_error(exc.value, lambda n: _node_count(loaded, dims, n, batch_hint)) \
+            from None
+    gm, shape_env, replacements, kinds = made
     traced = TracedModel(gm, shape_env, replacements, kinds,
                          seq_len_hint=seq_hint, batch_hint=batch_hint)
     traced.guards, traced.n_range = _guards(traced)
     return traced
 
 
-def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int):
+def _trace_truncated(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int, block):
+    """The graph traced two periods deep and replayed, or None where the
+    model does not allow it (code that counts its layers itself raises on
+    the shorter list; traced periods that differ)."""
+    try:
+        with truncated(block):
+            made = _make_graph(loaded, dims, seq_hint, batch_hint)
+    except LengthSpecialized:
+        raise
+    except ModelError:
+        return None
+    return made if replay_layers(made[0], block, made[3]) else None
+
+
+def _check_batch(dims, batch: int) -> None:
+    """A batch above 1 needs inputs whose size follows it."""
+    if batch <= 1:
+        return
+    follows = any(d is not None and B in d.free_symbols for ds in dims if ds for d in ds)
+    if not follows:
+        raise ModelError(f"--batch {batch}: the model's inputs have the same size at every batch "
+                         "(example_inputs builds no batch dim); make example_inputs(seq_len, "
+                         "batch=1) use its batch, or analyse with --batch 1")
+
+
+def _node_count(loaded: LoadedModel, dims, seq_len: int, batch_hint: int) -> int:
+    """Ops in a trace at a small length."""
+    gm = _make_graph(loaded, dims, seq_len, batch_hint, unroll_limit=None)[0]
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function")
+
+
+def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
+                unroll_limit: int | None = UNROLL_LIMIT):
     """make_fx over fake parameters and symbolic inputs."""
     model = loaded.module
-    shape_env = ShapeEnv(duck_shape=False)
+    shape_env = WatchedShapeEnv(duck_shape=False)
     mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
     inputs, replacements = symbolic_inputs(loaded, mode, seq_hint, batch_hint, dims)
+    shape_env.watch([s for s, e in replacements.items() if N in e.free_symbols], unroll_limit)
     params, kinds = fake_parameters(model, mode, loaded.trace_device)
     args, kwargs = call_args(inputs)
 
@@ -110,7 +147,7 @@ def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int):
 
     try:
         with torch.no_grad(), _record_module_paths(model), loaded.trace_context(), \
-                warnings.catch_warnings():
+                warnings.catch_warnings(), quiet_shape_log():
             # Warnings about running eagerly on fake data concern the trace, not the model.
             warnings.simplefilter("ignore")
             gm = make_fx(forward, tracing_mode="symbolic")(params, args, kwargs)

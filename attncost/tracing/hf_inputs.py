@@ -91,6 +91,8 @@ def hf_inputs(model: torch.nn.Module, config, use_cache: bool,
         notes.append(note)
     if "input_ids" in params:
         builders["input_ids"] = _ids
+        if "pixel_values" in builders:
+            notes.append("N is also the text's tokens")
     if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False):
         builders["decoder_input_ids"] = _ids
         if "input_ids" in builders:

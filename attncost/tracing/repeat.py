@@ -79,12 +79,15 @@ def period_of(signatures: list) -> int | None:
 
 
 def find_repeated(model: torch.nn.Module, config=None) -> RepeatedBlock | None:
-    """The ModuleList whose repetition saves the most layers of tracing."""
+    """The ModuleList whose repetition saves the most layers of tracing.
+    A list that holds ``None`` is never one: its entries are placeholders."""
     best, saved = None, 0
     layer_types = getattr(config, "layer_types", None) if config is not None else None
     for path, mod in model.named_modules():
         if not isinstance(mod, torch.nn.ModuleList) or len(mod) < MIN_LAYERS:
             continue
+        if any(layer is None for layer in mod):
+            continue  # placeholders (x-transformers' skip_combines): no layers to replay
         types = list(layer_types) if layer_types and len(layer_types) == len(mod) else [None] * len(mod)
         period = period_of([_signature(layer, t) for layer, t in zip(mod, types)])
         if period is None or len(mod) - 2 * period <= saved:
