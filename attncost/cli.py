@@ -247,7 +247,8 @@ def specs(gpu_specs, fmt):
 @click.option("--device", type=DEVICES, default=None,
               help="Default: cuda when available, else cpu (correctness only).")
 @click.option("--seq-lens", default=None,
-              help="Comma-separated lengths, e.g. 1k,4k,16k (a GPU only: a CPU checks tiny shapes).")
+              help="Comma-separated lengths, e.g. 1k,4k,16k (a GPU only: a CPU checks tiny "
+                   "shapes).")
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write a plot (png/svg).")
 @_format_option()
 @handles_errors

@@ -89,3 +89,24 @@ def as_int(expr) -> int | None:
     """An expression that is a constant, as an int; None if it depends on N or B."""
     expr = sympy.simplify(expr)
     return int(expr) if expr.is_Integer else None
+
+
+#: Lengths every block size up to 16 (and any power of two up to 2**10) divides:
+#: where a model that cuts the sequence into blocks runs.
+ROUND_LENGTHS = (720720 * 2**10, 720720 * 2**12)
+
+
+def settled(expr) -> sympy.Expr:
+    """A length as the model runs it: ``N//(N//8)`` (a block size that the
+    trace wrote through N) is 8, ``(N//8)*(N//(N//8))`` is N, wherever the
+    sequence divides into its blocks; other expressions are kept."""
+    expr = sympy.sympify(expr)
+    if N not in expr.free_symbols or expr.is_polynomial(N):
+        return expr
+    a, b = (value_at(expr, n) for n in ROUND_LENGTHS)
+    if a == b:
+        return sympy.Integer(a)
+    ratio = sympy.Rational(a, ROUND_LENGTHS[0])
+    if ratio == sympy.Rational(b, ROUND_LENGTHS[1]):
+        return ratio * N
+    return expr

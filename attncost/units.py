@@ -112,8 +112,8 @@ def parse_length(text) -> int:
     value = Fraction(m.group(1)) * _LENGTH_SUFFIX[m.group(2).lower()]
     if value.denominator != 1:
         below, above = int(value), int(value) + 1
-        raise AttncostError(f"--seq-len {str(text).strip()} is {float(value):g} tokens, not a whole "
-                            f"number: write {below} or {above}")
+        raise AttncostError(f"--seq-len {str(text).strip()} is {float(value):g} tokens, not a "
+                            f"whole number: write {below} or {above}")
     if value <= 0:
         raise AttncostError(f"--seq-len must be positive, not {text}")
     return int(value)

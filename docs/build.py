@@ -74,7 +74,8 @@ def width_problems(command: str, outputs: dict[int, str]) -> list[str]:
     for width, text in outputs.items():
         for line in text.splitlines():
             if len(line) > width:
-                problems.append(f"{command}: a line of {len(line)} columns at {width}: {line[:60]}...")
+                problems.append(f"{command}: a line of {len(line)} columns at {width}: "
+                                f"{line[:60]}...")
     cut = sorted(w for w in _words(outputs[WIDE]) - _words(outputs[NARROW]) if len(w) <= NARROW)
     if cut:
         problems.append(f"{command}: at {NARROW} columns these are cut: {', '.join(cut[:5])}")

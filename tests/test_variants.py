@@ -59,6 +59,24 @@ def test_masked_sparse_costs_n_squared_but_needs_its_nonzeros():
     assert any("block-sparse kernel would skip them" in note for note in site_notes(s))
 
 
+def test_attention_within_blocks_cut_by_a_reshape_is_local():
+    """Keys per query fixed, taken from the sequence itself: local, not dense."""
+    a = analyze("block_reshape")
+    (s,) = a.sites
+    assert (s.variant, s.implementation, s.window, s.heads, s.head_dim) == ("local", "blocked", 8, 2, 16)
+    assert degree(s.flops, attncost.N) == 1
+    for n in (16, 64, 512):
+        assert a.at(a.flops, n) == oracle("block_reshape", n)
+        # every query meets the 8 keys of its block: 2·8·(16 + 16) per head
+        assert a.at(s.useful_flops, n) == 2 * n * 8 * 2 * (16 + 16)
+
+
+def test_cross_attention_to_a_fixed_context_stays_dense():
+    a = analyze("cross_attention")
+    fixed = [s for s in a.sites if s.key_len == 77]
+    assert fixed and all(s.variant == "dense" for s in fixed)
+
+
 def test_causal_linear_attention_by_prefix_sums():
     """A cumsum along the sequence mixes tokens: one causal linear site."""
     a = analyze("scan_linear")

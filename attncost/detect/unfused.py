@@ -8,7 +8,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, as_int
+from ..expr import N, as_int, settled
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
@@ -36,7 +36,7 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     if shape is None or len(shape) < 2:
         return None
     dim = (softmax.args[1] if len(softmax.args) > 1 else -1) % len(shape)
-    n_keys = shape[dim]
+    n_keys = settled(shape[dim])
     qk, mask_inputs, score_path = _walk_back(softmax.args[0])
     if qk is None:
         return None
@@ -48,7 +48,7 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     if ctx.is_weight(q_operand) or ctx.is_weight(k_operand):
         return None
     # The softmax must be over the keys: the axis the Q·Kᵀ product produced.
-    if sympy.simplify(t.shape(qk)[-1] - n_keys) != 0 or dim != len(shape) - 1:
+    if sympy.simplify(settled(t.shape(qk)[-1]) - n_keys) != 0 or dim != len(shape) - 1:
         return None
     pv, prob_path, p_side = _walk_forward(softmax)
     if pv is None:
@@ -59,9 +59,10 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     # their next-to-last on the right (V_windows @ weightsᵀ).
     p_shape = t.shape(p_operand)
     if ctx.is_weight(v_operand) or p_shape is None or \
-            sympy.simplify(p_shape[-1 if p_side == 0 else -2] - n_keys) != 0:
+            sympy.simplify(settled(p_shape[-1 if p_side == 0 else -2]) - n_keys) != 0:
         return None
-    heads, n_q = split_rows(sympy.Mul(*shape) / n_keys)
+    heads, n_q = split_rows(sympy.Mul(*shape) / shape[dim])
+    n_q = settled(n_q)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
@@ -75,12 +76,17 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
 
 def _implementation(ctx, k_operand: fx.Node, n_keys, pattern: MaskPattern) -> str:
     """How the keys reach the product: cut out by unfold (a window), picked
-    by index (blocks), masked (a pattern on the full matrix) or all of them."""
+    by index (blocks), the sequence cut into blocks by a reshape (each query
+    meets its block's keys), masked (a pattern on the full matrix) or all."""
     k_ops = ctx.ancestor_ops(k_operand)
+    fixed_keys = N not in sympy.sympify(n_keys).free_symbols
     if aten.unfold in k_ops:
         return "unfold"
-    if k_ops & GATHER_OPS and N not in sympy.sympify(n_keys).free_symbols:
+    if k_ops & GATHER_OPS and fixed_keys:
         return "gather"
+    k_shape = ctx.traced.shape(k_operand)
+    if fixed_keys and k_shape is not None and N in sympy.Mul(*k_shape).free_symbols:
+        return "blocked"
     if pattern.kind in ("pattern", "window"):
         return "masked"
     return "unfused"

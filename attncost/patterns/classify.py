@@ -91,10 +91,11 @@ def _counted(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classific
 
 def _fixed_keys(impl: str, values: dict, flops: sympy.Expr) -> Classification:
     """Each query meets a fixed number of keys, all of which the code
-    computes: a window cut out with unfold, blocks gathered by index, or a
-    fixed context (cross-attention to a few tokens)."""
+    computes: a window cut out with unfold, the sequence cut into blocks,
+    blocks gathered by index, or a fixed context (cross-attention to a few
+    tokens, whose keys do not come from the sequence)."""
     kept = as_int(values[SYMBOLS["M"]])
-    if impl == "unfold":
+    if impl in ("unfold", "blocked"):  # a window around each query, or its block
         values[SYMBOLS["w"]] = kept
         return Classification("local", flops, kept, formula("local").complexity, "local", values)
     if impl == "gather":

@@ -57,7 +57,7 @@ def wrapped(lines: list[str], width: int | None = None) -> list[str]:
             out.append(line)
             continue
         indent = " " * (len(line) - len(line.lstrip(" ")))
-        out.extend(textwrap.wrap(line, width=width, initial_indent="", subsequent_indent=indent + "  ",
+        out.extend(textwrap.wrap(line, width=width, subsequent_indent=indent + "  ",
                                  break_long_words=False, break_on_hyphens=False) or [line])
     return out
 

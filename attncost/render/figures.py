@@ -76,7 +76,8 @@ def _draw_curves(data: PlotData, ax_flops, ax_mem, legend: list) -> None:
                            f"{name}: attention the masks let through"))
         # Peak memory: square markers, so it never reads as the FLOPs line in the legend.
         legend.append((_plot_segments(ax_mem, curve, curve.peak_bytes, color=color, lw=width,
-                                      marker="s", ms=4, markevery=max(1, len(curve.seq_lens) // 12)),
+                                      marker="s", ms=4,
+                                      markevery=max(1, len(curve.seq_lens) // 12)),
                        f"{name}: peak memory (right)"))
 
 

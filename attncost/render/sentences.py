@@ -80,7 +80,8 @@ def leading_text(expr: sympy.Expr) -> str:
         return expr_text(lead)
     approx = leading_term(_smooth(expr), N)
     n = 1 << 30
-    exact, guess = value_at(expr, n, 1), value_at(approx, n, 1) if approx.free_symbols <= {N, B} else 0
+    exact = value_at(expr, n, 1)
+    guess = value_at(approx, n, 1) if approx.free_symbols <= {N, B} else 0
     if guess and not approx.has(*_ROUNDING) and abs(exact - guess) <= 0.01 * abs(exact):
         return f"≈ {expr_text(approx)}"
     return f"≈ N^{degree(expr, N)} (measured growth)"

@@ -1,0 +1,302 @@
+"""Real model code that used to end the analysis or make its numbers wrong.
+
+Oracles, each independent of attncost's own trace:
+* FlopCounterMode over a real forward of the real model (tests/oracle.py adds
+  the fused-attention term it misses on a CPU), at a traced length and at
+  one never traced;
+* hand counts from the real shapes, where FlopCounterMode counts 0
+  (aten._grouped_mm in mixture-of-experts layers): the tokens each expert
+  really received, read with a hook on a real forward;
+* a full trace, against the repeated-layer shortcut.
+"""
+from collections import Counter
+
+import pytest
+import torch
+
+import attncost
+from attncost.errors import ModelError
+from attncost.loader import load
+from attncost.rules.flops import node_flops
+from attncost.tracing import trace
+from attncost.tracing.repeat import find_repeated
+from conftest import MODELS
+from oracle import count_flops, load_module
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+
+def _real(fields, impl="sdpa"):
+    """The real model of a config, with real (random) weights."""
+    config = transformers.AutoConfig.for_model(**fields)
+    config._attn_implementation = impl
+    torch.manual_seed(0)
+    return getattr(transformers, fields["architectures"][0])(config).eval()
+
+
+def _ops(t):
+    return [str(n.target) for n in t.graph_module.graph.nodes
+            if n.op == "call_function" and "sym_size" not in str(n.target)]
+
+
+def _total(t):
+    return sum(node_flops(t, n) for n in t.graph_module.graph.nodes)
+
+
+def _outputs(t):
+    return len(list(t.graph_module.graph.nodes)[-1].args[0])
+
+
+def _shortcut_equals_full_trace(loaded, n=40):
+    reused, full = (trace(loaded, n, 1, reuse_layers=r) for r in (True, False))
+    assert _ops(reused) == _ops(full)
+    assert _total(reused) - _total(full) == 0
+    assert _outputs(reused) == _outputs(full)
+
+
+# ------------------------------------------- 1. nothing real ends the analysis
+
+
+def test_modulelist_holding_none_analyses_and_replays_its_period():
+    """x-transformers' layout (ModuleLists holding None, attention and
+    feed-forward alternating): traced two periods deep, equal to a full
+    trace, and equal to FlopCounterMode at lengths never traced."""
+    path = MODELS / "none_in_modulelist.py"
+    loaded = load(path)
+    block = find_repeated(loaded.module)
+    assert (block.path, block.period, block.count) == ("layers", 2, 8)
+    _shortcut_equals_full_trace(loaded)
+    a = attncost.analyze(path, seq_len=40, device="cpu")
+    assert [s.layer for s in a.sites] == [f"layers.{i}" for i in (0, 2, 4, 6)]
+    assert all((s.heads, s.head_dim, s.causal) == (4, 8, True) for s in a.sites)
+    model = load_module(path).build_model().eval()
+    for n in (9, 70):
+        assert a.at(a.flops, n, 1) == count_flops(model, (torch.zeros(1, n, dtype=torch.long),))
+
+
+LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=64,
+             num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+             num_hidden_layers=2, vocab_size=128, max_position_embeddings=512)
+MISTRAL = dict(LLAMA, model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=16)
+
+
+def _no_square_tensor(a, n=4096):
+    """The peak at N = 4096 is below one N×N byte mask (weights are ~100 KB)."""
+    return a.at(a.peak_memory_bytes, n, 1) < n * n
+
+
+@pytest.mark.parametrize("impl", ["flex_attention", "flash_attention_2"])
+def test_fused_implementations_of_a_config_analyse(write_config, impl):
+    """flex_attention (transformers compiles it: traced through the HOP) and
+    flash_attention_2 (modelled by aten's flash kernel) on a sliding-window
+    Mistral: the FLOPs of the real SDPA forward, the window honoured, no N×N
+    mask in memory where the SDPA path keeps one."""
+    folder = write_config("mistral", **MISTRAL)
+    a = attncost.analyze(folder, seq_len=40, attn_implementation=impl, kv_cache=False,
+                         device="cpu")
+    assert a.attn_implementation == impl and len(a.sites) == 2
+    for s in a.sites:
+        assert (s.heads, s.kv_heads, s.head_dim, s.causal) == (4, 2, 16, True)
+    model = _real(MISTRAL)
+    for n in (40, 100):
+        ids = torch.zeros(1, n, dtype=torch.long)
+        assert a.at(a.flops, n, 1) == count_flops(model, (ids,), {"use_cache": False}), n
+    assert _no_square_tensor(a)
+    sdpa = attncost.analyze(folder, seq_len=40, kv_cache=False, device="cpu")
+    assert not _no_square_tensor(sdpa)
+    if impl == "flex_attention":
+        assert all(s.implementation == "flex" and s.window == 16 for s in a.sites)
+    else:
+        flash = [n for n in a.traced.nodes if n.target == torch.ops.aten._flash_attention_forward.default]
+        assert len(flash) == 2
+        assert all(n.kwargs["window_size_left"] == 15 and n.kwargs["window_size_right"] == 0
+                   for n in flash)
+        # what the kernel allocates: a bf16 output and an fp32 log-sum-exp per
+        # query row, plus its 2 + 1 uint64 of RNG state
+        for s in a.sites:
+            assert a.at(s.allocated_bytes, 100, 1) == 100 * 4 * 16 * 2 + 4 * 100 * 4 + 24
+
+
+def test_flash_attention_2_needs_half_precision(write_config):
+    folder = write_config("llama", **LLAMA)
+    with pytest.raises(ModelError, match="--dtype bfloat16"):
+        load(folder, attn_implementation="flash_attention_2", dtype="float32")
+
+
+GEMMA2 = dict(model_type="gemma2", architectures=["Gemma2ForCausalLM"], hidden_size=32,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
+              num_hidden_layers=6, vocab_size=128, max_position_embeddings=512,
+              sliding_window=16)
+BLOOM = dict(model_type="bloom", architectures=["BloomForCausalLM"], hidden_size=32, n_head=4,
+             n_layer=2, vocab_size=128)
+
+
+@pytest.mark.parametrize("fields, works", [(GEMMA2, "eager, flex_attention, flash_attention_2"),
+                                           (BLOOM, "eager")])
+def test_sdpa_incompatible_config_names_what_works(write_config, fields, works):
+    folder = write_config(fields["model_type"], **fields)
+    with pytest.raises(ModelError) as err:
+        load(folder)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 300
+    assert f"no sdpa attention for {fields['architectures'][0]}" in message
+    assert f"it builds with {works}: pass --attn-implementation eager" in message
+
+
+# --------------------------------------- 2. every config gets its inputs
+
+
+T5 = dict(model_type="t5", architectures=["T5ForConditionalGeneration"], d_model=32, d_kv=8,
+          d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, vocab_size=128,
+          relative_attention_num_buckets=8)
+VIT = dict(model_type="vit", architectures=["ViTModel"], hidden_size=32, num_hidden_layers=2,
+           num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
+WHISPER = dict(model_type="whisper", architectures=["WhisperForConditionalGeneration"],
+               d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=8,
+               max_source_positions=24, max_target_positions=256, vocab_size=128, pad_token_id=0,
+               bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+CLIP = dict(model_type="clip", architectures=["CLIPModel"], projection_dim=16,
+            text_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                             num_hidden_layers=2, vocab_size=128, max_position_embeddings=256),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                               num_hidden_layers=2, image_size=32, patch_size=8))
+
+
+def _ids(n):
+    return torch.zeros(1, n, dtype=torch.long)
+
+
+def _strip(n):  # one 8×8 patch tall, n patches wide
+    return torch.zeros(1, 3, 8, 8 * n)
+
+
+#: name -> (config, real inputs at n, (query, key) lengths of each site with N=n,
+#: note that says what N means)
+INPUTS = {
+    "t5": (T5, lambda n: {"input_ids": _ids(n), "decoder_input_ids": _ids(n), "use_cache": False},
+           lambda n: [(n, n)] * 6, "encoder's and the decoder's tokens"),
+    "vit": (VIT, lambda n: {"pixel_values": _strip(n), "interpolate_pos_encoding": True},
+            lambda n: [(n + 1, n + 1)] * 2, "image's patches"),
+    "whisper": (WHISPER, lambda n: {"input_features": torch.zeros(1, 8, 48),
+                                    "decoder_input_ids": _ids(n), "use_cache": False},
+                lambda n: [(24, 24)] * 2 + [(n, n), (n, 24)] * 2, "decoder's tokens"),
+    "clip": (CLIP, lambda n: {"input_ids": _ids(n), "pixel_values": _strip(n),
+                              "interpolate_pos_encoding": True},
+             lambda n: [(n + 1, n + 1)] * 2 + [(n, n)] * 2, "text's tokens"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_config_folder_alone_gets_the_inputs_its_forward_needs(write_config, name):
+    fields, real_inputs, lengths, meaning = INPUTS[name]
+    folder = write_config(name, **fields)
+    a = attncost.analyze(folder, seq_len=40, kv_cache=False, device="cpu")
+    assert any(meaning in note for note in a.loaded.notes)
+    model = _real(fields)
+    for n in (40, 67):
+        assert a.at(a.flops, n, 1) == count_flops(model, (), real_inputs(n)), (name, n)
+        got = [(a.at(s.query_len, n, 1), a.at(s.key_len, n, 1)) for s in a.sites]
+        assert sorted(got) == sorted(lengths(n)), (name, n)
+    assert all((s.heads, s.head_dim) == (4, 8) for s in a.sites)
+
+
+# ----------------------------------------------- 3. grouped matmuls (MoE)
+
+
+MIXTRAL = dict(model_type="mixtral", architectures=["MixtralForCausalLM"], hidden_size=32,
+               num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+               num_hidden_layers=2, vocab_size=128, max_position_embeddings=512,
+               num_local_experts=4, num_experts_per_tok=2)
+DEEPSEEK_MOE = dict(model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
+                    hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+                    qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, kv_lora_rank=32,
+                    q_lora_rank=48, num_hidden_layers=3, first_k_dense_replace=1,
+                    intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8,
+                    n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1,
+                    vocab_size=128, max_position_embeddings=512)
+
+
+def _expert_work(model, routed: list):
+    """Hook every experts module: per call, Σ_e tokens_e · (2·h·2i + 2·i·h)
+    from the routing it received and its weights' shapes."""
+    def hook(mod, args):
+        counts = torch.bincount(args[1].reshape(-1), minlength=mod.num_experts)
+        _, up_out, up_in = mod.gate_up_proj.shape
+        _, down_out, down_in = mod.down_proj.shape
+        routed.append(int(counts.sum()) * (2 * up_out * up_in + 2 * down_out * down_in))
+        assert int(counts.sum()) == args[1].numel()  # every routed pair reaches one expert
+
+    return [m.register_forward_pre_hook(hook) for m in model.modules()
+            if type(m).__name__.endswith("Experts")]
+
+
+@pytest.mark.parametrize("fields", [MIXTRAL, DEEPSEEK_MOE], ids=["mixtral", "deepseek_v3"])
+def test_grouped_matmuls_count_the_experts_real_work(write_config, fields):
+    """FlopCounterMode counts aten._grouped_mm as 0: the oracle is its count
+    plus the experts' work read off the real routing."""
+    folder = write_config(fields["model_type"], **fields)
+    a = attncost.analyze(folder, seq_len=40, kv_cache=False, device="cpu")
+    model = _real(fields)
+    routed: list[int] = []
+    _expert_work(model, routed)
+    for n in (40, 77):
+        routed.clear()
+        counted = count_flops(model, (torch.randint(0, 128, (1, n)),), {"use_cache": False})
+        assert routed and sum(routed) > 0
+        assert a.at(a.flops, n, 1) == counted + sum(routed), n
+
+
+LAYOUTS = {  # (a, b, offsets): the four layouts torch._grouped_mm takes
+    "2d x 3d": ((24, 8), (3, 8, 16), [8, 16, 24]),
+    "3d x 2d": ((3, 16, 8), (8, 24), [8, 16, 24]),
+    "2d x 2d": ((16, 24), (24, 8), [8, 16, 24]),
+    "3d x 3d": ((3, 16, 8), (3, 8, 16), None),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_grouped_mm_rule_equals_its_groups_as_separate_products(layout):
+    """The rule against FlopCounterMode over the same product split into one
+    mm per group (which it does count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from attncost.rules.flops import grouped_mm_flops
+
+    sa, sb, offs = LAYOUTS[layout]
+    a, b = torch.randn(sa), torch.randn(sb)
+    ends = offs or list(range(1, sa[0] + 1))
+    starts = [0] + ends[:-1]
+    with FlopCounterMode(display=False) as fc:
+        for g, (s, e) in enumerate(zip(starts, ends)):
+            if layout == "2d x 3d":
+                a[s:e] @ b[g]
+            elif layout == "3d x 2d":
+                a[g] @ b[:, s:e]
+            elif layout == "2d x 2d":
+                a[:, s:e] @ b[s:e]
+            else:
+                a[g] @ b[g]
+    assert grouped_mm_flops(sa, sb) == fc.get_total_flops()
+    out = torch._grouped_mm(a, b, torch.tensor(offs, dtype=torch.int32) if offs else None)
+    assert out.numel() > 0
+
+
+# ------------------------------------------ 4. repeated structure by its period
+
+
+def test_alternating_layers_trace_one_period_and_replay(write_config):
+    """Gemma-2's local/global layers (6, a period of 2): two periods traced,
+    the rest replayed, the same graph as a full trace."""
+    folder = write_config("gemma2", **GEMMA2)
+    loaded = load(folder, attn_implementation="eager", kv_cache=True)
+    block = find_repeated(loaded.module, loaded.config)
+    assert (block.path, block.period, block.count) == ("model.layers", 2, 6)
+    _shortcut_equals_full_trace(loaded)
+    a = attncost.analyze(loaded, seq_len=40, device="cpu")
+    assert [s.layer for s in a.sites] == [f"model.layers.{i}" for i in range(6)]
+    assert [s.variant for s in a.sites] == ["local", "dense"] * 3
+    model = _real(GEMMA2, "eager")
+    for n in (9, 70):
+        assert a.at(a.flops, n, 1) == count_flops(model, (_ids(n),), {"use_cache": True})
