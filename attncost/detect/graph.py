@@ -8,7 +8,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B
+from ..expr import B, settled
 from ..rules.flops import FLOP_RULES
 from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, MATMUL_OPS, is_view, packet
 
@@ -98,7 +98,7 @@ class GraphContext:
 
 def split_rows(rows: sympy.Expr) -> tuple[int, sympy.Expr]:
     """Split score rows (B·H·N_q) into heads H and query length N_q."""
-    per_batch = sympy.simplify(rows / B) if B in rows.free_symbols else rows
+    per_batch = settled(sympy.simplify(rows / B) if B in rows.free_symbols else rows)
     coeff, rest = sympy.factor(per_batch).as_coeff_Mul()
     if coeff.is_Integer and coeff > 0:
         return int(coeff), rest

@@ -8,12 +8,13 @@ to patterns.mask, which names it.
 """
 from __future__ import annotations
 
+import sympy
 import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_flatten
 
 from ..errors import first_line
-from ..expr import value_at
+from ..expr import N, value_at
 from ..patterns.mask import MaskPattern, allowed_pairs, classify_allowed
 from ..patterns.measure import fit_pairs, is_prefix_stable
 
@@ -121,6 +122,34 @@ def pattern_of(ctx, masks: list[tuple[fx.Node, str]]) -> MaskPattern:
     if additive and pattern.kind == "full" and _is_float(additive[0]):
         pattern.notes.append("an additive bias of N×N entries is applied to the scores")
     return pattern
+
+
+#: Lengths a blocked site's mask is counted at: multiples of every block up to 1024.
+COUNT_LENGTHS = (1024, 2048, 3072, 4096)
+
+
+def counted_pairs(ctx, masks: list[tuple[fx.Node, str]], scores: fx.Node, heads: int):
+    """Allowed (query, key) pairs per head of a site whose scores are laid
+    out in blocks or windows (not N×N), as a polynomial in N: the mask,
+    broadcast to the scores, counted at several lengths; None if it does
+    not fit a polynomial of degree <= 2 or cannot be evaluated."""
+    lo, hi = ctx.traced.n_range
+    lengths = [n for n in COUNT_LENGTHS if n >= lo and (hi is None or n <= hi)]
+    if len(lengths) < 4:
+        return None
+    reader = _MaskReader(ctx, masks)
+    counts = []
+    for n in lengths:
+        try:
+            allowed = reader(n)
+        except _CannotEvaluate:
+            return None
+        shape = [value_at(ctx.traced.expr(d), n, 2) for d in scores.meta["val"].shape]
+        if allowed is None:
+            return None
+        counts.append(sympy.Rational(int(allowed.expand(shape).sum()), 2 * heads))
+    poly = sympy.interpolate(list(zip(lengths[:3], counts[:3])), N)
+    return sympy.expand(poly) if value_at(poly * 1, lengths[3]) == counts[3] else None
 
 
 def _is_float(node: fx.Node) -> bool:

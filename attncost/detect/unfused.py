@@ -8,7 +8,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, as_int, settled
+from ..expr import N, as_int, settled, value_at
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
@@ -62,11 +62,17 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
             sympy.simplify(settled(p_shape[-1 if p_side == 0 else -2]) - n_keys) != 0:
         return None
     heads, n_q = split_rows(sympy.Mul(*shape) / shape[dim])
-    n_q = settled(n_q)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
     pattern = masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
+    if mask_inputs and N not in sympy.sympify(n_keys).free_symbols:
+        # Scores in blocks or windows: the mask's pairs, counted in sequence terms.
+        pattern.pairs = masks.counted_pairs(ctx, mask_inputs, softmax, heads)
+        if pattern.pairs is not None:
+            pattern.notes = []
+            computed = ctx.seq_len * int(n_keys)
+            pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / computed)
     site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
                            as_int(t.shape(pv)[-1 if p_side == 0 else -2]))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from ..expr import B, N, as_int, degree, value_at
+from ..expr import B, N, as_int, degree, settled, value_at
 from .formulas import SYMBOLS, formula
 from .mask import MaskPattern
 
@@ -43,7 +43,10 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
     n_q, n_k = values[SYMBOLS["N"]], values[SYMBOLS["M"]]
     keys_grow = N in sympy.sympify(n_k).free_symbols
     if not keys_grow and N in sympy.sympify(n_q).free_symbols:
-        return _fixed_keys(impl, values, flops)
+        c = _fixed_keys(impl, values, flops)
+        if pattern.pairs is not None:  # a mask inside the blocks: what it lets through
+            c.useful_flops = sympy.expand(_per_pair(values, flops) * pattern.pairs)
+        return c
     if pattern.kind == "causal":
         f = formula("causal_dense")
         return Classification("dense", f.at("useful_flops", values), None, f.complexity,
@@ -62,7 +65,8 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
 
 def _per_pair(values: dict, flops: sympy.Expr) -> sympy.Expr:
     """The work of one (query, key) pair: the site's work over its N_q·N_k pairs."""
-    return sympy.cancel(flops / (values[SYMBOLS["N"]] * values[SYMBOLS["M"]]))
+    work = sympy.cancel(flops / (values[SYMBOLS["N"]] * values[SYMBOLS["M"]]))
+    return work if N not in work.free_symbols else B * settled(sympy.cancel(work / B))
 
 
 def _window_useful(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> sympy.Expr:
