@@ -27,8 +27,11 @@ def test_unfold_local():
     assert degree(s.flops, attncost.N) == 1
     for n in (16, 40, 64):
         assert a.at(a.flops, n) == oracle("local_unfold", n)
-        # each query meets its 9 padded keys: Q·Kᵀ and P·V, 2 heads of 16
-        assert a.at(s.useful_flops, n) == 2 * (2 * 2 * n * 9 * 16)
+        # as written each query meets 9 keys, padding included: Q·Kᵀ and P·V, 2 heads of 16
+        assert a.at(s.flops, n) == 2 * (2 * 2 * n * 9 * 16)
+        # needed: the real positions within 4 of each query, counted here
+        pairs = sum(min(i + 4, n - 1) - max(i - 4, 0) + 1 for i in range(n))
+        assert a.at(s.useful_flops, n) == 2 * 2 * pairs * (16 + 16)
 
 
 def test_local_unfold_with_the_values_on_the_left():
@@ -38,9 +41,11 @@ def test_local_unfold_with_the_values_on_the_left():
     assert (s.variant, s.implementation, s.window, s.heads, s.head_dim) == ("local", "unfold", 7, 2, 16)
     for n in (16, 40, 64):
         assert a.at(a.flops, n) == oracle("local_unfold_values_left", n)
-        # each query meets its 7 padded keys: Q·Kᵀ over 16, weights·V over 24, 2 heads
-        assert a.at(s.useful_flops, n) == 2 * 2 * n * 7 * (16 + 24)
-        assert a.at(s.flops, n) == a.at(s.useful_flops, n)
+        # as written each query meets 7 keys, padding included: Q·Kᵀ over 16, weights·V over 24
+        assert a.at(s.flops, n) == 2 * 2 * n * 7 * (16 + 24)
+        # needed: the real positions within 3 of each query, counted here
+        pairs = sum(min(i + 3, n - 1) - max(i - 3, 0) + 1 for i in range(n))
+        assert a.at(s.useful_flops, n) == 2 * 2 * pairs * (16 + 24)
 
 
 def test_masked_sparse_costs_n_squared_but_needs_its_nonzeros():

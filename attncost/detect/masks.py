@@ -11,12 +11,11 @@ from __future__ import annotations
 import sympy
 import torch
 import torch.fx as fx
-from torch.utils._pytree import tree_flatten
 
-from ..errors import first_line
 from ..expr import N, value_at
 from ..patterns.mask import MaskPattern, allowed_pairs, classify_allowed
 from ..patterns.measure import fit_pairs, is_prefix_stable
+from .evaluate import CannotEvaluate, evaluate_node
 
 #: Longest length at which a mask is evaluated (its N×N entries are built):
 #: a window longer than this looks causal.
@@ -44,11 +43,11 @@ def _first(allowed: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def read_pattern(allowed_at, seq_len: int) -> MaskPattern:
     """Name what ``allowed_at(n)`` (a boolean matrix, or raises
-    _CannotEvaluate) lets through, and count its pairs as a function of N."""
+    CannotEvaluate) lets through, and count its pairs as a function of N."""
     n, shorter = allowed_at.lengths
     try:
         big = allowed_at(n)
-    except _CannotEvaluate as why:
+    except CannotEvaluate as why:
         return MaskPattern("unknown", notes=[f"mask not evaluated: {why}"])
     if big is None:
         return MaskPattern("unknown")
@@ -70,7 +69,7 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, shorter:
     say that its density was measured at one length."""
     try:
         stable = is_prefix_stable(first, _first(allowed_at(shorter))[0])
-    except _CannotEvaluate:
+    except CannotEvaluate:
         stable = False
     count = fit_pairs(first) if stable else None
     if count is None:
@@ -104,10 +103,10 @@ def _evaluated(ctx, mask: fx.Node, n: int):
     if (mask, n) not in cache:
         try:
             cache[(mask, n)] = evaluate_node(ctx, mask, n)
-        except _CannotEvaluate as why:
+        except CannotEvaluate as why:
             cache[(mask, n)] = why
     value = cache[(mask, n)]
-    if isinstance(value, _CannotEvaluate):
+    if isinstance(value, CannotEvaluate):
         raise value
     return value
 
@@ -142,7 +141,7 @@ def counted_pairs(ctx, masks: list[tuple[fx.Node, str]], scores: fx.Node, heads:
     for n in lengths:
         try:
             allowed = reader(n)
-        except _CannotEvaluate:
+        except CannotEvaluate:
             return None
         shape = [value_at(ctx.traced.expr(d), n, 2) for d in scores.meta["val"].shape]
         if allowed is None:
@@ -172,106 +171,9 @@ def pattern_of_mask_mod(ctx, mask_mod) -> MaskPattern:
             with torch.no_grad():
                 out = fn(zero, zero, q, kv)
         except Exception as exc:
-            raise _CannotEvaluate(f"mask_mod raised {type(exc).__name__}") from None
+            raise CannotEvaluate(f"mask_mod raised {type(exc).__name__}") from None
         out = out[0] if isinstance(out, (tuple, list)) else out
         return torch.as_tensor(out).to(torch.bool).expand(n, n).contiguous()
 
     allowed_at.lengths = _probe_lengths(ctx)
     return read_pattern(allowed_at, ctx.seq_len)
-
-
-def _buffer_data(loaded, name: str | None) -> torch.Tensor | None:
-    """A buffer's real data, when the model was built with it (not on meta)."""
-    if loaded is None or not name:
-        return None
-    try:
-        buf = loaded.module.get_buffer(name)
-    except AttributeError:
-        return None
-    return None if buf.device.type == "meta" else buf
-
-
-class _CannotEvaluate(Exception):
-    pass
-
-
-#: Most bytes of weights a mask may read; they are given as zeros (a mask
-#: that adds a learned bias to a -inf pattern keeps its pattern).
-MAX_WEIGHT_BYTES = 64 << 20
-
-
-def _zeros_like(p: fx.Node, kind: str) -> torch.Tensor:
-    val = p.meta.get("val")
-    if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in val.shape):
-        raise _CannotEvaluate(f"it depends on the model's {kind}s")
-    if val.numel() * val.element_size() > MAX_WEIGHT_BYTES:
-        raise _CannotEvaluate(f"it depends on the model's {kind}s ({val.numel():,} values)")
-    return torch.zeros(val.shape, dtype=val.dtype)
-
-
-def _needed(traced, target: fx.Node, sizes: tuple[int, int]) -> tuple[set[fx.Node], dict[fx.Node, int]]:
-    """The nodes ``target`` depends on, and the sizes among them (known from
-    the shapes alone, so their own inputs are not needed)."""
-    needed: set[fx.Node] = set()
-    scalars: dict[fx.Node, int] = {}
-    stack = [target]
-    while stack:
-        n = stack.pop()
-        if n in needed or n in scalars:
-            continue
-        val = n.meta.get("val")
-        if n is not target and isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
-            scalars[n] = value_at(traced.expr(val), *sizes)
-            continue
-        needed.add(n)
-        stack.extend(n.all_input_nodes)
-    return needed, scalars
-
-
-def _feeds(ctx, needed: set[fx.Node], n_eval: int, batch: int) -> dict[fx.Node, torch.Tensor]:
-    """Concrete values for the needed placeholders: inputs built at n_eval,
-    buffers with their data; a needed weight cannot be given."""
-    traced, loaded = ctx.traced, ctx.loaded
-    feeds: dict[fx.Node, torch.Tensor] = {}
-    for p in traced.placeholders("parameter") + traced.placeholders("buffer"):
-        if p not in needed:
-            continue
-        kind = traced.placeholder_kinds[p.name]
-        data = _buffer_data(loaded, p.meta.get("attncost_param")) if kind == "buffer" else None
-        feeds[p] = data if data is not None else _zeros_like(p, kind)
-    if loaded is None:
-        raise _CannotEvaluate("no inputs to evaluate it on")
-    with torch.device("cpu"):
-        flat, _ = tree_flatten(loaded.example_inputs(n_eval, batch))
-    input_nodes = traced.placeholders("input")
-    if len(input_nodes) > len(flat):
-        raise _CannotEvaluate("inputs do not line up with the graph")
-    # Placeholders for non-tensor leaves are not in the graph: match by position of tensors.
-    tensors = [x for x in flat if isinstance(x, torch.Tensor)] if len(input_nodes) != len(flat) else flat
-    feeds.update((node, value) for node, value in zip(input_nodes, tensors) if node in needed)
-    return feeds
-
-
-def evaluate_node(ctx, target: fx.Node, n_eval: int):
-    """Run the part of the graph that computes ``target`` at length n_eval on
-    concrete inputs; weights are not needed (a mask that reads them raises)."""
-    gm = ctx.traced.graph_module
-    batch = 2
-    needed, scalars = _needed(ctx.traced, target, (n_eval, batch))
-    feeds = _feeds(ctx, needed, n_eval, batch)
-    env: dict[fx.Node, object] = dict(scalars)
-    sub = fx.Graph()
-    order = [n for n in gm.graph.nodes if n in feeds]
-    for node in order:
-        env[node] = sub.placeholder(node.name)
-    for node in gm.graph.nodes:
-        if node in needed and node.op != "placeholder":
-            env[node] = sub.node_copy(node, lambda x: env[x])
-    sub.output(env[target])
-    try:
-        # Rooted at the traced module so that constants (get_attr) resolve.
-        module = fx.GraphModule(gm, sub)
-        with torch.no_grad():
-            return module(*[feeds[n] for n in order])
-    except Exception as exc:  # the mask code needs something we cannot give it
-        raise _CannotEvaluate(f"{type(exc).__name__}: {first_line(exc)}")

@@ -14,6 +14,7 @@ from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
     packet
 from . import masks
+from .positions import pattern_of_positions
 from .graph import PROB_OPS, SCORE_OPS, split_rows
 from .site import AttentionSite, SiteShape, build_site
 
@@ -65,19 +66,31 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
-    pattern = masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
-    if mask_inputs and N not in sympy.sympify(n_keys).free_symbols:
-        # Scores in blocks or windows: the mask's pairs, counted in sequence terms.
-        pattern.pairs = masks.counted_pairs(ctx, mask_inputs, softmax, heads)
-        if pattern.pairs is not None:
-            pattern.notes = []
-            computed = ctx.seq_len * int(n_keys)
-            pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / computed)
+    pattern = _site_pattern(ctx, (qk, softmax, q_operand, k_operand), mask_inputs, n_keys, heads)
     site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
                            as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
     return build_site(ctx, softmax, site_shape, pattern,
                       nodes=[qk, *score_path, softmax, *prob_path, pv])
+
+
+def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int) -> MaskPattern:
+    """What the site lets through: its masks read as N×N, or, when its
+    scores are laid out in blocks or windows, the positions it pairs
+    (probed), or at least the pairs its masks allow, counted."""
+    qk, softmax, q_operand, k_operand = site
+    if N in sympy.sympify(n_keys).free_symbols:
+        return masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
+    probed = pattern_of_positions(ctx, qk, softmax, q_operand, k_operand)
+    if probed is not None:
+        return probed
+    pattern = masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
+    if mask_inputs:
+        pattern.pairs = masks.counted_pairs(ctx, mask_inputs, softmax, heads)
+    if pattern.pairs is not None:
+        pattern.notes = []
+        pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / (ctx.seq_len * int(n_keys)))
+    return pattern
 
 
 def _implementation(ctx, k_operand: fx.Node, n_keys, pattern: MaskPattern) -> str:

@@ -44,8 +44,11 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
     keys_grow = N in sympy.sympify(n_k).free_symbols
     if not keys_grow and N in sympy.sympify(n_q).free_symbols:
         c = _fixed_keys(impl, values, flops)
-        if pattern.pairs is not None:  # a mask inside the blocks: what it lets through
+        if pattern.kind == "window" and pattern.window:  # read in sequence positions
+            c.useful_flops, c.window = _window_useful(pattern, values, flops), pattern.window
+        elif pattern.pairs is not None:  # what the blocks and their masks let through
             c.useful_flops = sympy.expand(_per_pair(values, flops) * pattern.pairs)
+            c.window = pattern.reach or c.window
         return c
     if pattern.kind == "causal":
         f = formula("causal_dense")
@@ -75,7 +78,8 @@ def _window_useful(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> sym
     w = pattern.window
     values[SYMBOLS["w"]] = w
     if pattern.symmetric:
-        inside, short = formula("local_symmetric").at("useful_flops", values), flops
+        inside = formula("local_symmetric").at("useful_flops", values)
+        short = sympy.expand(_per_pair(values, flops) * N * N)
         edge = (w + 1) // 2
     else:
         inside = formula("local").at("useful_flops", values)

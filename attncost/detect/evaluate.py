@@ -1,0 +1,119 @@
+"""Run part of a traced graph on concrete data at a chosen length.
+
+Masks, and the positions a site pairs, are read by running the nodes that
+compute them on the inputs ``example_inputs`` builds at that length: sizes
+come from the shapes, buffers keep their data, weights are zeros (up to a
+size), and any node may be given a value instead of being computed.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch.utils._pytree import tree_flatten
+
+from ..errors import first_line
+from ..expr import value_at
+
+
+def _buffer_data(loaded, name: str | None) -> torch.Tensor | None:
+    """A buffer's real data, when the model was built with it (not on meta)."""
+    if loaded is None or not name:
+        return None
+    try:
+        buf = loaded.module.get_buffer(name)
+    except AttributeError:
+        return None
+    return None if buf.device.type == "meta" else buf
+
+
+class CannotEvaluate(Exception):
+    pass
+
+
+#: Most bytes of weights a mask may read; they are given as zeros (a mask
+#: that adds a learned bias to a -inf pattern keeps its pattern).
+MAX_WEIGHT_BYTES = 64 << 20
+
+
+def _zeros_like(p: fx.Node, kind: str) -> torch.Tensor:
+    val = p.meta.get("val")
+    if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in val.shape):
+        raise CannotEvaluate(f"it depends on the model's {kind}s")
+    if val.numel() * val.element_size() > MAX_WEIGHT_BYTES:
+        raise CannotEvaluate(f"it depends on the model's {kind}s ({val.numel():,} values)")
+    return torch.zeros(val.shape, dtype=val.dtype)
+
+
+def _needed(traced, target: fx.Node, sizes: tuple[int, int],
+            given=()) -> tuple[set[fx.Node], dict[fx.Node, int]]:
+    """The nodes ``target`` depends on, and the sizes among them (known from
+    the shapes alone, so their own inputs are not needed); the ``given``
+    nodes are fed, so their inputs are not needed either."""
+    needed: set[fx.Node] = set()
+    scalars: dict[fx.Node, int] = {}
+    stack = [target]
+    while stack:
+        n = stack.pop()
+        if n in needed or n in scalars:
+            continue
+        if n in given:
+            needed.add(n)
+            continue
+        val = n.meta.get("val")
+        if n is not target and isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
+            scalars[n] = value_at(traced.expr(val), *sizes)
+            continue
+        needed.add(n)
+        stack.extend(n.all_input_nodes)
+    return needed, scalars
+
+
+def _feeds(ctx, needed: set[fx.Node], n_eval: int, batch: int) -> dict[fx.Node, torch.Tensor]:
+    """Concrete values for the needed placeholders: inputs built at n_eval,
+    buffers with their data; a needed weight cannot be given."""
+    traced, loaded = ctx.traced, ctx.loaded
+    feeds: dict[fx.Node, torch.Tensor] = {}
+    for p in traced.placeholders("parameter") + traced.placeholders("buffer"):
+        if p not in needed:
+            continue
+        kind = traced.placeholder_kinds[p.name]
+        data = _buffer_data(loaded, p.meta.get("attncost_param")) if kind == "buffer" else None
+        feeds[p] = data if data is not None else _zeros_like(p, kind)
+    if loaded is None:
+        raise CannotEvaluate("no inputs to evaluate it on")
+    with torch.device("cpu"):
+        flat, _ = tree_flatten(loaded.example_inputs(n_eval, batch))
+    input_nodes = traced.placeholders("input")
+    if len(input_nodes) > len(flat):
+        raise CannotEvaluate("inputs do not line up with the graph")
+    # Placeholders for non-tensor leaves are not in the graph: match by position of tensors.
+    tensors = [x for x in flat if isinstance(x, torch.Tensor)] if len(input_nodes) != len(flat) else flat
+    feeds.update((node, value) for node, value in zip(input_nodes, tensors) if node in needed)
+    return feeds
+
+
+def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
+    """Run the part of the graph that computes ``target`` at length n_eval on
+    concrete inputs (B=2), with the ``given`` nodes' values replaced;
+    weights it reads are zeros, up to a size."""
+    gm = ctx.traced.graph_module
+    batch = 2
+    given = given or {}
+    needed, scalars = _needed(ctx.traced, target, (n_eval, batch), given)
+    feeds = {**_feeds(ctx, needed - set(given), n_eval, batch), **given}
+    env: dict[fx.Node, object] = dict(scalars)
+    sub = fx.Graph()
+    order = [n for n in gm.graph.nodes if n in feeds]
+    for node in order:
+        env[node] = sub.placeholder(node.name)
+    for node in gm.graph.nodes:
+        if node in needed and node not in feeds and node.op != "placeholder":
+            env[node] = sub.node_copy(node, lambda x: env[x])
+    sub.output(env[target])
+    try:
+        # Rooted at the traced module so that constants (get_attr) resolve.
+        module = fx.GraphModule(gm, sub)
+        with torch.no_grad():
+            return module(*[feeds[n] for n in order])
+    except Exception as exc:  # the mask code needs something we cannot give it
+        raise CannotEvaluate(f"{type(exc).__name__}: {first_line(exc)}")

@@ -1,0 +1,142 @@
+"""Which sequence positions a site's scores pair, read by running the site on
+positions.
+
+Code that cuts the sequence into windows or blocks (unfold, a reshape into
+blocks, padding and concatenating neighbours) computes scores whose rows
+and columns are not sequence positions.  To know which (query, key) pairs
+it lets through, the query and key operands are recomputed with their
+source tensors replaced by position codes (position j + 1 along the
+sequence axis), and the softmax is evaluated as the model computes it
+(weights read as zeros, so the scores are equal and only masks decide):
+each allowed entry pairs the query position of its row with the key
+position of its column.  The result is an N×N boolean matrix in sequence
+coordinates, named and counted like any mask (patterns/).
+"""
+from __future__ import annotations
+
+import sympy
+import torch
+import torch.fx as fx
+
+from ..expr import N, settled, value_at
+from ..rules.ops import COPY_OPS, is_view, packet
+from .evaluate import CannotEvaluate, evaluate_node
+from .masks import read_pattern
+
+aten = torch.ops.aten
+
+#: Ops that move, copy or transform values at each position without mixing
+#: positions (rotary embeddings are muls and adds with position tables).
+_PER_POSITION = frozenset({aten.constant_pad_nd, aten.cat, aten.slice, aten.expand,
+                           aten.repeat, aten.mul, aten.div, aten.add, aten.sub, aten.neg}) | COPY_OPS
+
+
+def sequence_source(ctx, node: fx.Node, limit: int = 32) -> tuple[fx.Node, int] | None:
+    """The farthest tensor, walking back through per-position ops along the
+    activation, with one axis of length N, and that axis."""
+    found = None
+    for _ in range(limit):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            break
+        shape = ctx.traced.shape(node)
+        axes = [i for i, d in enumerate(shape or ()) if sympy.simplify(settled(d) - N) == 0]
+        if len(axes) == 1:
+            found = (node, axes[0])
+        if not (is_view(node) or packet(node) in _PER_POSITION):
+            break
+        inputs = list(node.args[0]) if packet(node) is aten.cat else node.all_input_nodes
+        node = next((a for a in inputs if _carries_activations(ctx, a)), None)
+    return found
+
+
+def _carries_activations(ctx, node) -> bool:
+    """Does this value depend on the model's floating inputs through tensors
+    (not only through sizes, as position tables do)?"""
+    if not isinstance(node, fx.Node) or ctx.traced.shape(node) is None:
+        return False
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        val = n.meta.get("val")
+        if n in seen or not (isinstance(val, torch.Tensor) or (
+                isinstance(val, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in val))):
+            continue
+        seen.add(n)
+        if n.op == "placeholder":
+            if ctx.traced.placeholder_kinds.get(n.name) == "input" and \
+                    n.meta["val"].is_floating_point():
+                return True
+            if ctx.traced.placeholder_kinds.get(n.name) == "parameter":
+                return True  # embeddings of token ids: activations too
+            continue
+        stack.extend(n.all_input_nodes)
+    return False
+
+
+def _codes(ctx, source: fx.Node, axis: int, n: int) -> torch.Tensor:
+    """Position + 1 in every entry at that position, in a tensor of the
+    source's shape at N=n: per-position rotations and scalings keep the norm
+    of each position's vector proportional to it."""
+    val = source.meta["val"]
+    shape = [value_at(ctx.traced.expr(d), n, 2) for d in val.shape]
+    codes = torch.arange(1, shape[axis] + 1, dtype=torch.float32)
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return codes.view(view).expand(shape).contiguous().to(val.dtype)
+
+
+def _decoded(norms: torch.Tensor) -> torch.Tensor:
+    """Positions + 1 from per-position norms (the smallest nonzero is position 1)."""
+    positive = norms[norms > 1e-6]
+    if not len(positive):
+        return torch.zeros_like(norms)
+    return norms / positive.min()
+
+
+def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, n: int):
+    """The N×N matrix of (query position, key position) pairs the site lets
+    through at N=n, or None when its operands do not lead back to positions."""
+    q_src, k_src = sequence_source(ctx, q_operand), sequence_source(ctx, k_operand)
+    if q_src is None or k_src is None:
+        return None
+    try:
+        q_pos = evaluate_node(ctx, q_operand, n, {q_src[0]: _codes(ctx, *q_src, n)})
+        k_pos = evaluate_node(ctx, k_operand, n, {k_src[0]: _codes(ctx, *k_src, n)})
+        weights = evaluate_node(ctx, softmax, n)
+    except CannotEvaluate:
+        return None
+    rows = _decoded(torch.as_tensor(q_pos).double().norm(dim=-1))   # (batch, m)
+    cols = _decoded(torch.as_tensor(k_pos).double().norm(dim=-2))   # (batch, k)
+    p = torch.as_tensor(weights).reshape(rows.shape[0], rows.shape[-1], cols.shape[-1])
+    valid = (p > 0) & _is_position(rows, n)[..., :, None] & _is_position(cols, n)[..., None, :]
+    qi = rows[..., :, None].expand_as(p)[valid].round().long() - 1
+    kj = cols[..., None, :].expand_as(p)[valid].round().long() - 1
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    allowed[qi, kj] = True
+    return allowed if bool(allowed.any(dim=1).all()) else None
+
+
+#: Lengths a site is probed at: multiples of every power-of-two block up to 1024.
+PROBE_LENGTHS = (2048, 1024)
+
+
+def pattern_of_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand):
+    """The site's pattern in sequence coordinates, or None if it cannot be probed."""
+    lo, hi = ctx.traced.n_range
+    lengths = [n for n in PROBE_LENGTHS if n >= lo and (hi is None or n <= hi)]
+    if len(lengths) < 2:
+        return None
+
+    def allowed_at(n: int):
+        allowed = allowed_positions(ctx, qk, softmax, q_operand, k_operand, n)
+        if allowed is None:
+            raise CannotEvaluate("the site's positions could not be read")
+        return allowed
+
+    allowed_at.lengths = tuple(lengths)
+    pattern = read_pattern(allowed_at, ctx.seq_len)
+    return None if pattern.kind == "unknown" else pattern
+
+
+def _is_position(codes: torch.Tensor, n: int) -> torch.Tensor:
+    return (codes >= 0.5) & (codes <= n + 0.5) & ((codes - codes.round()).abs() < 1e-3)
