@@ -84,6 +84,8 @@ class Analysis:
     loaded: LoadedModel | None = field(default=None, repr=False)
     #: one-line warnings, e.g. a formula evaluated outside ``n_range``
     warnings: list[str] = field(default_factory=list)
+    #: what loading the model decided (what N means for its inputs, defaults a config relies on)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def attention_flops(self) -> sympy.Expr:
@@ -183,4 +185,4 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
         peak_memory_bytes=memory.peak_bytes, n_range=traced.n_range, memory=memory,
         guards=traced.guards, source=loaded.source, attn_implementation=loaded.attn_implementation,
         kv_cache=loaded.kv_cache, quadratic=quadratic_tensors(traced, sites),
-        traced=traced, loaded=loaded)
+        traced=traced, loaded=loaded, notes=list(getattr(loaded, "notes", [])))

@@ -136,7 +136,7 @@ SEQ_LEN = click.option("--seq-len", "seq_len", type=LENGTH, required=True,
 GPU_SPEC = click.option("--gpu-spec", "gpu_specs", multiple=True, type=click.Path(),
                         help="A YAML file of more GPUs.")
 GPU_HELP = "A GPU from `attncost specs` (nvidia-smi's name, e.g. 'NVIDIA H100 80GB HBM3', works)"
-SIZE_HELP = "GiB or G are 2^30 bytes, GB is 10^9 (80GB = 74.5 GiB)"
+SIZE_HELP = "GiB or G are 2^30 bytes, GB is 10^9 bytes: 80GB = 74.5 GiB"
 
 
 def _reserve_option(each: str = ""):

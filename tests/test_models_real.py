@@ -48,8 +48,20 @@ def _outputs(t):
     return len(list(t.graph_module.graph.nodes)[-1].args[0])
 
 
-def _shortcut_equals_full_trace(loaded, n=40):
+def _shortcut_equals_full_trace(loaded, monkeypatch, n=40):
+    """The shortcut was taken (the replay succeeded) and its graph is a full trace's."""
+    import attncost.tracing as tracing
+
+    replayed = []
+
+    def spy(*args):
+        replayed.append(real_replay(*args))
+        return replayed[-1]
+
+    real_replay = tracing.replay_layers
+    monkeypatch.setattr(tracing, "replay_layers", spy)
     reused, full = (trace(loaded, n, 1, reuse_layers=r) for r in (True, False))
+    assert replayed == [True]
     assert _ops(reused) == _ops(full)
     assert _total(reused) - _total(full) == 0
     assert _outputs(reused) == _outputs(full)
@@ -58,7 +70,7 @@ def _shortcut_equals_full_trace(loaded, n=40):
 # ------------------------------------------- 1. nothing real ends the analysis
 
 
-def test_modulelist_holding_none_analyses_and_replays_its_period():
+def test_modulelist_holding_none_analyses_and_replays_its_period(monkeypatch):
     """x-transformers' layout (ModuleLists holding None, attention and
     feed-forward alternating): traced two periods deep, equal to a full
     trace, and equal to FlopCounterMode at lengths never traced."""
@@ -66,7 +78,7 @@ def test_modulelist_holding_none_analyses_and_replays_its_period():
     loaded = load(path)
     block = find_repeated(loaded.module)
     assert (block.path, block.period, block.count) == ("layers", 2, 8)
-    _shortcut_equals_full_trace(loaded)
+    _shortcut_equals_full_trace(loaded, monkeypatch)
     a = attncost.analyze(path, seq_len=40, device="cpu")
     assert [s.layer for s in a.sites] == [f"layers.{i}" for i in (0, 2, 4, 6)]
     assert all((s.heads, s.head_dim, s.causal) == (4, 8, True) for s in a.sites)
@@ -93,17 +105,18 @@ def test_fused_implementations_of_a_config_analyse(write_config, impl):
     Mistral: the FLOPs of the real SDPA forward, the window honoured, no N×N
     mask in memory where the SDPA path keeps one."""
     folder = write_config("mistral", **MISTRAL)
-    a = attncost.analyze(folder, seq_len=40, attn_implementation=impl, kv_cache=False,
+    # Past one 128-wide block: FlexAttention's block mask branches on it.
+    a = attncost.analyze(folder, seq_len=300, attn_implementation=impl, kv_cache=False,
                          device="cpu")
     assert a.attn_implementation == impl and len(a.sites) == 2
     for s in a.sites:
         assert (s.heads, s.kv_heads, s.head_dim, s.causal) == (4, 2, 16, True)
     model = _real(MISTRAL)
-    for n in (40, 100):
+    for n in (300, 1000):
         ids = torch.zeros(1, n, dtype=torch.long)
         assert a.at(a.flops, n, 1) == count_flops(model, (ids,), {"use_cache": False}), n
     assert _no_square_tensor(a)
-    sdpa = attncost.analyze(folder, seq_len=40, kv_cache=False, device="cpu")
+    sdpa = attncost.analyze(folder, seq_len=300, kv_cache=False, device="cpu")
     assert not _no_square_tensor(sdpa)
     if impl == "flex_attention":
         assert all(s.implementation == "flex" and s.window == 16 for s in a.sites)
@@ -286,17 +299,20 @@ def test_grouped_mm_rule_equals_its_groups_as_separate_products(layout):
 # ------------------------------------------ 4. repeated structure by its period
 
 
-def test_alternating_layers_trace_one_period_and_replay(write_config):
-    """Gemma-2's local/global layers (6, a period of 2): two periods traced,
-    the rest replayed, the same graph as a full trace."""
-    folder = write_config("gemma2", **GEMMA2)
+@pytest.mark.parametrize("layers", [6, 7])
+def test_alternating_layers_trace_one_period_and_replay(write_config, monkeypatch, layers):
+    """Gemma-2's local/global layers (a period of 2; 7 layers end on a
+    partial period): two periods traced, the rest replayed, the same graph
+    as a full trace, the FLOPs of the real model."""
+    fields = dict(GEMMA2, num_hidden_layers=layers)
+    folder = write_config("gemma2", **fields)
     loaded = load(folder, attn_implementation="eager", kv_cache=True)
     block = find_repeated(loaded.module, loaded.config)
-    assert (block.path, block.period, block.count) == ("model.layers", 2, 6)
-    _shortcut_equals_full_trace(loaded)
+    assert (block.path, block.period, block.count) == ("model.layers", 2, layers)
+    _shortcut_equals_full_trace(loaded, monkeypatch)
     a = attncost.analyze(loaded, seq_len=40, device="cpu")
-    assert [s.layer for s in a.sites] == [f"model.layers.{i}" for i in range(6)]
-    assert [s.variant for s in a.sites] == ["local", "dense"] * 3
-    model = _real(GEMMA2, "eager")
-    for n in (9, 70):
+    assert [s.layer for s in a.sites] == [f"model.layers.{i}" for i in range(layers)]
+    assert [s.variant for s in a.sites] == (["local", "dense"] * 4)[:layers]
+    model = _real(fields, "eager")
+    for n in (20, 70):
         assert a.at(a.flops, n, 1) == count_flops(model, (_ids(n),), {"use_cache": True})

@@ -29,7 +29,8 @@ def read_fused(ctx, node: fx.Node) -> AttentionSite:
     kv_direct = as_int(ks[1]) or heads
     ratio = as_int(ctx.expand_ratio(k)) or 1
     kv_heads = max(1, kv_direct // ratio) if kv_direct % ratio == 0 else kv_direct
-    impl = "flex" if node.target is FLEX_ATTENTION else "sdpa"
+    impl = "flex" if node.target is FLEX_ATTENTION else \
+        "flash" if packet(node) in FLASH_FORWARD_OPS else "sdpa"
     shape = SiteShape(impl, heads, kv_heads, as_int(qs[-1]) or 0, qs[-2], ks[-2],
                       node_flops(t, node, ctx.flop_rules), as_int(vs[-1]))
     return build_site(ctx, node, shape, _pattern(ctx, node, impl), nodes=[node])
@@ -42,8 +43,25 @@ def _pattern(ctx, node: fx.Node, impl: str) -> MaskPattern:
         mask_mod = block_mask[-1] if isinstance(block_mask, tuple) and block_mask else None
         return masks.pattern_of_mask_mod(ctx, mask_mod)
     args = schema_args(node)
+    window = _kernel_window(args)
+    if window is not None:
+        return window
     if isinstance(args.get("attn_mask"), fx.Node):
         return masks.pattern_of(ctx, [(args["attn_mask"], "allowed")])
     if args.get("is_causal", False):
         return MaskPattern.causal_mask()
     return MaskPattern.full()
+
+
+def _kernel_window(args: dict) -> MaskPattern | None:
+    """The sliding window a flash kernel is called with (window_size_left /
+    right: keys before and after each query), or None when it has none."""
+    left, right = args.get("window_size_left"), args.get("window_size_right")
+    if not isinstance(left, int) or left < 0:
+        return None
+    causal = bool(args.get("is_causal", False)) or right == 0
+    if causal:
+        return MaskPattern("window", causal=True, window=left + 1)
+    if isinstance(right, int) and right == left:
+        return MaskPattern("window", window=2 * left + 1, symmetric=True)
+    return None

@@ -78,7 +78,7 @@ def build_site(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,
         useful_flops=c.useful_flops, complexity=c.complexity, density=pattern.density,
         mask=pattern.kind, nodes=[n.name for n in nodes], notes=list(pattern.notes),
         formula=c.as_written, matches_formula=matches_formula(shape.flops, c.as_written, values))
-    # FlexAttention skips masked blocks itself: no waste to report.
-    if shape.implementation != "flex":
+    # FlexAttention and a windowed flash kernel skip masked blocks themselves.
+    if shape.implementation not in ("flex", "flash"):
         site.waste_factor = waste_factor(site.flops, site.useful_flops, ctx.seq_len)
     return site

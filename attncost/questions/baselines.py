@@ -349,7 +349,7 @@ def _real_model_and_inputs(a: Analysis):
             with torch.device("cpu"):
                 model = type(loaded.module)(loaded.module.config)
         else:
-            from ..loader import import_file
+            from ..loader.files import import_file
 
             source = import_file(Path(loaded.path))
             builder = getattr(source, "build_model", None)

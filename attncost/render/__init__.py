@@ -48,9 +48,12 @@ def _structured(data, fmt: str, yaml_blank_line: bool = True) -> bool:
 
         write(json.dumps(data, indent=2))
     elif fmt == "yaml":
+        import json
+
         import yaml
 
-        write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+        plain = json.loads(json.dumps(data))  # the JSON's own types: tuples become lists
+        write(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True),
               newline=yaml_blank_line)
     else:
         return False

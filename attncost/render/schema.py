@@ -65,6 +65,7 @@ def analysis_dict(a) -> dict:
         "peak_breakdown": [breakdown_dict(e) for e in a.memory.breakdown(a.seq_len, a.batch, top=5)],
         "hidden_quadratic": bool(a.hidden_quadratics()),
         "warnings": [clean(w) for w in a.warnings],
+        "notes": [clean(n) for n in a.notes],
     }
 
 
@@ -124,6 +125,7 @@ def comparison_dict(c) -> dict:
             "max_seq_len": ch.max_seq_len, "fits": ch.fits,
             "totals": totals_dict(a),
             "warnings": [clean(w) for w in a.warnings],
+        "notes": [clean(n) for n in a.notes],
         })
     return {"model": c.model, "seq_len": c.seq_len, "batch": c.batch, "device": c.device,
             "gpu": c.gpu, "budget_bytes": c.budget_bytes, "choices": choices,

@@ -147,6 +147,7 @@ def _hidden_quadratic_line(a) -> list[str]:
 def analysis_lines(a) -> list[str]:
     """The summary under the sites table."""
     lines = _flop_lines(a) + _memory_lines(a)
+    lines += [f"note: {note}" for note in getattr(a, "notes", [])]
     if not a.sites:
         lines.append("no attention found in this model")
     lines += _hidden_quadratic_line(a)

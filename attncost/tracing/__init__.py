@@ -27,6 +27,7 @@ from ..loader import LoadedModel
 from .fake import call_args, fake_parameters
 from .graph import TracedModel, tensor_outputs, tensors_of
 from .inputs import probe_dims, symbolic_inputs
+from .patches import flex_uncompiled
 from .repeat import find_repeated, replay_layers, truncated
 from .unroll import UNROLL_LIMIT, LengthSpecialized, WatchedShapeEnv, quiet_shape_log, unrolled_error
 
@@ -146,8 +147,8 @@ def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
         return tensors_of(functional_call(model, params, args, kwargs))
 
     try:
-        with torch.no_grad(), _record_module_paths(model), loaded.trace_context(), \
-                warnings.catch_warnings(), quiet_shape_log():
+        with torch.no_grad(), _record_module_paths(model), flex_uncompiled(), \
+                loaded.trace_context(), warnings.catch_warnings(), quiet_shape_log():
             # Warnings about running eagerly on fake data concern the trace, not the model.
             warnings.simplefilter("ignore")
             gm = make_fx(forward, tracing_mode="symbolic")(params, args, kwargs)

@@ -2,11 +2,13 @@
 
 A decoder of L layers traces in time proportional to L.  When the layers of
 an ``nn.ModuleList`` repeat with a period p (p = 1: identical layers; p = 2:
-Gemma-2's local/global alternation; p = 6: Gemma-3's 5:1) and L is a
-multiple of p, the model is traced with its first 2p layers only; the second
-period's layers are then copied as layers 2p..L-1 (layer i copies layer
-p + i mod p), each rewired to its own parameters and to the values of the
-layers before it.  The result is the graph a full trace would give.  Any
+Gemma-2's local/global alternation; p = 6: Gemma-3's 5:1), the model is
+traced with its first 2p layers only; the second period's layers are then
+copied as layers 2p..L-1 (layer i copies layer p + i mod p), each rewired to
+its own parameters and to the values of the layers before it.  When L is not
+a multiple of p, the last layer is of another kind than the last traced one:
+the work after the stack may then read only the layer's output (its last
+value), which is rewired to the last layer's output.  The result is the graph a full trace would give.  Any
 doubt (layers that differ, work done between layers, two traced periods that
 do not match op for op) falls back to a full trace.
 """
@@ -69,10 +71,11 @@ def _signature(module: torch.nn.Module | None, layer_type=None) -> tuple:
 
 def period_of(signatures: list) -> int | None:
     """The smallest period p of a list of layer signatures that saves work:
-    the list is a whole number (at least three) of repeats of its first p."""
+    the list repeats its first p at least three times (a last, partial
+    period included: 26 layers of Gemma-3's 5:1 have a period of 6)."""
     count = len(signatures)
     for p in range(1, count // 3 + 1):
-        if count % p == 0 and count >= max(MIN_LAYERS, 3 * p) and \
+        if count >= max(MIN_LAYERS, 3 * p) and \
                 all(signatures[i] == signatures[i % p] for i in range(p, count)):
             return p
     return None
@@ -202,6 +205,9 @@ def _traced_layers(nodes: list[fx.Node], block: RepeatedBlock) -> _TracedLayers 
                 return None  # a per-layer value consumed by later work: not handled
             if k == last and users:
                 outside_users[n] = users
+    if block.count % p and any(n is not tensors[last][-1] and any(u.op != "output" for u in us)
+                               for n, us in outside_users.items()):
+        return None  # a partial last period whose inner values are read after the stack
     return _TracedLayers(p, regions, tensors, where, outside_users)
 
 
@@ -278,7 +284,8 @@ def replay_layers(gm: fx.GraphModule, block: RepeatedBlock, kinds: dict[str, str
         per_layer_outputs += [env[b] for b in traced.tensors[template]
                               if any(u.op == "output" for u in b.users)]
     for b, users in traced.outside_users.items():
-        _, position = traced.where[b]
+        # the same value of the last layer (a partial last period: its output)
+        position = traced.where[b][1] if block.count % block.period == 0 else -1
         for u in users:
             if u.op != "output":
                 u.replace_input_with(b, values[-1][position])

@@ -1,6 +1,7 @@
 """performer-pytorch (lucidrains): PerformerLM, 2 layers of 2 heads of 16
-(dim 32), 24 random features (nb_features), causal=False: FAVOR+ linear attention, phi(K)ᵀV then phi(Q)·(phi(K)ᵀV),
-normalized by phi(Q)·sum(phi(K)).
+(dim 32), 24 random features (nb_features), causal=False: FAVOR+ linear
+attention, phi(K)ᵀV then phi(Q)·(phi(K)ᵀV), normalized by phi(Q)·sum(phi(K))
+(performer_pytorch.py, linear_attention).
 """
 import torch
 

@@ -1,7 +1,8 @@
 """performer-pytorch (lucidrains): PerformerLM, 2 layers of 2 heads of 16
-(dim 32), 24 random features (nb_features), causal=True: FAVOR+ with prefix sums; without fast_transformers' CUDA kernel it
-runs causal_linear_attention_noncuda (a Python loop over t.chunk(128) pieces,
-cumsum of the k⊗v outer products).
+(dim 32), 24 random features (nb_features), causal=True: FAVOR+ by prefix
+sums.  Without fast_transformers' CUDA kernel it runs
+causal_linear_attention_noncuda: a Python loop over t.chunk(128) pieces (1
+token each up to N=128), cumsum of the k⊗v outer products and of phi(K).
 """
 import torch
 

@@ -100,7 +100,7 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def _torchvision_importable() -> bool:
     try:
-        import torchvision  # noqa: F401
+        importlib.import_module("torchvision")
     except Exception:
         sys.modules.pop("torchvision", None)
         return False

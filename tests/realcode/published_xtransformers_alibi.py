@@ -1,4 +1,5 @@
-"""x-transformers (lucidrains): TransformerWrapper + Decoder, alibi_pos_bias=True: an ALiBi bias added to causal unfused scores.
+"""x-transformers (lucidrains): TransformerWrapper + Decoder, alibi_pos_bias=True:
+an ALiBi bias added to the causal unfused scores.
 
 2 layers, 2 heads of 16, dim 32.
 """
@@ -8,14 +9,12 @@ from published_support import require
 
 x_transformers = require("x_transformers")
 
-#: attn_max_attend_past of the window variant
-WINDOW_PAST = 16
-
 
 def build_model():
     return x_transformers.TransformerWrapper(
         num_tokens=64, max_seq_len=8192,
-        attn_layers=x_transformers.Decoder(dim=32, depth=2, heads=2, attn_dim_head=16, alibi_pos_bias=True))
+        attn_layers=x_transformers.Decoder(dim=32, depth=2, heads=2, attn_dim_head=16,
+                                           alibi_pos_bias=True))
 
 
 def example_inputs(seq_len, batch=1):

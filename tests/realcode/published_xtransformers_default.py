@@ -1,4 +1,5 @@
-"""x-transformers (lucidrains): TransformerWrapper + Decoder, the default Decoder: causal softmax attention, unfused (einsum, masked_fill with a triu mask).
+"""x-transformers (lucidrains): TransformerWrapper + Decoder, the default Decoder:
+causal softmax attention, unfused (einsum, masked_fill with a triu mask).
 
 2 layers, 2 heads of 16, dim 32.
 """
@@ -7,9 +8,6 @@ import torch
 from published_support import require
 
 x_transformers = require("x_transformers")
-
-#: attn_max_attend_past of the window variant
-WINDOW_PAST = 16
 
 
 def build_model():

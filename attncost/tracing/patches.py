@@ -1,18 +1,21 @@
-"""Run transformers' attention code on fake tensors the way it runs on a GPU.
+"""Run attention code on fake tensors the way it runs on a GPU.
 
-Each context here is entered while a transformers model is traced (and
-while its memory is replayed), and tells transformers what real data or a
-real GPU would tell it:
+Each context here is entered while a model is traced (and while its memory
+is replayed), and tells the code what real data or a real GPU would tell it:
 
-* ``unpacked_sequences``: no packed sequences, so SDPA runs its causal
-  kernel with no mask;
-* ``flex_without_compile``: ``flex_attention`` is called directly (the HOP
-  torch.compile would capture) instead of through transformers'
-  ``torch.compile`` wrapper, which make_fx cannot trace; its block masks are
-  built without the N×N element mask that eager ``create_block_mask``
-  materialises and the compiled one fuses away;
-* ``flash_attention``: ``flash_attention_2`` (the flash-attn package, absent
-  here and CUDA-only) is modelled by aten's flash kernel,
+* ``flex_uncompiled`` (every model): torch's ``flex_attention`` calls its
+  HOP directly instead of through ``torch.compile`` (its eager path), which
+  make_fx records as one op; through dynamo a second trace in the same
+  process fails on dynamo's cache;
+* ``unpacked_sequences`` (transformers): no packed sequences, so SDPA runs
+  its causal kernel with no mask;
+* ``flex_without_compile`` (transformers): ``flex_attention`` is called
+  directly instead of through transformers' ``torch.compile`` wrapper, which
+  make_fx cannot trace; its block masks are built without the N×N element
+  mask that eager ``create_block_mask`` materialises and the compiled one
+  fuses away;
+* ``flash_attention`` (transformers): ``flash_attention_2`` (the flash-attn
+  package: CUDA-only, absent here) is modelled by aten's flash kernel,
   ``_flash_attention_forward``: no mask, the causal flag, the sliding window
   as flash-attn receives it, the output and a log-sum-exp per query row.
 """
@@ -46,6 +49,12 @@ def _import(module: str):
         return __import__(module, fromlist=["_"])
     except ImportError:
         return None
+
+
+def flex_uncompiled():
+    """FlexAttention's HOP called directly (see the module's docstring)."""
+    return _patched(_import("torch.nn.attention.flex_attention"),
+                    "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG", True)
 
 
 def unpacked_sequences():
@@ -167,6 +176,7 @@ def trace_context(model: torch.nn.Module, impl: str) -> Callable[[], contextlib.
     @contextlib.contextmanager
     def context() -> Iterator[None]:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(flex_uncompiled())
             stack.enter_context(unpacked_sequences())
             if impl == "flex_attention":
                 stack.enter_context(flex_without_compile())
