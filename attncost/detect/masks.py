@@ -77,6 +77,7 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, shorter:
                              f"N={pattern.length}; it is not a formula in N")
         return
     pattern.pairs, pattern.pairs_from, pattern.reach = count.expr, count.valid_from, count.reach
+    pattern.keys = count.keys
 
 
 class _MaskReader:

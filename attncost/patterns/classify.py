@@ -48,7 +48,7 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
             c.useful_flops, c.window = _window_useful(pattern, values, flops), pattern.window
         elif pattern.pairs is not None:  # what the blocks and their masks let through
             c.useful_flops = sympy.expand(_per_pair(values, flops) * pattern.pairs)
-            c.window = pattern.reach or c.window
+            c.window = pattern.keys or c.window
         return c
     if pattern.kind == "causal":
         f = formula("causal_dense")
@@ -93,7 +93,7 @@ def _counted(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classific
     useful = sympy.expand(_per_pair(values, flops) * pattern.pairs)
     local = pattern.reach is not None and degree(pattern.pairs, N) <= 1
     variant = "local" if local else "sparse"
-    return Classification(variant, useful, pattern.reach if local else None,
+    return Classification(variant, useful, pattern.keys if local else None,
                           formula(variant).complexity, "dense", values)
 
 

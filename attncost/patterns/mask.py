@@ -29,6 +29,8 @@ class MaskPattern:
     pairs_from: int | None = None
     #: keys apart a query and an allowed key are at most (+1), when bounded
     reach: int | None = None
+    #: the most keys one query attends to (the window of a local pattern)
+    keys: int | None = None
 
     @classmethod
     def full(cls) -> "MaskPattern":

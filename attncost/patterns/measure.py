@@ -49,6 +49,8 @@ class PairCount:
     valid_from: int
     #: keys a query reaches at most (|i - j| + 1), when it stays bounded as N grows
     reach: int | None
+    #: the most keys one query attends to
+    keys: int = 0
 
 
 def pair_counts(allowed: torch.Tensor) -> np.ndarray:
@@ -148,7 +150,8 @@ def fit_pairs(allowed: torch.Tensor) -> PairCount | None:
     expr = alpha * q * q + (beta + slope) * q + gamma + offset
     if period == 1:
         expr = sympy.expand(expr)
-    return PairCount(expr, _valid_from(expr, counts, start), _reach(allowed))
+    return PairCount(expr, _valid_from(expr, counts, start), _reach(allowed),
+                     int(allowed.sum(dim=-1).max()))
 
 
 def _valid_from(expr: sympy.Expr, counts: np.ndarray, start: int) -> int:

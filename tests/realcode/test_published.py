@@ -209,9 +209,6 @@ for _prop in ("sites", "variant", "causal", "heads", "flops_traced", "flops_else
     X["xtransformers_window", _prop] = _RAISES + "2 local causal sites, window 17, 2 heads"
 X["xtransformers_window", "window"] = _RAISES + "window 17 (attn_max_attend_past=16)"
 
-X["local_attention_bidirectional", "window"] = (
-    "window 32 (the reach i-j+1); truth 48: blocks of 16, one back and one forward")
-
 X["local_transformer", "flops_traced"] = (
     "9,289,728 at N=128 (layer 1's formula 65536·B·(N//16) is not layer 0's); "
     "FlopCounterMode 9,158,656")
