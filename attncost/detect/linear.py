@@ -48,25 +48,37 @@ def read_linear(ctx, state_mm: fx.Node, used: set[str]) -> AttentionSite | None:
     apply_mm = _state_consumer(ctx, state_mm)
     if apply_mm is None:
         return None
-    r_len, out_apply = _contraction(ctx, apply_mm), t.shape(apply_mm)
-    if r_len is None or out_apply is None:
+    if _contraction(ctx, apply_mm) is None or t.shape(apply_mm) is None:
         return None
-    r, d = as_int(r_len) or 0, as_int(out_apply[-1]) or 0
-    heads, n_q = split_rows(sympy.Mul(*out_apply[:-1]))
-    module = t.module_path(apply_mm)
-    site_nodes = [state_mm, apply_mm] + [
+    return linear_site(ctx, state_mm, apply_mm, [], used, "einsum", k_len)
+
+
+def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used: set[str],
+                implementation: str, key_len) -> AttentionSite:
+    """A linear-time site from the product that builds the state and the one
+    that applies it to the queries; the module's other products of
+    activations (normalizers, a chunk's own scores) join it.  A prefix-sum
+    site ("scan") is causal and needs all it computes."""
+    t = ctx.traced
+    out = t.shape(apply)
+    r, d = as_int(_contraction(ctx, apply)) or 0, as_int(out[-1]) or 0
+    heads, n_q = split_rows(sympy.Mul(*out[:-1]))
+    module = t.module_path(apply)
+    site_nodes = [state, apply] + [
         node for node in t.nodes
-        if is_product(node) and node not in (state_mm, apply_mm) and node.name not in used
+        if is_product(node) and node not in (state, apply) and node.name not in used
         and t.module_path(node) == module and _contraction(ctx, node) is not None]
     flops = sympy.expand(sum((node_flops(t, n, ctx.flop_rules) for n in site_nodes),
                              sympy.Integer(0)))
     values, useful = classify_linear(heads, n_q, r, d)
+    scan = implementation == "scan"
     name = module or "<root>"
     return AttentionSite(
-        name=name, layer=layer_or_path(name), variant="linear", implementation="einsum",
-        causal=False, heads=heads, kv_heads=heads, head_dim=d, window=None, query_len=n_q,
-        key_len=k_len, flops=flops, useful_flops=useful, complexity=formula("linear").complexity,
-        mask=None, nodes=[n.name for n in sorted(site_nodes, key=ctx.order.__getitem__)],
+        name=name, layer=layer_or_path(name), variant="linear", implementation=implementation,
+        causal=scan, heads=heads, kv_heads=heads, head_dim=d, window=None, query_len=n_q,
+        key_len=key_len if key_len is not None else n_q, flops=flops,
+        useful_flops=flops if scan else useful, complexity=formula("linear").complexity,
+        mask=None, nodes=[n.name for n in sorted(site_nodes + extra, key=ctx.order.__getitem__)],
         feature_dim=r, formula="linear", matches_formula=matches_formula(flops, "linear", values))
 
 

@@ -11,14 +11,10 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, as_int
-from ..patterns.classify import classify_linear, matches_formula
-from ..patterns.formulas import formula
-from ..paths import layer_or_path
-from ..rules.flops import node_flops
+from ..expr import N
 from ..rules.ops import getitem, is_view, packet
-from .graph import SCORE_OPS, is_product, split_rows
-from .linear import _contraction, _has_n
+from .graph import SCORE_OPS, is_product
+from .linear import _contraction, _has_n, linear_site
 from .site import AttentionSite
 
 aten = torch.ops.aten
@@ -90,27 +86,9 @@ def _consumer(ctx, scan: fx.Node, limit: int = 8) -> fx.Node | None:
 
 
 def read_scan(ctx, scan: fx.Node, used: set[str]) -> AttentionSite | None:
-    t = ctx.traced
     if not _scans_the_sequence(ctx, scan):
         return None
     state, apply = _producer(ctx, scan.args[0]), _consumer(ctx, scan)
     if state is None or apply is None or state.name in used or apply.name in used:
         return None
-    out = t.shape(apply)
-    heads, n_q = split_rows(sympy.Mul(*out[:-1]))
-    r, d = as_int(_contraction(ctx, apply)) or 0, as_int(out[-1]) or 0
-    module = t.module_path(apply)
-    site_nodes = [state, apply] + [
-        node for node in t.nodes
-        if is_product(node) and node not in (state, apply) and node.name not in used
-        and t.module_path(node) == module and _contraction(ctx, node) is not None]
-    flops = sympy.expand(sum((node_flops(t, n, ctx.flop_rules) for n in site_nodes),
-                             sympy.Integer(0)))
-    values, _ = classify_linear(heads, n_q, r, d)
-    name = module or "<root>"
-    return AttentionSite(
-        name=name, layer=layer_or_path(name), variant="linear", implementation="scan",
-        causal=True, heads=heads, kv_heads=heads, head_dim=d, window=None, query_len=n_q,
-        key_len=n_q, flops=flops, useful_flops=flops, complexity=formula("linear").complexity,
-        mask=None, nodes=[n.name for n in sorted(site_nodes + [scan], key=ctx.order.__getitem__)],
-        feature_dim=r, formula="linear", matches_formula=matches_formula(flops, "linear", values))
+    return linear_site(ctx, state, apply, [scan], used, "scan", None)
