@@ -69,7 +69,10 @@ def _words(text: str) -> set[str]:
 
 
 def width_problems(command: str, outputs: dict[int, str]) -> list[str]:
-    """Lines wider than their width; words of the wide output cut in the narrow one."""
+    """Lines wider than their width; words of the wide output cut in the narrow one.
+    Markdown, JSON and YAML are for files and other tools: their lines do not fold."""
+    if any(f"--format {fmt}" in command for fmt in ("markdown", "json", "yaml")):
+        return []
     problems = []
     for width, text in outputs.items():
         for line in text.splitlines():
