@@ -140,16 +140,28 @@ def counted_pairs(ctx, masks: list[tuple[fx.Node, str]], scores: fx.Node, heads:
     reader = _MaskReader(ctx, masks)
     counts = []
     for n in lengths:
+        shape = [value_at(ctx.traced.expr(d), n, 2) for d in scores.meta["val"].shape]
         try:
             allowed = reader(n)
+            if allowed is None:
+                return None
+            count = _count_as(allowed, shape)
         except CannotEvaluate:
             return None
-        shape = [value_at(ctx.traced.expr(d), n, 2) for d in scores.meta["val"].shape]
-        if allowed is None:
-            return None
-        counts.append(sympy.Rational(int(allowed.expand(shape).sum()), 2 * heads))
+        counts.append(sympy.Rational(count, 2 * heads))
     poly = sympy.interpolate(list(zip(lengths[:3], counts[:3])), N)
     return sympy.expand(poly) if value_at(poly * 1, lengths[3]) == counts[3] else None
+
+
+def _count_as(allowed: torch.Tensor, shape: list[int]) -> int:
+    """Allowed entries of a mask broadcast to the scores' shape (or laid out
+    as the scores with the batch and window axes split differently)."""
+    if allowed.numel() == int(torch.Size(shape).numel()):
+        return int(allowed.sum())
+    try:
+        return int(allowed.expand(shape).sum())
+    except RuntimeError:
+        raise CannotEvaluate("the mask does not line up with the scores") from None
 
 
 def _is_float(node: fx.Node) -> bool:

@@ -93,7 +93,8 @@ def _decoded(norms: torch.Tensor) -> torch.Tensor:
     return norms / positive.min()
 
 
-def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, n: int):
+def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, n: int,
+                      heads: int = 1):
     """The N×N matrix of (query position, key position) pairs the site lets
     through at N=n, or None when its operands do not lead back to positions."""
     q_src, k_src = sequence_source(ctx, q_operand), sequence_source(ctx, k_operand)
@@ -113,14 +114,18 @@ def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
     kj = cols[..., None, :].expand_as(p)[valid].round().long() - 1
     allowed = torch.zeros(n, n, dtype=torch.bool)
     allowed[qi, kj] = True
-    return allowed if bool(allowed.any(dim=1).all()) else None
+    # Each allowed score must be its own (query, key) pair, once per batch
+    # element and head: else the codes did not tell positions apart (a 2-D layout).
+    one_to_one = int(valid.sum()) == int(allowed.sum()) * 2 * heads
+    return allowed if bool(allowed.any(dim=1).all()) and one_to_one else None
 
 
 #: Lengths a site is probed at: multiples of every power-of-two block up to 1024.
 PROBE_LENGTHS = (2048, 1024)
 
 
-def pattern_of_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand):
+def pattern_of_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand,
+                         heads: int = 1):
     """The site's pattern in sequence coordinates, or None if it cannot be probed."""
     lo, hi = ctx.traced.n_range
     lengths = [n for n in PROBE_LENGTHS if n >= lo and (hi is None or n <= hi)]
@@ -128,7 +133,7 @@ def pattern_of_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operan
         return None
 
     def allowed_at(n: int):
-        allowed = allowed_positions(ctx, qk, softmax, q_operand, k_operand, n)
+        allowed = allowed_positions(ctx, qk, softmax, q_operand, k_operand, n, heads)
         if allowed is None:
             raise CannotEvaluate("the site's positions could not be read")
         return allowed

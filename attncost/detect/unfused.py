@@ -8,7 +8,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, as_int, settled, value_at
+from ..expr import B, N, as_int, settled, value_at
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
@@ -62,11 +62,12 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     if ctx.is_weight(v_operand) or p_shape is None or \
             sympy.simplify(settled(p_shape[-1 if p_side == 0 else -2]) - n_keys) != 0:
         return None
-    heads, n_q = split_rows(sympy.Mul(*shape) / shape[dim])
+    heads, n_q = _heads_and_queries(shape, dim)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
-    pattern = _site_pattern(ctx, (qk, softmax, q_operand, k_operand), mask_inputs, n_keys, heads)
+    pattern = _site_pattern(ctx, (qk, softmax, q_operand, k_operand), mask_inputs, n_keys, heads,
+                            n_q)
     site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
                            as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
@@ -74,14 +75,25 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
                       nodes=[qk, *score_path, softmax, *prob_path, pv])
 
 
-def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int) -> MaskPattern:
+def _heads_and_queries(shape, dim: int):
+    """Heads and query length of a score tensor: a constant axis before the
+    (queries × keys) matrix is the heads when the scores keep one
+    ((B·windows, H, w, w) in Swin); else the rows are split (B·H·N_q)."""
+    rows = sympy.Mul(*shape) / shape[dim]
+    if len(shape) >= 4 and as_int(shape[-3]) and B in sympy.Mul(*shape[:-3]).free_symbols:
+        heads = as_int(shape[-3])
+        return heads, settled(sympy.simplify(rows / (B * heads)))
+    return split_rows(rows)
+
+
+def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q) -> MaskPattern:
     """What the site lets through: its masks read as N×N, or, when its
     scores are laid out in blocks or windows, the positions it pairs
     (probed), or at least the pairs its masks allow, counted."""
     qk, softmax, q_operand, k_operand = site
     if N in sympy.sympify(n_keys).free_symbols:
         return masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
-    probed = pattern_of_positions(ctx, qk, softmax, q_operand, k_operand)
+    probed = pattern_of_positions(ctx, qk, softmax, q_operand, k_operand, heads)
     if probed is not None:
         return probed
     pattern = masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
@@ -89,7 +101,8 @@ def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int) -> MaskPattern:
         pattern.pairs = masks.counted_pairs(ctx, mask_inputs, softmax, heads)
     if pattern.pairs is not None:
         pattern.notes = []
-        pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / (ctx.seq_len * int(n_keys)))
+        queries = value_at(n_q, ctx.seq_len)
+        pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / (queries * int(n_keys)))
     return pattern
 
 

@@ -228,12 +228,11 @@ X["fla_recurrent", "flops_elsewhere"] = (
 X["fla_recurrent", "useful_flops"] = "0 (no sites) at N=32; truth 131,072 (4·B·H·N·d_k·d_v)"
 
 X["timm_swin", "variant"] = "block 0 local, block 1 (shifted windows) sparse; truth: both local"
-X["timm_swin", "causal"] = "causal=True; truth: bidirectional windows"
-X["timm_swin", "heads"] = "16 heads (the window's tokens); truth 2"
-X["timm_swin", "window"] = "window 1; truth 16 (4×4 windows)"
+X["timm_swin", "window"] = ("block 0 window 16, block 1 (shifted, read as gathered) none; "
+                           "truth 16 (4×4 windows)")
 X["timm_swin", "useful_flops"] = (
-    "524,288 at N=256 (1024·B·N per site); truth 7,315,456 (16 keys per token in block 0, "
-    "fewer in the shifted block 1)")
+    "block 1's shift mask (-100 added, not -inf) is read as letting every pair through; "
+    "truth 7,315,456 at N=256 (16 keys per token in block 0, fewer in the shifted block 1)")
 
 X["fla_chunk", "useful_flops"] = (
     "20,971,520 at N=1024 (the flops as written, the masked intra-chunk q·kᵀ included); "
