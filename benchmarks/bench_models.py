@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_analyze import bench  # noqa: E402  (one timer and one FlopCounterMode script)
 
 SHAPES = {
     "llama-3-8b": ("sdpa", dict(
@@ -40,46 +40,6 @@ SHAPES = {
         final_logit_softcapping=30.0)),
 }
 
-FLOPCOUNTER = r"""
-import sys, json, torch, transformers
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils.flop_counter import FlopCounterMode
-raw = json.load(open(sys.argv[1] + "/config.json"))
-config = transformers.AutoConfig.for_model(**raw)
-n, impl = int(sys.argv[2]), sys.argv[3]
-with FakeTensorMode():
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl,
-                                                          dtype=torch.bfloat16).eval()
-    ids = torch.zeros(1, n, dtype=torch.long)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(input_ids=ids, use_cache=False)
-print(fc.get_total_flops())
-"""
-
-
-def run(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
-
-
-def bench(name: str, folder: Path, impl: str, n: str, repeats: int) -> float:
-    n_int = int(n[:-1]) * 1024 if n.endswith("k") else int(n)
-    ours = [sys.executable, "-m", "attncost.cli", "analyze", str(folder), "--seq-len", n,
-            "--format", "json", "--no-kv-cache", "--attn-implementation", impl]
-    theirs = [sys.executable, "-c", FLOPCOUNTER, str(folder), str(n_int), impl]
-    t_ours, t_theirs = [], []
-    for i in range(repeats):
-        t_theirs.append(run(theirs))
-        t_ours.append(run(ours))
-        print(f"{name} run {i + 1}: attncost {t_ours[-1]:.2f} s, FlopCounterMode "
-              f"{t_theirs[-1]:.2f} s, ratio {t_ours[-1] / t_theirs[-1]:.2f}", flush=True)
-    ratio = statistics.median(a / b for a, b in zip(t_ours, t_theirs))
-    print(f"{name} median: attncost {statistics.median(t_ours):.2f} s, FlopCounterMode "
-          f"{statistics.median(t_theirs):.2f} s, ratio {ratio:.2f} (target <= 1.5)", flush=True)
-    return ratio
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -93,7 +53,7 @@ def main() -> None:
             folder = Path(tmp) / name
             folder.mkdir()
             (folder / "config.json").write_text(json.dumps(fields))
-            ratios[name] = bench(name, folder, impl, args.seq_len, args.repeats)
+            ratios[name] = bench(name, folder, impl, args.seq_len, args.repeats, target=1.5)
     print("; ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
 
 

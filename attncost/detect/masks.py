@@ -58,13 +58,14 @@ def read_pattern(allowed_at, seq_len: int) -> MaskPattern:
     if not same:
         pattern.notes.append("the mask differs across batch or heads; the first is shown")
     if pattern.kind == "pattern":
-        _count_pairs(pattern, first, allowed_at, shorter)
+        _count_pairs(pattern, first, allowed_at, shorter, seq_len)
         if pattern.pairs is not None:  # the density at the length asked about
             pattern.density = value_at(pattern.pairs, seq_len) / seq_len ** 2
     return pattern
 
 
-def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, shorter: int) -> None:
+def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, shorter: int,
+                 seq_len: int) -> None:
     """Give a measured pattern its pair count as an exact formula in N, or
     say that its density was measured at one length."""
     try:
@@ -78,6 +79,9 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, shorter:
         return
     pattern.pairs, pattern.pairs_from, pattern.reach = count.expr, count.valid_from, count.reach
     pattern.keys = count.keys
+    if seq_len < count.valid_from:
+        pattern.notes.append(f"its pair count is exact for N >= {count.valid_from}; at "
+                             f"N={seq_len} the formula is an estimate")
 
 
 class _MaskReader:

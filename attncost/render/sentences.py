@@ -45,6 +45,9 @@ def waste_sentence(site) -> str | None:
     factor = site.waste_factor
     if factor is None:
         return None
+    if site.implementation in ("unfold", "blocked", "gather"):  # scores in windows or blocks
+        return (f"computes {factor:.1f}× the (query, key) pairs its pattern lets through: the "
+                "masked scores inside each window or block are computed too")
     if site.variant == "sparse":
         return (f"{site.implementation} sparse attention computes all N×N scores: {factor:.1f}× "
                 "what its pattern needs; a block-sparse kernel would skip them")
