@@ -18,6 +18,7 @@ from .detect import AttentionSite, find_sites
 from .errors import AttncostError, ModelError
 from .expr import N, degree, value_at
 from .loader import LoadedModel, load
+from .loader.positions import beyond_limit_warning
 from .memory import MemoryModel, peak_memory
 from .paths import layer_or_path
 from .patterns import subquadratic
@@ -86,6 +87,8 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     #: what loading the model decided (what N means for its inputs, defaults a config relies on)
     notes: list[str] = field(default_factory=list)
+    #: the keyword arguments ``analyze`` was given, to analyse again at another N
+    options: dict = field(default_factory=dict, repr=False)
 
     @property
     def attention_flops(self) -> sympy.Expr:
@@ -157,6 +160,7 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     ``flop_rules_override`` ({op: rule}) and ``allocation_rules`` ({op: rule}
     for ``device``) replace registered rules for this analysis only.
     """
+    options = {k: v for k, v in locals().items() if k not in ("model", "seq_len", "batch")}
     seq_len, batch = int(seq_len), int(batch)
     _check_request(seq_len, batch, device)
     say = progress or (lambda msg: None)
@@ -179,10 +183,12 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     memory = peak_memory(traced, loaded, device=device, allocation_rules=allocation_rules)
     for site in sites:
         site.allocated_bytes = memory.site_allocated_bytes(site)
+    beyond = beyond_limit_warning(loaded.config, seq_len)
     return Analysis(
         model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=dtype_name(loaded.dtype),
         device=device, sites=sites, flops=flops, weight_bytes=int(memory.weight_bytes),
         peak_memory_bytes=memory.peak_bytes, n_range=traced.n_range, memory=memory,
         guards=traced.guards, source=loaded.source, attn_implementation=loaded.attn_implementation,
         kv_cache=loaded.kv_cache, quadratic=quadratic_tensors(traced, sites),
-        traced=traced, loaded=loaded, notes=list(getattr(loaded, "notes", [])))
+        traced=traced, loaded=loaded, notes=list(getattr(loaded, "notes", [])), options=options,
+        warnings=[beyond] if beyond else [])

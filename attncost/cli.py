@@ -150,21 +150,29 @@ def _implementations_option(help_text: str, multiple: bool):
                         default=None if not multiple else (), help=help_text)
 
 
+LOGITS = click.option("--logits", "last_logits_only", type=click.Choice(["all", "last"]),
+                      default="all", show_default=True, callback=lambda ctx, p, v: v == "last",
+                      help="For transformers configs: logits for every position (as a forward "
+                           "computes them) or the last only (logits_to_keep=1, as generation).")
+
+
 def model_options(formats=FORMATS):
-    """Options shared by the commands that analyze one MODEL at one N."""
+    """Options shared by the commands that analyze one MODEL at one N.  Every
+    option but MODEL, --seq-len and --format is a keyword of ``analyze``
+    (same name), passed on as it is by ``_run_analysis``."""
     def wrap(fn):
         return _apply(fn, [
             click.argument("model", type=click.Path()), SEQ_LEN, BATCH, DTYPE, DEVICE,
             _implementations_option("For transformers configs (default sdpa).", multiple=False),
-            KV_CACHE, _format_option(formats)])
+            KV_CACHE, LOGITS, _format_option(formats)])
     return wrap
 
 
-def _run_analysis(model, seq_len, batch, dtype, device, attn_implementation, kv_cache, say):
+def _run_analysis(model, seq_len, say, **options):
+    """``analyze(model, seq_len, **options)``: the options are analyze's keywords."""
     from .analysis import analyze
 
-    return analyze(model, seq_len, batch=batch, dtype=dtype, device=device,
-                   attn_implementation=attn_implementation, kv_cache=kv_cache, progress=say)
+    return analyze(model, seq_len, progress=say, **options)
 
 
 class AttncostGroup(click.Group):
@@ -195,13 +203,12 @@ def main():
 @main.command()
 @model_options()
 @handles_errors
-def analyze(model, seq_len, batch, dtype, device, attn_implementation, kv_cache, fmt):
+def analyze(model, seq_len, fmt, **options):
     """FLOPs and memory of every attention site, per layer and per head."""
     from .render import show_analysis
 
     with busy() as say:
-        analysis = _run_analysis(model, seq_len, batch, dtype, device, attn_implementation,
-                                 kv_cache, say)
+        analysis = _run_analysis(model, seq_len, say, **options)
     show_analysis(analysis, fmt)
 
 
@@ -212,9 +219,11 @@ def analyze(model, seq_len, batch, dtype, device, attn_implementation, kv_cache,
               help=f"A budget for tensors: 24GiB, 24G, 80GB or bytes ({SIZE_HELP}).")
 @_reserve_option()
 @GPU_SPEC
+@click.option("--max-batch", "want_max_batch", is_flag=True,
+              help="Also the largest batch that fits at N (how many sequences of this length "
+                   "the memory holds at once, KV cache included).")
 @handles_errors
-def fits(model, seq_len, batch, dtype, device, attn_implementation, kv_cache, fmt,
-         gpu, memory_size, reserve, gpu_specs):
+def fits(model, seq_len, fmt, gpu, memory_size, reserve, gpu_specs, want_max_batch, **options):
     """Does N fit the GPU's memory, with what headroom, and what is the largest N that does."""
     from .questions.fits import budget_for
     from .questions.fits import fits as answer_fits
@@ -222,10 +231,9 @@ def fits(model, seq_len, batch, dtype, device, attn_implementation, kv_cache, fm
 
     budget_for(gpu=gpu, memory=memory_size, reserve=reserve, gpu_specs=gpu_specs)  # before tracing
     with busy() as say:
-        analysis = _run_analysis(model, seq_len, batch, dtype, device, attn_implementation,
-                                 kv_cache, say)
+        analysis = _run_analysis(model, seq_len, say, **options)
         answer = answer_fits(analysis, gpu=gpu, memory=memory_size, reserve=reserve,
-                             gpu_specs=gpu_specs, progress=say)
+                             gpu_specs=gpu_specs, progress=say, want_max_batch=want_max_batch)
     show_fits(answer, fmt)
     sys.exit(0 if answer.result.fits else 1)
 

@@ -16,9 +16,8 @@ from ..expr import value_at
 from ..gpus import DEFAULT_RESERVE, GPU, get_gpu
 from ..units import parse_budget, parse_size
 from .roofline import SiteTime, site_times
-
-#: No answer is larger than this (a 1T-token context).
-MAX_SEQ_LEN_CAP = 2**40
+from .search import (MAX_SEQ_LEN_CAP, RangedPeaks, max_batch, max_seq_len_across,
+                     unreached_warning)
 
 
 @dataclass
@@ -33,6 +32,10 @@ class FitResult:
     max_seq_len: int | None
     gpu: str | None
     batch: int = 1
+    #: the largest batch that fits at ``seq_len`` (asked for with --max-batch)
+    max_batch: int | None = None
+    #: the search stopped at a length it could not trace: max_seq_len is a lower bound
+    max_seq_len_lower_bound: bool = False
 
 
 @dataclass
@@ -59,6 +62,8 @@ class FitsAnswer:
     dtype: str = ""
     #: one-line warnings (formulas used outside the range they hold for, ...)
     warnings: list[str] = field(default_factory=list)
+    #: whether the largest batch was asked for (result.max_batch is then its answer)
+    asked_max_batch: bool = False
 
 
 def _peak_function(peak) -> Callable[[int, int], int]:
@@ -133,19 +138,69 @@ def budget_for(gpu: str | None = None, memory: str | int | None = None,
 
 def fits(analysis, gpu: str | None = None, memory: str | None = None,
          reserve: str | None = None, gpu_specs: Iterable[str] = (),
-         progress: Callable[[str], None] | None = None) -> FitsAnswer:
+         progress: Callable[[str], None] | None = None, want_max_batch: bool = False,
+         retrace: Callable[[int], object] | None = None) -> FitsAnswer:
     """`attncost fits`: does the analysis' N and B fit, and if not, what would.
-    ``progress`` hears about each what-if re-analysis."""
+    The largest N is searched beyond the range the trace holds for by
+    tracing again (``retrace(n)``, default: the same analysis at n);
+    ``progress`` hears about each re-analysis."""
     budget, spec = budget_for(gpu, memory, reserve, gpu_specs)
     result = check_fits(analysis.memory, analysis.seq_len, analysis.batch, budget, spec,
                         n_range=analysis.n_range)
+    warnings = list(getattr(analysis, "warnings", []) or [])
+    peaks = RangedPeaks(peak=lambda a, n, b: a.memory.at(n, b),
+                        retrace=retrace or _retracer(analysis, progress), analyses=[analysis])
+    result.max_seq_len = max_seq_len_across(peaks, result.batch, budget, result.seq_len)
+    note = unreached_warning(peaks, result.max_seq_len)
+    if note:
+        warnings.append(note)
+        result.max_seq_len_lower_bound = result.max_seq_len is not None
+    warnings += _limit_warnings(analysis, result)
+    if want_max_batch:
+        result.max_batch = max_batch(_peak_function(analysis.memory), result.seq_len, budget)
     return FitsAnswer(
-        result=result, gpu=spec, lowest_seq_len=(analysis.n_range or (1, None))[0],
+        result=result, gpu=spec, lowest_seq_len=_lowest_seq_len(peaks),
         breakdown=analysis.memory.breakdown(result.seq_len, result.batch, top=3),
         what_if=[] if result.fits else what_ifs(analysis, budget, spec, progress, result),
         roofline=site_times(analysis, spec) if spec is not None else [],
-        model=analysis.model, dtype=analysis.dtype,
-        warnings=list(getattr(analysis, "warnings", []) or []))
+        model=analysis.model, dtype=analysis.dtype, warnings=warnings,
+        asked_max_batch=want_max_batch)
+
+
+def _limit_warnings(analysis, result: FitResult) -> list[str]:
+    """The largest N that fits memory, when it is past the model's position limit."""
+    from ..loader.positions import position_limit
+
+    loaded = getattr(analysis, "loaded", None)
+    limit = position_limit(getattr(loaded, "config", None))
+    if limit is None or result.max_seq_len is None or result.max_seq_len <= limit[0]:
+        return []
+    return [f"the largest N that fits memory ({result.max_seq_len:,}) is past the model's "
+            f"position limit of {limit[0]:,} ({limit[1]})"]
+
+
+def _lowest_seq_len(peaks: RangedPeaks) -> int:
+    """The shortest length any of the search's traces holds for."""
+    return min((a.n_range or (1, None))[0] for a in peaks.analyses)
+
+
+def _retracer(analysis, progress: Callable[[str], None] | None) -> Callable[[int], object]:
+    """The same analysis at another length: same model object and options."""
+    from ..analysis import analyze
+
+    def retrace(n: int):
+        if progress is not None:
+            progress(f"tracing again at N={n:,} (the first trace holds for "
+                     f"{_range_text(analysis.n_range)})")
+        options = dict(getattr(analysis, "options", {}) or {}, progress=None)
+        model = analysis.loaded if analysis.loaded is not None else analysis.model
+        return analyze(model, n, batch=analysis.batch, **options)
+    return retrace
+
+
+def _range_text(n_range) -> str:
+    lo, hi = n_range or (1, None)
+    return f"{lo:,}..{f'{hi:,}' if hi else 'inf'}"
 
 
 def _variations(analysis) -> list[tuple[str, dict]]:

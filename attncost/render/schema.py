@@ -81,6 +81,10 @@ def fits_dict(answer) -> dict:
     r = answer.result
     data = {"model": answer.model, "seq_len": r.seq_len, "batch": r.batch, "dtype": answer.dtype}
     data.update(fit_dict(r))
+    if r.max_seq_len_lower_bound:
+        data["max_seq_len_lower_bound"] = True
+    if answer.asked_max_batch:
+        data["max_batch"] = r.max_batch
     data["peak_breakdown"] = [breakdown_dict(e) for e in answer.breakdown]
     data["warnings"] = [clean(w) for w in answer.warnings]
     data["what_if"] = [{"change": w.change, "peak_memory_bytes": w.result.peak_memory_bytes,

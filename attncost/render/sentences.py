@@ -188,7 +188,12 @@ def fits_verdict(answer) -> list[str]:
     if result.max_seq_len is None:
         lines.append(f"no length fits at B={result.batch}: not even N={answer.lowest_seq_len}")
     else:
-        lines.append(f"largest N that fits at B={result.batch}: {result.max_seq_len:,}")
+        bound = "at least " if getattr(result, "max_seq_len_lower_bound", False) else ""
+        lines.append(f"largest N that fits at B={result.batch}: {bound}{result.max_seq_len:,}")
+    if getattr(answer, "asked_max_batch", False):
+        at = f"N={human_tokens(result.seq_len)}"
+        lines.append(f"largest batch that fits at {at}: {result.max_batch:,}" if result.max_batch
+                     else f"no batch fits at {at}")
     return lines
 
 

@@ -1,0 +1,122 @@
+"""`fits` beyond one trace: the largest N searched across traces, the largest
+batch, logits for the last position, the position limit.
+
+Oracles: brute force over integers, and analyses traced at the very length
+they are asked about (whose value at their own N is what the model does).
+"""
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from attncost import analyze
+from attncost.cli import main
+from attncost.questions.fits import fits
+from attncost.questions.search import largest_under
+
+from conftest import MODELS
+
+LLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=64,
+             intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+             num_hidden_layers=2, vocab_size=4096, max_position_embeddings=128,
+             torch_dtype="bfloat16")
+
+
+def test_largest_under_matches_brute_force():
+    rng = random.Random(7)
+    for _ in range(200):
+        steps = sorted(rng.randrange(0, 50) for _ in range(300))
+        f = lambda x, s=steps: s[min(x, 299)]  # noqa: E731 - not decreasing
+        budget, start = rng.randrange(0, 60), rng.randrange(1, 300)
+        fitting = [x for x in range(1, 300) if f(x) <= budget]
+        assert largest_under(f, budget, start, cap=299) == (max(fitting) if fitting else None)
+
+
+def _own_peak(path, n):
+    """The peak at N=n from a trace made at n (what the model does at n)."""
+    a = analyze(path, n, device="cuda")
+    return a.at(a.peak_memory_bytes)
+
+
+def test_max_seq_len_crosses_a_branch_on_the_length():
+    path = MODELS / "branch_on_length.py"
+    first = analyze(path, 1024)
+    assert first.n_range[1] == 2048  # the trace holds below the branch only
+    budget = 200 * 2**20
+    answer = fits(first, memory=str(budget))
+    found = answer.result.max_seq_len
+    assert found > 2048
+    assert _own_peak(path, found) <= budget < _own_peak(path, found + 1)
+    assert not answer.result.max_seq_len_lower_bound
+
+
+def test_max_seq_len_below_the_range_when_the_length_does_not_fit():
+    path = MODELS / "branch_on_length.py"
+    first = analyze(path, 4096)  # holds for N > 2048 only
+    assert first.n_range[0] == 2049
+    budget = 60 * 2**20  # the 32 MiB cuBLAS workspace and two N/2 × N/2 fp32 score matrices
+    answer = fits(first, memory=str(budget))
+    found = answer.result.max_seq_len
+    assert not answer.result.fits and found < 4096
+    assert _own_peak(path, found) <= budget < _own_peak(path, found + 1)
+
+
+def test_a_length_that_cannot_be_traced_makes_a_lower_bound():
+    a = analyze(MODELS / "recurrent_loop.py", 32)
+    answer = fits(a, memory="40MiB")
+    assert answer.result.max_seq_len == 64  # loops over N > 64 are refused
+    assert answer.result.max_seq_len_lower_bound
+    assert any("at least 64" in w and "N=65" in w for w in answer.warnings)
+
+
+def test_max_batch_is_the_last_batch_that_fits(write_config):
+    folder = write_config("llama", **LLAMA)
+    a = analyze(folder, 96)
+    budget = 40 * 2**20  # above the 32 MiB cuBLAS workspace
+    answer = fits(a, memory=str(budget), want_max_batch=True)
+    b = answer.result.max_batch
+    assert b and b > 1
+    assert a.memory.at(96, b) <= budget < a.memory.at(96, b + 1)
+    # the same from a trace at that batch, which is what runs
+    at_b = analyze(folder, 96, batch=b)
+    assert at_b.at(at_b.peak_memory_bytes) == a.memory.at(96, b)
+
+
+def test_cli_logits_last_and_max_batch_json(write_config):
+    folder = write_config("llama", **LLAMA)
+    runner = CliRunner()
+
+    def run(*extra):
+        result = runner.invoke(main, ["fits", str(folder), "--seq-len", "96", "--memory",
+                                      "64MiB", "--format", "json", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    every, last = run(), run("--logits", "last", "--max-batch")
+    # logits of 96 positions × a 4096 vocabulary are the largest tensor: one row is left
+    assert last["peak_memory_bytes"] < every["peak_memory_bytes"]
+    assert "max_batch" not in every and last["max_batch"] >= 1
+
+
+def test_position_limit_warns_in_json(write_config):
+    folder = write_config("llama", **LLAMA)
+    result = CliRunner().invoke(main, ["analyze", str(folder), "--seq-len", "256",
+                                       "--format", "json"])
+    assert result.exit_code == 0
+    warnings = json.loads(result.stdout)["warnings"]
+    assert any("256" in w and "128" in w and "max_position_embeddings" in w for w in warnings)
+    within = CliRunner().invoke(main, ["analyze", str(folder), "--seq-len", "128",
+                                       "--format", "json"])
+    assert json.loads(within.stdout)["warnings"] == []
+
+
+@pytest.mark.parametrize("rope, limit", [
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}, 512),
+    ({"rope_type": "linear", "factor": 2.0}, 128),  # no stated original length: the attribute
+])
+def test_rope_scaling_states_the_limit(write_config, rope, limit):
+    from attncost.loader.positions import position_limit
+
+    a = analyze(write_config("llama", **dict(LLAMA, rope_scaling=rope)), 64)
+    assert position_limit(a.loaded.config)[0] == limit
