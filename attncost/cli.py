@@ -141,7 +141,8 @@ SIZE_HELP = "GiB or G are 2^30 bytes, GB is 10^9 bytes: 80GB = 74.5 GiB"
 
 def _reserve_option(each: str = ""):
     return click.option("--reserve", default=None, help=f"Memory held back on{each} --gpu for "
-                        f"the CUDA context and allocator (default 1GiB; {SIZE_HELP}).")
+                        f"the CUDA context (default: as measured for the card in `attncost "
+                        f"specs`, else 1GiB; {SIZE_HELP}).")
 
 
 def _implementations_option(help_text: str, multiple: bool):

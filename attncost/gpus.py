@@ -36,6 +36,17 @@ class GPU:
     peak_flops: dict[str, float]
     datasheet: str = ""
     aliases: tuple[str, ...] = ()
+    #: device memory a process loses to the CUDA context before the caching
+    #: allocator reserves anything (total - free after CUDA initialises), as
+    #: measured on the card; None where nobody has measured it
+    cuda_context_bytes: int | None = None
+    #: where ``cuda_context_bytes`` was measured (card, driver, torch, date)
+    cuda_context_source: str = ""
+
+    def held_back(self) -> int:
+        """What `fits --gpu` takes from the capacity: the measured CUDA context,
+        or DEFAULT_RESERVE where none was measured."""
+        return DEFAULT_RESERVE if self.cuda_context_bytes is None else self.cuda_context_bytes
 
     def flops_for(self, dtype) -> float:
         """Dense peak FLOP/s for a dtype name or torch.dtype."""
@@ -90,9 +101,25 @@ def _gpu_from(name: str, spec, path: str) -> GPU:
     aliases = spec.get("aliases") or []
     if not isinstance(aliases, list):
         raise bad("aliases must be a list of names")
+    context = _cuda_context(spec, bad)
     return GPU(name=str(name), memory_bytes=memory, memory_bandwidth=bandwidth,
                peak_flops=flops, datasheet=str(spec.get("datasheet", "")),
-               aliases=tuple(str(a) for a in aliases))
+               aliases=tuple(str(a) for a in aliases), cuda_context_bytes=context,
+               cuda_context_source=str(spec.get("cuda_context_source", "")))
+
+
+def _cuda_context(spec: dict, bad) -> int | None:
+    """The optional measured CUDA context; a figure needs its source."""
+    if "cuda_context" not in spec:
+        return None
+    try:
+        context = parse_size(spec["cuda_context"], allow_zero=True)
+    except AttncostError:
+        raise bad(f"cuda_context {spec['cuda_context']!r} is not a size such as 520MiB") from None
+    if not spec.get("cuda_context_source"):
+        raise bad("cuda_context needs cuda_context_source: the card, driver and torch it was "
+                  "measured with")
+    return context
 
 
 def _read_file(path: str | Path) -> dict[str, GPU]:

@@ -120,3 +120,30 @@ def test_rope_scaling_states_the_limit(write_config, rope, limit):
 
     a = analyze(write_config("llama", **dict(LLAMA, rope_scaling=rope)), 64)
     assert position_limit(a.loaded.config)[0] == limit
+
+
+def _spec(tmp_path, **extra):
+    lines = ["gpus:", "  Card-X:", "    memory: 16GiB", "    memory_bandwidth: 1 TB/s",
+             "    peak_flops: {bfloat16: 100 TFLOPS}"]
+    lines += [f"    {k}: {v}" for k, v in extra.items()]
+    path = tmp_path / "card.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_gpu_budget_holds_back_the_measured_cuda_context(tmp_path):
+    from attncost.questions.fits import budget_for
+
+    measured = _spec(tmp_path, cuda_context="600MiB",
+                     cuda_context_source="'measured on Card-X, CUDA 12.8, torch 2.11'")
+    assert budget_for(gpu="Card-X", gpu_specs=[measured])[0] == 16 * 2**30 - 600 * 2**20
+    unmeasured = _spec(tmp_path)
+    assert budget_for(gpu="Card-X", gpu_specs=[unmeasured])[0] == 15 * 2**30  # 1 GiB held back
+    assert budget_for(gpu="Card-X", gpu_specs=[measured], reserve="0")[0] == 16 * 2**30
+
+
+def test_a_cuda_context_without_its_source_is_refused(tmp_path):
+    result = CliRunner().invoke(main, ["specs", "--gpu-spec",
+                                       _spec(tmp_path, cuda_context="600MiB")])
+    assert result.exit_code == 2
+    assert "cuda_context_source" in result.stderr

@@ -13,7 +13,7 @@ import sympy
 
 from ..errors import AttncostError
 from ..expr import value_at
-from ..gpus import DEFAULT_RESERVE, GPU, get_gpu
+from ..gpus import GPU, get_gpu
 from ..units import parse_budget, parse_size
 from .roofline import SiteTime, site_times
 from .search import (MAX_SEQ_LEN_CAP, RangedPeaks, max_batch, max_seq_len_across,
@@ -128,7 +128,7 @@ def budget_for(gpu: str | None = None, memory: str | int | None = None,
     if memory is not None:
         return parse_budget(memory), None
     spec = get_gpu(gpu, gpu_specs)
-    held = DEFAULT_RESERVE if reserve is None else parse_size(reserve, allow_zero=True)
+    held = spec.held_back() if reserve is None else parse_size(reserve, allow_zero=True)
     budget = spec.memory_bytes - held
     if budget <= 0:
         raise AttncostError(f"a reserve of {held} bytes leaves nothing of {spec.name}'s "

@@ -179,7 +179,8 @@ def fits_lines(answer) -> list[str]:
 def fits_verdict(answer) -> list[str]:
     """Does it fit, with what headroom; the largest N that does."""
     result, spec = answer.result, answer.gpu
-    where = f"{spec.name} ({human_bytes(spec.memory_bytes)} less the reserve)" if spec else "the budget"
+    held = "its CUDA context" if spec and spec.cuda_context_bytes is not None else "the reserve"
+    where = f"{spec.name} ({human_bytes(spec.memory_bytes)} less {held})" if spec else "the budget"
     verdict = "fits" if result.fits else "does not fit"
     lines = [f"N={human_tokens(result.seq_len)}, B={result.batch} {verdict} in {where}: "
              f"peak {human_bytes(result.peak_memory_bytes)} of {human_bytes(result.budget_bytes)}, "
