@@ -17,9 +17,10 @@ import torch
 from .detect import AttentionSite, find_sites
 from .errors import AttncostError, ModelError
 from .expr import N, degree, value_at
-from .loader import LoadedModel, load
+from .loader import LoadedModel, load, with_quantization
 from .loader.positions import beyond_limit_warning
 from .memory import MemoryModel, peak_memory
+from .memory.quantized import quantization
 from .paths import layer_or_path
 from .patterns import subquadratic
 from .rules import DEVICES, flop_rules, node_flops
@@ -87,8 +88,15 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     #: what loading the model decided (what N means for its inputs, defaults a config relies on)
     notes: list[str] = field(default_factory=list)
+    #: "infer" (one forward without gradients) or "train" (one training step)
+    mode: str = "infer"
+    #: train mode: ``flops`` split into the forward's and the backward's
+    forward_flops: sympy.Expr | None = None
+    backward_flops: sympy.Expr | None = None
     #: the keyword arguments ``analyze`` was given, to analyse again at another N
     options: dict = field(default_factory=dict, repr=False)
+    #: the busiest GPU of a --fsdp/--tp/--cp plan at N (a training.parallel.PerGpuMemory)
+    parallel: object = None
 
     @property
     def attention_flops(self) -> sympy.Expr:
@@ -151,7 +159,11 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
             attn_implementation: str | None = None, kv_cache: bool | None = None,
             progress: Callable[[str], None] | None = None,
             last_logits_only: bool = False, flop_rules_override: Mapping | None = None,
-            allocation_rules: Mapping | None = None) -> Analysis:
+            allocation_rules: Mapping | None = None, weight_dtype: str | None = None,
+            group_size: int | None = None, kv_cache_dtype: str | None = None,
+            mode: str = "infer", optimizer: str = "adamw", mixed_precision: str | None = None,
+            checkpointing: str = "none", trainable: str = "all",
+            fsdp: int = 1, tp: int = 1, cp: int = 1) -> Analysis:
     """Trace ``model`` once and derive its attention cost as formulas in N and B.
 
     ``model`` is a path (a .py file, a transformers config.json or its
@@ -159,15 +171,20 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     for all N in ``result.n_range``; ``result.at(expr, N, B)`` evaluates one.
     ``flop_rules_override`` ({op: rule}) and ``allocation_rules`` ({op: rule}
     for ``device``) replace registered rules for this analysis only.
+    ``weight_dtype`` (int8, fp8_e4m3, int4, nf4), ``group_size`` and
+    ``kv_cache_dtype`` (fp8, int8) count weights and KV cache quantized
+    (memory/quantized.py says what each format holds).
+    ``mode="train"`` models one training step (``optimizer``,
+    ``mixed_precision``, ``checkpointing``, ``trainable``: see training/);
+    ``fsdp``, ``tp``, ``cp`` split it over GPUs (memory is then per GPU).
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "seq_len", "batch")}
     seq_len, batch = int(seq_len), int(batch)
     _check_request(seq_len, batch, device)
+    plan = _parallel_plan(mode, fsdp, tp, cp)
     say = progress or (lambda msg: None)
     say("loading the model")
-    loaded = model if isinstance(model, LoadedModel) else load(
-        model, dtype=dtype, attn_implementation=attn_implementation, kv_cache=kv_cache,
-        last_logits_only=last_logits_only)
+    loaded = _load(model, options)
     traced = trace(loaded, seq_len, batch, progress=progress)
     lo, hi = traced.n_range
     if seq_len < lo or (hi is not None and seq_len > hi):
@@ -184,7 +201,7 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     for site in sites:
         site.allocated_bytes = memory.site_allocated_bytes(site)
     beyond = beyond_limit_warning(loaded.config, seq_len)
-    return Analysis(
+    result = Analysis(
         model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=dtype_name(loaded.dtype),
         device=device, sites=sites, flops=flops, weight_bytes=int(memory.weight_bytes),
         peak_memory_bytes=memory.peak_bytes, n_range=traced.n_range, memory=memory,
@@ -192,3 +209,55 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
         kv_cache=loaded.kv_cache, quadratic=quadratic_tensors(traced, sites),
         traced=traced, loaded=loaded, notes=list(getattr(loaded, "notes", [])), options=options,
         warnings=[beyond] if beyond else [])
+    if mode == "train":
+        from .training import TrainingOptions, with_training
+        say("tracing forward and backward")
+        result = with_training(result, TrainingOptions(optimizer, mixed_precision, checkpointing,
+                                                       trainable), rules, allocation_rules, progress)
+    if plan is not None:
+        _split(result, plan)
+    return result
+
+
+def _load(model: str | Path | LoadedModel, options: dict) -> LoadedModel:
+    """The model as ``analyze``'s options ask: dtype, implementation, cache,
+    logits, quantization; train mode's defaults (float32 weights, no cache)."""
+    o = dict(options)
+    if o["mode"] != "infer":
+        from .training import training_load_options
+        o["dtype"], o["kv_cache"] = training_load_options(model, o["mode"], o["dtype"],
+                                                          o["kv_cache"], o["mixed_precision"])
+    if isinstance(model, LoadedModel):
+        return with_quantization(model, quantization(o["weight_dtype"], o["group_size"],
+                                                     o["kv_cache_dtype"]))
+    return load(model, **{k: o[k] for k in (
+        "dtype", "attn_implementation", "kv_cache", "last_logits_only", "weight_dtype",
+        "group_size", "kv_cache_dtype")})
+
+
+def _parallel_plan(mode: str, fsdp: int, tp: int, cp: int):
+    """The plan of --fsdp/--tp/--cp, or None for one GPU."""
+    if (fsdp, tp, cp) == (1, 1, 1):
+        return None
+    from .training.parallel import Plan
+
+    plan = Plan(fsdp=fsdp, tp=tp, cp=cp)
+    if mode != "train":
+        raise AttncostError("--fsdp, --tp and --cp split a training step: add --mode train")
+    return plan
+
+
+def _split(analysis: Analysis, plan) -> None:
+    """Memory figures of ``analysis`` per GPU under ``plan``."""
+    from .training.sharded import sharded_memory
+
+    memory = sharded_memory(analysis.memory, plan, analysis.loaded, analysis.seq_len,
+                            analysis.batch)
+    analysis.parallel = memory.per_gpu(analysis.seq_len, analysis.batch)
+    analysis.memory = memory
+    analysis.n_range = memory.n_range
+    if memory.peak_bytes is None:
+        raise AttncostError("the per-GPU peak under this plan has no formula that holds at every "
+                            "N (run without --fsdp/--tp/--cp for the one-GPU formula)")
+    analysis.peak_memory_bytes = memory.peak_bytes
+    analysis.notes += memory.notes

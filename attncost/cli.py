@@ -10,56 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import sys
 import traceback
 
 import click
 
+from .cli_options import (BASELINE_NAMES, BATCH, CALIBRATION, DEVICE, DEVICES, DTYPE, GPU_HELP,
+                          GPU_SPEC, KV_CACHE, SEQ_LEN, SIZE_HELP, VARIANT_NAMES,
+                          format_option, implementations_option, reserve_option,
+                          analysis_options, model_options)
 from .errors import AttncostError, first_line
-from .render import FORMATS
 from .units import MODEL_DTYPES, parse_length
-
-
-class LengthType(click.ParamType):
-    name = "N"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_length(value)
-        except AttncostError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-LENGTH = LengthType()
-
-
-class LazyChoice(click.Choice):
-    """A choice read from a registry (``module:NAME``) the first time it is
-    needed, so that building the command line imports no registry."""
-
-    def __init__(self, source: str):
-        self._source, self._choices = source, None
-        super().__init__(())
-
-    @property
-    def choices(self) -> tuple:
-        if self._choices is None:
-            module, name = self._source.split(":")
-            self._choices = tuple(getattr(importlib.import_module(module, __package__), name))
-        return self._choices
-
-    @choices.setter
-    def choices(self, value) -> None:  # click.Choice.__init__ sets it; the registry decides
-        pass
-
-
-DEVICES = LazyChoice(".rules:DEVICES")
-IMPLEMENTATIONS = LazyChoice(".loader:ATTN_IMPLEMENTATIONS")
-BASELINE_NAMES = LazyChoice(".questions.baselines:BASELINES")
-VARIANT_NAMES = LazyChoice(".kernels:VARIANTS")
 
 
 def _stderr(msg: str) -> None:
@@ -113,62 +74,6 @@ def busy(first: str = "loading the model"):
         yield say
 
 
-def _apply(fn, options):
-    for opt in reversed(options):
-        fn = opt(fn)
-    return fn
-
-
-def _format_option(choices=FORMATS, default="table"):
-    return click.option("--format", "fmt", type=click.Choice(list(choices)), default=default,
-                        show_default=True)
-
-
-DTYPE = click.option("--dtype", type=click.Choice(MODEL_DTYPES), default=None,
-                     help="Default: float32 for a .py file, bfloat16 for a config.")
-DEVICE = click.option("--device", type=DEVICES, default="cuda", show_default=True,
-                      help="The device whose kernels are modelled.")
-BATCH = click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
-KV_CACHE = click.option("--kv-cache/--no-kv-cache", default=None,
-                        help="For transformers configs (default: the config's use_cache).")
-SEQ_LEN = click.option("--seq-len", "seq_len", type=LENGTH, required=True,
-                       help="Sequence length N: 4096, 4k (= 4096), 1.5k (= 1536), 128k, 1M, 1G.")
-GPU_SPEC = click.option("--gpu-spec", "gpu_specs", multiple=True, type=click.Path(),
-                        help="A YAML file of more GPUs.")
-GPU_HELP = "A GPU from `attncost specs` (nvidia-smi's name, e.g. 'NVIDIA H100 80GB HBM3', works)"
-SIZE_HELP = "GiB or G are 2^30 bytes, GB is 10^9 bytes: 80GB = 74.5 GiB"
-
-
-def _reserve_option(each: str = ""):
-    return click.option("--reserve", default=None, help=f"Memory held back on{each} --gpu for "
-                        f"the CUDA context (default: as measured for the card in `attncost "
-                        f"specs`, else 1GiB; {SIZE_HELP}).")
-
-
-def _implementations_option(help_text: str, multiple: bool):
-    dest = "attn_implementations" if multiple else "attn_implementation"
-    return click.option("--attn-implementation", dest, multiple=multiple, type=IMPLEMENTATIONS,
-                        default=None if not multiple else (), help=help_text)
-
-
-LOGITS = click.option("--logits", "last_logits_only", type=click.Choice(["all", "last"]),
-                      default="all", show_default=True, callback=lambda ctx, p, v: v == "last",
-                      help="For transformers configs: logits for every position (as a forward "
-                           "computes them) or the last only (logits_to_keep=1, as generation).")
-
-
-def model_options(formats=FORMATS):
-    """Options shared by the commands that analyze one MODEL at one N.  Every
-    option but MODEL, --seq-len and --format is a keyword of ``analyze``
-    (same name), passed on as it is by ``_run_analysis``."""
-    def wrap(fn):
-        return _apply(fn, [
-            click.argument("model", type=click.Path()), SEQ_LEN, BATCH, DTYPE, DEVICE,
-            _implementations_option("For transformers configs (default sdpa).", multiple=False),
-            KV_CACHE, LOGITS, _format_option(formats)])
-    return wrap
-
-
 def _run_analysis(model, seq_len, say, **options):
     """``analyze(model, seq_len, **options)``: the options are analyze's keywords."""
     from .analysis import analyze
@@ -203,14 +108,25 @@ def main():
 
 @main.command()
 @model_options()
+@click.option("--gpu", default=None, help=GPU_HELP + ": adds the time of prefill and decode.")
+@CALIBRATION
+@GPU_SPEC
 @handles_errors
-def analyze(model, seq_len, fmt, **options):
+def analyze(model, seq_len, fmt, gpu, calibration, gpu_specs, **options):
     """FLOPs and memory of every attention site, per layer and per head."""
     from .render import show_analysis
 
+    timed = gpu is not None or calibration is not None
+    if timed:
+        from .questions.latency import resolve, time_model
+
+        resolve(gpu, calibration, "bfloat16", gpu_specs)  # a bad name or file before tracing
     with busy() as say:
         analysis = _run_analysis(model, seq_len, say, **options)
-    show_analysis(analysis, fmt)
+        if timed:
+            say("estimating the time on the GPU")
+        time = time_model(analysis, gpu, calibration, gpu_specs) if timed else None
+    show_analysis(analysis, fmt, time=time)
 
 
 @main.command()
@@ -218,13 +134,15 @@ def analyze(model, seq_len, fmt, **options):
 @click.option("--gpu", default=None, help=GPU_HELP + ".")
 @click.option("--memory", "memory_size", default=None,
               help=f"A budget for tensors: 24GiB, 24G, 80GB or bytes ({SIZE_HELP}).")
-@_reserve_option()
+@reserve_option()
 @GPU_SPEC
+@CALIBRATION
 @click.option("--max-batch", "want_max_batch", is_flag=True,
               help="Also the largest batch that fits at N (how many sequences of this length "
                    "the memory holds at once, KV cache included).")
 @handles_errors
-def fits(model, seq_len, fmt, gpu, memory_size, reserve, gpu_specs, want_max_batch, **options):
+def fits(model, seq_len, fmt, gpu, memory_size, reserve, gpu_specs, calibration, want_max_batch,
+         **options):
     """Does N fit the GPU's memory, with what headroom, and what is the largest N that does."""
     from .questions.fits import budget_for
     from .questions.fits import fits as answer_fits
@@ -234,14 +152,15 @@ def fits(model, seq_len, fmt, gpu, memory_size, reserve, gpu_specs, want_max_bat
     with busy() as say:
         analysis = _run_analysis(model, seq_len, say, **options)
         answer = answer_fits(analysis, gpu=gpu, memory=memory_size, reserve=reserve,
-                             gpu_specs=gpu_specs, progress=say, want_max_batch=want_max_batch)
+                             gpu_specs=gpu_specs, progress=say, want_max_batch=want_max_batch,
+                             calibration=calibration)
     show_fits(answer, fmt)
     sys.exit(0 if answer.result.fits else 1)
 
 
 @main.command()
 @GPU_SPEC
-@_format_option()
+@format_option()
 @handles_errors
 def specs(gpu_specs, fmt):
     """The GPUs attncost knows: memory, bandwidth, peak FLOP/s."""
@@ -252,6 +171,26 @@ def specs(gpu_specs, fmt):
 
 
 @main.command()
+@click.option("--out", type=click.Path(), default=None,
+              help="The YAML to write (default: calibration_<gpu>_<dtype>.yaml here).")
+@click.option("--dtype", type=click.Choice(MODEL_DTYPES), default="bfloat16", show_default=True)
+@click.option("--quick", is_flag=True, help="Fewer sizes and lengths: a shorter run.")
+@handles_errors
+def calibrate(out, dtype, quick):
+    """Measure this machine's CUDA GPU for `analyze --gpu`: matmuls, attention kernels,
+    bandwidth and the cost of one launch."""
+    from .calibration.measure import default_out, run_calibration, write_calibration
+    from .render import write_lines
+
+    with busy("measuring the GPU") as say:
+        data = run_calibration(dtype, quick, progress=say)
+    path = out or default_out(data)
+    write_calibration(data, path)
+    write_lines([f"wrote {path}: {data['gpu']}, {data['dtype']}, torch {data['torch']}"]
+                + [f"note: {note}" for note in data["notes"]])
+
+
+@main.command()
 @click.option("--variant", "variants", multiple=True, type=VARIANT_NAMES)
 @click.option("--device", type=DEVICES, default=None,
               help="Default: cuda when available, else cpu (correctness only).")
@@ -259,7 +198,7 @@ def specs(gpu_specs, fmt):
               help="Comma-separated lengths, e.g. 1k,4k,16k (a GPU only: a CPU checks tiny "
                    "shapes).")
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write a plot (png/svg).")
-@_format_option()
+@format_option()
 @handles_errors
 def validate(variants, device, seq_lens, plot_path, fmt):
     """Run the bundled kernels and compare measurements with the formulas."""
@@ -312,20 +251,21 @@ def _seq_range(text: str) -> tuple[int, int]:
               help="The range of N to plot: 1k..1M.")
 @click.option("--gpu", "gpu_names", multiple=True, help=GPU_HELP + "; repeat for more: its "
               "memory as a line, the largest N that fits as a marker.")
-@_implementations_option("For transformers configs; repeat for one curve each (default sdpa).",
+@implementations_option("For transformers configs; repeat for one curve each (default sdpa).",
                          multiple=True)
 @BATCH
 @DTYPE
 @DEVICE
 @KV_CACHE
-@_reserve_option(" each")
+@analysis_options
+@reserve_option(" each")
 @GPU_SPEC
 @click.option("--points", type=click.IntRange(min=2, max=1000), default=60, show_default=True,
               help="How many lengths to evaluate the formulas at.")
 @click.option("--out", "out", required=True, type=click.Path(), help="The image: .png or .svg.")
 @handles_errors
 def plot(model, seq_range, gpu_names, attn_implementations, batch, dtype, device, kv_cache,
-         reserve, gpu_specs, points, out):
+         reserve, gpu_specs, points, out, **options):
     """FLOPs and peak memory against N (log-log), one curve per attention implementation."""
     from .questions.sweep import plot_data
     from .render import show_sweep
@@ -336,7 +276,7 @@ def plot(model, seq_range, gpu_names, attn_implementations, batch, dtype, device
     with busy() as say:
         data = plot_data(model, lengths, batch=batch, dtype=dtype, device=device,
                          attn_implementations=attn_implementations or (None,), kv_cache=kv_cache,
-                         gpus=gpus, points=points, progress=say)
+                         gpus=gpus, points=points, progress=say, **options)
         say(f"drawing {out}")
         path = draw(data, out)
     show_sweep(data, path)
@@ -345,24 +285,25 @@ def plot(model, seq_range, gpu_names, attn_implementations, batch, dtype, device
 @main.command()
 @click.argument("model", type=click.Path())
 @SEQ_LEN
-@_implementations_option("For transformers configs; repeat to compare (default sdpa).",
+@implementations_option("For transformers configs; repeat to compare (default sdpa).",
                          multiple=True)
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(MODEL_DTYPES),
               help="Repeat to compare (default: float32 for a .py file, bfloat16 for a config).")
 @BATCH
 @DEVICE
 @KV_CACHE
+@analysis_options
 @click.option("--gpu", "gpu_name", default=None,
               help=GPU_HELP + ": adds the largest N that fits each choice.")
-@_reserve_option()
+@reserve_option()
 @GPU_SPEC
 @click.option("--baseline", "baselines", multiple=True, type=BASELINE_NAMES,
               help="Count FLOPs with fvcore (a real forward; small models only) or torch's "
                    "FlopCounterMode too, per layer.")
-@_format_option()
+@format_option()
 @handles_errors
 def compare(model, seq_len, attn_implementations, dtypes, batch, device, kv_cache, gpu_name,
-            reserve, gpu_specs, baselines, fmt):
+            reserve, gpu_specs, baselines, fmt, **options):
     """One model under several attention implementations or dtypes, and other FLOP counters."""
     from .questions.compare import compare_choices
     from .render import show_comparison
@@ -373,7 +314,7 @@ def compare(model, seq_len, attn_implementations, dtypes, batch, device, kv_cach
                                      attn_implementations=attn_implementations or (None,),
                                      dtypes=dtypes or (None,), kv_cache=kv_cache,
                                      gpu=gpu, budget_bytes=budget, baselines=baselines,
-                                     progress=say)
+                                     progress=say, **options)
     show_comparison(comparison, fmt)
 
 

@@ -27,6 +27,8 @@ class DType:
     torch_name: str | None
     short: str
     aliases: tuple[str, ...] = ()
+    #: bits per element (a quantized format's bits, before its scales)
+    bits: int | None = None
 
     @property
     def torch(self):
@@ -40,20 +42,28 @@ class DType:
 
 #: Every dtype attncost names.  ``MODEL_DTYPES`` are those a model can be run in.
 DTYPE_TABLE = (
-    DType("float32", "float32", "fp32", ("fp32", "float")),
-    DType("bfloat16", "bfloat16", "bf16", ("bf16",)),
-    DType("float16", "float16", "fp16", ("fp16", "half")),
+    DType("float32", "float32", "fp32", ("fp32", "float"), bits=32),
+    DType("bfloat16", "bfloat16", "bf16", ("bf16",), bits=16),
+    DType("float16", "float16", "fp16", ("fp16", "half"), bits=16),
     DType("tf32", None, "tf32"),
-    DType("float64", "float64", "fp64", ("fp64", "double")),
-    DType("int64", "int64", "int64", ("long",)),
-    DType("int32", "int32", "int32", ("int",)),
-    DType("int8", "int8", "int8"),
-    DType("uint8", "uint8", "uint8"),
-    DType("bool", "bool", "bool"),
+    DType("float64", "float64", "fp64", ("fp64", "double"), bits=64),
+    DType("int64", "int64", "int64", ("long",), bits=64),
+    DType("int32", "int32", "int32", ("int",), bits=32),
+    DType("int8", "int8", "int8", bits=8),
+    DType("uint8", "uint8", "uint8", bits=8),
+    DType("bool", "bool", "bool", bits=8),
+    # Quantized storage formats: weights and KV caches (memory/quantized.py
+    # adds their scales).  fp8 is e4m3, the format fp8 weights and caches use.
+    DType("fp8_e4m3", "float8_e4m3fn", "fp8", ("fp8", "float8_e4m3fn", "e4m3"), bits=8),
+    DType("int4", None, "int4", bits=4),
+    DType("nf4", None, "nf4", bits=4),
 )
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 #: The dtypes a GPU spec gives a dense peak FLOP/s for.
 PEAK_FLOPS_DTYPES = ("float32", "tf32", "bfloat16", "float16")
+#: What ``--weight-dtype`` and ``--kv-cache-dtype`` accept.
+WEIGHT_DTYPES = ("int8", "fp8_e4m3", "int4", "nf4")
+KV_CACHE_DTYPES = ("fp8", "int8")
 
 _BY_NAME = {d.name: d for d in DTYPE_TABLE} | {a: d for d in DTYPE_TABLE for a in d.aliases}
 _BY_TORCH: dict = {}
@@ -84,6 +94,14 @@ def short_dtype(dtype) -> str:
     """'bf16' for torch.bfloat16: how a tensor's dtype is printed."""
     known = _torch_dtype_entry(dtype)
     return known.short if known else str(dtype).replace("torch.", "")
+
+
+def dtype_bits(name) -> int:
+    """Bits per element of a dtype in the table ('nf4' -> 4, 'fp8' -> 8)."""
+    known = _BY_NAME.get(dtype_name(name))
+    if known is None or known.bits is None:
+        raise AttncostError(f"no size known for dtype {name!r}")
+    return known.bits
 
 
 def parse_dtype(name, default):
@@ -191,17 +209,33 @@ def human_bytes(x: int | float) -> str:
 
 
 def human_seconds(x: float) -> str:
-    """0.00042 -> 420 µs, 0.15 -> 150 ms, 200.0 -> 200 s."""
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+    """0.00042 -> 420 µs, 0.15 -> 150 ms, 42.0 -> 42 s, 200.0 -> 3.33 min,
+    20000.0 -> 5.56 h: three significant digits, never an exponent."""
+    for unit, scale in (("h", 3600.0), ("min", 60.0), ("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if x >= scale:
-            return f"{x / scale:.3g} {unit}"
-    return f"{x * 1e9:.3g} ns"
+            return f"{_digits(x / scale)} {unit}"
+    return f"{_digits(x * 1e9)} ns"
+
+
+def human_rate(x: float, unit: str) -> str:
+    """12345.6 tokens/s -> '12.3k tokens/s', 0.25 -> '0.25 tokens/s'."""
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{_digits(x / scale)}{prefix} {unit}"
+    return f"{_digits(x)} {unit}"
+
+
+def _digits(x: float) -> str:
+    """Three significant digits without an exponent: 0.0123, 4.56, 789, 12,345."""
+    return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
 
 
 def human_tokens(n: int) -> str:
-    """4096 -> 4k, 131072 -> 128k, 1048576 -> 1M; other values with separators."""
+    """4096 -> 4k, 131072 -> 128k, 1048576 -> 1M (as --seq-len reads them);
+    other values, and multiples too long to read at a glance (35816k), with
+    separators."""
     for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
-        if n >= size and n % size == 0:
+        if n >= size and n % size == 0 and n // size < 10_000:
             return f"{n // size}{unit}"
     return f"{n:,}"
 

@@ -162,7 +162,9 @@ def test_fits_exit_status_and_json(tmp_path):
     assert fit.exit_code == 0, fit.output
     data = json.loads(fit.stdout)
     assert data["fits"] is True and data["budget_bytes"] == 1 << 30
-    assert data["headroom_bytes"] == data["budget_bytes"] - data["peak_memory_bytes"]
+    # on CUDA the budget bounds what the caching allocator reserves
+    assert data["reserved_peak_bytes"] >= data["peak_memory_bytes"]
+    assert data["headroom_bytes"] == data["budget_bytes"] - data["reserved_peak_bytes"]
     largest = data["max_seq_len"]
     assert largest >= 1024
 
@@ -170,10 +172,11 @@ def test_fits_exit_status_and_json(tmp_path):
         out = run("fits", folder, "--seq-len", str(n), "--memory", "1GiB", "--format", "json")
         return json.loads(out.stdout)["peak_memory_bytes"], out.exit_code
 
-    # the boundary, checked by asking at both sides of it
+    # the boundary, checked by asking at both sides of it: it runs at the
+    # largest N and not one token above (the caching allocator decides)
     at, code_at = peak(largest)
     above, code_above = peak(largest + 1)
-    assert at <= 1 << 30 < above and (code_at, code_above) == (0, 1)
+    assert at <= 1 << 30 and (code_at, code_above) == (0, 1)
 
 
 def test_fits_what_if_when_it_does_not_fit(tmp_path):

@@ -9,7 +9,6 @@ Oracles, each independent of attncost's own trace:
   really received, read with a hook on a real forward;
 * a full trace, against the repeated-layer shortcut.
 """
-from collections import Counter
 
 import pytest
 import torch

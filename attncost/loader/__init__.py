@@ -7,6 +7,7 @@ a transformers config.  Modules are built on the meta device, so a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,16 +42,48 @@ class LoadedModel:
     trace_context: Callable[[], Any] = contextlib.nullcontext
     #: one-line remarks for the report (what N means, defaults a config relies on)
     notes: list[str] = field(default_factory=list)
+    #: quantized weights or KV cache to count (memory/quantized.py); None: as built
+    quantization: Any = None
 
 
 def load(path: str | Path, dtype: str | torch.dtype | None = None,
          attn_implementation: str | None = None, kv_cache: bool | None = None,
-         last_logits_only: bool = False) -> LoadedModel:
+         last_logits_only: bool = False, weight_dtype: str | None = None,
+         group_size: int | None = None, kv_cache_dtype: str | None = None) -> LoadedModel:
     """Load a Python model file or a transformers config (file or directory).
 
     ``last_logits_only`` (configs) computes the LM head for the last position
     only (transformers' ``logits_to_keep=1``), as generation does.
+    ``weight_dtype``, ``group_size`` and ``kv_cache_dtype`` say what is
+    counted quantized (memory/quantized.py).
     """
+    from ..memory.quantized import quantization
+
+    quant = quantization(weight_dtype, group_size, kv_cache_dtype)
+    loaded = _load(path, dtype, attn_implementation, kv_cache, last_logits_only)
+    return with_quantization(loaded, quant)
+
+
+def with_quantization(loaded: LoadedModel, quant) -> LoadedModel:
+    """``loaded`` with ``quant`` (a memory.quantized.Quantization) to count,
+    checked against what the model is."""
+    if quant is None:
+        return loaded
+    if quant.kv_cache is not None and not loaded.kv_cache:
+        raise ModelError("--kv-cache-dtype sizes the KV cache a transformers config's forward "
+                         "returns: " + ("pass --kv-cache" if loaded.source == "config" else
+                                        "a .py file's cache is not told apart from its outputs"))
+    if quant.weights is not None and any(isinstance(m, DynamicQuantizedLinearStandIn)
+                                         for m in loaded.module.modules()):
+        raise ModelError("--weight-dtype: the model is already quantized (quantize_dynamic); "
+                         "its packed weights are counted as they are")
+    from ..memory.quantized import quantization_notes
+
+    return dataclasses.replace(loaded, quantization=quant,
+                               notes=loaded.notes + quantization_notes(loaded.module, quant))
+
+
+def _load(path, dtype, attn_implementation, kv_cache, last_logits_only) -> LoadedModel:
     p = Path(path)
     if not p.exists():
         raise ModelError(f"{path}: no such file or directory; give a model .py file or a "
@@ -69,9 +102,14 @@ def load(path: str | Path, dtype: str | torch.dtype | None = None,
         if kv_cache is not None:
             raise ModelError("--kv-cache/--no-kv-cache applies to transformers configs, not to a "
                              ".py file: return the cache from forward() to count it")
-        return load_python(p, str(path), dtype)
+        with quantize_dynamic_on_meta() as notes:
+            loaded = load_python(p, str(path), dtype)
+        loaded.notes.extend(notes + swap_dynamic_linears(loaded.module))
+        return loaded
     raise ModelError(f"{path}: expected a .py model file or a transformers config.json")
 
 
 from .files import load_python  # noqa: E402  (they build LoadedModel)
+from .quantized import (DynamicQuantizedLinearStandIn, quantize_dynamic_on_meta,  # noqa: E402
+                        swap_dynamic_linears)
 from .hf import load_config  # noqa: E402

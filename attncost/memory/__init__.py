@@ -27,6 +27,7 @@ from .align import match_replay
 from .envelope import candidates, max_expr, prune
 from .liveness import graph_allocations
 from .model import Allocation, BreakdownEntry, MemoryModel, Profile, by_batch
+from .quantized import quantize_cache, weight_bytes
 from .replay import replay
 
 __all__ = ["Allocation", "BreakdownEntry", "MemoryModel", "peak_memory"]
@@ -39,15 +40,19 @@ def peak_memory(traced, loaded=None, device: str = "cuda",
     With ``loaded`` the forward is replayed eagerly on fake tensors (at the
     trace's length, for the trace's batch and for a batch of one); without
     it, or if the replay fails, liveness is last use in the graph.
-    ``allocation_rules`` overrides the device's rules for this call."""
+    ``allocation_rules`` overrides the device's rules for this call.
+    ``loaded.quantization`` (memory/quantized.py) sizes quantized weights
+    and a quantized KV cache."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     notes: list[str] = []
     per_batch, liveness = _allocations(traced, loaded, notes)
     lo = traced.n_range[0] if traced.n_range else 1
-    profiles = {key: _profile(traced, on_device(traced, allocations, device, allocation_rules), lo)
+    quant = getattr(loaded, "quantization", None)
+    profiles = {key: _profile(traced, quantize_cache(
+                    traced, on_device(traced, allocations, device, allocation_rules), quant, notes), lo)
                 for key, allocations in per_batch.items()}
-    weights = _weight_bytes(loaded.module) if loaded is not None else _placeholder_bytes(
+    weights = weight_bytes(loaded.module, quant) if loaded is not None else _placeholder_bytes(
         traced, "parameter", "buffer")
     inputs = sympy.expand(_placeholder_bytes(traced, "input"))
     intermediates = by_batch({k: max_expr([c.terms for c in p.front]) for k, p in profiles.items()})
@@ -93,10 +98,7 @@ def _profile(traced, allocations: list[Allocation], lo: int) -> Profile:
 
 def _weight_bytes(module) -> int:
     """Parameters and buffers, each tensor once (tied weights count once)."""
-    seen: dict[int, int] = {}
-    for t in list(module.parameters()) + list(module.buffers()):
-        seen.setdefault(id(t), t.numel() * t.element_size())
-    return sum(seen.values())
+    return weight_bytes(module)
 
 
 def _placeholder_bytes(traced, *kinds: str) -> sympy.Expr:

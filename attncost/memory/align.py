@@ -51,45 +51,99 @@ def _align_key(op: Any) -> str:
 
 #: How far the alignment of replayed ops and graph nodes looks around its position.
 _LOOK_AHEAD, _LOOK_BEHIND = 48, 8
+#: Ops after a far match that must match too before the walk jumps there.
+_CONFIRM = 3
+
+
+class _Aligner:
+    """Walks the replayed ops and the graph's allocating nodes side by side."""
+
+    def __init__(self, traced, replay: Replay, alloc_ops: list[int]):
+        self.traced, self.replay, self.alloc_ops = traced, replay, alloc_ops
+        self.nodes = allocating_nodes(traced)
+        self.hinted: dict[fx.Node, list] = {}
+        self.used: set[int] = set()
+
+    def sizes(self, node: fx.Node) -> list:
+        """A node's output bytes at the replay's N and B."""
+        if node not in self.hinted:
+            def at_hint(expr) -> int | None:
+                try:
+                    return value_at(expr, self.traced.seq_len_hint, self.replay.batch)
+                except (TypeError, ValueError):
+                    return None
+            self.hinted[node] = [at_hint(x) for x in self.traced.output_bytes(node)]
+        return self.hinted[node]
+
+    def same_sizes(self, i: int, node: fx.Node) -> bool:
+        sizes = self.sizes(node)
+        for k, sid in enumerate(self.replay.ops[i].new):
+            if sid is None:
+                continue
+            size = sizes[k] if k < len(sizes) else None
+            if size is None or size != self.replay.storages[sid].nbytes:
+                return False
+        return True
+
+    def fits(self, i: int, node: fx.Node) -> bool:
+        return (_align_key(self.replay.ops[i].func) == _align_key(node.target)
+                and self.same_sizes(i, node))
+
+    def near(self, i: int, j: int) -> int | None:
+        window = range(max(0, j - _LOOK_BEHIND), min(len(self.nodes), j + _LOOK_AHEAD))
+        return next((jj for jj in window if jj not in self.used and self.fits(i, self.nodes[jj])),
+                    None)
+
+    def far(self, k: int, j: int) -> int | None:
+        """Past the look-ahead: the graph decomposed one eager op into many
+        (an interpolation, a norm); resynchronise where this op and the next
+        ones agree, so that one skipped stretch does not lose the rest."""
+        following = self.alloc_ops[k + 1:k + 1 + _CONFIRM]
+        for jj in range(j + _LOOK_AHEAD, len(self.nodes)):
+            if jj in self.used or not self.fits(self.alloc_ops[k], self.nodes[jj]):
+                continue
+            ahead = range(jj + 1, min(len(self.nodes), jj + _LOOK_AHEAD))
+            if all(any(self.fits(i2, self.nodes[x]) for x in ahead) for i2 in following):
+                return jj
+        return None
+
+    def decomposed(self, i: int, lo: int, hi: int) -> int | None:
+        """An eager op the graph wrote as several: the last node of the
+        stretch between its matched neighbours whose outputs have its sizes."""
+        return next((jj for jj in range(min(hi, len(self.nodes)) - 1, lo - 1, -1)
+                     if jj not in self.used and self.same_sizes(i, self.nodes[jj])), None)
+
+    def run(self) -> dict[int, fx.Node]:
+        found_at: dict[int, int] = {}
+        j = 0
+        for k, i in enumerate(self.alloc_ops):
+            found = self.near(i, j)
+            if found is None:
+                found = self.far(k, j)
+            if found is not None:
+                found_at[i] = found
+                self.used.add(found)
+                j = max(j, found + 1)
+        self._fill_decomposed(found_at)
+        return {i: self.nodes[jj] for i, jj in found_at.items()}
+
+    def _fill_decomposed(self, found_at: dict[int, int]) -> None:
+        previous = -1
+        for k, i in enumerate(self.alloc_ops):
+            if i in found_at:
+                previous = found_at[i]
+                continue
+            nxt = next((found_at[i2] for i2 in self.alloc_ops[k + 1:] if i2 in found_at),
+                       len(self.nodes))
+            jj = self.decomposed(i, previous + 1, nxt)
+            if jj is not None:
+                found_at[i] = jj
+                self.used.add(jj)
 
 
 def _align(traced, replay: Replay, alloc_ops: list[int]) -> dict[int, fx.Node]:
     """Replayed op index -> the graph node that made its storages."""
-    nodes = allocating_nodes(traced)
-    hinted: dict[fx.Node, list] = {}
-
-    def at_hint(expr) -> int | None:
-        try:
-            return value_at(expr, traced.seq_len_hint, replay.batch)
-        except (TypeError, ValueError):
-            return None
-
-    def fits(i: int, node: fx.Node) -> bool:
-        op = replay.ops[i]
-        if _align_key(op.func) != _align_key(node.target):
-            return False
-        if node not in hinted:
-            hinted[node] = [at_hint(x) for x in traced.output_bytes(node)]
-        sizes = hinted[node]
-        for k, sid in enumerate(op.new):
-            if sid is None:
-                continue
-            size = sizes[k] if k < len(sizes) else None
-            if size is None or size != replay.storages[sid].nbytes:
-                return False
-        return True
-
-    node_of_op: dict[int, fx.Node] = {}
-    used: set[int] = set()
-    j = 0
-    for i in alloc_ops:
-        found = next((jj for jj in range(max(0, j - _LOOK_BEHIND), min(len(nodes), j + _LOOK_AHEAD))
-                      if jj not in used and fits(i, nodes[jj])), None)
-        if found is not None:
-            node_of_op[i] = nodes[found]
-            used.add(found)
-            j = max(j, found + 1)
-    return node_of_op
+    return _Aligner(traced, replay, alloc_ops).run()
 
 
 def match_replay(traced, replay: Replay, notes: list[str]) -> list[Allocation]:

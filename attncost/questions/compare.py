@@ -13,7 +13,7 @@ from ..analysis import Analysis, analyze
 from ..loader import load
 from .baselines import BaselineComparison, check_baselines, check_fvcore_size, \
     count_with_baselines
-from .sweep import largest_fitting_seq_len
+from .fits import check_fits, uses_allocator
 
 
 @dataclass
@@ -49,18 +49,25 @@ def _choice(a: Analysis, budget: int | None) -> Choice:
                     attention_flops=a.at(a.attention_flops),
                     useful_attention_flops=a.at(a.useful_attention_flops), peak_memory_bytes=peak)
     if budget is not None:
-        choice.max_seq_len = largest_fitting_seq_len([a], budget, a.batch)
-        choice.fits = peak <= budget
+        result = check_fits(a.memory, a.seq_len, a.batch, budget, n_range=a.n_range,
+                            allocator=uses_allocator(a.memory))
+        choice.max_seq_len, choice.fits = result.max_seq_len, result.fits
     return choice
+
+
+#: Keywords of ``analyze`` that are decided when the model is loaded.
+_LOAD_OPTIONS = ("last_logits_only", "weight_dtype", "group_size", "kv_cache_dtype")
 
 
 def _analyses(model: str, seq_len: int, pairs: list[tuple], batch: int, device: str,
               kv_cache: bool | None, fvcore: bool,
-              progress: Callable[[str], None] | None) -> list[Analysis]:
+              progress: Callable[[str], None] | None, options: dict) -> list[Analysis]:
     """One analysis per (implementation, dtype).  Every model is loaded (on
     the meta device, quickly) before any is traced, so that one too large for
     fvcore is refused before the long work."""
-    loaded = [load(model, dtype=dtype, attn_implementation=impl, kv_cache=kv_cache)
+    at_load = {k: v for k, v in options.items() if k in _LOAD_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in _LOAD_OPTIONS}
+    loaded = [load(model, dtype=dtype, attn_implementation=impl, kv_cache=kv_cache, **at_load)
               for impl, dtype in pairs]
     if fvcore:
         for m in loaded:
@@ -73,7 +80,7 @@ def _analyses(model: str, seq_len: int, pairs: list[tuple], batch: int, device: 
 
             def say(msg: str, label=label) -> None:
                 progress(f"{label}: {msg}" if len(pairs) > 1 else msg)
-        out.append(analyze(m, seq_len, batch=batch, device=device, progress=say))
+        out.append(analyze(m, seq_len, batch=batch, device=device, progress=say, **rest))
     return out
 
 
@@ -82,11 +89,12 @@ def compare_choices(model: str, seq_len: int, batch: int = 1, device: str = "cud
                     dtypes: Iterable[str | None] = (None,), kv_cache: bool | None = None,
                     gpu=None, budget_bytes: int | None = None,
                     baselines: Iterable[str] = (),
-                    progress: Callable[[str], None] | None = None) -> Comparison:
+                    progress: Callable[[str], None] | None = None, **options) -> Comparison:
     """Analyze every (implementation, dtype) pair at N; count each distinct
     implementation with the requested baselines too.  With ``gpu``, the
     largest N whose peak fits ``budget_bytes`` (its memory less a reserve).
-    ``progress`` hears what is being done."""
+    ``progress`` hears what is being done; ``options`` are more keywords of
+    ``analyze`` (quantization, training, logits)."""
     baselines = check_baselines(baselines)
     budget = None
     if gpu is not None:
@@ -94,7 +102,7 @@ def compare_choices(model: str, seq_len: int, batch: int = 1, device: str = "cud
     pairs = [(impl, dtype) for impl in list(dict.fromkeys(attn_implementations)) or [None]
              for dtype in list(dict.fromkeys(dtypes)) or [None]]
     analyses = _analyses(model, seq_len, pairs, batch, device, kv_cache, "fvcore" in baselines,
-                         progress)
+                         progress, options)
     choices = [_choice(a, budget) for a in analyses]
     comparison = Comparison(model=str(model), seq_len=seq_len, batch=batch, device=device,
                             choices=choices, gpu=gpu.name if gpu is not None else None,

@@ -3,10 +3,17 @@
 The peak is an exact integer function of N (an expression or a MemoryModel),
 so the largest N under a budget is found on integers, not by solving a
 polynomial numerically: peak(max) <= budget < peak(max + 1).
+
+On a CUDA device the budget is what PyTorch's caching allocator may reserve
+(a card's memory less its CUDA context, or what
+``set_per_process_memory_fraction`` allows), and a length fits when the
+allocation sequence runs under it without an out-of-memory error
+(memory/allocator.py): rounding, segments and fragmentation included.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import sympy
@@ -15,9 +22,9 @@ from ..errors import AttncostError
 from ..expr import value_at
 from ..gpus import GPU, get_gpu
 from ..units import parse_budget, parse_size
-from .roofline import SiteTime, site_times
-from .search import (MAX_SEQ_LEN_CAP, RangedPeaks, max_batch, max_seq_len_across,
-                     unreached_warning)
+from .latency import TimeEstimate, time_if_inference
+from .search import (MAX_SEQ_LEN_CAP, RangedRuns, first_failure, largest_under, max_batch,
+                     max_seq_len_across, unreached_warning)
 
 
 @dataclass
@@ -36,6 +43,8 @@ class FitResult:
     max_batch: int | None = None
     #: the search stopped at a length it could not trace: max_seq_len is a lower bound
     max_seq_len_lower_bound: bool = False
+    #: what the caching allocator reserves at its peak (max_memory_reserved), on CUDA
+    reserved_peak_bytes: int | None = None
 
 
 @dataclass
@@ -56,7 +65,8 @@ class FitsAnswer:
     lowest_seq_len: int
     breakdown: list = field(default_factory=list)
     what_if: list[WhatIf] = field(default_factory=list)
-    roofline: list[SiteTime] = field(default_factory=list)
+    #: prefill and decode time on the GPU (with --gpu)
+    time: TimeEstimate | None = None
     #: the model, as the analysis names it, and the dtype it was analysed in
     model: str = ""
     dtype: str = ""
@@ -64,6 +74,8 @@ class FitsAnswer:
     warnings: list[str] = field(default_factory=list)
     #: whether the largest batch was asked for (result.max_batch is then its answer)
     asked_max_batch: bool = False
+    #: the busiest GPU of a --fsdp/--tp/--cp plan at N (training.parallel.PerGpuMemory)
+    parallel: object = None
 
 
 def _peak_function(peak) -> Callable[[int, int], int]:
@@ -104,19 +116,59 @@ def max_seq_len(peak, batch: int, budget: int, lo: int = 1, hi: int | None = Non
     return good
 
 
+def uses_allocator(memory_model) -> bool:
+    """A CUDA memory model whose allocations can be replayed through the
+    caching allocator (an expression or a callable cannot)."""
+    return getattr(memory_model, "device", None) == "cuda" and hasattr(memory_model, "_profile")
+
+
+def runs_function(memory_model, budget: int, allocator: bool | None = None):
+    """(n, b) -> whether one forward runs under ``budget``: through the
+    caching allocator for a CUDA memory model, else peak <= budget."""
+    if allocator is None:
+        allocator = uses_allocator(memory_model)
+    if allocator:
+        from ..memory.reserved import runs_under
+
+        return lambda n, b: runs_under(memory_model, n, b, budget)
+    f = _peak_function(memory_model)
+    return lambda n, b: f(n, b) <= budget
+
+
 def check_fits(memory_model, seq_len: int, batch: int, budget_bytes: int,
                gpu: GPU | str | None = None,
-               n_range: tuple[int, int | None] | None = None) -> FitResult:
+               n_range: tuple[int, int | None] | None = None,
+               allocator: bool = False) -> FitResult:
     """Does (seq_len, batch) fit ``budget_bytes``, with what headroom, and the
-    largest N that does at this batch (within the range the trace holds for)."""
-    f = _peak_function(memory_model)
-    peak = f(int(seq_len), int(batch))
+    largest N that does at this batch (within the range the trace holds for).
+    With ``allocator`` the budget bounds reserved memory (see the module):
+    the headroom is the budget less what is reserved when it runs, and less
+    the live tensors alone when it does not (the least it is short by)."""
+    n, b, budget = int(seq_len), int(batch), int(budget_bytes)
+    peak = _peak_function(memory_model)(n, b)
+    ok = runs_function(memory_model, budget, allocator)
+    reserved = _reserved(memory_model, n, b, budget) if allocator else None
     lo, hi = n_range or getattr(memory_model, "n_range", None) or (1, None)
-    largest = max_seq_len(f, int(batch), int(budget_bytes), lo=lo, hi=hi)
+    cap = MAX_SEQ_LEN_CAP if hi is None else min(int(hi), MAX_SEQ_LEN_CAP)
+    largest = largest_under(lambda x: ok(x, b), n, cap, floor=max(1, int(lo)))
+    if allocator:
+        largest = first_failure(lambda x: ok(x, b), largest, _scan_from(n, largest, lo))
     name = gpu.name if isinstance(gpu, GPU) else gpu
-    return FitResult(fits=peak <= budget_bytes, seq_len=int(seq_len), peak_memory_bytes=peak,
-                     budget_bytes=int(budget_bytes), headroom_bytes=int(budget_bytes) - peak,
-                     max_seq_len=largest, gpu=name, batch=int(batch))
+    runs = ok(n, b)
+    return FitResult(fits=runs, seq_len=n, peak_memory_bytes=peak, budget_bytes=budget,
+                     headroom_bytes=budget - (reserved if runs and reserved is not None else peak),
+                     max_seq_len=largest, gpu=name, batch=b, reserved_peak_bytes=reserved)
+
+
+def _reserved(memory_model, n: int, b: int, budget: int) -> int:
+    """What ``max_memory_reserved`` reports: under the budget where the run
+    fits it (cached blocks are released before the allocator gives up), else
+    what the run would reserve with no limit."""
+    from ..memory.reserved import events_at, simulate
+
+    events = events_at(memory_model, n, b)
+    run = simulate(events, limit=budget)
+    return run.reserved_peak_bytes if not run.oom else simulate(events).reserved_peak_bytes
 
 
 def budget_for(gpu: str | None = None, memory: str | int | None = None,
@@ -139,32 +191,43 @@ def budget_for(gpu: str | None = None, memory: str | int | None = None,
 def fits(analysis, gpu: str | None = None, memory: str | None = None,
          reserve: str | None = None, gpu_specs: Iterable[str] = (),
          progress: Callable[[str], None] | None = None, want_max_batch: bool = False,
-         retrace: Callable[[int], object] | None = None) -> FitsAnswer:
+         retrace: Callable[[int], object] | None = None,
+         calibration: str | None = None) -> FitsAnswer:
     """`attncost fits`: does the analysis' N and B fit, and if not, what would.
     The largest N is searched beyond the range the trace holds for by
     tracing again (``retrace(n)``, default: the same analysis at n);
     ``progress`` hears about each re-analysis."""
     budget, spec = budget_for(gpu, memory, reserve, gpu_specs)
+    allocator = uses_allocator(analysis.memory)
     result = check_fits(analysis.memory, analysis.seq_len, analysis.batch, budget, spec,
-                        n_range=analysis.n_range)
+                        n_range=analysis.n_range, allocator=allocator)
     warnings = list(getattr(analysis, "warnings", []) or [])
-    peaks = RangedPeaks(peak=lambda a, n, b: a.memory.at(n, b),
-                        retrace=retrace or _retracer(analysis, progress), analyses=[analysis])
-    result.max_seq_len = max_seq_len_across(peaks, result.batch, budget, result.seq_len)
+    peaks = RangedRuns(runs=lambda a, n, b: runs_function(a.memory, budget, allocator)(n, b),
+                       retrace=retrace or _retracer(analysis, progress), analyses=[analysis])
+    result.max_seq_len = max_seq_len_across(peaks, result.batch, result.seq_len)
+    if allocator:
+        result.max_seq_len = first_failure(
+            lambda x: peaks.ok(x, result.batch), result.max_seq_len,
+            _scan_from(result.seq_len, result.max_seq_len, _lowest_seq_len(peaks)),
+            checkable=lambda x: peaks.covering(x) is not None)
     note = unreached_warning(peaks, result.max_seq_len)
     if note:
         warnings.append(note)
         result.max_seq_len_lower_bound = result.max_seq_len is not None
     warnings += _limit_warnings(analysis, result)
     if want_max_batch:
-        result.max_batch = max_batch(_peak_function(analysis.memory), result.seq_len, budget)
+        runs = runs_function(analysis.memory, budget, allocator)
+        result.max_batch = max_batch(runs, result.seq_len)
+        if allocator:
+            result.max_batch = first_failure(lambda b: runs(result.seq_len, b),
+                                             result.max_batch, 1)
     return FitsAnswer(
         result=result, gpu=spec, lowest_seq_len=_lowest_seq_len(peaks),
         breakdown=analysis.memory.breakdown(result.seq_len, result.batch, top=3),
         what_if=[] if result.fits else what_ifs(analysis, budget, spec, progress, result),
-        roofline=site_times(analysis, spec) if spec is not None else [],
+        time=time_if_inference(analysis, spec, calibration),
         model=analysis.model, dtype=analysis.dtype, warnings=warnings,
-        asked_max_batch=want_max_batch)
+        asked_max_batch=want_max_batch, parallel=getattr(analysis, "parallel", None))
 
 
 def _limit_warnings(analysis, result: FitResult) -> list[str]:
@@ -179,7 +242,13 @@ def _limit_warnings(analysis, result: FitResult) -> list[str]:
             f"position limit of {limit[0]:,} ({limit[1]})"]
 
 
-def _lowest_seq_len(peaks: RangedPeaks) -> int:
+def _scan_from(seq_len: int, found: int | None, lowest: int) -> int:
+    """Where a scan for the first failure starts: half the answer (a
+    fragmentation hole below the requested length counts too)."""
+    return max(1, lowest, (found or 1) // 2)
+
+
+def _lowest_seq_len(peaks: RangedRuns) -> int:
     """The shortest length any of the search's traces holds for."""
     return min((a.n_range or (1, None))[0] for a in peaks.analyses)
 
@@ -193,7 +262,10 @@ def _retracer(analysis, progress: Callable[[str], None] | None) -> Callable[[int
             progress(f"tracing again at N={n:,} (the first trace holds for "
                      f"{_range_text(analysis.n_range)})")
         options = dict(getattr(analysis, "options", {}) or {}, progress=None)
-        model = analysis.loaded if analysis.loaded is not None else analysis.model
+        # from the file again where there is one: options such as LoRA adapters
+        # change the loaded module, and must apply to a fresh one
+        model = analysis.model if analysis.loaded is None or Path(analysis.model).exists() \
+            else analysis.loaded
         return analyze(model, n, batch=analysis.batch, **options)
     return retrace
 
@@ -250,7 +322,7 @@ def what_ifs(analysis, budget: int, spec: GPU | None,
         except AttncostError:
             continue
         result = check_fits(other.memory, other.seq_len, other.batch, budget, spec,
-                            n_range=other.n_range)
+                            n_range=other.n_range, allocator=uses_allocator(other.memory))
         if _helps(result, current):
             results.append(WhatIf(change, result))
     return results

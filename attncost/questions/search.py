@@ -22,34 +22,60 @@ MAX_BATCH_CAP = 2**24
 TRACE_BUDGET = 12
 
 
-def largest_under(f: Callable[[int], int], budget: int, start: int, cap: int,
+def largest_under(ok: Callable[[int], bool], start: int, cap: int,
                   floor: int = 1) -> int | None:
-    """The largest x in [floor, cap] with f(x) <= budget, for f that does not
-    decrease: gallop from ``start`` up (if it fits) or down (if not), then
-    bisect.  None if ``floor`` does not fit."""
+    """The largest x in [floor, cap] with ok(x), for ok that holds up to some
+    x and not above: gallop from ``start`` up (if ok) or down (if not), then
+    bisect.  None if ``floor`` is not ok.  Where ok is not monotone (reserved
+    memory can dip by a segment as N grows), the answer is a boundary: ok at
+    x and not at x + 1."""
     start = min(max(int(start), floor), cap)
-    if f(start) <= budget:
+    if ok(start):
         good, step = start, 1
         while good < cap:
             probe = min(good + step, cap)
-            if f(probe) > budget:
-                return _bisect(f, budget, good, probe)
+            if not ok(probe):
+                return _bisect(ok, good, probe)
             good, step = probe, step * 2
         return good
     bad, step = start, 1
     while bad > floor:
         probe = max(bad - step, floor)
-        if f(probe) <= budget:
-            return _bisect(f, budget, probe, bad)
+        if ok(probe):
+            return _bisect(ok, probe, bad)
         bad, step = probe, step * 2
     return None
 
 
-def _bisect(f, budget: int, good: int, bad: int) -> int:
-    """f(good) fits, f(bad) does not: the last x that fits."""
+#: How finely ``first_failure`` looks below an answer: every 1/SCAN_STEPS of the way.
+SCAN_STEPS = 256
+
+
+def first_failure(ok: Callable[[int], bool], found: int | None, low: int,
+                  checkable: Callable[[int], bool] = lambda x: True) -> int | None:
+    """For ok that is not monotone (the caching allocator's fragmentation
+    comes and goes with N), the boundary below the first length that fails
+    between ``low`` and ``found``, looked for every (found - low)/SCAN_STEPS:
+    every length checked up to the answer runs.  ``checkable`` skips lengths
+    that would cost a new trace."""
+    if found is None or found <= low:
+        return found
+    step = max(1, (found - low) // SCAN_STEPS)
+    last_ok = low
+    for x in range(low + step, found, step):
+        if not checkable(x):
+            continue
+        if not ok(x):
+            return _bisect(ok, last_ok, x)
+        last_ok = x
+    return found
+
+
+def _bisect(ok, good: int, bad: int) -> int:
+    """ok(good) and not ok(bad): the last x that is ok."""
     while bad - good > 1:
         mid = (good + bad) // 2
-        if f(mid) <= budget:
+        if ok(mid):
             good = mid
         else:
             bad = mid
@@ -57,13 +83,14 @@ def _bisect(f, budget: int, good: int, bad: int) -> int:
 
 
 @dataclass
-class RangedPeaks:
-    """A peak function over every N, from analyses that each hold for a range.
+class RangedRuns:
+    """Whether the model runs at (N, B), for every N, from analyses that each
+    hold for a range.
 
-    ``peak(analysis, n, b)`` evaluates one analysis; ``retrace(n)`` makes an
-    analysis at n (None where the model cannot be traced there)."""
+    ``runs(analysis, n, b)`` asks one analysis; ``retrace(n)`` makes an
+    analysis at n (raising AttncostError where the model cannot be traced)."""
 
-    peak: Callable[[object, int, int], int]
+    runs: Callable[[object, int, int], bool]
     retrace: Callable[[int], object]
     analyses: list = field(default_factory=list)
     traces_left: int = TRACE_BUDGET
@@ -77,15 +104,13 @@ class RangedPeaks:
                 return a
         return None
 
-    def at(self, n: int, b: int) -> float:
-        """Peak bytes at (n, b); infinite where no analysis could be made, so
-        that a search stops below it (its answer is then a lower bound)."""
+    def ok(self, n: int, b: int) -> bool:
+        """Runs at (n, b); False where no analysis could be made, so that a
+        search stops below it (its answer is then a lower bound)."""
         analysis = self.covering(n)
         if analysis is None:
             analysis = self._trace(n)
-        if analysis is None:
-            return float("inf")
-        return self.peak(analysis, n, b)
+        return analysis is not None and self.runs(analysis, n, b)
 
     def _trace(self, n: int):
         if self.traces_left <= 0:
@@ -104,21 +129,21 @@ class RangedPeaks:
         return len(self.analyses) > 1
 
 
-def max_seq_len_across(peaks: RangedPeaks, batch: int, budget: int, start: int,
+def max_seq_len_across(runs: RangedRuns, batch: int, start: int,
                        cap: int | None = None) -> int | None:
-    """The largest N that fits ``budget`` at ``batch``, searched from
-    ``start`` across as many traces as it needs."""
+    """The largest N that runs at ``batch``, searched from ``start`` across
+    as many traces as it needs."""
     top = MAX_SEQ_LEN_CAP if cap is None else min(int(cap), MAX_SEQ_LEN_CAP)
-    return largest_under(lambda n: peaks.at(n, batch), budget, start, top)
+    return largest_under(lambda n: runs.ok(n, batch), start, top)
 
 
-def max_batch(peak: Callable[[int, int], int], seq_len: int, budget: int,
+def max_batch(runs: Callable[[int, int], bool], seq_len: int,
               cap: int = MAX_BATCH_CAP) -> int | None:
-    """The largest batch that fits ``budget`` at ``seq_len`` (None: not even one)."""
-    return largest_under(lambda b: peak(seq_len, b), budget, 1, cap)
+    """The largest batch that runs at ``seq_len`` (None: not even one)."""
+    return largest_under(lambda b: runs(seq_len, b), 1, cap)
 
 
-def unreached_warning(peaks: RangedPeaks, found: int | None) -> str | None:
+def unreached_warning(peaks: RangedRuns, found: int | None) -> str | None:
     """One line when the search could not trace a length it needed."""
     if not peaks.unreached:
         return None

@@ -16,7 +16,7 @@ from ..analysis import Analysis, analyze
 from ..errors import AttncostError
 from ..gpus import GPU
 from ..units import human_tokens
-from .fits import max_seq_len
+from .fits import check_fits, uses_allocator
 
 #: How many times one curve may be traced to cover the plot range.
 MAX_TRACES_PER_CURVE = 4
@@ -108,8 +108,8 @@ def peak_at(pieces: list[Analysis], n: int, batch: int) -> int | None:
 def largest_fitting_seq_len(pieces: list[Analysis], budget_bytes: int, batch: int) -> int | None:
     """The largest N whose peak memory fits ``budget_bytes``, over the ranges
     the pieces hold for.  None when no length in them fits."""
-    found = [max_seq_len(a.memory, batch, budget_bytes, lo=a.n_range[0], hi=a.n_range[1])
-             for a in pieces]
+    found = [check_fits(a.memory, a.n_range[0], batch, budget_bytes, n_range=a.n_range,
+                        allocator=uses_allocator(a.memory)).max_seq_len for a in pieces]
     return max((n for n in found if n is not None), default=None)
 
 
@@ -135,11 +135,12 @@ def _curve(label: str, pieces: list[Analysis], seq_lens: list[int], clipped: lis
 def plot_data(model: str, seq_range: tuple[int, int], batch: int = 1, dtype: str | None = None,
               device: str = "cuda", attn_implementations: Iterable[str | None] = (None,),
               kv_cache: bool | None = None, gpus: Iterable[tuple[GPU, int]] = (),
-              points: int = 60, progress: Callable[[str], None] | None = None) -> PlotData:
+              points: int = 60, progress: Callable[[str], None] | None = None,
+              **options) -> PlotData:
     """Trace once per attention implementation (more only where the model
     branches on N) and evaluate FLOPs and peak memory at ``points`` lengths.
     ``gpus``: (GPU, bytes it leaves for tensors) pairs; ``progress`` hears
-    which trace is running."""
+    which trace is running; ``options`` are more keywords of ``analyze``."""
     lo, hi = seq_range
     seq_lens = log_spaced_lengths(lo, hi, points)
     curves: list[Curve] = []
@@ -152,7 +153,7 @@ def plot_data(model: str, seq_range: tuple[int, int], batch: int = 1, dtype: str
                 def say(msg: str) -> None:
                     progress(f"{where}N={human_tokens(n)}: {msg}")
             return analyze(model, n, batch=batch, dtype=dtype, device=device,
-                           attn_implementation=impl, kv_cache=kv_cache, progress=say)
+                           attn_implementation=impl, kv_cache=kv_cache, progress=say, **options)
 
         pieces, clipped = covering_analyses(run, seq_lens)
         if not pieces:

@@ -68,19 +68,20 @@ def _console(console):
     return Console()
 
 
-def show_analysis(a, fmt: str = "table", console=None) -> None:
+def show_analysis(a, fmt: str = "table", console=None, time=None) -> None:
+    """One analysis; ``time`` (a latency.TimeEstimate) adds the time on a GPU."""
     from . import schema
 
     if fmt in ("json", "yaml"):
-        _structured(schema.analysis_dict(a), fmt)
+        _structured(schema.analysis_dict(a, time), fmt)
     elif fmt == "markdown":
         from . import markdown
 
-        write(markdown.analysis_markdown(a))
+        write(markdown.analysis_markdown(a, time))
     else:
         from . import tables
 
-        tables.print_analysis(a, _console(console))
+        tables.print_analysis(a, _console(console), time)
     warn(a.warnings)
 
 

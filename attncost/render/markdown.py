@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .rows import baseline_rows, choice_rows, site_cells, site_rows
 from .sentences import analysis_lines, analysis_title, baseline_notes, breakdown_sentence, \
-    comparison_site_lines, comparison_title, fits_verdict, peak_entries, roofline_lines, \
+    comparison_site_lines, comparison_title, fits_verdict, peak_entries, time_lines, \
     what_if_lines
 
 
@@ -17,7 +17,7 @@ def _bullets(lines: list[str]) -> list[str]:
     return [f"- {line}" for line in lines]
 
 
-def analysis_markdown(a) -> str:
+def analysis_markdown(a, time=None) -> str:
     out = [f"**{analysis_title(a)}**", "",
            "| site | variant | heads | FLOPs formula | at N | share |",
            "|---|---|---:|---|---:|---:|"]
@@ -26,7 +26,7 @@ def analysis_markdown(a) -> str:
         label = row.label + (f" ×{row.count}" if row.count > 1 else "")
         out.append(f"| `{label}` | {kind} | {heads} | `{formula}` | {value} | {share} |")
     out.append("")
-    out.extend(_bullets(analysis_lines(a)))
+    out.extend(_bullets(analysis_lines(a) + time_lines(time)))
     return "\n".join(out) + "\n"
 
 
@@ -44,7 +44,7 @@ def comparison_markdown(c) -> str:
 
 def fits_markdown(answer) -> str:
     """`attncost fits`: the verdict in bold, what is at the peak as a table,
-    what would fit and the roofline as bullets."""
+    what would fit and the time on the GPU as bullets."""
     verdict, *reach = fits_verdict(answer)
     out = [f"**{verdict}**", ""] + _bullets(reach)
     entries = peak_entries(answer.breakdown)
@@ -55,9 +55,9 @@ def fits_markdown(answer) -> str:
     what_if = what_if_lines(answer.what_if)
     if what_if:
         out += ["", "**what if**", ""] + _bullets(what_if)
-    roofline = roofline_lines(answer.roofline, answer.gpu)
-    if roofline:
-        out += [""] + _bullets(roofline)
+    time = time_lines(answer.time)
+    if time:
+        out += [""] + _bullets(time)
     return "\n".join(out) + "\n"
 
 

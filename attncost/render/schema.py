@@ -46,17 +46,20 @@ def totals_dict(a) -> dict:
         "weight_bytes": int(a.weight_bytes),
         "peak_memory_bytes": _expression(a, a.peak_memory_bytes),
         "leading_term": str(leading_term(a.flops, N)),
+        **({"forward_flops": _expression(a, a.forward_flops),
+            "backward_flops": _expression(a, a.backward_flops)}
+           if getattr(a, "mode", "infer") == "train" else {}),
     }
 
 
-def analysis_dict(a) -> dict:
-    """`attncost analyze`."""
+def analysis_dict(a, time=None) -> dict:
+    """`attncost analyze` (with ``time``, a latency.TimeEstimate: its "time")."""
     totals = totals_dict(a)
     quadratic = [{
         "node": q.node, "op": q.op, "layer": q.layer, "shape": [str(x) for x in q.shape],
         "dtype": q.dtype, "bytes": _expression(a, q.bytes), "in_attention_site": q.in_site,
     } for q in a.quadratic]
-    return {
+    data = {
         "model": a.model, "seq_len": a.seq_len, "batch": a.batch,
         "dtype": a.dtype, "device": a.device, "attn_implementation": a.attn_implementation,
         "sites": [site_dict(a, s) for s in a.sites], "totals": totals,
@@ -67,13 +70,59 @@ def analysis_dict(a) -> dict:
         "warnings": [clean(w) for w in a.warnings],
         "notes": [clean(n) for n in a.notes],
     }
+    data["mode"] = getattr(a, "mode", "infer")
+    step = getattr(a.memory, "step", None)
+    if step is not None:
+        data["training"] = training_dict(a, step)
+    quant = getattr(getattr(a, "loaded", None), "quantization", None)
+    if quant is not None:
+        data["quantization"] = quant.to_dict()
+    if getattr(a, "parallel", None) is not None:
+        data["parallel"] = parallel_object(a.parallel)
+    if time is not None:
+        data["time"] = time_dict(time)
+    return data
+
+
+def parallel_object(per_gpu) -> dict:
+    """The JSON "parallel" object of a --fsdp/--tp/--cp plan."""
+    from ..training.parallel import parallel_dict
+
+    return parallel_dict(per_gpu)
+
+
+def training_dict(a, step) -> dict:
+    """A training step's memory in parts, at the requested N and B."""
+    return {"parameter_bytes": step.parameter_bytes, "gradient_bytes": step.gradient_bytes,
+            "optimizer_bytes": step.optimizer_bytes,
+            "activation_bytes": step.activations(a.seq_len, a.batch),
+            **{k: v for k, v in (a.options or {}).items()
+               if k in ("optimizer", "mixed_precision", "checkpointing", "trainable")}}
+
+
+def time_dict(t) -> dict:
+    """Prefill and decode time on a GPU (questions/latency.py), in seconds."""
+    return {
+        "gpu": t.gpu, "prefill_seconds": t.prefill_seconds,
+        "decode_seconds_per_token": t.decode_seconds_per_token, "calibration": t.calibration,
+        "sites": [{"name": s.name, "seconds": s.seconds, "decode_seconds": s.decode_seconds,
+                   "kernel": s.kernel, "bound": s.bound} for s in t.sites],
+        "prefill_tokens_per_second": t.prefill_tokens_per_second,
+        "decode_tokens_per_second": t.decode_tokens_per_second,
+        "layers": [{"layer": x.layer, "prefill_seconds": x.prefill_seconds,
+                    "decode_seconds": x.decode_seconds} for x in t.layers],
+        "launch_overhead_seconds": t.launch_overhead_seconds, "ops": t.ops,
+        "kv_cache_bytes": t.kv_cache_bytes, "decode_bytes": t.decode_bytes,
+        "calibration_file": t.calibration_file, "notes": [clean(n) for n in t.notes],
+    }
 
 
 def fit_dict(r) -> dict:
     """One FitResult."""
     return {"fits": r.fits, "seq_len": r.seq_len, "peak_memory_bytes": r.peak_memory_bytes,
             "budget_bytes": r.budget_bytes, "headroom_bytes": r.headroom_bytes,
-            "max_seq_len": r.max_seq_len, "gpu": r.gpu}
+            "max_seq_len": r.max_seq_len, "gpu": r.gpu,
+            "reserved_peak_bytes": r.reserved_peak_bytes}
 
 
 def fits_dict(answer) -> dict:
@@ -85,14 +134,17 @@ def fits_dict(answer) -> dict:
         data["max_seq_len_lower_bound"] = True
     if answer.asked_max_batch:
         data["max_batch"] = r.max_batch
+    if getattr(answer, "parallel", None) is not None:
+        data["parallel"] = parallel_object(answer.parallel)
     data["peak_breakdown"] = [breakdown_dict(e) for e in answer.breakdown]
     data["warnings"] = [clean(w) for w in answer.warnings]
     data["what_if"] = [{"change": w.change, "peak_memory_bytes": w.result.peak_memory_bytes,
                         "fits": w.result.fits, "max_seq_len": w.result.max_seq_len}
                        for w in answer.what_if]
-    if answer.roofline:
-        data["roofline_estimate"] = [{"site": t.site, "seconds": t.seconds, "bound": t.bound}
-                                     for t in answer.roofline]
+    if answer.time is not None:
+        data["time"] = time_dict(answer.time)
+        data["roofline_estimate"] = [{"site": s.name, "seconds": s.seconds, "bound": s.bound}
+                                     for s in answer.time.sites]
     return data
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sympy
 
 from ..expr import B, N, degree, leading_term, value_at
-from ..units import human_bytes, human_flops, human_seconds, human_tokens
+from ..units import human_bytes, human_flops, human_rate, human_seconds, human_tokens
 from .console import clean
 
 #: A share of the peak below this is not worth a sentence ("0% of peak").
@@ -168,12 +168,12 @@ def analysis_lines(a) -> list[str]:
 
 def fits_lines(answer) -> list[str]:
     """`attncost fits` in words: the verdict, the reach, what is at the peak,
-    what might fit, how long attention takes at best."""
+    what might fit, how long prefill and decode take on the GPU."""
     lines = fits_verdict(answer) + ["at the peak:"]
     lines += [f"  {breakdown_sentence(e)}" for e in peak_entries(answer.breakdown)]
     what_if = what_if_lines(answer.what_if)
     return lines + (["what if:"] + [f"  {w}" for w in what_if] if what_if else []) \
-        + roofline_lines(answer.roofline, answer.gpu)
+        + time_lines(answer.time)
 
 
 def fits_verdict(answer) -> list[str]:
@@ -213,14 +213,20 @@ def what_if_lines(alternatives) -> list[str]:
     return lines
 
 
-def roofline_lines(times, spec) -> list[str]:
-    if not times:
+def time_lines(t) -> list[str]:
+    """Prefill and decode time on a GPU (a latency.TimeEstimate), then its notes."""
+    if t is None:
         return []
-    total = sum(t.seconds for t in times)
-    bounds = {t.bound for t in times}
-    kind = bounds.pop() if len(bounds) == 1 else "mixed"
-    return [f"roofline estimate (not a measurement): attention {human_seconds(total)} per forward "
-            f"on {spec.name} over {len(times)} site(s), {kind}-bound at peak FLOP/s and bandwidth"]
+    how = "measured rates" if t.calibration == "measured" else \
+        "uncalibrated: datasheet peaks, a lower bound"
+    attention = sum(s.seconds for s in t.sites)
+    share = f", attention {human_seconds(attention)} of it" if t.sites else ""
+    return [f"time on {t.gpu} ({how}): prefill {human_seconds(t.prefill_seconds)} at "
+            f"N={human_tokens(t.seq_len)}, B={t.batch} "
+            f"({human_rate(t.prefill_tokens_per_second, 'tokens/s')}){share}; decode "
+            f"{human_seconds(t.decode_seconds_per_token)} per token at context "
+            f"{human_tokens(t.seq_len)} ({human_rate(t.decode_tokens_per_second, 'tokens/s')})"] \
+        + [f"time: {note}" for note in t.notes]
 
 # ----------------------------------------------------------- compare
 

@@ -16,7 +16,7 @@ from ..units import PEAK_FLOPS_DTYPES, human_tokens
 from .console import wrapped
 from .rows import baseline_rows, choice_rows, site_cells, site_rows
 from .sentences import analysis_lines, analysis_title, baseline_notes, comparison_site_lines, \
-    comparison_title
+    comparison_title, time_lines
 
 #: Between two columns (one space of padding and the blank rule of SIMPLE_HEAD).
 SEPARATOR = 2
@@ -69,8 +69,8 @@ def _print_title(title: str, console: Console) -> None:
     print_lines([title], console)
 
 
-def print_analysis(a, console: Console) -> None:
-    """The sites table, then the summary under it."""
+def print_analysis(a, console: Console, time=None) -> None:
+    """The sites table, then the summary under it (and the time on a GPU)."""
     _print_title(analysis_title(a), console)
     header = ["site", "×", "variant", "heads", "FLOPs formula", f"at N={human_tokens(a.seq_len)}",
               "share"]
@@ -89,7 +89,7 @@ def print_analysis(a, console: Console) -> None:
                          fold=fold))
     print_lines(below, console)
     console.print()
-    print_lines(analysis_lines(a), console)
+    print_lines(analysis_lines(a) + time_lines(time), console)
 
 
 def _analysis_layout(header, rows, width) -> list[int] | None:

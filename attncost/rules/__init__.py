@@ -6,6 +6,7 @@ from .allocation import (ALLOCATION_RULES, DEVICES, on_device, register_allocati
                          register_workspace, workspace_bytes)
 from .flops import FLOP_RULES, flop_rules, node_flops
 from . import cuda  # noqa: F401  (registers the CUDA rules)
+from . import quantized  # noqa: F401  (registers quantized matmuls' FLOP rules)
 
 __all__ = ["ALLOCATION_RULES", "DEVICES", "FLOP_RULES", "flop_rules", "node_flops",
            "on_device", "register_allocation_rule", "register_workspace", "workspace_bytes"]

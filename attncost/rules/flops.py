@@ -119,6 +119,70 @@ def flash_forward_flops(q, k, v, *args, out_shape=None, **kwargs):
     return attention_flops(bhnd(q), bhnd(k), bhnd(v))
 
 
+#: Backward kernels of SDPA, over (B, H, N, d) layouts: grad_out, query, key, value first.
+SDPA_BACKWARD_OPS = tuple(
+    getattr(aten, n) for n in (
+        "_scaled_dot_product_flash_attention_backward",
+        "_scaled_dot_product_efficient_attention_backward",
+        "_scaled_dot_product_cudnn_attention_backward",
+        "_scaled_dot_product_flash_attention_for_cpu_backward",
+        "_scaled_dot_product_fused_attention_overrideable_backward",
+    ) if hasattr(aten, n))
+#: Backward kernels over (B, N, H, d) layouts.
+FLASH_BACKWARD_OPS = (aten._flash_attention_backward, aten._efficient_attention_backward)
+
+
+def attention_backward_flops(grad_out, q, k, v) -> sympy.Expr:
+    """As torch.utils.flop_counter's sdpa_backward_flop_count: the scores
+    recomputed (Q·Kᵀ), then dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q:
+    2·B·H_q·N_q·N_k·(3·d_qk + 2·d_v), query heads throughout (GQA)."""
+    b, h, n_q, d_qk = q
+    n_k = k[-2]
+    d_v = v[-1]
+    return 2 * b * h * n_q * n_k * (3 * d_qk + 2 * d_v)
+
+
+@FLOP_RULES.register(*SDPA_BACKWARD_OPS)
+def sdpa_backward_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+    return attention_backward_flops(grad_out, q, k, v)
+
+
+@FLOP_RULES.register(*FLASH_BACKWARD_OPS)
+def flash_backward_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+    """These take (B, N, H, d) layouts."""
+    def bhnd(s):
+        return (s[0], s[2], s[1], s[3])
+    return attention_backward_flops(bhnd(grad_out), bhnd(q), bhnd(k), bhnd(v))
+
+
+def _conv_count(x, w, out, transposed: bool) -> sympy.Expr:
+    """torch.utils.flop_counter's conv_flop_count over symbolic shapes."""
+    spatial = (x if transposed else out)[2:]
+    c_out, c_in, *kernel = w
+    return 2 * x[0] * c_out * c_in * _prod(spatial) * _prod(kernel)
+
+
+@FLOP_RULES.register(aten.convolution_backward)
+def convolution_backward_flops(grad_out, x, w, _bias=None, _stride=None, _padding=None,
+                               _dilation=None, transposed=False, _output_padding=None,
+                               _groups=None, output_mask=(True, True, True), *args,
+                               out_shape=None, **kwargs):
+    """As flop_counter's conv_backward_flop: the input's gradient as a
+    transposed convolution of grad_out, the weight's as a convolution of
+    the input with grad_out (batch and channel dims swapped)."""
+    def t(shape):
+        return (shape[1], shape[0], *shape[2:])
+    flops = sympy.Integer(0)
+    if output_mask[0]:
+        flops += _conv_count(grad_out, w, x, not transposed)
+    if output_mask[1]:
+        if transposed:
+            flops += _conv_count(t(grad_out), t(x), t(w), False)
+        else:
+            flops += _conv_count(t(x), t(grad_out), t(w), False)
+    return flops
+
+
 def node_flops(traced, node: fx.Node, rules: Registry[FlopRule] = FLOP_RULES) -> sympy.Expr:
     """FLOPs of one graph node as an expression in N and B (0 if no rule)."""
     if node.op != "call_function":

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator
 
 import sympy
 import torch
@@ -31,7 +32,34 @@ from .patches import flex_uncompiled
 from .repeat import find_repeated, replay_layers, truncated
 from .unroll import UNROLL_LIMIT, LengthSpecialized, WatchedShapeEnv, quiet_shape_log, unrolled_error
 
-__all__ = ["TracedModel", "tensor_outputs", "tensors_of", "trace"]
+__all__ = ["INFERENCE", "Program", "TracedModel", "tensor_outputs", "tensors_of", "trace"]
+
+
+def _forward_function(model: torch.nn.Module, params: dict) -> Callable:
+    """One forward; its outputs as a flat list of tensors: they are what the
+    forward returns, and so what stays alive after it (logits, a KV cache)."""
+    def forward(params, args, kwargs):
+        return tensors_of(functional_call(model, params, args, kwargs))
+    return forward
+
+
+@dataclass(frozen=True)
+class Program:
+    """What is traced over the fake parameters and symbolic inputs.
+
+    ``build(model, params)`` returns the function of (params, args, kwargs)
+    that make_fx traces; ``grad`` traces with autograd on (the parameters
+    that ``trainable(name)`` accepts require grad); ``context()`` is entered
+    around the trace (autocast, a checkpointing patch)."""
+
+    build: Callable[[torch.nn.Module, dict], Callable]
+    grad: bool = False
+    trainable: Callable[[str], bool] = lambda name: False
+    context: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+
+
+#: One forward without gradients, as `attncost analyze` models it.
+INFERENCE = Program(_forward_function)
 
 
 @contextlib.contextmanager
@@ -68,13 +96,16 @@ def _record_module_paths(model: torch.nn.Module) -> Iterator[None]:
 
 
 def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
-          progress: Callable[[str], None] | None = None, reuse_layers: bool = True) -> TracedModel:
+          progress: Callable[[str], None] | None = None, reuse_layers: bool = True,
+          program: Program = INFERENCE) -> TracedModel:
     """Trace ``loaded`` once; the graph holds for every N in ``n_range``.
 
     With ``reuse_layers``, a stack of repeated layers is traced two periods
     deep and the rest replayed (see tracing.repeat); the graph is the same.
     A model that unrolls a loop over N above tracing.unroll.UNROLL_LIMIT is
-    an error that says so (see tracing.unroll).
+    an error that says so (see tracing.unroll).  ``program`` is what is
+    traced (default: one forward without gradients); a program with
+    gradients is traced in full (the replay copies forward layers only).
     """
     dims = probe_dims(loaded)
     _check_batch(dims, batch)
@@ -82,16 +113,17 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     # keep B symbolic (nothing is allocated, so the size is free).
     batch_hint = batch if batch >= 2 else 2
     seq_hint = seq_len if seq_len >= 2 else 2
-    block = find_repeated(loaded.module, loaded.config) if reuse_layers else None
+    block = find_repeated(loaded.module, loaded.config) \
+        if reuse_layers and not program.grad else None
     if progress:
         progress("tracing the model with symbolic N")
     try:
         made = _trace_truncated(loaded, dims, seq_hint, batch_hint, block) if block else None
         if made is None:
-            made = _make_graph(loaded, dims, seq_hint, batch_hint)
+            made = _make_graph(loaded, dims, seq_hint, batch_hint, program=program)
     except LengthSpecialized as exc:
-        raise unrolled_error(exc.value, lambda n: _node_count(loaded, dims, n, batch_hint)) \
-            from None
+        raise unrolled_error(exc.value,
+                             lambda n: _node_count(loaded, dims, n, batch_hint, program)) from None
     gm, shape_env, replacements, kinds = made
     traced = TracedModel(gm, shape_env, replacements, kinds,
                          seq_len_hint=seq_hint, batch_hint=batch_hint)
@@ -124,34 +156,37 @@ def _check_batch(dims, batch: int) -> None:
                          "batch=1) use its batch, or analyse with --batch 1")
 
 
-def _node_count(loaded: LoadedModel, dims, seq_len: int, batch_hint: int) -> int:
+def _node_count(loaded: LoadedModel, dims, seq_len: int, batch_hint: int,
+                program: Program = INFERENCE) -> int:
     """Ops in a trace at a small length."""
-    gm = _make_graph(loaded, dims, seq_len, batch_hint, unroll_limit=None)[0]
+    gm = _make_graph(loaded, dims, seq_len, batch_hint, unroll_limit=None, program=program)[0]
     return sum(1 for n in gm.graph.nodes if n.op == "call_function")
 
 
 def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
-                unroll_limit: int | None = UNROLL_LIMIT):
-    """make_fx over fake parameters and symbolic inputs."""
+                unroll_limit: int | None = UNROLL_LIMIT, program: Program = INFERENCE):
+    """make_fx of ``program`` over fake parameters and symbolic inputs."""
     model = loaded.module
     shape_env = WatchedShapeEnv(duck_shape=False)
     mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
     inputs, replacements = symbolic_inputs(loaded, mode, seq_hint, batch_hint, dims)
     shape_env.watch([s for s, e in replacements.items() if N in e.free_symbols], unroll_limit)
     params, kinds = fake_parameters(model, mode, loaded.trace_device)
+    if program.grad:
+        for name, t in params.items():
+            if kinds[name] == "parameter" and program.trainable(name):
+                t.requires_grad_(True)
     args, kwargs = call_args(inputs)
-
-    def forward(params, args, kwargs):
-        # The outputs as a flat list of tensors: they are what the forward
-        # returns, and so what stays alive after it (logits, a KV cache).
-        return tensors_of(functional_call(model, params, args, kwargs))
+    function = program.build(model, params)
+    grad_mode = torch.enable_grad() if program.grad else torch.no_grad()
 
     try:
-        with torch.no_grad(), _record_module_paths(model), flex_uncompiled(), \
-                loaded.trace_context(), warnings.catch_warnings(), quiet_shape_log():
+        with grad_mode, _record_module_paths(model), flex_uncompiled(), \
+                loaded.trace_context(), program.context(), warnings.catch_warnings(), \
+                quiet_shape_log():
             # Warnings about running eagerly on fake data concern the trace, not the model.
             warnings.simplefilter("ignore")
-            gm = make_fx(forward, tracing_mode="symbolic")(params, args, kwargs)
+            gm = make_fx(function, tracing_mode="symbolic")(params, args, kwargs)
     except ModelError:
         raise
     except Exception as exc:  # the user's model raised while being traced

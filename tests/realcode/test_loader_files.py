@@ -3,7 +3,6 @@
 Oracles: hand counts from the shapes each file declares, FlopCounterMode
 over the real forward, and what the files say about themselves.
 """
-import json
 import textwrap
 import time
 
