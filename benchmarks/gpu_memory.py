@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import attncost  # noqa: E402
-from attncost.questions.fits import max_seq_len  # noqa: E402
+from attncost.memory.reserved import reserved_peak  # noqa: E402
+from attncost.questions.fits import check_fits, max_seq_len  # noqa: E402
 
 CONFIG = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=2048,
               intermediate_size=5632, num_attention_heads=16, num_key_value_heads=4,
@@ -99,6 +100,9 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--seconds", type=float, default=200.0)
     ap.add_argument("--impl", action="append", default=None)
+    ap.add_argument("--caps", default="12",
+                    help="GiB the allocator may reserve, comma-separated (e.g. 8,12,24,80): "
+                         "the largest N that runs under each, bisected, beside `fits`")
     args = ap.parse_args()
     global IMPLEMENTATIONS
     IMPLEMENTATIONS = tuple(args.impl or IMPLEMENTATIONS)
@@ -130,9 +134,13 @@ def main() -> None:
             for n in lengths:
                 predicted = analysis.at(analysis.peak_memory_bytes, n, 1)
                 measured = measure(model, n, use_cache)
+                reserved = torch.cuda.max_memory_reserved()  # the peak survives empty_cache
                 case["points"].append({"seq_len": n, "predicted_bytes": predicted,
                                        "measured_bytes": measured,
-                                       "error": (predicted - measured) / measured})
+                                       "error": (predicted - measured) / measured,
+                                       "predicted_reserved_bytes": reserved_peak(
+                                           analysis.memory, n, 1),
+                                       "measured_reserved_bytes": reserved})
                 print(f"{impl} kv={use_cache} N={n}: predicted {predicted / 2**30:.3f} GiB, "
                       f"measured {measured / 2**30:.3f} GiB, error "
                       f"{case['points'][-1]['error']:+.2%}", flush=True)
@@ -149,16 +157,29 @@ def main() -> None:
                 print(f"{impl} kv={use_cache}: largest N with max_memory_allocated <= "
                       f"{BUDGET / 2**30:.0f} GiB: predicted {predicted_max:,}, measured {by_allocated}",
                       flush=True)
-            if predicted_max and time.time() < deadline:
+            case["caps"] = []
+            for cap in [int(float(c) * 2**30) for c in args.caps.split(",")]:
+                if time.time() >= deadline or cap > total:
+                    continue
+                # `fits --memory CAP`: the allocator modelled (attncost/memory/allocator.py)
+                fit = check_fits(analysis.memory, lengths[-1], 1, cap, n_range=analysis.n_range,
+                                 allocator=True)
                 torch.cuda.empty_cache()
-                torch.cuda.set_per_process_memory_fraction(BUDGET / total)
-                found, tries = largest_n(model, use_cache, predicted_max, deadline)
+                torch.cuda.set_per_process_memory_fraction(cap / total)
+                guess = fit.max_seq_len or predicted_max or lengths[0]
+                found, tries = largest_n(model, use_cache, guess, deadline)
                 torch.cuda.set_per_process_memory_fraction(1.0)
-                case["max_seq_len"] = {"predicted": predicted_max, "measured": found,
-                                       "tries": tries,
-                                       "error": (predicted_max - found) / found if found else None}
-                print(f"{impl} kv={use_cache}: largest N under {BUDGET / 2**30:.0f} GiB: predicted "
-                      f"{predicted_max:,}, measured {found}", flush=True)
+                point = {"cap_bytes": cap, "predicted": fit.max_seq_len,
+                         "predicted_live_bytes": max_seq_len(analysis.memory, 1, cap,
+                                                             lo=analysis.n_range[0]),
+                         "measured": found, "tries": tries,
+                         "error": (fit.max_seq_len - found) / found if found and fit.max_seq_len
+                         else None}
+                case["caps"].append(point)
+                if cap == BUDGET:
+                    case["max_seq_len"] = dict(point, predicted=predicted_max)
+                print(f"{impl} kv={use_cache}: largest N under {cap / 2**30:.0f} GiB: predicted "
+                      f"{fit.max_seq_len}, measured {found}", flush=True)
             del model
             torch.cuda.empty_cache()
             save()

@@ -76,6 +76,8 @@ class FitsAnswer:
     asked_max_batch: bool = False
     #: the busiest GPU of a --fsdp/--tp/--cp plan at N (training.parallel.PerGpuMemory)
     parallel: object = None
+    #: what is counted quantized (memory.quantized.Quantization), if anything
+    quantization: object = None
 
 
 def _peak_function(peak) -> Callable[[int, int], int]:
@@ -227,7 +229,8 @@ def fits(analysis, gpu: str | None = None, memory: str | None = None,
         what_if=[] if result.fits else what_ifs(analysis, budget, spec, progress, result),
         time=time_if_inference(analysis, spec, calibration),
         model=analysis.model, dtype=analysis.dtype, warnings=warnings,
-        asked_max_batch=want_max_batch, parallel=getattr(analysis, "parallel", None))
+        asked_max_batch=want_max_batch, parallel=getattr(analysis, "parallel", None),
+        quantization=getattr(getattr(analysis, "loaded", None), "quantization", None))
 
 
 def _limit_warnings(analysis, result: FitResult) -> list[str]:

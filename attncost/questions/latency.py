@@ -257,30 +257,52 @@ def _consumers(node: fx.Node) -> list[fx.Node]:
     return out
 
 
-def weight_reads(traced, ev: _Evaluator) -> dict[str, int]:
+def weight_reads(traced, ev: _Evaluator, stored: dict[str, int] | None = None) -> dict[str, int]:
     """Bytes of parameters and buffers one decode step reads, by layer: each
     once, in the layer of the first op that reads it whole (a table only
-    looked up, such as an untied embedding, is read a row at a time)."""
+    looked up, such as an untied embedding, is read a row at a time);
+    ``stored`` gives the bytes of weights stored quantized, by name."""
+    stored = stored or {}
     out: dict[str, int] = {}
     for p in traced.placeholders("parameter") + traced.placeholders("buffer"):
         readers = [u for u in _consumers(p) if op_name(u) not in LOOKUP_OPS]
         if readers:
             layer = layer_or_path(traced.module_path(readers[0])) or "<root>"
-            out[layer] = out.get(layer, 0) + ev.out_bytes(p)
+            nbytes = stored.get(p.meta.get("attncost_param"), ev.out_bytes(p))
+            out[layer] = out.get(layer, 0) + nbytes
     return out
 
 
-def kv_read(site, ev: _Evaluator, itemsize: int) -> tuple[int, int]:
+def quantized_weight_bytes(analysis) -> dict[str, int]:
+    """Parameter name -> bytes as stored, for the Linear weights that
+    --weight-dtype quantizes (scales included; memory/quantized.py)."""
+    quant = getattr(getattr(analysis, "loaded", None), "quantization", None)
+    if quant is None or quant.weights is None:
+        return {}
+    from ..memory.quantized import linear_dims, linear_weight_bytes, quantized_linears
+
+    out = {}
+    for name, module in quantized_linears(analysis.loaded.module).items():
+        out_features, in_features = linear_dims(module)
+        out[f"{name}.weight" if name else "weight"] = linear_weight_bytes(
+            out_features, in_features, quant.weights, quant.group_size)
+    return out
+
+
+def kv_read(site, ev: _Evaluator, itemsize: int, kv_dtype: str | None = None) -> tuple[int, int]:
     """(bytes, FLOPs) of one decode step at the site, over the batch: the
     keys and values of the context (at most the window), or a linear
-    site's state of heads × head_dim × features."""
+    site's state of heads × head_dim × features.  A quantized cache
+    (``kv_dtype``) holds 1 byte per element and a scale per token and head
+    in the model's dtype (memory/quantized.py)."""
     if site.variant == "linear":
         state = site.heads * site.head_dim * (site.feature_dim or site.head_dim)
         return state * itemsize * ev.batch, 4 * state * ev.batch
     keys = ev.value(site.key_len)
     if site.window:
         keys = min(keys, int(site.window))
-    return (2 * site.kv_heads * site.head_dim * keys * itemsize * ev.batch,
+    per_head_token = site.head_dim * itemsize if kv_dtype is None else site.head_dim + itemsize
+    return (2 * site.kv_heads * per_head_token * keys * ev.batch,
             4 * site.heads * site.head_dim * keys * ev.batch)
 
 
@@ -301,8 +323,10 @@ def decode_step(analysis, ops: list[OpTime], rates: Rates, flop_exprs: dict,
     traced = analysis.traced
     one_token = _Evaluator(traced, 1, at_n.batch)
     itemsize = parse_dtype(analysis.dtype, None).itemsize
-    weights = weight_reads(traced, at_n)
-    kv = {s.name: kv_read(s, at_n, itemsize) for s in analysis.sites}
+    weights = weight_reads(traced, at_n, quantized_weight_bytes(analysis))
+    quant = getattr(getattr(analysis, "loaded", None), "quantization", None)
+    kv_dtype = quant.kv_cache if quant is not None else None
+    kv = {s.name: kv_read(s, at_n, itemsize, kv_dtype) for s in analysis.sites}
     site_nodes = {n for s in analysis.sites for n in s.nodes}
     matmuls = [o for o in ops if o.kind == "matmul" and o.node not in site_nodes]
     flops = sum(one_token.value(flop_exprs[o.node]) for o in matmuls) + \
@@ -378,7 +402,7 @@ def time_model(analysis, gpu: str | GPU | None = None, calibration=None, gpu_spe
         sites=_site_times(analysis, ops, decode.sites),
         layers=[LayerTime(n, layers.get(n, 0.0), decode.layers.get(n, 0.0)) for n in names],
         calibration_file=calib.source if calib is not None else None,
-        notes=_notes(spec, calib, rates) + _quantized_note(analysis))
+        notes=_notes(spec, calib, rates))
 
 
 def time_if_inference(analysis, gpu: GPU | None, calibration=None) -> TimeEstimate | None:
@@ -387,14 +411,6 @@ def time_if_inference(analysis, gpu: GPU | None, calibration=None) -> TimeEstima
     if gpu is None or getattr(analysis, "mode", "infer") != "infer":
         return None
     return time_model(analysis, gpu, calibration)
-
-
-def _quantized_note(analysis) -> list[str]:
-    options = getattr(analysis, "options", None) or {}
-    if options.get("weight_dtype") or options.get("kv_cache_dtype"):
-        return [f"weights and KV cache are timed in {analysis.dtype}: quantized storage is not "
-                "modelled in the time"]
-    return []
 
 
 def _notes(spec: GPU, calib: Calibration | None, rates: Rates) -> list[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from ..paths import any_index, range_label
 from ..questions.baselines import OUTSIDE
 from ..units import human_bytes, human_flops, human_tokens
-from .sentences import COUNTER_NAMES, expr_text, heads_text, missed_text, site_kind
+from .sentences import (COUNTER_NAMES, expr_text, forward_flops, heads_text, missed_text,
+                        site_kind)
 
 
 class SiteRow:
@@ -30,8 +31,8 @@ def site_rows(analysis) -> list[SiteRow]:
 
 
 def site_cells(analysis, row: SiteRow) -> list[str]:
-    """variant, heads, formula, value at N and share of the model's FLOPs."""
-    total = analysis.at(analysis.flops) or 1
+    """variant, heads, formula, value at N and share of the model's (forward's) FLOPs."""
+    total = analysis.at(forward_flops(analysis)) or 1
     s = row.site
     return [site_kind(s), heads_text(s), expr_text(s.flops),
             human_flops(row.flops_value * row.count), f"{row.flops_value * row.count / total:.1%}"]

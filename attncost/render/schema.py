@@ -136,6 +136,8 @@ def fits_dict(answer) -> dict:
         data["max_batch"] = r.max_batch
     if getattr(answer, "parallel", None) is not None:
         data["parallel"] = parallel_object(answer.parallel)
+    if getattr(answer, "quantization", None) is not None:
+        data["quantization"] = answer.quantization.to_dict()
     data["peak_breakdown"] = [breakdown_dict(e) for e in answer.breakdown]
     data["warnings"] = [clean(w) for w in answer.warnings]
     data["what_if"] = [{"change": w.change, "peak_memory_bytes": w.result.peak_memory_bytes,

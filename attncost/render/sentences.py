@@ -108,12 +108,24 @@ def breakdown_sentence(e) -> str:
     return f"{dtype}{e.name}{of}{where}{times}: {e.share:.0%} of peak"
 
 
+def forward_flops(a):
+    """What attention's share is of: the forward's FLOPs (a training step's
+    sites are those of its forward)."""
+    return a.forward_flops if getattr(a, "mode", "infer") == "train" else a.flops
+
+
 def _flop_lines(a) -> list[str]:
     total = a.at(a.flops)
     attn = a.at(a.attention_flops)
     lines = [f"total FLOPs: {human_flops(total)}  = {expr_text(a.flops)}"]
+    whole = "of the model's FLOPs"
+    if getattr(a, "mode", "infer") == "train":
+        forward, backward = a.at(a.forward_flops), a.at(a.backward_flops)
+        lines.append(f"a training step: forward {human_flops(forward)} + backward "
+                     f"{human_flops(backward)}")
+        total, whole = forward, "of the forward's FLOPs"
     if total:
-        lines.append(f"attention: {human_flops(attn)} ({attn / total:.1%} of the model's FLOPs), "
+        lines.append(f"attention: {human_flops(attn)} ({attn / total:.1%} {whole}), "
                      f"leading term {leading_text(a.flops)}")
     useful = a.at(a.useful_attention_flops)
     if attn and useful < attn:
@@ -125,6 +137,13 @@ def _flop_lines(a) -> list[str]:
 def _memory_lines(a) -> list[str]:
     lines = [f"peak memory {human_bytes(a.at(a.peak_memory_bytes))} "
              f"(weights {human_bytes(a.weight_bytes)})"]
+    split = getattr(a, "parallel", None)
+    if split is not None:
+        p = split.plan
+        lines = [f"peak memory per GPU {human_bytes(split.total)} on the busiest of "
+                 f"{p.world_size} (fsdp {p.fsdp} × tp {p.tp} × cp {p.cp}); parameters "
+                 f"{human_bytes(split.parameters)} of {human_bytes(a.weight_bytes)}",
+                 f"sent per GPU per step: {human_bytes(split.comm_bytes_per_step)}"]
     largest = next((e for e in a.memory.breakdown(a.seq_len, a.batch, top=1)
                     if e.name != "weights and buffers"), None)
     if largest is not None and largest.share >= MIN_SHARE:
