@@ -308,3 +308,19 @@ def test_cli_train_json(configs):
     assert totals["flops"]["value"] == totals["forward_flops"]["value"] + \
         totals["backward_flops"]["value"]
     assert data["training"]["optimizer_bytes"] == 0
+
+
+@pytest.mark.parametrize("name", ["dense_attention", "local_attention", "sparse_attention",
+                                  "linear_attention"])
+def test_seed_variants_step_flops_match_flopcounter(name):
+    """The seed's four variants (examples/): traced at 256, counted at 384 with B=2."""
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    a = attncost.analyze(path, 256, device="cpu", mode="train")
+    module = load_module(path)
+    torch.manual_seed(0)
+    model = module.build_model()
+    inputs = module.example_inputs(384, batch=2) if hasattr(module, "example_inputs") else (
+        torch.zeros(2, 384, dtype=torch.long),)  # token ids, as attncost builds them
+    forward, backward = real_step_flops(model, inputs)
+    assert a.at(a.forward_flops, 384, 2) == forward
+    assert a.at(a.backward_flops, 384, 2) == backward
