@@ -16,7 +16,7 @@ import torch
 
 from .detect import AttentionSite, find_sites
 from .errors import AttncostError, ModelError
-from .expr import N, degree, value_at
+from .expr import N, condition_text, degree, holds_at, value_at
 from .loader import LoadedModel, load, with_quantization
 from .loader.positions import beyond_limit_warning
 from .memory import MemoryModel, peak_memory
@@ -26,6 +26,7 @@ from .patterns import subquadratic
 from .rules import DEVICES, flop_rules, node_flops
 from .rules.ops import is_view, op_name
 from .tracing import TracedModel, trace
+from .tracing.unroll import UnrolledLoop
 from .units import dtype_name
 
 
@@ -111,15 +112,40 @@ class Analysis:
         Outside ``n_range`` the value is what the formula says, not what the
         model does: that is warned about once and recorded in ``warnings``."""
         n = self.seq_len if seq_len is None else seq_len
+        b = self.batch if batch is None else batch
+        if not self.holds_at(n, b):
+            self._outside_range(n, b)
+        return value_at(expr, n, b)
+
+    def holds_at(self, n: int, b: int | None = None) -> bool:
+        """Whether the trace holds at N=n (and B=b): inside ``n_range`` and
+        every condition the trace recorded on the length true there (a
+        length padded to a multiple: ``Eq(Mod(N, 16), 0)``)."""
         lo, hi = self.n_range
         if n < lo or (hi is not None and n > hi):
-            self._outside_range(n)
-        return value_at(expr, n, self.batch if batch is None else batch)
+            return False
+        return not self.failing_guards(n, self.batch if b is None else b)
 
-    def _outside_range(self, n: int) -> None:
+    def failing_guards(self, n: int, b: int) -> list[str]:
+        """The trace's conditions on N and B that are false at (n, b)."""
+        out = []
+        for guard in self.guards:
+            try:
+                if holds_at(guard, n, b) is False:
+                    out.append(guard)
+            except (TypeError, ValueError, sympy.SympifyError):
+                continue
+        return out
+
+    def _outside_range(self, n: int, b: int) -> None:
         lo, hi = self.n_range
-        message = (f"formulas evaluated at N={n:,}, outside {lo:,}..{f'{hi:,}' if hi else 'inf'} "
-                   "where they hold (the model branches on the length)")
+        failing = self.failing_guards(n, b)
+        inside = lo <= n and (hi is None or n <= hi)
+        where = (f"where the trace needs {condition_text(failing[0], max(lo, 1))}"
+                 if inside and failing else
+                 f"outside {lo:,}..{f'{hi:,}' if hi else 'inf'} where they hold")
+        message = (f"formulas evaluated at N={n:,}, {where} (the model branches on the "
+                   "length)")
         if not any(w.startswith("formulas evaluated at N=") for w in self.warnings):
             self.warnings.append(message)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -130,13 +156,20 @@ class Analysis:
         return [q for q in self.quadratic if not q.in_site] if subquadratic(self.sites) else []
 
     def valid_for(self) -> str | None:
-        """The range of N the formulas hold for, when a branch narrowed it."""
+        """The range of N the formulas hold for, when a branch narrowed it,
+        and the trace's other conditions on N (a length padded to a multiple)."""
         lo, hi = self.n_range
+        conditions = [g for g in self.guards if "Mod" in g or "Eq(" in g or "Ne(" in g]
         if lo <= 2 and hi is None:
-            return None
-        if hi is None:
-            return f"N >= {lo}"
-        return f"{lo} <= N <= {hi}"
+            text = None
+        elif hi is None:
+            text = f"N >= {lo}"
+        else:
+            text = f"{lo} <= N <= {hi}"
+        if conditions:
+            text = "; ".join(([text] if text else []) + [condition_text(c, max(lo, 1))
+                                                          for c in conditions])
+        return text
 
     def to_dict(self) -> dict:
         """The JSON object of `attncost analyze` (docs/design.md)."""
@@ -185,30 +218,15 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     say = progress or (lambda msg: None)
     say("loading the model")
     loaded = _load(model, options)
-    traced = trace(loaded, seq_len, batch, progress=progress)
-    lo, hi = traced.n_range
-    if seq_len < lo or (hi is not None and seq_len > hi):
-        raise ModelError(f"the model's own code constrains the length: N={seq_len} is outside "
-                         f"{lo}..{hi or 'inf'}")
+    try:
+        traced = trace(loaded, seq_len, batch, progress=progress)
+    except UnrolledLoop:
+        if mode != "infer" or plan is not None:
+            raise
+        return _fitted_loop(loaded, seq_len, batch, device, options,
+                            flop_rules(flop_rules_override), allocation_rules, progress)
     rules = flop_rules(flop_rules_override)
-    say("finding attention sites")
-    sites = find_sites(traced, loaded, seq_len, flop_rules=rules)
-    say("deriving formulas")
-    flops = sympy.expand(sum((node_flops(traced, node, rules) for node in traced.nodes),
-                             sympy.Integer(0)))
-    say("following tensor lifetimes for the peak memory")
-    memory = peak_memory(traced, loaded, device=device, allocation_rules=allocation_rules)
-    for site in sites:
-        site.allocated_bytes = memory.site_allocated_bytes(site)
-    beyond = beyond_limit_warning(loaded.config, seq_len)
-    result = Analysis(
-        model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=dtype_name(loaded.dtype),
-        device=device, sites=sites, flops=flops, weight_bytes=int(memory.weight_bytes),
-        peak_memory_bytes=memory.peak_bytes, n_range=traced.n_range, memory=memory,
-        guards=traced.guards, source=loaded.source, attn_implementation=loaded.attn_implementation,
-        kv_cache=loaded.kv_cache, quadratic=quadratic_tensors(traced, sites),
-        traced=traced, loaded=loaded, notes=list(getattr(loaded, "notes", [])), options=options,
-        warnings=[beyond] if beyond else [])
+    result = _forward(loaded, traced, seq_len, batch, options, rules, say)
     if mode == "train":
         from .training import TrainingOptions, with_training
         say("tracing forward and backward")
@@ -217,6 +235,53 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     if plan is not None:
         _split(result, plan)
     return result
+
+
+def _forward(loaded: LoadedModel, traced: TracedModel, seq_len: int, batch: int, options: dict,
+             rules, say) -> Analysis:
+    """The forward's sites, FLOPs and memory from its trace."""
+    lo, hi = traced.n_range
+    if seq_len < lo or (hi is not None and seq_len > hi):
+        raise ModelError(f"the model's own code constrains the length: N={seq_len} is outside "
+                         f"{lo}..{hi or 'inf'}")
+    say("finding attention sites")
+    sites = find_sites(traced, loaded, seq_len, flop_rules=rules)
+    say("deriving formulas")
+    flops = sympy.expand(sum((node_flops(traced, node, rules) for node in traced.nodes),
+                             sympy.Integer(0)))
+    say("following tensor lifetimes for the peak memory")
+    device = options["device"]
+    memory = peak_memory(traced, loaded, device=device,
+                         allocation_rules=options["allocation_rules"])
+    for site in sites:
+        site.allocated_bytes = memory.site_allocated_bytes(site)
+    beyond = beyond_limit_warning(loaded.config, seq_len)
+    return Analysis(
+        model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=dtype_name(loaded.dtype),
+        device=device, sites=sites, flops=flops, weight_bytes=int(memory.weight_bytes),
+        peak_memory_bytes=memory.peak_bytes, n_range=traced.n_range, memory=memory,
+        guards=traced.guards, source=loaded.source, attn_implementation=loaded.attn_implementation,
+        kv_cache=loaded.kv_cache, quadratic=quadratic_tensors(traced, sites),
+        traced=traced, loaded=loaded, notes=list(getattr(loaded, "notes", [])), options=options,
+        warnings=[beyond] if beyond else [])
+
+
+def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, options: dict,
+                 rules, allocation_rules, progress) -> Analysis:
+    """A model that loops over the sequence, costed from traces at small
+    lengths and fitted in N and B (tracing/loops.py); the notes say where."""
+    from .tracing.loops import fitted_loop
+
+    fitted = fitted_loop(loaded, device, rules, allocation_rules, progress)
+    beyond = beyond_limit_warning(loaded.config, seq_len)
+    return Analysis(
+        model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=dtype_name(loaded.dtype),
+        device=device, sites=fitted.sites, flops=fitted.flops, weight_bytes=fitted.weight_bytes,
+        peak_memory_bytes=fitted.peak_bytes, n_range=fitted.memory.n_range, memory=fitted.memory,
+        source=loaded.source, attn_implementation=loaded.attn_implementation,
+        kv_cache=loaded.kv_cache, loaded=loaded, options=options,
+        notes=list(getattr(loaded, "notes", [])) + fitted.notes,
+        warnings=[beyond] if beyond else [])
 
 
 def _load(model: str | Path | LoadedModel, options: dict) -> LoadedModel:

@@ -57,6 +57,40 @@ def evaluate(expr, values: Mapping[sympy.Symbol, int]) -> int:
     return int(result)
 
 
+def holds_at(condition, seq_len: int, batch: int = 1) -> bool | None:
+    """A condition on N and B (a trace's guard: ``Eq(Mod(N, 16), 0)``,
+    ``N > 2048``) at N=seq_len, B=batch; None where it does not reduce to
+    true or false there."""
+    result = sympy.sympify(condition, locals={"N": N, "B": B}).xreplace(
+        {N: sympy.Integer(seq_len), B: sympy.Integer(batch)})
+    if result in (sympy.true, sympy.false):
+        return bool(result)
+    return None
+
+
+def condition_text(condition, start: int = 1) -> str:
+    """A condition on N in words when it only asks N's residue modulo some
+    m <= 64 ("N even", "N a multiple of 16", "N ≡ 3 (mod 8)"), checked on
+    four periods from ``start``; else as written."""
+    try:
+        truth = [holds_at(condition, n) for n in range(start, start + 256)]
+    except (TypeError, ValueError, sympy.SympifyError):
+        return str(condition)
+    if None in truth or all(truth) or not any(truth):
+        return str(condition)
+    for m in range(2, 65):
+        if all(truth[i] == truth[i % m] for i in range(len(truth))):
+            residues = sorted((start + i) % m for i in range(m) if truth[i])
+            if residues == [0]:
+                return "N even" if m == 2 else f"N a multiple of {m}"
+            if m == 2:
+                return "N odd"
+            if len(residues) == m - 1 and 0 not in residues:
+                return f"N not a multiple of {m}"
+            return " or ".join(f"N ≡ {r} (mod {m})" for r in residues)
+    return str(condition)
+
+
 def leading_term(expr: sympy.Expr, symbol: sympy.Symbol = N) -> sympy.Expr:
     """The highest-degree term of ``expr`` in ``symbol`` (other symbols kept)."""
     expr = sympy.expand(expr)

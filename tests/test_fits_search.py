@@ -75,10 +75,19 @@ def test_max_seq_len_below_the_range_when_the_length_does_not_fit():
     assert _own_peak(path, found) <= budget < _own_peak(path, found + 1)
 
 
-def test_a_length_that_cannot_be_traced_makes_a_lower_bound():
-    a = analyze(MODELS / "recurrent_loop.py", 32, device="cpu")
+def test_a_length_that_cannot_be_traced_makes_a_lower_bound(tmp_path):
+    # a loop over the sequence whose cost steps where no fit from short traces
+    # sees it: traced as it is up to N=64, refused above
+    path = tmp_path / "stepped_loop.py"
+    path.write_text((MODELS / "recurrent_loop.py").read_text().replace(
+        "        return self.out(torch.stack(steps, dim=1))",
+        "        y = torch.stack(steps, dim=1)\n"
+        "        if x.shape[1] > 18:\n"
+        "            y = y + self.state(y)\n"
+        "        return self.out(y)"))
+    a = analyze(path, 32, device="cpu")
     answer = fits(a, memory="1MiB")
-    assert answer.result.max_seq_len == 64  # loops over N > 64 are refused
+    assert answer.result.max_seq_len == 64
     assert answer.result.max_seq_len_lower_bound
     assert any("at least 64" in w and "N=65" in w for w in answer.warnings)
 

@@ -7,7 +7,8 @@ order they run; a later one does not claim nodes an earlier site holds:
 * fused.py: scaled_dot_product_attention in any aten form, FlexAttention;
 * unfused.py: Q·Kᵀ -> softmax over keys -> ·V, with the masks on the way;
 * linear.py: kernelized attention through a sequence-free state;
-* scan.py: causal linear attention through a prefix sum of states.
+* scan.py: causal linear attention through a prefix sum of states;
+* recurrent.py: a loop over the positions carrying a state (at a fixed length).
 
 Masks are read by evaluating them (masks.py); what they let through and
 which variant that makes is patterns/'s answer.
@@ -21,6 +22,7 @@ from ..rules.registry import Registry
 from .fused import find_fused
 from .graph import GraphContext
 from .linear import find_linear
+from .recurrent import find_recurrent
 from .scan import find_scans
 from .site import AttentionSite
 from .unfused import find_unfused
@@ -39,6 +41,7 @@ register_recogniser("fused")(find_fused)
 register_recogniser("unfused")(find_unfused)
 register_recogniser("linear")(find_linear)
 register_recogniser("scan")(find_scans)
+register_recogniser("recurrent")(find_recurrent)
 
 
 def find_sites(traced, loaded=None, seq_len: int | None = None,

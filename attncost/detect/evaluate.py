@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import first_line
 from ..expr import value_at
+from ..rules.ops import is_view
 
 
 def _buffer_data(loaded, name: str | None) -> torch.Tensor | None:
@@ -44,14 +45,59 @@ def _zeros_like(p: fx.Node, kind: str) -> torch.Tensor:
     return torch.zeros(val.shape, dtype=val.dtype)
 
 
+def _mutated_base(node: fx.Node) -> fx.Node | None:
+    """The tensor an in-place op writes into (through the views it writes
+    through: ``zeros[:, :4].fill_(1)`` writes into ``zeros``), or None."""
+    schema = getattr(node.target, "_schema", None)
+    if node.op != "call_function" or schema is None or not schema.arguments:
+        return None
+    info = schema.arguments[0].alias_info
+    if info is None or not info.is_write or not isinstance(node.args[0], fx.Node):
+        return None
+    base = node.args[0]
+    while base.op == "call_function" and is_view(base) and isinstance(base.args[0], fx.Node):
+        base = base.args[0]
+    return base
+
+
 def _needed(traced, target: fx.Node, sizes: tuple[int, int],
             given=()) -> tuple[set[fx.Node], dict[fx.Node, int]]:
     """The nodes ``target`` depends on, and the sizes among them (known from
     the shapes alone, so their own inputs are not needed); the ``given``
-    nodes are fed, so their inputs are not needed either."""
+    nodes are fed, so their inputs are not needed either.  A tensor filled
+    in place (a mask built by writing into slices of zeros) needs its writes."""
     needed: set[fx.Node] = set()
     scalars: dict[fx.Node, int] = {}
+    order = {n: i for i, n in enumerate(traced.graph_module.graph.nodes)}
+    writes: dict[fx.Node, list[fx.Node]] = {}
+    for node in order:
+        base = _mutated_base(node)
+        if base is not None:
+            writes.setdefault(base, []).append(node)
     stack = [target]
+    while stack:
+        _collect(traced, target, sizes, given, needed, scalars, stack)
+        stack = [w for base in needed & writes.keys()
+                 for w in _before_read(base, writes[base], order) if w not in needed]
+    return needed, scalars
+
+
+def _before_read(base: fx.Node, writes: list[fx.Node], order: dict) -> list[fx.Node]:
+    """The writes into ``base`` made before anything reads it (a cache
+    written after the attention read it keeps what was read)."""
+    reads, stack = [], list(base.users)
+    while stack:
+        user = stack.pop()
+        if user.op == "call_function" and is_view(user):
+            stack.extend(user.users)
+        elif user not in writes:
+            reads.append(order[user])
+    first = min(reads, default=len(order))
+    return [w for w in writes if order[w] < first]
+
+
+def _collect(traced, target, sizes, given, needed: set, scalars: dict, stack: list) -> None:
+    """Add what the nodes on ``stack`` depend on to ``needed`` and ``scalars``."""
     while stack:
         n = stack.pop()
         if n in needed or n in scalars:
@@ -65,7 +111,6 @@ def _needed(traced, target: fx.Node, sizes: tuple[int, int],
             continue
         needed.add(n)
         stack.extend(n.all_input_nodes)
-    return needed, scalars
 
 
 def _feeds(ctx, needed: set[fx.Node], n_eval: int, batch: int) -> dict[fx.Node, torch.Tensor]:

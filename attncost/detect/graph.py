@@ -84,15 +84,18 @@ class GraphContext:
             node = node.args[0]
         return sympy.simplify(ratio)
 
-    def ancestor_ops(self, node: fx.Node) -> set:
-        """The ops of every node ``node`` depends on."""
+    def ancestor_ops(self, node: fx.Node, through_products: bool = True) -> set:
+        """The ops of every node ``node`` depends on; without
+        ``through_products``, only back to the matrix products that made its
+        values (a projection, an earlier site), not what came before them."""
         seen: set[fx.Node] = set()
         stack = list(node.all_input_nodes)
         while stack:
             n = stack.pop()
             if n not in seen:
                 seen.add(n)
-                stack.extend(n.all_input_nodes)
+                if through_products or not is_product(n):
+                    stack.extend(n.all_input_nodes)
         return {packet(n) for n in seen}
 
 

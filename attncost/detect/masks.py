@@ -8,6 +8,8 @@ to patterns.mask, which names it.
 """
 from __future__ import annotations
 
+import copy
+
 import sympy
 import torch
 import torch.fx as fx
@@ -93,14 +95,17 @@ class _MaskReader:
         self.lengths = _probe_lengths(ctx)
 
     def __call__(self, n: int) -> torch.Tensor | None:
-        allowed = None
+        allowed, everything = None, None
         for mask, polarity in self.masks:
             value = _evaluated(self.ctx, mask, n)
             if value is None:
                 return None
             value = allowed_pairs(torch.as_tensor(value), polarity)
+            if bool(value.all()):  # a bias (weights read as zeros) blocks nothing
+                everything = value
+                continue
             allowed = value if allowed is None else allowed & value
-        return allowed
+        return allowed if allowed is not None else everything
 
 
 def _evaluated(ctx, mask: fx.Node, n: int):
@@ -120,12 +125,17 @@ def pattern_of(ctx, masks: list[tuple[fx.Node, str]]) -> MaskPattern:
     """The pattern of the masks applied to one score matrix, each with its
     polarity: allowed (True lets through), blocked (True blocks),
     masked_fill (as the mask of masked_fill), additive (a float added to
-    the scores)."""
-    pattern = read_pattern(_MaskReader(ctx, masks), ctx.seq_len)
-    additive = [m for m, p in masks if p == "additive"]
-    if additive and pattern.kind == "full" and _is_float(additive[0]):
-        pattern.notes.append("an additive bias of N×N entries is applied to the scores")
-    return pattern
+    the scores).  Layers that share their masks (every layer of a model
+    reads the same causal or sliding-window mask) are read once: the
+    pattern is kept in ``ctx.mask_values`` and each site gets its own copy."""
+    key = ("pattern", tuple(masks), ctx.seq_len)
+    if key not in ctx.mask_values:
+        pattern = read_pattern(_MaskReader(ctx, masks), ctx.seq_len)
+        additive = [m for m, p in masks if p == "additive"]
+        if additive and pattern.kind == "full" and _is_float(additive[0]):
+            pattern.notes.append("an additive bias of N×N entries is applied to the scores")
+        ctx.mask_values[key] = pattern
+    return copy.deepcopy(ctx.mask_values[key])
 
 
 #: Lengths a blocked site's mask is counted at: multiples of every block up to 1024.
@@ -137,35 +147,43 @@ def counted_pairs(ctx, masks: list[tuple[fx.Node, str]], scores: fx.Node, heads:
     out in blocks or windows (not N×N), as a polynomial in N: the mask,
     broadcast to the scores, counted at several lengths; None if it does
     not fit a polynomial of degree <= 2 or cannot be evaluated."""
+    reader = _MaskReader(ctx, masks)
+
+    def count_at(n: int):
+        shape = [value_at(ctx.traced.expr(d), n, 2) for d in scores.meta["val"].shape]
+        allowed = reader(n)
+        if allowed is None:
+            raise CannotEvaluate("a mask has no value")
+        return sympy.Rational(_count_as(allowed, shape), 2 * heads)
+
+    return polynomial_count(ctx, count_at)
+
+
+def polynomial_count(ctx, count_at):
+    """``count_at(n)`` (pairs at length n, or raises CannotEvaluate) as a
+    polynomial in N: fitted at three lengths of COUNT_LENGTHS, checked at the
+    fourth; None if it does not fit or cannot be evaluated there."""
     lo, hi = ctx.traced.n_range
     lengths = [n for n in COUNT_LENGTHS if n >= lo and (hi is None or n <= hi)]
     if len(lengths) < 4:
         return None
-    reader = _MaskReader(ctx, masks)
-    counts = []
-    for n in lengths:
-        shape = [value_at(ctx.traced.expr(d), n, 2) for d in scores.meta["val"].shape]
-        try:
-            allowed = reader(n)
-            if allowed is None:
-                return None
-            count = _count_as(allowed, shape)
-        except CannotEvaluate:
-            return None
-        counts.append(sympy.Rational(count, 2 * heads))
+    try:
+        counts = [count_at(n) for n in lengths]
+    except CannotEvaluate:
+        return None
     poly = sympy.interpolate(list(zip(lengths[:3], counts[:3])), N)
     return sympy.expand(poly) if value_at(poly * 1, lengths[3]) == counts[3] else None
 
 
 def _count_as(allowed: torch.Tensor, shape: list[int]) -> int:
-    """Allowed entries of a mask broadcast to the scores' shape (or laid out
-    as the scores with the batch and window axes split differently)."""
-    if allowed.numel() == int(torch.Size(shape).numel()):
-        return int(allowed.sum())
-    try:
-        return int(allowed.expand(shape).sum())
-    except RuntimeError:
-        raise CannotEvaluate("the mask does not line up with the scores") from None
+    """Allowed entries of a mask broadcast to the scores' shape, or to a view
+    of them with the batch, window and head axes split differently (a mask
+    added where the scores are (B, windows, H, w, w)): broadcasting repeats
+    every entry of the mask equally often."""
+    total = int(torch.Size(shape).numel())
+    if total % max(allowed.numel(), 1):
+        raise CannotEvaluate("the mask does not line up with the scores")
+    return int(allowed.sum()) * (total // allowed.numel())
 
 
 def _is_float(node: fx.Node) -> bool:

@@ -18,17 +18,27 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, settled, value_at
-from ..rules.ops import COPY_OPS, is_view, packet
+from ..expr import B, N, settled, value_at
+from ..patterns.mask import NEGLIGIBLE_WEIGHT
+from ..rules.ops import COPY_OPS, getitem, is_view, packet
 from .evaluate import CannotEvaluate, evaluate_node
-from .masks import read_pattern
+from .graph import is_product
+from .masks import polynomial_count, read_pattern
 
 aten = torch.ops.aten
 
 #: Ops that move, copy or transform values at each position without mixing
-#: positions (rotary embeddings are muls and adds with position tables).
+#: positions (rotary embeddings are muls and adds with position tables; a
+#: roll or flip permutes the positions, and the codes travel with them).
 _PER_POSITION = frozenset({aten.constant_pad_nd, aten.cat, aten.slice, aten.expand,
-                           aten.repeat, aten.mul, aten.div, aten.add, aten.sub, aten.neg}) | COPY_OPS
+                           aten.repeat, aten.mul, aten.div, aten.add, aten.sub, aten.neg,
+                           aten.roll, aten.flip}) | COPY_OPS
+
+
+def _sequence_axes(shape) -> list[int]:
+    """Axes of length N (not B·N: the batch folded into the positions)."""
+    return [i for i, d in enumerate(shape or ()) if B not in sympy.sympify(d).free_symbols
+            and sympy.simplify(settled(d) - N) == 0]
 
 
 def sequence_source(ctx, node: fx.Node, limit: int = 32) -> tuple[fx.Node, int] | None:
@@ -39,20 +49,75 @@ def sequence_source(ctx, node: fx.Node, limit: int = 32) -> tuple[fx.Node, int] 
         if not isinstance(node, fx.Node) or node.op != "call_function":
             break
         shape = ctx.traced.shape(node)
-        axes = [i for i, d in enumerate(shape or ()) if sympy.simplify(settled(d) - N) == 0]
+        axes = _sequence_axes(shape)
         if len(axes) == 1:
             found = (node, axes[0])
-        if not (is_view(node) or packet(node) in _PER_POSITION):
+        if not (is_view(node) or packet(node) in _PER_POSITION or node.target is getitem):
             break
         inputs = list(node.args[0]) if packet(node) is aten.cat else node.all_input_nodes
         node = next((a for a in inputs if _carries_activations(ctx, a)), None)
     return found
 
 
+#: Ops that reorder the positions of a sequence without mixing them.
+_PERMUTATIONS = frozenset({aten.roll, aten.flip})
+#: Ops after which each position holds what it held before, transformed (norms, activations).
+_PER_TOKEN = frozenset({aten.native_layer_norm, aten.layer_norm, aten.gelu, aten.silu,
+                        aten.relu, aten._to_copy}) | _PER_POSITION
+
+
+def upstream_order(ctx, source: fx.Node, n: int, limit: int = 48) -> torch.Tensor | None:
+    """Which sequence position each position of ``source`` holds at N=n: the
+    rolls and flips on the way from the sequence to it, walking back through
+    per-token work (projections, norms, activations) that codes cannot pass;
+    None when there are none (each position is its own)."""
+    moves, node = [], source
+    for _ in range(limit):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            break
+        if packet(node) in _PERMUTATIONS:
+            moves.append(node)
+        if is_product(node):
+            node = next((a for a in ctx.product_operands(node) if not ctx.is_weight(a)), None)
+            continue
+        if not (is_view(node) or packet(node) in _PER_TOKEN or node.target is getitem):
+            break
+        inputs = list(node.args[0]) if packet(node) is aten.cat else node.all_input_nodes
+        node = next((a for a in inputs if _carries_activations(ctx, a)), None)
+    if not moves:
+        return None
+    order = torch.arange(n)
+    for move in reversed(moves):
+        order = _moved(ctx, move, order, n)
+    return order
+
+
+def _moved(ctx, move: fx.Node, order: torch.Tensor, n: int) -> torch.Tensor:
+    """``order`` after a roll or flip of the sequence axis (other axes are left alone)."""
+    shape = ctx.traced.shape(move.args[0]) or ()
+    axes = _sequence_axes(shape)
+    if len(axes) != 1:
+        raise CannotEvaluate("a roll or flip whose sequence axis is not known")
+    axis = axes[0]
+    if packet(move) is aten.flip:
+        dims = [d % len(shape) for d in move.args[1]]
+        return order.flip(0) if axis in dims else order
+    shifts, dims = list(move.args[1]), list(move.args[2]) if len(move.args) > 2 else []
+    if not dims:
+        raise CannotEvaluate("a roll of the flattened tensor")
+    for shift, dim in zip(shifts, dims):
+        if dim % len(shape) == axis:
+            if not isinstance(shift, int):
+                shift = value_at(ctx.traced.expr(shift.meta["val"] if isinstance(shift, fx.Node)
+                                                 else shift), n, 2)
+            order = torch.roll(order, int(shift))
+    return order
+
+
 def _carries_activations(ctx, node) -> bool:
     """Does this value depend on the model's floating inputs through tensors
     (not only through sizes, as position tables do)?"""
-    if not isinstance(node, fx.Node) or ctx.traced.shape(node) is None:
+    if not isinstance(node, fx.Node):
         return False
     seen, stack = set(), [node]
     while stack:
@@ -104,14 +169,19 @@ def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
         q_pos = evaluate_node(ctx, q_operand, n, {q_src[0]: _codes(ctx, *q_src, n)})
         k_pos = evaluate_node(ctx, k_operand, n, {k_src[0]: _codes(ctx, *k_src, n)})
         weights = evaluate_node(ctx, softmax, n)
+        # where the source's positions came from (a roll before the projection)
+        q_order, k_order = upstream_order(ctx, q_src[0], n), upstream_order(ctx, k_src[0], n)
     except CannotEvaluate:
         return None
     rows = _decoded(torch.as_tensor(q_pos).double().norm(dim=-1))   # (batch, m)
     cols = _decoded(torch.as_tensor(k_pos).double().norm(dim=-2))   # (batch, k)
     p = torch.as_tensor(weights).reshape(rows.shape[0], rows.shape[-1], cols.shape[-1])
-    valid = (p > 0) & _is_position(rows, n)[..., :, None] & _is_position(cols, n)[..., None, :]
+    valid = (p.float() >= NEGLIGIBLE_WEIGHT) & _is_position(rows, n)[..., :, None] & \
+        _is_position(cols, n)[..., None, :]
     qi = rows[..., :, None].expand_as(p)[valid].round().long() - 1
     kj = cols[..., None, :].expand_as(p)[valid].round().long() - 1
+    qi = qi if q_order is None else q_order[qi]
+    kj = kj if k_order is None else k_order[kj]
     allowed = torch.zeros(n, n, dtype=torch.bool)
     allowed[qi, kj] = True
     # Each allowed score must be its own (query, key) pair, once per batch
@@ -145,3 +215,16 @@ def pattern_of_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operan
 
 def _is_position(codes: torch.Tensor, n: int) -> torch.Tensor:
     return (codes >= 0.5) & (codes <= n + 0.5) & ((codes - codes.round()).abs() < 1e-3)
+
+
+def counted_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, heads: int = 1):
+    """The site's allowed pairs counted in sequence positions at several
+    lengths, as a polynomial in N (for patterns that are not the same at
+    every length, such as windows shifted around the end of the sequence)."""
+    def count_at(n: int):
+        allowed = allowed_positions(ctx, qk, softmax, q_operand, k_operand, n, heads)
+        if allowed is None:
+            raise CannotEvaluate("the site's positions could not be read")
+        return int(allowed.sum())
+
+    return polynomial_count(ctx, count_at)

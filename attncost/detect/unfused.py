@@ -8,14 +8,15 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B, N, as_int, settled, value_at
+from ..expr import N, as_int, settled, value_at
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
     packet
 from . import masks
-from .positions import pattern_of_positions
-from .graph import PROB_OPS, SCORE_OPS, split_rows
+from .positions import counted_positions, pattern_of_positions
+from .graph import PROB_OPS, SCORE_OPS
+from .heads import heads_and_queries
 from .site import AttentionSite, SiteShape, build_site
 
 aten = torch.ops.aten
@@ -62,7 +63,7 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     if ctx.is_weight(v_operand) or p_shape is None or \
             sympy.simplify(settled(p_shape[-1 if p_side == 0 else -2]) - n_keys) != 0:
         return None
-    heads, n_q = _heads_and_queries(shape, dim)
+    heads, n_q = heads_and_queries(ctx, shape, dim, q_operand)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
@@ -75,17 +76,6 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
                       nodes=[qk, *score_path, softmax, *prob_path, pv])
 
 
-def _heads_and_queries(shape, dim: int):
-    """Heads and query length of a score tensor: a constant axis before the
-    (queries × keys) matrix is the heads when the scores keep one
-    ((B·windows, H, w, w) in Swin); else the rows are split (B·H·N_q)."""
-    rows = sympy.Mul(*shape) / shape[dim]
-    if len(shape) >= 4 and as_int(shape[-3]) and B in sympy.Mul(*shape[:-3]).free_symbols:
-        heads = as_int(shape[-3])
-        return heads, settled(sympy.simplify(rows / (B * heads)))
-    return split_rows(rows)
-
-
 def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q) -> MaskPattern:
     """What the site lets through: its masks read as N×N, or, when its
     scores are laid out in blocks or windows, the positions it pairs
@@ -94,15 +84,22 @@ def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q) -> MaskPatter
     if N in sympy.sympify(n_keys).free_symbols:
         return masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
     probed = pattern_of_positions(ctx, qk, softmax, q_operand, k_operand, heads)
-    if probed is not None:
+    if probed is not None and probed.pairs is None and probed.kind == "pattern":
+        # not the same pattern at every length: its pairs counted at several
+        probed.pairs = counted_positions(ctx, qk, softmax, q_operand, k_operand, heads)
+        pattern = probed
+    elif probed is not None:
         return probed
-    pattern = masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
-    if mask_inputs:
+    else:
+        pattern = masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
+    if mask_inputs and pattern.pairs is None:
         pattern.pairs = masks.counted_pairs(ctx, mask_inputs, softmax, heads)
     if pattern.pairs is not None:
         pattern.notes = []
         queries = value_at(n_q, ctx.seq_len)
         pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / (queries * int(n_keys)))
+        if pattern.kind == "full" and pattern.density < 1:  # the first block is not all
+            pattern.kind = "pattern"
     return pattern
 
 
@@ -110,7 +107,8 @@ def _implementation(ctx, k_operand: fx.Node, n_keys, pattern: MaskPattern) -> st
     """How the keys reach the product: cut out by unfold (a window), picked
     by index (blocks), the sequence cut into blocks by a reshape (each query
     meets its block's keys), masked (a pattern on the full matrix) or all."""
-    k_ops = ctx.ancestor_ops(k_operand)
+    # Keys are picked between the product that made them and this one.
+    k_ops = ctx.ancestor_ops(k_operand, through_products=False)
     fixed_keys = N not in sympy.sympify(n_keys).free_symbols
     if aten.unfold in k_ops:
         return "unfold"

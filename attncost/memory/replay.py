@@ -14,14 +14,17 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import sympy
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..tracing.fake import call_args, fake_parameters
+from ..tracing.fake import call_args, fake_parameters, module_state_kept
+from ..tracing.unroll import quiet_shape_log
 
 #: Softmax entry points whose fp16 -> fp32 upcast a CUDA kernel does in place
 #: (``_softmax(x, dim, half_to_float=True)``); on a CPU it is a separate copy.
@@ -44,7 +47,14 @@ class Op:
 
 
 class Recorder(TorchDispatchMode):
-    """Records each op's new storages and when Python frees each one."""
+    """Records each op's new storages and when Python frees each one.
+
+    A higher-order op (FlexAttention) stops the replay with one clear
+    line: its outputs could not be matched to a graph node (align.py pairs
+    aten ops), so their sizes would hold at the replay's N only; last use
+    in the graph (liveness.py) counts them instead."""
+
+    supports_higher_order_operators = True
 
     def __init__(self, existing: Iterable[int]):
         super().__init__()
@@ -55,6 +65,9 @@ class Recorder(TorchDispatchMode):
         self._finalizers: list[weakref.finalize] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if isinstance(func, torch._ops.HigherOrderOperator):
+            raise NotImplementedError(f"{func.name()} is a higher-order op, whose outputs the "
+                                      "replay cannot give a graph node")
         out = func(*args, **(kwargs or {}))
         index = len(self.ops)
         new: list[int | None] = []
@@ -119,7 +132,7 @@ class Replay:
 def replay(traced, loaded, batch: int) -> Replay:
     """Run the forward eagerly on fake tensors at the trace's length."""
     model = loaded.module
-    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    mode = FakeTensorMode(allow_non_fake_inputs=False, shape_env=_fixed_values_env(traced))
     params, _ = fake_parameters(model, mode, loaded.trace_device, remove_duplicate=False)
     with mode:
         inputs = _to_device(loaded.example_inputs(traced.seq_len_hint, batch), loaded.trace_device)
@@ -129,8 +142,8 @@ def replay(traced, loaded, batch: int) -> Replay:
     args, kwargs = call_args(inputs)
 
     recorder = Recorder(existing)
-    with torch.no_grad(), loaded.trace_context(), warnings.catch_warnings(), mode, recorder, \
-            _SoftmaxUpcasts(recorder):
+    with torch.no_grad(), loaded.trace_context(), warnings.catch_warnings(), quiet_shape_log(), \
+            mode, recorder, _SoftmaxUpcasts(recorder), module_state_kept(model):
         # Warnings about running on fake data concern the replay, not the model.
         warnings.simplefilter("ignore")
         out = functional_call(model, params, args, kwargs)
@@ -138,6 +151,20 @@ def replay(traced, loaded, batch: int) -> Replay:
         recorder.stop()
     del out
     return Replay(recorder.ops, recorder.storages, end, batch)
+
+
+def _fixed_values_env(traced) -> ShapeEnv | None:
+    """Where the trace fixed values read from data (tracing.data_values), a
+    shape environment that decides the replay's branches on them alike: the
+    replay reads them in the same order, so its unbacked symbols have the
+    trace's names."""
+    fixed = traced.graph_module.meta.get("attncost_fixed") or []
+    if not fixed:
+        return None
+    env = ShapeEnv()
+    for f in fixed:
+        env.real_tensor_prop_unbacked_vals[f.symbol] = sympy.Integer(f.value)
+    return env
 
 
 def _to_device(obj, device):

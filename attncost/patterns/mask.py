@@ -7,6 +7,7 @@ causal or symmetric window, or a pattern with a measured density.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -72,6 +73,28 @@ def allowed_pairs(value: torch.Tensor, polarity: str) -> torch.Tensor:
     if value.dtype == torch.bool:
         return value if polarity in ("allowed", "additive") else ~value
     if value.is_floating_point() and polarity in ("allowed", "additive"):
-        # added to the scores (SDPA treats a float attn_mask the same way): -inf blocks
+        # added to the scores (SDPA treats a float attn_mask the same way): -inf blocks,
+        # and so does any finite value of a two-level mask that softmax cannot tell from it
+        far = _underflows(value)
+        if far is not None:
+            return ~far
         return value > torch.finfo(value.dtype).min / 2
     return value != 0 if polarity == "allowed" else value == 0
+
+
+#: A softmax weight below float32's smallest normal number is no weight:
+#: the pair is blocked (exp(-100) beside exp(0) is 4e-44).
+NEGLIGIBLE_WEIGHT = torch.finfo(torch.float32).tiny
+#: A pair whose added score is this far (87.3) below the others gets such a weight.
+SOFTMAX_UNDERFLOW = -math.log(NEGLIGIBLE_WEIGHT)
+
+
+def _underflows(value: torch.Tensor) -> torch.Tensor | None:
+    """Where a two-level additive mask blocks: every entry is either the
+    largest or at least SOFTMAX_UNDERFLOW below it (Swin's -100 beside 0).
+    A bias that varies by degrees (ALiBi's distances) is not a mask: None."""
+    if not value.numel():
+        return None
+    top = value.max()
+    far = value <= top - SOFTMAX_UNDERFLOW
+    return far if bool((far | (value == top)).all()) else None

@@ -374,7 +374,9 @@ def time_model(analysis, gpu: str | GPU | None = None, calibration=None, gpu_spe
     at its N and B or at ``seq_len`` and ``batch`` within the range its
     trace holds for; ``calibration`` is a file `attncost calibrate` wrote."""
     if analysis.traced is None:
-        raise AttncostError("a time estimate needs the traced graph: analyze the model first")
+        raise AttncostError("no time estimate for this model: its formulas are fitted from "
+                            "traces at short lengths (it loops over the sequence), and the time "
+                            "model walks one traced graph; analyse it without --gpu")
     if getattr(analysis, "mode", "infer") != "infer":
         raise AttncostError("--gpu times inference (prefill and decode), not --mode train")
     n = analysis.seq_len if seq_len is None else int(seq_len)
@@ -408,7 +410,7 @@ def time_model(analysis, gpu: str | GPU | None = None, calibration=None, gpu_spe
 def time_if_inference(analysis, gpu: GPU | None, calibration=None) -> TimeEstimate | None:
     """The time on ``gpu`` (what `fits --gpu` shows); None without a GPU or
     for a training step, which has no prefill or decode."""
-    if gpu is None or getattr(analysis, "mode", "infer") != "infer":
+    if gpu is None or getattr(analysis, "mode", "infer") != "infer" or analysis.traced is None:
         return None
     return time_model(analysis, gpu, calibration)
 

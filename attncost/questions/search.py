@@ -99,6 +99,10 @@ class RangedRuns:
 
     def covering(self, n: int):
         for a in self.analyses:
+            if hasattr(a, "holds_at"):
+                if a.holds_at(n):
+                    return a
+                continue
             lo, hi = a.n_range
             if lo <= n and (hi is None or n <= hi):
                 return a

@@ -25,12 +25,15 @@ from torch.func import functional_call
 from ..errors import ModelError, first_line
 from ..expr import B, N
 from ..loader import LoadedModel
-from .fake import call_args, fake_parameters
+from .fake import call_args, fake_parameters, module_state_kept
 from .graph import TracedModel, tensor_outputs, tensors_of
 from .inputs import probe_dims, symbolic_inputs
+from .data_values import DataShapeEnv, DataValues, data_dependent
+from .einx_sizes import einx_symbolic
 from .patches import flex_uncompiled
+from .scalars import sizes_through_tensors
 from .repeat import find_repeated, replay_layers, truncated
-from .unroll import UNROLL_LIMIT, LengthSpecialized, WatchedShapeEnv, quiet_shape_log, unrolled_error
+from .unroll import UNROLL_LIMIT, LengthSpecialized, quiet_shape_log, unrolled_error
 
 __all__ = ["INFERENCE", "Program", "TracedModel", "tensor_outputs", "tensors_of", "trace"]
 
@@ -128,7 +131,20 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     traced = TracedModel(gm, shape_env, replacements, kinds,
                          seq_len_hint=seq_hint, batch_hint=batch_hint)
     traced.guards, traced.n_range = _guards(traced)
+    _say_fixed_values(traced, loaded)
     return traced
+
+
+def _say_fixed_values(traced: TracedModel, loaded: LoadedModel) -> None:
+    """Values read from data and fixed while tracing go into the loader's
+    notes (the report's); one that changes with N holds the range to the
+    traced N."""
+    fixed = traced.graph_module.meta.get("attncost_fixed") or []
+    if any(f.varies for f in fixed):
+        traced.n_range = (traced.seq_len_hint, traced.seq_len_hint)
+    notes = getattr(loaded, "notes", None)
+    if isinstance(notes, list):
+        notes.extend(n for n in DataValues(fixed=fixed).notes() if n not in notes)
 
 
 def _trace_truncated(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int, block):
@@ -165,13 +181,44 @@ def _node_count(loaded: LoadedModel, dims, seq_len: int, batch_hint: int,
 
 def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
                 unroll_limit: int | None = UNROLL_LIMIT, program: Program = INFERENCE):
-    """make_fx of ``program`` over fake parameters and symbolic inputs."""
+    """make_fx of ``program`` over fake parameters and symbolic inputs.
+
+    A branch on a value read from the inputs' data is decided as the example
+    inputs decide it, at the branch or, failing that, by tracing again with
+    the value known (tracing.data_values); the values fixed are in the
+    graph's ``meta["attncost_fixed"]``."""
+    data = DataValues()
+    while True:
+        try:
+            made = _make_graph_once(loaded, dims, seq_hint, batch_hint, unroll_limit, program, data)
+        except ModelError as exc:
+            if data_dependent(exc) is None or \
+                    not data.resolve(exc, loaded, seq_hint, batch_hint, data.n_params):
+                raise
+            continue
+        made[0].meta["attncost_fixed"] = list(data.fixed)
+        return made
+
+
+def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
+                     unroll_limit: int | None, program: Program, data: DataValues):
+    """One make_fx of ``program``, with the data values fixed so far."""
     model = loaded.module
-    shape_env = WatchedShapeEnv(duck_shape=False)
+    shape_env = DataShapeEnv(duck_shape=False)
+    data.seed(shape_env)
+
+    def resolve(exc) -> bool:
+        fixed = data.resolve(exc, loaded, seq_hint, batch_hint, data.n_params)
+        data.seed(shape_env)
+        return fixed
+
+    shape_env.attncost_resolve = resolve
     mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
     inputs, replacements = symbolic_inputs(loaded, mode, seq_hint, batch_hint, dims)
     shape_env.watch([s for s, e in replacements.items() if N in e.free_symbols], unroll_limit)
-    params, kinds = fake_parameters(model, mode, loaded.trace_device)
+    params, kinds = fake_parameters(model, mode, loaded.trace_device,
+                                    mirror_requires_grad=not program.grad)
+    data.n_params = len(params)
     if program.grad:
         for name, t in params.items():
             if kinds[name] == "parameter" and program.trainable(name):
@@ -181,9 +228,10 @@ def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
     grad_mode = torch.enable_grad() if program.grad else torch.no_grad()
 
     try:
-        with grad_mode, _record_module_paths(model), flex_uncompiled(), \
-                loaded.trace_context(), program.context(), warnings.catch_warnings(), \
-                quiet_shape_log():
+        with grad_mode, _record_module_paths(model), flex_uncompiled(), einx_symbolic(), \
+                module_state_kept(model), loaded.trace_context(), program.context(), \
+                warnings.catch_warnings(), quiet_shape_log(), sizes_through_tensors(), \
+                data.watching():
             # Warnings about running eagerly on fake data concern the trace, not the model.
             warnings.simplefilter("ignore")
             gm = make_fx(function, tracing_mode="symbolic")(params, args, kwargs)

@@ -1,15 +1,24 @@
 """Fake parameters and inputs: shapes and dtypes without memory."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 
-def fake_parameters(module: torch.nn.Module, mode, device,
-                    remove_duplicate: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def fake_parameters(module: torch.nn.Module, mode, device, remove_duplicate: bool = True,
+                    mirror_requires_grad: bool = True
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A fake tensor (same shape, strides, dtype) for each parameter and
     buffer of ``module``, made under ``mode`` on ``device``; a tensor shared
     by two names (tied weights) gets one fake.  Returns the fakes by name
-    (parameters first, then buffers) and each name's kind."""
+    (parameters first, then buffers) and each name's kind.
+
+    With ``mirror_requires_grad`` a fake parameter requires grad as the real
+    one does: eager ``matmul`` folds a batched product into ``mm`` (or
+    ``mv``) depending on it, even under no_grad, so the graph then makes the
+    calls the real forward makes.  A training trace sets its own."""
     fakes: dict[int, torch.Tensor] = {}
     params: dict[str, torch.Tensor] = {}
     kinds: dict[str, str] = {}
@@ -19,6 +28,9 @@ def fake_parameters(module: torch.nn.Module, mode, device,
         for name, t, kind in named:
             if id(t) not in fakes:
                 fakes[id(t)] = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+                if mirror_requires_grad and kind == "parameter" and t.requires_grad \
+                        and t.is_floating_point():
+                    fakes[id(t)].requires_grad_(True)
             params[name] = fakes[id(t)]
             kinds[name] = kind
     return params, kinds
@@ -31,3 +43,37 @@ def call_args(inputs) -> tuple[tuple, dict]:
     if isinstance(inputs, (list, tuple)):
         return tuple(inputs), {}
     return inputs, {}
+
+
+@contextlib.contextmanager
+def module_state_kept(module: torch.nn.Module) -> Iterator[None]:
+    """Undo what a forward stores on the model while it runs on fake tensors.
+
+    Code that caches a tensor on first use (x-transformers' ALiBi bias,
+    ``register_buffer`` inside forward) would otherwise keep a fake tensor
+    of one trace's sizes, which the next trace or replay reads as if it
+    were real.  The buffers, parameters and plain attributes of every
+    submodule are put back as they were; submodules are not touched."""
+    saved = [(m, dict(m._buffers), dict(m._parameters), dict(vars(m)))
+             for m in module.modules()]
+    try:
+        yield
+    finally:
+        for entry in saved:
+            _restore(*entry)
+
+
+_OWN_STORES = ("_buffers", "_parameters", "_modules")
+
+
+def _restore(m: torch.nn.Module, buffers: dict, parameters: dict, attributes: dict) -> None:
+    for store, before in ((m._buffers, buffers), (m._parameters, parameters)):
+        if store.keys() != before.keys() or any(store[k] is not v for k, v in before.items()):
+            store.clear()
+            store.update(before)
+    now = vars(m)
+    for key in [k for k in now if k not in attributes]:
+        del now[key]
+    for key, value in attributes.items():
+        if key not in _OWN_STORES and now.get(key) is not value:
+            now[key] = value

@@ -5,10 +5,13 @@ A recurrent or state-space mixer written as ``for t in range(seq_len)``
 Python int: make_fx specialises N to the requested value and records every
 step, so a trace at N = 2048 records thousands of steps per layer and runs
 for minutes, for a formula that holds at that one N.  The shape environment
-here notices the moment N is fixed to a constant; above ``UNROLL_LIMIT`` the
+here notices the moment N, or a count made from it (chunks of N), is
+fixed to a constant; above ``UNROLL_LIMIT`` the
 trace stops, two traces at small lengths confirm that the graph grows with
-N, and the user is told so in one line.  At or below the limit the trace
-goes on: its formulas hold at that N only, which the range of N says.
+N, and the user is told so in one line, unless the analysis costs the loop
+from traces at small lengths (tracing/loops.py, which needs no message).
+At or below the limit the trace goes on: its formulas hold at that N
+only, which the range of N says.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import contextlib
 import logging
 from typing import Callable, Iterator
 
+import sympy
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from ..errors import ModelError
@@ -42,6 +46,19 @@ class WatchedShapeEnv(ShapeEnv):
         self._attncost_watched = frozenset(symbols)
         self._attncost_limit = limit
 
+    def _maybe_guard_rel(self, expr) -> None:
+        """A guard that fixes a function of N to a number above the limit
+        (the number of chunks a loop over N runs) stops the trace as fixing
+        N would: the loop would run that many times, with symbolic shapes."""
+        limit = getattr(self, "_attncost_limit", None)
+        watched = getattr(self, "_attncost_watched", frozenset())
+        if limit is not None and isinstance(expr, sympy.Eq):
+            for side, other in (expr.args, expr.args[::-1]):
+                if other.is_Integer and int(other) > limit and side.free_symbols & watched:
+                    hints = [self.backed_var_to_val.get(x) for x in side.free_symbols & watched]
+                    raise LengthSpecialized(max(int(h) for h in hints if h is not None))
+        return super()._maybe_guard_rel(expr)
+
     def _set_replacement(self, a, tgt, msg: str) -> None:
         watched = getattr(self, "_attncost_watched", frozenset())
         limit = getattr(self, "_attncost_limit", None)
@@ -64,9 +81,31 @@ def quiet_shape_log() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def unrolled_error(seq_len: int, count_nodes: Callable[[int], int | None]) -> ModelError:
-    """The message for a model that specialised N at ``seq_len``:
+class UnrolledLoop(ModelError):
+    """The model unrolls a loop over N at ``seq_len``: analyze costs it from
+    traces at small lengths instead (tracing/loops.py).  The message, which
+    traces at two small lengths to say how the graph grows, is made only
+    when it is shown."""
+
+    def __init__(self, seq_len: int, count_nodes: Callable[[int], int | None]):
+        super().__init__(seq_len)
+        self.seq_len = seq_len
+        self._count_nodes = count_nodes
+        self._message: str | None = None
+
+    def __str__(self) -> str:
+        if self._message is None:
+            self._message = _unrolled_message(self.seq_len, self._count_nodes)
+        return self._message
+
+
+def unrolled_error(seq_len: int, count_nodes: Callable[[int], int | None]) -> UnrolledLoop:
+    """The error for a model that specialised N at ``seq_len``:
     ``count_nodes(n)`` traces at a small n and returns its node count."""
+    return UnrolledLoop(seq_len, count_nodes)
+
+
+def _unrolled_message(seq_len: int, count_nodes: Callable[[int], int | None]) -> str:
     counts = {}
     for n in PROBE_LENGTHS:
         try:
@@ -76,12 +115,12 @@ def unrolled_error(seq_len: int, count_nodes: Callable[[int], int | None]) -> Mo
     (n0, n1), (c0, c1) = PROBE_LENGTHS, (counts[PROBE_LENGTHS[0]], counts[PROBE_LENGTHS[1]])
     if c0 is not None and c1 is not None and c1 > c0:
         per_token = (c1 - c0) / (n1 - n0)
-        return ModelError(
+        return (
             f"the model unrolls a loop over the sequence: its graph grows with N ({c0} ops at "
             f"N={n0}, {c1} at N={n1}, about {per_token:.0f} per token), so a trace at "
             f"N={seq_len} would record every step and hold at that N only; pass "
             f"--seq-len {UNROLL_LIMIT} or less to analyse it at one length")
-    return ModelError(
+    return (
         f"the model's code turns the length into a Python int (N={seq_len}), so its formulas "
         f"would hold at that N only; pass --seq-len {UNROLL_LIMIT} or less to analyse it at one "
         "length, or keep the length a tensor size in the model")

@@ -1,0 +1,115 @@
+"""How many heads a site has, and how many queries each head asks.
+
+A score tensor's rows are batch × heads × queries, but how they are laid
+out varies: (B, H, N_q, N_k), (B·H, N_q, N_k) for bmm, (B·windows, H, w, w)
+in Swin, (B·H, blocks, b, k) for blocked local attention.  When the query
+length is a constant (a fixed encoder window, learned latent queries), the
+rows alone cannot tell heads from queries: B·4·24 is 4 heads of 24 queries
+or 96 heads of one.  The projection that made the queries can: its output
+holds H·d features per token (or a multiple of it, for fused q/k/v), and
+the query operand holds H·d per token as well, so
+
+    H = (numel(Q operand) / numel(projection output)) · (projection width / d).
+
+The heads so read must also divide the score rows; then the query length
+is what remains of them.
+"""
+from __future__ import annotations
+
+import sympy
+import torch
+import torch.fx as fx
+
+from ..expr import B, as_int, settled
+from ..rules.ops import COPY_OPS, getitem, is_view, packet
+from .graph import is_product, split_rows
+
+aten = torch.ops.aten
+
+#: Ops that keep each token's features together on the way from the
+#: projection to the product (scale, rotary, casts, padding, a roll).
+_CARRY_OPS = frozenset({aten.mul, aten.div, aten.add, aten.sub, aten.neg, aten.constant_pad_nd,
+                        aten.roll, aten.cat}) | COPY_OPS
+
+
+def heads_and_queries(ctx, shape, dim: int, q_operand: fx.Node | None = None):
+    """Heads and query length of the scores of ``shape`` (softmax over
+    ``dim``), their queries coming from ``q_operand``."""
+    rows = sympy.Mul(*shape) / shape[dim]
+    per_batch = settled(sympy.simplify(rows / B)) if B in rows.free_symbols else rows
+    heads = projection_heads(ctx, q_operand) if q_operand is not None else None
+    if heads and _divides(heads, per_batch):
+        return heads, settled(sympy.simplify(per_batch / heads))
+    if len(shape) >= 4 and as_int(shape[-3]) and B in sympy.Mul(*shape[:-3]).free_symbols:
+        # a constant axis before the (queries × keys) matrix: (B·windows, H, w, w)
+        heads = as_int(shape[-3])
+        return heads, settled(sympy.simplify(per_batch / heads))
+    outer = sympy.Mul(*shape[:-2])
+    heads = as_int(sympy.simplify(outer / B)) if B in outer.free_symbols else None
+    if heads:  # the axes before the matrix are batch × heads: (B·H, N_q, N_k)
+        return heads, settled(sympy.simplify(per_batch / heads))
+    return split_rows(rows)
+
+
+def _divides(heads: int, per_batch: sympy.Expr) -> bool:
+    coeff, _ = sympy.factor(per_batch).as_coeff_Mul()
+    return bool(coeff.is_Integer) and int(coeff) % heads == 0
+
+
+def projection_heads(ctx, q_operand: fx.Node, limit: int = 32) -> int | None:
+    """Heads as the projection that made the queries says: None when the
+    operand does not lead back to a product with a weight through ops that
+    keep each token's features together."""
+    t = ctx.traced
+    q_shape = t.shape(q_operand)
+    head_dim = as_int(q_shape[-1]) if q_shape else None
+    node = q_operand
+    for _ in range(limit):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            return None
+        if is_product(node):
+            return _heads_of(ctx, node, q_shape, head_dim)
+        node = _carried(ctx, node)
+    return None
+
+
+def _heads_of(ctx, proj: fx.Node, q_shape, head_dim: int | None) -> int | None:
+    """Heads from a projection whose weight is one matrix (features in ×
+    out): its last axis holds every head's features.  Weights with a head
+    axis of their own ((H, D, d) through einsum) say nothing here: None."""
+    out = ctx.traced.shape(proj)
+    width = as_int(out[-1]) if out else None
+    # the weight is the right factor (x·Wᵀ), or the left one (Wx)
+    weight = next((w for w in reversed(ctx.product_operands(proj)) if ctx.is_weight(w)), None)
+    if weight is None or _stored_rank(ctx, weight) != 2 or not width or not head_dim:
+        return None
+    ratio = settled(sympy.simplify(sympy.Mul(*q_shape) / sympy.Mul(*out)))
+    heads = sympy.nsimplify(ratio * width / head_dim)
+    return int(heads) if heads.is_Integer and heads > 0 else None
+
+
+def _stored_rank(ctx, node: fx.Node) -> int | None:
+    """Dimensions of the parameter a weight operand is (seen through views)."""
+    while isinstance(node, fx.Node) and node.op == "call_function":
+        node = node.args[0]
+    shape = ctx.traced.shape(node) if isinstance(node, fx.Node) else None
+    return len(shape) if shape is not None else None
+
+
+def _carried(ctx, node: fx.Node) -> fx.Node | None:
+    """The input that carries the activation's features through ``node``."""
+    if node.target is getitem or is_view(node):
+        arg = node.args[0]
+        return arg if isinstance(arg, fx.Node) else None
+    if packet(node) not in _CARRY_OPS:
+        return None
+    if packet(node) is aten.cat:
+        parts = node.args[0]
+        return parts[0] if parts and isinstance(parts[0], fx.Node) else None
+    out = ctx.traced.shape(node)
+    for arg in node.args:
+        shape = ctx.traced.shape(arg) if isinstance(arg, fx.Node) else None
+        if shape is not None and out is not None and len(shape) == len(out) and \
+                sympy.simplify(sympy.Mul(*shape) - sympy.Mul(*out)) == 0:
+            return arg
+    return None

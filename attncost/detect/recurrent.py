@@ -1,0 +1,158 @@
+"""Recurrent mixers: a loop over the sequence that carries a state from one
+token to the next (state = f(state, token); outputs read the state), as
+Mamba's slow path, RWKV-style and fla's recurrent references write it.
+
+Such a loop fixes the length, so it is only seen in a trace at one small
+length (tracing/loops.py traces several and fits the costs in N): there
+the loop is unrolled, the same ops once per position.  The body is found
+as the shortest period of the graph's (op, module) sequence that repeats
+about once per position, and confirmed by what makes it a recurrence: a
+value of one repetition read by the next (the state).  The state's shape
+gives the heads (H×d_k×d_v: H heads; d_inner×d_state: one) and the work
+the recurrence needs: each token written into the largest state and read
+from it (2 FLOPs per element each), once into any smaller state (a
+normalizer).  Each token reaches every earlier one through the state:
+linear, causal.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import sympy
+import torch
+import torch.fx as fx
+
+from ..expr import B
+from ..patterns.formulas import formula
+from ..paths import layer_or_path
+from ..rules.flops import node_flops
+from ..rules.ops import is_view, op_name
+from .site import AttentionSite
+
+#: Longest loop body (ops per position) looked for.
+MAX_PERIOD = 512
+#: Positions a loop may run fewer times than the length (a first step written apart).
+SHORT_BY = 2
+
+
+def find_recurrent(ctx, used: set[str]) -> list[AttentionSite]:
+    """One site per loop over the positions of a trace at one fixed length."""
+    n = _fixed_length(ctx.traced)
+    if n is None:
+        return []
+    nodes = [x for x in ctx.traced.nodes if x.op == "call_function" and _makes_tensors(x)]
+
+    def recurrence(start: int, period: int, reps: int):
+        body = nodes[start:start + period * reps]
+        if any(x.name in used for x in body):
+            return None
+        states = carried_states(body, period)
+        return recurrent_site(ctx, body, states, n) if states else None
+
+    return loop_bodies(ctx.traced, nodes, n, recurrence)
+
+
+def _fixed_length(traced) -> int | None:
+    """The length of a trace that fixed N (a loop over it can be unrolled), else None."""
+    lo, hi = traced.n_range
+    n = traced.seq_len_hint
+    return n if lo == hi == n and n >= 4 else None
+
+
+def loop_bodies(traced, nodes: list[fx.Node], n: int, accept: Callable) -> list:
+    """``accept(start, period, repetitions)`` of each stretch of ``nodes``
+    whose (op, module) sequence repeats about once per position of the
+    length n (a stack of many layers repeats too, but not n times at every
+    n), where it is not None; the shortest period first claims its stretch."""
+    min_reps, max_reps = max(3, n - SHORT_BY), n
+    ids: dict[tuple, int] = {}
+    keys = np.array([ids.setdefault((op_name(x), traced.module_path(x)), len(ids))
+                     for x in nodes], dtype=np.int64)
+    claimed = np.zeros(len(keys), dtype=bool)
+    out = []
+    for p in range(1, min(MAX_PERIOD, len(keys) // min_reps) + 1):
+        same = np.concatenate([[False], keys[:-p] == keys[p:], [False]])
+        edges = np.flatnonzero(np.diff(same.astype(np.int8)))
+        for i, j in zip(edges[::2], edges[1::2]):
+            reps = (j - i + p) // p
+            if min_reps <= reps <= max_reps and not claimed[i:i + reps * p].any():
+                got = accept(int(i), p, int(reps))
+                if got is not None:
+                    out.append(got)
+                    claimed[i:i + reps * p] = True
+    return out
+
+
+def carried_states(body: list[fx.Node], period: int) -> list[fx.Node]:
+    """Values of one repetition that the next one reads (one per distinct
+    shape), taken from the middle repetition; [] when no repetition reads
+    the one before it (a run of like ops, not a recurrence)."""
+    if all(is_view(x) for x in body[:period]):
+        return []  # a chain of views (unsqueezes) computes nothing
+    step = {x: i // period for i, x in enumerate(body)}
+    middle = len(body) // period // 2
+    carried: dict[str, fx.Node] = {}
+    for x in body[middle * period:(middle + 1) * period]:
+        for user in x.users:
+            if step.get(user) == middle + 1:
+                shape = str(list(getattr(x.meta.get("val"), "shape", ())))
+                carried.setdefault(shape, x)
+    return list(carried.values())
+
+
+def state_dims(traced, node: fx.Node) -> list[int]:
+    """The state's dims without its batch dim and size-1 dims."""
+    shape = traced.shape(node) or ()
+    batch = traced.batch_hint
+    dims, batch_seen = [], False
+    for d in shape:
+        d = sympy.sympify(d)
+        if not batch_seen and (B in d.free_symbols or d == batch):
+            batch_seen = True
+            continue
+        if d.is_Integer and int(d) > 1:
+            dims.append(int(d))
+    return dims
+
+
+def recurrent_site(ctx, body: list[fx.Node], states: list[fx.Node], n: int) -> AttentionSite:
+    """The site of one loop: its FLOPs at this length, heads and state from
+    the largest carried state, and the work the recurrence needs."""
+    t = ctx.traced
+    dims = {s: state_dims(t, s) for s in states}
+    main = max(states, key=lambda s: int(np.prod(dims[s] or [1])))
+    shape = dims[main] or [1]
+    heads = shape[0] if len(shape) >= 3 else 1
+    head_dim, feature = shape[-1], (shape[-2] if len(shape) >= 2 else shape[-1])
+    flops = sympy.expand(sum((node_flops(t, x, ctx.flop_rules) for x in body), sympy.Integer(0)))
+    per_token = sum((4 if s is main else 2) * int(np.prod(dims[s] or [1])) for s in states)
+    batch = B if any(B in sympy.sympify(d).free_symbols for d in t.shape(main) or ()) \
+        else t.batch_hint
+    useful = batch * n * per_token
+    name = _common_path([t.module_path(x) for x in body]) or "<root>"
+    return AttentionSite(
+        name=name, layer=layer_or_path(name), variant="linear", implementation="recurrent",
+        causal=True, heads=heads, kv_heads=heads, head_dim=head_dim, window=None,
+        query_len=sympy.Integer(n), key_len=sympy.Integer(n), flops=flops,
+        useful_flops=sympy.sympify(useful), complexity=formula("linear").complexity,
+        feature_dim=feature, formula="linear", mask=None, nodes=[x.name for x in body],
+        notes=[f"state {'×'.join(map(str, shape))} per sequence, carried from token to token"])
+
+
+def _makes_tensors(node: fx.Node) -> bool:
+    """Ops on tensors; size reads come and go between repetitions."""
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) or (
+        isinstance(val, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in val))
+
+
+def _common_path(paths: list[str]) -> str:
+    """The innermost module that every path is inside."""
+    parts = [p.split(".") if p else [] for p in paths]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)

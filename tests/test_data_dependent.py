@@ -1,0 +1,350 @@
+"""Models whose code turns sizes into Python ints or reads values from data.
+
+Each model is written here and analysed from a file; the oracle is
+FlopCounterMode over a real forward at a length the trace never saw (and at
+the traced one), or a count derived by hand from the shapes.
+"""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+import attncost
+from attncost.errors import ModelError
+from attncost.expr import value_at
+from attncost.loader import load
+from attncost.memory import peak_memory
+from attncost.memory.liveness import graph_allocations
+from attncost.rules.ops import FLEX_ATTENTION
+from attncost.tracing import trace
+from attncost.tracing.einx_sizes import _size_expression
+from memtrack import measure
+from oracle import count_flops, load_module
+
+HEADER = """
+import torch
+from torch import nn
+DIM, HEADS, D = 64, 2, 16
+def example_inputs(seq_len, batch=1):
+    return (torch.randn(batch, seq_len, DIM),)
+def build_model():
+    return Model()
+"""
+
+
+def write_model(tmp_path, name: str, body: str, header: str = HEADER):
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(header) + textwrap.dedent(body))
+    return path
+
+
+def oracle(path, n: int, batch: int) -> int:
+    mod = load_module(path)
+    torch.manual_seed(0)
+    model = mod.build_model().eval()
+    return count_flops(model, mod.example_inputs(n, batch=batch))
+
+
+def assert_flops(a, path, lengths):
+    for n, b in lengths:
+        assert a.at(a.flops, n, b) == oracle(path, n, b), (n, b)
+
+
+# ------------------------------------------------------------------ einx sizes stay symbolic
+
+EINX = """
+import einx
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(DIM, 3 * HEADS * D, bias=False)
+        self.slopes = nn.Parameter(torch.ones(HEADS, 1, 1))
+    def forward(self, x):
+        n = x.shape[1]
+        q, k, v = einx.id("b n (three h d) -> three b h n d", self.qkv(x), three=3, h=HEADS)
+        pos = torch.arange(n, device=x.device)
+        bias = -einx.subtract("j, i -> 1 i j", pos, pos).abs() * self.slopes
+        scores = torch.einsum("bhid,bhjd->bhij", q, k) + bias
+        out = scores.softmax(-1) @ v
+        return einx.id("b h (c w) d -> b c w (h d)", out, w=8).sum(2)
+"""
+
+
+def test_einx_keeps_the_length_symbolic(tmp_path):
+    path = write_model(tmp_path, "einx_model", EINX)
+    a = attncost.analyze(path, seq_len=128, device="cpu")
+    # A trace that fixed N to 128 would hold there only (or refuse to run).
+    assert a.n_range[1] is None or a.n_range[1] > 200
+    assert_flops(a, path, [(128, 1), (200, 2)])
+
+
+def test_einx_literal_that_is_not_a_product_of_sizes_is_refused():
+    # 128 scaled to 128·1009 is the size; 130 → 128·1009 + 2 is N + 2: not a product.
+    assert _size_expression(128, 128 * 1009, [128]) is not None
+    assert _size_expression(130, 128 * 1009 + 2, [128]) is None
+    assert _size_expression(7, 7, [128]) is None
+
+
+CACHING = """
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM)
+        self.positions = None
+    def forward(self, x):
+        n = x.shape[1]
+        if self.positions is None or self.positions.shape[0] < n:
+            self.positions = torch.arange(n, device=x.device)
+            self.register_buffer("cached", torch.zeros(n, DIM), persistent=False)
+        return self.proj(x) + self.cached[:n] + self.positions[:n, None]
+"""
+
+
+def test_state_stored_while_tracing_is_undone(tmp_path):
+    path = write_model(tmp_path, "caching", CACHING)
+    loaded = load(path)
+    trace(loaded, 96)
+    assert loaded.module.positions is None and "cached" not in dict(loaded.module.named_buffers())
+    a = attncost.analyze(path, seq_len=96, device="cpu")
+    assert a.memory.liveness == "eager replay", a.memory.notes
+
+
+# ------------------------------------------------------------------ sizes through 0-d tensors
+
+CHUNKS = """
+W = 8
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(DIM, 3 * DIM, bias=False)
+    def forward(self, x):
+        b, n, _ = x.shape
+        chunks = torch.div(n, W, rounding_mode="trunc")
+        q, k, v = self.qkv(x).chunk(3, -1)
+        q, k, v = (t.view(b, chunks, W, DIM) for t in (q, k, v))
+        out = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+        last = chunks - 1
+        return out.reshape(b, n, DIM)[:, : last * W]
+"""
+
+
+def test_a_length_computed_as_a_tensor_stays_symbolic(tmp_path):
+    path = write_model(tmp_path, "chunks", CHUNKS)
+    a = attncost.analyze(path, seq_len=128, device="cpu")
+    assert a.n_range[1] is None
+    assert_flops(a, path, [(128, 1), (256, 2)])
+
+
+# ------------------------------------------------------------------ values read from data
+
+PAD = """
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM, bias=False)
+        self.extra = nn.Linear(DIM, DIM, bias=False)
+    def forward(self, x):
+        y = self.proj(x)
+        if (x > 100).any().item():  # never with randn inputs
+            y = self.extra(y)
+        return y
+"""
+
+
+def test_branch_on_input_data_is_fixed_as_the_inputs_give_it(tmp_path):
+    path = write_model(tmp_path, "pad", PAD)
+    a = attncost.analyze(path, seq_len=128, device="cpu")
+    assert a.n_range[1] is None
+    fixed = [note for note in a.notes if "read from data" in note]
+    assert len(fixed) == 1 and "fixed as the example inputs give it: 0" in fixed[0], a.notes
+    # One projection: 2·B·N·DIM·DIM, by hand and by the oracle.
+    assert a.at(a.flops, 300, 2) == 2 * 2 * 300 * 64 * 64 == oracle(path, 300, 2)
+
+
+COUNT = """
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM, bias=False)
+        self.extra = nn.Linear(DIM, DIM, bias=False)
+    def forward(self, x):
+        kept = (x[0, :, 0] > -100).sum().item()  # every position: N
+        y = self.proj(x)
+        if kept > 50:
+            y = self.extra(y)
+        return y
+"""
+
+
+def test_a_data_value_that_changes_with_n_holds_the_trace_to_its_length(tmp_path):
+    path = write_model(tmp_path, "count", COUNT)
+    a = attncost.analyze(path, seq_len=96, device="cpu")
+    assert a.n_range == (96, 96)
+    note = next(n for n in a.notes if "read from data" in n)
+    assert "96 at N=96" in note and "48 at N=48" in note and "traced N only" in note
+    assert a.at(a.flops, 96, 1) == oracle(path, 96, 1)
+
+
+WEIGHTS = """
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM, bias=False)
+    def forward(self, x):
+        if (self.proj.weight > 0).any().item():
+            return self.proj(x)
+        return x
+"""
+
+
+def test_a_branch_on_weights_is_one_clear_line(tmp_path):
+    path = write_model(tmp_path, "weights", WEIGHTS)
+    with pytest.raises(ModelError) as err:
+        attncost.analyze(path, seq_len=64, device="cpu")
+    message = str(err.value)
+    assert "\n" not in message and "weights" in message and ".item()" in message
+
+
+# ------------------------------------------------------------------ content-based routing
+
+ROUTING_TOPK = """
+CLUSTERS = 4
+class Routing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(DIM, 3 * HEADS * D, bias=False)
+        self.centroids = nn.Parameter(torch.randn(HEADS, CLUSTERS, D))
+        self.out = nn.Linear(HEADS * D, DIM, bias=False)
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, HEADS, D).permute(2, 0, 3, 1, 4)
+        w = n // CLUSTERS
+        sim = torch.einsum("bhnd,hcd->bhcn", q, self.centroids)
+        idx = sim.topk(w, dim=-1).indices.reshape(b, HEADS, CLUSTERS * w)
+        at = idx[..., None].expand(-1, -1, -1, D)
+        qc, kc, vc = (t.gather(2, at).view(b, HEADS, CLUSTERS, w, D) for t in (q, k, v))
+        attn = (qc @ kc.transpose(-1, -2) * D ** -0.5).softmax(-1)
+        oc = (attn @ vc).reshape(b, HEADS, CLUSTERS * w, D)
+        out = torch.zeros_like(q).scatter_add(2, at, oc)
+        count = torch.zeros(b, HEADS, n, 1).scatter_add(2, idx[..., None], torch.ones_like(oc[..., :1]))
+        out = out / count.clamp(min=1)
+        return self.out(out.transpose(1, 2).reshape(b, n, HEADS * D))
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(Routing() for _ in range(2))
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+"""
+
+ROUTING_SORTED = """
+CLUSTERS = 4
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(DIM, 3 * HEADS * D, bias=False)
+        self.centroids = nn.Parameter(torch.randn(CLUSTERS, D))
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, HEADS, D).permute(2, 0, 3, 1, 4)
+        cluster = (q @ self.centroids.t()).argmax(-1)                # (b, h, n)
+        order = (cluster * n + torch.arange(n)).argsort(-1)
+        at = order[..., None].expand(-1, -1, -1, D)
+        w = n // CLUSTERS
+        qs, ks, vs = (t.gather(2, at).view(b, HEADS, CLUSTERS, w, D) for t in (q, k, v))
+        out = ((qs @ ks.transpose(-1, -2)).softmax(-1) @ vs).reshape(b, HEADS, n, D)
+        unsorted = torch.empty_like(out).scatter(2, at, out)
+        return unsorted.transpose(1, 2).reshape(b, n, HEADS * D)
+"""
+
+
+@pytest.mark.parametrize("name, body", [("routing_topk", ROUTING_TOPK),
+                                        ("routing_sorted", ROUTING_SORTED)],
+                         ids=["topk", "sorted"])
+def test_routing_into_fixed_size_clusters_analyses(tmp_path, name, body):
+    path = write_model(tmp_path, name, body)
+    a = attncost.analyze(path, seq_len=256, device="cpu")
+    assert a.n_range[1] is None and a.sites
+    assert_flops(a, path, [(256, 1), (384, 2)])
+
+
+# ------------------------------------------------------------------ Longformer
+
+
+def _longformer(write_config):
+    return write_config("longformer", model_type="longformer", hidden_size=64,
+                        num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                        attention_window=[16, 16], vocab_size=100, max_position_embeddings=1030,
+                        pad_token_id=1)
+
+
+def test_longformer_analyses_under_eager(write_config):
+    folder = _longformer(write_config)
+    a = attncost.analyze(folder, seq_len=256, attn_implementation="eager", device="cpu",
+                         dtype="float32")
+    assert any("read from data" in n and ": 0 " in n for n in a.notes), a.notes
+    # The replay decides the same branch, so memory is the eager replay's.
+    assert a.memory.liveness == "eager replay", a.memory.notes
+    from transformers import LongformerConfig, LongformerModel
+
+    config = LongformerConfig.from_pretrained(folder)
+    config._attn_implementation = "eager"
+    model = LongformerModel(config).eval()
+    for n, b in ((256, 1), (384, 2)):  # multiples of the window, as the trace's guards say
+        ids = torch.randint(3, 100, (b, n))
+        assert a.at(a.flops, n, b) == count_flops(model, (ids,)), (n, b)
+        assert a.memory.intermediate_at(n, b) == measure(model, (ids,)).peak_intermediate_bytes
+
+
+def test_longformer_under_sdpa_names_the_implementation_that_works(write_config):
+    folder = _longformer(write_config)
+    with pytest.raises(ModelError) as err:
+        attncost.analyze(folder, seq_len=256, device="cpu")
+    assert "\n" not in str(err.value) and "--attn-implementation eager" in str(err.value)
+
+
+# ------------------------------------------------------------------ FlexAttention's memory
+
+FLEX = """
+from torch.nn.attention.flex_attention import flex_attention
+def bias(score, b, h, q_idx, kv_idx):
+    return score + (q_idx - kv_idx)
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(DIM, 3 * HEADS * D, bias=False)
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, HEADS, D).permute(2, 0, 3, 1, 4)
+        return flex_attention(q, k, v, score_mod=bias)
+"""
+
+
+def test_flex_memory_is_what_the_kernel_allocates(tmp_path):
+    path = write_model(tmp_path, "flex", FLEX)
+    loaded = load(path)
+    traced = trace(loaded, 128)
+    memory = peak_memory(traced, loaded, device="cpu")
+    assert memory.liveness == "graph last use" and "flex_attention" in " ".join(memory.notes)
+    flex = [x for x in graph_allocations(traced) if x.node.target is FLEX_ATTENTION]
+    n, b = 1000, 3
+    # By hand: the output (B, H, N, D) and the log-sum-exp and row maxima
+    # (B, H, N), float32; the log-sum-exp and maxima are freed at once.
+    assert [value_at(x.bytes, n, b) for x in flex] == [b * 2 * n * 16 * 4, b * 2 * n * 4,
+                                                       b * 2 * n * 4]
+    assert [x.death for x in flex[1:]] == [flex[0].time + 1] * 2
+    assert flex[0].death is None  # the model's output
+    # The peak, by hand: weights, input, the qkv projection (read by flex),
+    # flex's outputs, and the empty BlockMask flex_attention builds when given
+    # none (kv_num_blocks, kv_indices, q_num_blocks, q_indices: one int32 each).
+    weights = 3 * HEADS_D * 64 * 4
+    expected = weights + b * n * 64 * 4 + b * n * 3 * HEADS_D * 4 + b * 2 * n * (16 + 2) * 4 \
+        + 4 * 4
+    assert memory.at(n, b) == expected
+
+
+HEADS_D = 2 * 16

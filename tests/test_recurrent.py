@@ -1,0 +1,207 @@
+"""Models that loop over the sequence, costed from traces at small lengths.
+
+Oracles, each independent of attncost's trace:
+* FlopCounterMode over a real forward of the real model on CPU tensors, at
+  two lengths no trace saw (N=100 and N=257, B=2);
+* the state's shape written from the model's own sizes (Mamba:
+  expand·hidden × state_size; performer: heads × features × head dim);
+* exact polynomials and a value that follows none, written by hand.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sympy
+import torch
+from click.testing import CliRunner
+
+import attncost
+from attncost.cli import main
+from attncost.errors import ModelError
+from attncost.expr import B, N, value_at
+from attncost.tracing.loops import FIT_LENGTHS, HELD_OUT, fit
+from conftest import MODELS
+from memtrack import measure as measure_live
+from oracle import count_flops, load_module
+
+REALCODE = Path(__file__).parent / "realcode"
+#: Lengths no trace of the fit sees, with batch 2.
+UNTRACED = (100, 257)
+MAMBA = dict(model_type="mamba", architectures=["MambaForCausalLM"], num_hidden_layers=2,
+             hidden_size=64, state_size=8, vocab_size=256, expand=2)
+
+
+# ------------------------------------------------------------------ the fit
+
+
+def _points(f):
+    shapes = [(n, b) for b in (1, 2) for n in FIT_LENGTHS]
+    return {s: f(*s) for s in shapes}, {s: f(*s) for s in HELD_OUT}
+
+
+def test_fit_reproduces_a_polynomial_in_n_and_b():
+    truth = lambda n, b: 3 * n * n * b + 5 * n * b + 7 * b + 11  # noqa: E731
+    points, held = _points(truth)
+    expr = fit(points, held)
+    assert sympy.expand(expr - (3 * N**2 * B + 5 * N * B + 7 * B + 11)) == 0
+
+
+def test_fit_refuses_what_no_polynomial_holds():
+    # One more block of work every 10 tokens: a step the fitted lengths cannot see.
+    points, held = _points(lambda n, b: b * n * (n // 10))
+    assert fit(points, held) is None
+
+
+# ------------------------------------------------------------------ a Python loop over the tokens
+
+
+@pytest.fixture(scope="module")
+def loop_analysis():
+    return attncost.analyze(MODELS / "recurrent_loop.py", seq_len=1000, device="cpu")
+
+
+def test_loop_flops_equal_flopcounter_at_untraced_lengths(loop_analysis):
+    a = loop_analysis
+    mod = load_module(MODELS / "recurrent_loop.py")
+    torch.manual_seed(0)
+    model = mod.build_model().eval()
+    for n in UNTRACED:
+        assert a.at(a.flops, n, 2) == count_flops(model, mod.example_inputs(n, batch=2))
+
+
+def test_loop_peak_memory_equals_live_storages_at_untraced_lengths(loop_analysis):
+    a = loop_analysis
+    mod = load_module(MODELS / "recurrent_loop.py")
+    model = mod.build_model().eval()
+    for n in UNTRACED:
+        with torch.no_grad():
+            real = measure_live(model, mod.example_inputs(n, batch=2))
+        assert a.at(a.peak_memory_bytes, n, 2) == real.peak_bytes, (n, real)
+
+
+def test_loop_is_one_recurrent_site_with_its_state(loop_analysis):
+    a = loop_analysis
+    assert [(s.name, s.variant, s.implementation, s.causal, s.heads) for s in a.sites] == \
+        [("<root>", "linear", "recurrent", True, 1)]
+    site = a.sites[0]
+    # h = tanh(W·h + x_t): W is 16×16, applied once per token and sequence.
+    assert value_at(site.flops, 100, 2) == 2 * 16 * 16 * 100 * 2
+    assert any("state 16 " in n for n in site.notes)
+    assert any("fitted from traces" in n and f"N={HELD_OUT[0][0]}" in n for n in a.notes)
+
+
+def test_loop_whose_cost_steps_past_the_fit_is_refused(tmp_path):
+    path = tmp_path / "stepped_loop.py"
+    path.write_text(
+        (MODELS / "recurrent_loop.py").read_text()
+        .replace("        return self.out(torch.stack(steps, dim=1))",
+                 "        y = torch.stack(steps, dim=1)\n"
+                 "        if x.shape[1] > 18:  # more work past the fitted lengths\n"
+                 "            y = y + self.state(y)\n"
+                 "        return self.out(y)"))
+    with pytest.raises(ModelError, match="follows no polynomial in N"):
+        attncost.analyze(path, seq_len=1000, device="cpu")
+
+
+# ------------------------------------------------------------------ Mamba (transformers' slow path)
+
+
+@pytest.fixture(scope="module")
+def mamba_json(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mamba")
+    (folder / "config.json").write_text(json.dumps(MAMBA))
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, ["analyze", str(folder), "--seq-len", "32k",
+                                       "--attn-implementation", "eager", "--format", "json"])
+    elapsed = time.perf_counter() - start
+    print(f"attncost analyze mamba --seq-len 32k: {elapsed:.1f} s")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output), elapsed
+
+
+def test_mamba_at_32k_is_analysed_quickly(mamba_json):
+    _, elapsed = mamba_json
+    assert elapsed < 120
+
+
+def test_mamba_flops_equal_flopcounter_at_untraced_lengths(mamba_json):
+    transformers = pytest.importorskip("transformers")
+    data, _ = mamba_json
+    flops = sympy.sympify(data["totals"]["flops"]["expr"], locals={"N": N, "B": B})
+    config = transformers.MambaConfig(**{k: v for k, v in MAMBA.items()
+                                         if k not in ("model_type", "architectures")})
+    torch.manual_seed(0)
+    model = transformers.MambaForCausalLM(config).eval()
+    for n in UNTRACED:
+        ids = torch.randint(0, MAMBA["vocab_size"], (2, n))
+        assert value_at(flops, n, 2) == count_flops(model, (ids,))
+
+
+def test_mamba_sites_are_its_mixers_with_their_state(mamba_json):
+    data, _ = mamba_json
+    d_inner, d_state = MAMBA["expand"] * MAMBA["hidden_size"], MAMBA["state_size"]
+    sites = data["sites"]
+    assert [s["name"] for s in sites] == [f"backbone.layers.{i}.mixer" for i in range(2)]
+    for s in sites:
+        assert (s["variant"], s["implementation"], s["causal"], s["heads"]) == \
+            ("linear", "recurrent", True, 1)
+        assert f"state {d_inner}×{d_state} per sequence" in " ".join(s["notes"])
+        # Each token written into the state and read from it: 2 + 2 FLOPs per element.
+        assert s["useful_flops"]["value"] == 4 * d_inner * d_state * 32 * 1024
+    assert any("fitted from traces" in n for n in data["notes"])
+
+
+# ------------------------------------------------------------------ performer's causal FAVOR+
+
+
+def test_performer_causal_flops_and_sites():
+    pytest.importorskip("performer_pytorch")
+    sys.path.insert(0, str(REALCODE))
+    path = REALCODE / "published_performer_causal.py"
+    a = attncost.analyze(path, seq_len=100, device="cpu")
+    mod = load_module(path)
+    model = mod.build_model().eval()
+    for n in UNTRACED:
+        torch.manual_seed(0)
+        assert a.at(a.flops, n, 2) == count_flops(model, mod.example_inputs(n, batch=2))
+    assert len(a.sites) == 2
+    for s in a.sites:
+        assert (s.variant, s.causal, s.heads, s.feature_dim, s.head_dim) == \
+            ("linear", True, 2, mod.NB_FEATURES, 16)
+
+
+# ------------------------------------------------------------------ attention + Mamba layers
+
+JAMBA = dict(model_type="jamba", architectures=["JambaForCausalLM"], num_hidden_layers=4,
+             hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=256, mamba_d_state=8, mamba_expand=2, num_experts=1,
+             attn_layer_period=2, attn_layer_offset=1, use_mamba_kernels=False)
+
+
+def test_hybrid_flops_and_sites(write_config):
+    transformers = pytest.importorskip("transformers")
+    start = time.perf_counter()
+    a = attncost.analyze(write_config("jamba", **JAMBA), seq_len=8192, device="cpu",
+                         attn_implementation="eager")
+    print(f"attncost.analyze jamba at 8k: {time.perf_counter() - start:.1f} s")
+    config = transformers.JambaConfig(**{k: v for k, v in JAMBA.items()
+                                         if k not in ("model_type", "architectures")})
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.JambaForCausalLM(config).eval()
+    for n in UNTRACED:
+        ids = torch.randint(0, JAMBA["vocab_size"], (2, n))
+        assert a.at(a.flops, n, 2) == count_flops(model, (ids,))
+    kinds = [(s.name, s.variant, s.causal, s.heads) for s in a.sites]
+    assert kinds == [("model.layers.0.mamba", "linear", True, 1),
+                     ("model.layers.1.self_attn", "dense", True, JAMBA["num_attention_heads"]),
+                     ("model.layers.2.mamba", "linear", True, 1),
+                     ("model.layers.3.self_attn", "dense", True, JAMBA["num_attention_heads"])]
+    # Causal attention at any N: 2·H·(d_qk + d_v) per (query, key) pair, N(N+1)/2 pairs.
+    d = JAMBA["hidden_size"] // JAMBA["num_attention_heads"]
+    for n in UNTRACED:
+        assert a.at(a.sites[1].useful_flops, n, 2) == 2 * 2 * 4 * 2 * d * n * (n + 1) // 2
