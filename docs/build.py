@@ -23,6 +23,7 @@ its width, and the narrower output keeps every word of the wider one whole
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -44,22 +45,65 @@ IMAGE = re.compile(r"<!-- image: (?P<command>.+?) -->")
 _PUNCTUATION = ":,;()[]"
 
 
+#: Runs one command at several widths in one process: the command line is
+#: run once per width, and an analysis asked for twice with the same
+#: arguments is made once (the output at each width is what a fresh process
+#: prints; the trace is the slow part, not the printing).
+_AT_WIDTHS = r"""
+import contextlib, io, json, os, sys
+import attncost, attncost.analysis as analysis
+made, first = {}, analysis.analyze
+def analyze(model, seq_len, *args, **kwargs):
+    key = repr((str(model), seq_len, args,
+                sorted((k, repr(v)) for k, v in kwargs.items() if k != "progress")))
+    if key not in made:
+        made[key] = first(model, seq_len, *args, **kwargs)
+    return made[key]
+analysis.analyze = attncost.analyze = analyze
+from attncost.cli import main
+out = {}
+for columns in json.loads(sys.argv[1]):
+    os.environ["COLUMNS"] = str(columns)
+    printed, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(printed):
+        try:
+            main(sys.argv[2:], prog_name="attncost")
+        except SystemExit as exc:
+            code = exc.code or 0
+    out[columns] = [printed.getvalue(), code]
+sys.__stdout__.write(json.dumps(out))
+"""
+
+
 def run_command(command: str, columns: int = WIDE) -> str:
     """What ``command`` (an `attncost ...` line) prints at ``columns``, as a guide shows it."""
+    return run_at_widths(command, (columns,))[columns]
+
+
+def run_at_widths(command: str, widths) -> dict[int, str]:
+    """What ``command`` prints at each width, from one process."""
     argv = shlex.split(command)
     if argv[0] != "attncost":
         raise SystemExit(f"docs/build.py: only attncost commands can run: {command}")
-    env = dict(os.environ, COLUMNS=str(columns), PYTHONHASHSEED="0", TERM="dumb")
+    env = dict(os.environ, PYTHONHASHSEED="0", TERM="dumb")
     env.pop("FORCE_COLOR", None)
-    done = subprocess.run([sys.executable, "-m", "attncost.cli", *argv[1:]], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode == 2:
-        raise SystemExit(f"docs/build.py: `{command}` failed:\n{done.stderr}")
-    # Rich pads table lines to the terminal width; the padding is noise in a guide.
-    lines = [line.rstrip() for line in done.stdout.rstrip("\n").splitlines()]
-    if done.returncode:
-        lines.append(f"(exit status {done.returncode})")
-    return "\n".join(lines)
+    done = subprocess.run([sys.executable, "-c", _AT_WIDTHS, json.dumps(list(widths)),
+                           *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    try:
+        printed = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise SystemExit(f"docs/build.py: `{command}` failed:\n{done.stderr}") from None
+    out = {}
+    for width, (text, code) in printed.items():
+        if code == 2:
+            raise SystemExit(f"docs/build.py: `{command}` failed:\n{done.stderr}")
+        # Rich pads table lines to the terminal width; the padding is noise in a guide.
+        lines = [line.rstrip() for line in text.rstrip("\n").splitlines()]
+        if code:
+            lines.append(f"(exit status {code})")
+        out[int(width)] = "\n".join(lines)
+    return out
 
 
 def _words(text: str) -> set[str]:
@@ -92,14 +136,10 @@ def block_for(command: str, output: str, width: int | None = None) -> str:
 
 def _run_all(commands: list[str], images: list[str], jobs: int) -> dict[str, dict[int, str]]:
     """Every command at both widths (and every image command once)."""
-    runs = [(c, w) for c in commands for w in (WIDE, NARROW)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        printed = list(pool.map(lambda cw: run_command(*cw), runs))
+        printed = list(pool.map(lambda c: run_at_widths(c, (WIDE, NARROW)), commands))
         list(pool.map(run_command, images))
-    outputs: dict[str, dict[int, str]] = {c: {} for c in commands}
-    for (command, width), text in zip(runs, printed):
-        outputs[command][width] = text
-    return outputs
+    return dict(zip(commands, printed))
 
 
 def build(check: bool, jobs: int) -> int:

@@ -5,7 +5,8 @@ What is counted is what ``torch.cuda.max_memory_allocated()`` would report
 after the model is loaded: weights and buffers, library workspaces, the
 inputs, and the largest sum of intermediate tensors alive at once.
 
-The flow: the forward is replayed eagerly on fake tensors (replay.py) for
+The flow: the forward is replayed eagerly on fake tensors (replay.py; a
+repeated stack two periods deep, extended to every layer: periodic.py) for
 the order in which Python creates and frees storages; each storage is
 matched to the graph node that made it (align.py), whose shape gives its
 size as an expression; the target device's allocation rules

@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..tracing.fake import call_args, fake_parameters, module_state_kept
+from ..tracing.repeat import find_repeated, truncated
 from ..tracing.unroll import quiet_shape_log
 
 #: Softmax entry points whose fp16 -> fp32 upcast a CUDA kernel does in place
@@ -129,8 +130,54 @@ class Replay:
     batch: int
 
 
-def replay(traced, loaded, batch: int) -> Replay:
-    """Run the forward eagerly on fake tensors at the trace's length."""
+#: Replay a stack of repeated layers two periods deep and extend it
+#: (memory/periodic.py); False replays every layer.
+PERIODIC = True
+
+
+def replay(traced, loaded, batch: int, periodic: bool | None = None) -> Replay:
+    """Run the forward eagerly on fake tensors at the trace's length.
+
+    A stack of layers that repeats with a period (tracing/repeat.py) runs
+    two periods deep and the rest is extended from them, when that gives
+    the replay of every layer (memory/periodic.py); ``periodic`` (default
+    ``PERIODIC``) False runs every layer."""
+    if PERIODIC if periodic is None else periodic:
+        short = _periodic(traced, loaded, batch)
+        if short is not None:
+            return short
+    return _run(traced, loaded, batch)[0]
+
+
+def _periodic(traced, loaded, batch: int) -> Replay | None:
+    """The replay extended from two periods of the repeated stack, where a
+    replay three periods deep is what the two extend to (work before or
+    after the stack that grows with its depth, a ``torch.stack`` of every
+    layer's output, fails that); else None."""
+    from .periodic import Stack, extend, layer_starts
+
+    if traced.graph_module.meta.get("attncost_fixed"):
+        return None  # values read from data: their order follows every layer
+    block = find_repeated(loaded.module, getattr(loaded, "config", None))
+    if block is None or block.count % block.period:
+        return None
+    try:
+        runs = {}
+        for periods in (2, 3):
+            with truncated(block, periods):
+                runs[periods] = _run(traced, loaded, batch,
+                                     block.layers[:2 * block.period] if periods == 2 else ())
+    except Exception:  # code that counts its layers: every layer runs instead
+        return None
+    (short, calls), (check, _) = runs[2], runs[3]
+    starts = layer_starts(calls, block.traced_count)
+    if starts is None or extend(short, Stack(starts, block.period, 3 * block.period)) != check:
+        return None
+    return extend(short, Stack(starts, block.period, block.count))
+
+
+def _run(traced, loaded, batch: int, layers=()) -> tuple[Replay, list[tuple[int, str, int]]]:
+    """The replay, and when each of ``layers`` began and ended (op indices)."""
     model = loaded.module
     mode = FakeTensorMode(allow_non_fake_inputs=False, shape_env=_fixed_values_env(traced))
     params, _ = fake_parameters(model, mode, loaded.trace_device, remove_duplicate=False)
@@ -142,15 +189,27 @@ def replay(traced, loaded, batch: int) -> Replay:
     args, kwargs = call_args(inputs)
 
     recorder = Recorder(existing)
-    with torch.no_grad(), loaded.trace_context(), warnings.catch_warnings(), quiet_shape_log(), \
-            mode, recorder, _SoftmaxUpcasts(recorder), module_state_kept(model):
-        # Warnings about running on fake data concern the replay, not the model.
-        warnings.simplefilter("ignore")
-        out = functional_call(model, params, args, kwargs)
-        end = len(recorder.ops)
-        recorder.stop()
+    calls: list[tuple[int, str, int]] = []
+    hooks = []
+    for k, layer in enumerate(layers):
+        hooks.append(layer.register_forward_pre_hook(
+            lambda *_, k=k: calls.append((k, "pre", len(recorder.ops)))))
+        hooks.append(layer.register_forward_hook(
+            lambda *_, k=k: calls.append((k, "post", len(recorder.ops)))))
+    try:
+        with torch.no_grad(), loaded.trace_context(), warnings.catch_warnings(), \
+                quiet_shape_log(), mode, recorder, _SoftmaxUpcasts(recorder), \
+                module_state_kept(model):
+            # Warnings about running on fake data concern the replay, not the model.
+            warnings.simplefilter("ignore")
+            out = functional_call(model, params, args, kwargs)
+            end = len(recorder.ops)
+            recorder.stop()
+    finally:
+        for h in hooks:
+            h.remove()
     del out
-    return Replay(recorder.ops, recorder.storages, end, batch)
+    return Replay(recorder.ops, recorder.storages, end, batch), calls
 
 
 def _fixed_values_env(traced) -> ShapeEnv | None:

@@ -102,9 +102,11 @@ def find_repeated(model: torch.nn.Module, config=None) -> RepeatedBlock | None:
 
 
 @contextlib.contextmanager
-def truncated(block: RepeatedBlock) -> Iterator[None]:
-    """Hold only the first two periods of layers while the model is traced."""
-    setattr(block.parent, block.attr, torch.nn.ModuleList(list(block.layers)[:block.traced_count]))
+def truncated(block: RepeatedBlock, periods: int = 2) -> Iterator[None]:
+    """Hold only the first ``periods`` periods of layers (two while the
+    model is traced)."""
+    setattr(block.parent, block.attr,
+            torch.nn.ModuleList(list(block.layers)[:periods * block.period]))
     try:
         yield
     finally:
