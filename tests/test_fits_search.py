@@ -169,3 +169,14 @@ def test_a_cuda_context_without_its_source_is_refused(tmp_path):
                                        _spec(tmp_path, cuda_context="600MiB")])
     assert result.exit_code == 2
     assert "cuda_context_source" in result.stderr
+
+
+def test_max_batch_of_a_model_without_a_batch_dim_is_not_made_up(tmp_path):
+    path = tmp_path / "no_batch.py"
+    path.write_text("import torch\n\ndef build_model():\n"
+                    "    return torch.nn.MultiheadAttention(32, 4, batch_first=True)\n\n"
+                    "def example_inputs(n, batch=1):\n    x = torch.randn(1, n, 32)\n"
+                    "    return (x, x, x)\n")
+    answer = fits(analyze(path, 256, device="cpu"), memory="64MiB", want_max_batch=True)
+    assert answer.result.max_batch is None
+    assert any(w.startswith("--max-batch:") for w in answer.warnings)

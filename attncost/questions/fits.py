@@ -217,7 +217,10 @@ def fits(analysis, gpu: str | None = None, memory: str | None = None,
         warnings.append(note)
         result.max_seq_len_lower_bound = result.max_seq_len is not None
     warnings += _limit_warnings(analysis, result)
-    if want_max_batch:
+    if want_max_batch and _batch_free(analysis):
+        warnings.append("--max-batch: the model's memory is the same at every batch (its "
+                        "inputs have no batch dim); no largest batch to give")
+    elif want_max_batch:
         runs = runs_function(analysis.memory, budget, allocator)
         result.max_batch = max_batch(runs, result.seq_len)
         if allocator:
@@ -231,6 +234,12 @@ def fits(analysis, gpu: str | None = None, memory: str | None = None,
         model=analysis.model, dtype=analysis.dtype, warnings=warnings,
         asked_max_batch=want_max_batch, parallel=getattr(analysis, "parallel", None),
         quantization=getattr(getattr(analysis, "loaded", None), "quantization", None))
+
+
+def _batch_free(analysis) -> bool:
+    """Whether the peak does not change with the batch (inputs without a batch dim)."""
+    n = analysis.seq_len
+    return analysis.memory.at(n, 2) == analysis.memory.at(n, 3)
 
 
 def _limit_warnings(analysis, result: FitResult) -> list[str]:

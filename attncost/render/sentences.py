@@ -210,7 +210,8 @@ def fits_verdict(answer) -> list[str]:
     else:
         bound = "at least " if getattr(result, "max_seq_len_lower_bound", False) else ""
         lines.append(f"largest N that fits at B={result.batch}: {bound}{result.max_seq_len:,}")
-    if getattr(answer, "asked_max_batch", False):
+    batch_free = any(w.startswith("--max-batch:") for w in getattr(answer, "warnings", []))
+    if getattr(answer, "asked_max_batch", False) and not batch_free:
         at = f"N={human_tokens(result.seq_len)}"
         lines.append(f"largest batch that fits at {at}: {result.max_batch:,}" if result.max_batch
                      else f"no batch fits at {at}")
