@@ -324,3 +324,23 @@ def test_seed_variants_step_flops_match_flopcounter(name):
     forward, backward = real_step_flops(model, inputs)
     assert a.at(a.forward_flops, 384, 2) == forward
     assert a.at(a.backward_flops, 384, 2) == backward
+
+
+def test_sites_carry_their_backward(configs):
+    """Derived by hand: an unfused site's two products (Q·Kᵀ, P·V) each
+    make two products of the same size in backward (the gradient of each
+    operand): twice the forward; a fused CPU kernel's backward recomputes
+    the scores and makes dP, dV, dQ, dK: 2·B·H·N²·(3·d_qk + 2·d_v), 2.5× a
+    forward of 2·B·H·N²·(d_qk + d_v) when d_qk = d_v."""
+    unfused = analysed(MODELS / "causal_unfused.py", device="cpu", mode="train")
+    folder, raw = configs["llama"]
+    fused = analysed(folder, attn_implementation="sdpa", dtype="float32", device="cpu",
+                     mode="train")
+    heads, d = raw["num_attention_heads"], raw["hidden_size"] // raw["num_attention_heads"]
+    for n, b in ((48, 1), (96, 2)):
+        for s in unfused.sites:
+            assert unfused.at(s.backward_flops, n, b) == 2 * unfused.at(s.flops, n, b)
+        for s in fused.sites:
+            assert fused.at(s.backward_flops, n, b) == 2 * b * heads * n * n * (3 * d + 2 * d)
+        for a in (unfused, fused):
+            assert sum(a.at(s.backward_flops, n, b) for s in a.sites) < a.at(a.backward_flops, n, b)

@@ -32,6 +32,8 @@ class AttentionSite:
     #: bytes the site's ops allocate on the target device (set by the memory
     #: model); JSON calls it memory_bytes.  Not bytes moved.
     allocated_bytes: sympy.Expr | None = None
+    #: in a training step: the FLOPs of the site's backward (training/sites.py)
+    backward_flops: sympy.Expr | None = None
     density: float | None = None
     feature_dim: int | None = None
     mask: str | None = None

@@ -20,7 +20,7 @@ def site_dict(a, s) -> dict:
     def ev(expr):
         return _expression(a, expr)
 
-    return {
+    data = {
         "name": s.name, "layer": s.layer, "variant": s.variant,
         "implementation": s.implementation, "causal": s.causal,
         "heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim,
@@ -30,6 +30,9 @@ def site_dict(a, s) -> dict:
         "mask": s.mask, "density": s.density, "feature_dim": s.feature_dim,
         "formula": s.formula, "matches_formula": s.matches_formula, "notes": site_notes(s),
     }
+    if getattr(s, "backward_flops", None) is not None:
+        data["backward_flops"] = ev(s.backward_flops)
+    return data
 
 
 def breakdown_dict(e) -> dict:

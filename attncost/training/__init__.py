@@ -16,6 +16,7 @@ from ..rules import node_flops
 from ..tracing import trace as trace_model
 from .lora import add_lora, parse_trainable
 from .memory import StepMemory, TrainingMemory, training_memory
+from .sites import site_backward_flops
 from .optimizers import OPTIMIZERS, TrainableParameter, optimizer_memory
 from .trace import (CHECKPOINTING, MIXED_DTYPES, tidy_for_liveness, is_backward,
                     label_backward, step_program)
@@ -134,6 +135,11 @@ def with_training(analysis, options: TrainingOptions, rules, allocation_rules=No
     analysis.mode = "train"
     analysis.forward_flops, analysis.backward_flops = step.forward_flops, step.backward_flops
     analysis.flops = step.flops
+    for site in analysis.sites:
+        site.backward_flops = None
+    for name, flops in site_backward_flops(analysis.sites, analysis.traced, step.traced,
+                                           rules).items():
+        next(s for s in analysis.sites if s.name == name).backward_flops = flops
     analysis.memory = step.memory
     analysis.peak_memory_bytes = step.memory.peak_bytes
     analysis.n_range = (lo, min(highs) if highs else None)
