@@ -15,7 +15,8 @@ twice; a lookup (embedding, index) reads the rows it returns, not its table.
 
 Decode is memory-bound: one step reads the weights once for the whole batch
 and each sequence's KV cache, launches the ops of one forward, and does the
-FLOPs of one token per sequence.
+FLOPs of one token per sequence (decode.py).  Which ops launch and what they
+touch: launches.py.
 
 Rates come from a calibration (`attncost calibrate`) when there is one for
 the GPU, else from the datasheet (peak FLOP/s and bandwidth, a default
@@ -23,30 +24,23 @@ launch overhead): then every figure is a lower bound.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import torch.fx as fx
 
 from ..calibration.rates import DEFAULT_LAUNCH_OVERHEAD, Rates
 from ..calibration.tables import Calibration, bundled_calibration, load_calibration, names_card
 from ..errors import AttncostError
-from ..expr import value_at
 from ..gpus import GPU, get_gpu
 from ..paths import layer_or_path
 from ..rules import flop_rules, node_flops
-from ..rules.ops import (FLEX_ATTENTION, GATHER_OPS, is_fused_attention, is_view, op_name,
-                         schema_args)
+from ..rules.ops import FLEX_ATTENTION, is_fused_attention, op_name, schema_args
 from ..tracing.graph import tensor_outputs
-from ..units import dtype_name, parse_dtype
+from ..units import dtype_name
+from .decode import decode_step
+from .launches import Evaluator, launches_kernel
 
-#: Ops that allocate without launching a kernel.
-NO_KERNEL_OPS = frozenset({"empty", "empty_strided", "empty_like", "new_empty",
-                           "new_empty_strided", "_assert_async", "_assert_scalar"})
-#: Ops that read rows of their first input (a table), not all of it.
-LOOKUP_OPS = frozenset({"embedding"} | {op.__name__ for op in GATHER_OPS})
 #: SDPA's aten forms that name their kernel.
 _NAMED_KERNELS = {"_scaled_dot_product_flash_attention": "flash", "_flash_attention_forward": "flash",
                   "_scaled_dot_product_cudnn_attention": "flash",
@@ -124,45 +118,6 @@ class TimeEstimate:
 
 
 # ------------------------------------------------------------------ ops
-
-
-def launches_kernel(node: fx.Node) -> bool:
-    """Does eager PyTorch launch work for this node (not a view, not Python)?"""
-    if node.op != "call_function" or is_view(node) or op_name(node) in NO_KERNEL_OPS:
-        return False
-    if node.target is FLEX_ATTENTION:
-        return True
-    return isinstance(node.target, torch._ops.OpOverload) and bool(tensor_outputs(node))
-
-
-class _Evaluator:
-    """Byte counts of graph values at one N and B, each expression evaluated once."""
-
-    def __init__(self, traced, seq_len: int, batch: int):
-        self.traced, self.seq_len, self.batch = traced, seq_len, batch
-        self._values: dict = {}
-
-    def value(self, expr) -> int:
-        if expr not in self._values:
-            self._values[expr] = max(0, value_at(expr, self.seq_len, self.batch))
-        return self._values[expr]
-
-    def out_bytes(self, node: fx.Node) -> int:
-        return sum(self.value(e) for e in self.traced.output_bytes(node))
-
-    def in_bytes(self, node: fx.Node) -> int:
-        args, rows = _input_nodes(node), 0
-        if op_name(node) in LOOKUP_OPS and args:
-            args, rows = args[1:], self.out_bytes(node)  # the rows read, not the table
-        return sum(self.out_bytes(a) for a in args) + rows
-
-
-def _input_nodes(node: fx.Node) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), found.append)
-    return [n for n in found if tensor_outputs(n)]
-
-
 def attention_kernel(node: fx.Node, site, dtype) -> tuple[str, tuple[str, ...], bool]:
     """(kernel, its tables' masks in order of preference, does it skip masked
     blocks) for a fused attention call, as SDPA would dispatch it on a GPU:
@@ -190,7 +145,7 @@ def _dtype_of(node: fx.Node, default: str) -> str:
     return dtype_name(outs[0].dtype) if outs and outs[0].is_floating_point() else default
 
 
-def op_times(analysis, rates: Rates, flop_exprs: dict, ev: _Evaluator) -> list[OpTime]:
+def op_times(analysis, rates: Rates, flop_exprs: dict, ev: Evaluator) -> list[OpTime]:
     """Every launched op of the traced graph at ``ev``'s N and B."""
     traced = analysis.traced
     site_of = {name: s for s in analysis.sites for name in s.nodes}
@@ -239,117 +194,6 @@ def _site_times(analysis, ops: list[OpTime], decode: dict) -> list[SiteTime]:
     return out
 
 
-# ------------------------------------------------------------------ decode
-
-
-def _consumers(node: fx.Node) -> list[fx.Node]:
-    """The ops that read a value, looking through views of it."""
-    out, todo, seen = [], list(node.users), set()
-    while todo:
-        user = todo.pop(0)
-        if user in seen:
-            continue
-        seen.add(user)
-        if is_view(user) or user.target is operator.getitem:
-            todo.extend(user.users)
-        elif launches_kernel(user):
-            out.append(user)
-    return out
-
-
-def weight_reads(traced, ev: _Evaluator, stored: dict[str, int] | None = None) -> dict[str, int]:
-    """Bytes of parameters and buffers one decode step reads, by layer: each
-    once, in the layer of the first op that reads it whole (a table only
-    looked up, such as an untied embedding, is read a row at a time);
-    ``stored`` gives the bytes of weights stored quantized, by name."""
-    stored = stored or {}
-    out: dict[str, int] = {}
-    for p in traced.placeholders("parameter") + traced.placeholders("buffer"):
-        readers = [u for u in _consumers(p) if op_name(u) not in LOOKUP_OPS]
-        if readers:
-            layer = layer_or_path(traced.module_path(readers[0])) or "<root>"
-            nbytes = stored.get(p.meta.get("attncost_param"), ev.out_bytes(p))
-            out[layer] = out.get(layer, 0) + nbytes
-    return out
-
-
-def quantized_weight_bytes(analysis) -> dict[str, int]:
-    """Parameter name -> bytes as stored, for the Linear weights that
-    --weight-dtype quantizes (scales included; memory/quantized.py)."""
-    quant = getattr(getattr(analysis, "loaded", None), "quantization", None)
-    if quant is None or quant.weights is None:
-        return {}
-    from ..memory.quantized import linear_dims, linear_weight_bytes, quantized_linears
-
-    out = {}
-    for name, module in quantized_linears(analysis.loaded.module).items():
-        out_features, in_features = linear_dims(module)
-        out[f"{name}.weight" if name else "weight"] = linear_weight_bytes(
-            out_features, in_features, quant.weights, quant.group_size)
-    return out
-
-
-def kv_read(site, ev: _Evaluator, itemsize: int, kv_dtype: str | None = None) -> tuple[int, int]:
-    """(bytes, FLOPs) of one decode step at the site, over the batch: the
-    keys and values of the context (at most the window), or a linear
-    site's state of heads × head_dim × features.  A quantized cache
-    (``kv_dtype``) holds 1 byte per element and a scale per token and head
-    in the model's dtype (memory/quantized.py)."""
-    if site.variant == "linear":
-        state = site.heads * site.head_dim * (site.feature_dim or site.head_dim)
-        return state * itemsize * ev.batch, 4 * state * ev.batch
-    keys = ev.value(site.key_len)
-    if site.window:
-        keys = min(keys, int(site.window))
-    per_head_token = site.head_dim * itemsize if kv_dtype is None else site.head_dim + itemsize
-    return (2 * site.kv_heads * per_head_token * keys * ev.batch,
-            4 * site.heads * site.head_dim * keys * ev.batch)
-
-
-@dataclass
-class DecodeStep:
-    seconds: float
-    bytes: int
-    kv_bytes: int
-    sites: dict[str, float]
-    layers: dict[str, float]
-
-
-def decode_step(analysis, ops: list[OpTime], rates: Rates, flop_exprs: dict,
-                at_n: _Evaluator) -> DecodeStep:
-    """One token at context N for each of B sequences: the weights once, each
-    sequence's KV cache, the launches of one forward; memory-bound unless
-    the batch makes the FLOPs of one token per sequence take longer."""
-    traced = analysis.traced
-    one_token = _Evaluator(traced, 1, at_n.batch)
-    itemsize = parse_dtype(analysis.dtype, None).itemsize
-    weights = weight_reads(traced, at_n, quantized_weight_bytes(analysis))
-    quant = getattr(getattr(analysis, "loaded", None), "quantization", None)
-    kv_dtype = quant.kv_cache if quant is not None else None
-    kv = {s.name: kv_read(s, at_n, itemsize, kv_dtype) for s in analysis.sites}
-    site_nodes = {n for s in analysis.sites for n in s.nodes}
-    matmuls = [o for o in ops if o.kind == "matmul" and o.node not in site_nodes]
-    flops = sum(one_token.value(flop_exprs[o.node]) for o in matmuls) + \
-        sum(f for _, f in kv.values())
-    kv_bytes = sum(b for b, _ in kv.values())
-    total = sum(weights.values()) + kv_bytes
-    bandwidth = rates.bandwidth(total)
-    rate = rates.matmul(flops / max(len(matmuls), 1), analysis.dtype)
-    launches = len(ops) * rates.launch_overhead
-    seconds = max(flops / rate if flops else 0.0, total / bandwidth) + launches
-    layers: dict[str, float] = {}
-    for o in ops:
-        layers[o.layer] = layers.get(o.layer, 0.0) + o.overhead_seconds
-    for layer, nbytes in weights.items():
-        layers[layer] = layers.get(layer, 0.0) + nbytes / bandwidth
-    sites = {}
-    for site in analysis.sites:
-        layers[site.layer] = layers.get(site.layer, 0.0) + kv[site.name][0] / bandwidth
-        overhead = sum(o.overhead_seconds for o in ops if o.site == site.name)
-        sites[site.name] = kv[site.name][0] / bandwidth + overhead
-    return DecodeStep(seconds, total, kv_bytes, sites, layers)
-
-
 # ------------------------------------------------------------------ the answer
 
 
@@ -384,7 +228,7 @@ def time_model(analysis, gpu: str | GPU | None = None, calibration=None, gpu_spe
     if n < lo or (hi is not None and n > hi):
         raise AttncostError(f"the trace holds for N in {lo}..{hi or 'inf'}, not {n}: "
                             "analyze the model at that length")
-    ev = _Evaluator(analysis.traced, n, analysis.batch if batch is None else int(batch))
+    ev = Evaluator(analysis.traced, n, analysis.batch if batch is None else int(batch))
     spec, calib = resolve(gpu, calibration, analysis.dtype, gpu_specs)
     rates = Rates(spec, analysis.dtype, calib)
     rules = flop_rules()
