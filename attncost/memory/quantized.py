@@ -226,19 +226,26 @@ def kv_cache_outputs(traced) -> list[tuple[fx.Node, int]]:
     return list(found)
 
 
+def kv_vector_bytes(width, itemsize: int, kv_dtype: str | None):
+    """Bytes of one cached vector (a head's key or value for one token) of
+    ``width`` elements: as the model stores it (``itemsize`` bytes each), or
+    quantized at ``kv_dtype`` plus one scale in the model's dtype."""
+    if kv_dtype is None:
+        return width * itemsize
+    return width * sympy.Rational(dtype_bits(kv_dtype), 8) + itemsize
+
+
 def kv_tensor_bytes(traced, node: fx.Node, output: int, kv_dtype: str | None) -> sympy.Expr:
-    """Bytes of one cache tensor: as traced, or at 1 byte per element plus
-    a scale (in the cache's dtype) per vector of its last dim."""
+    """Bytes of one cache tensor: its vectors along the last dim, each as
+    ``kv_vector_bytes`` counts it."""
     from ..tracing.graph import tensor_outputs
 
     t = tensor_outputs(node)[output]
     dims = [traced.expr(s) for s in t.shape]
-    numel = sympy.Mul(*dims) if dims else sympy.Integer(1)
-    if kv_dtype is None:
-        return sympy.expand(numel * t.element_size())
-    vectors = numel / dims[-1] if dims else sympy.Integer(1)
-    return sympy.expand(numel * sympy.Rational(dtype_bits(kv_dtype), 8)
-                        + vectors * t.element_size())
+    if not dims:
+        return sympy.Integer(t.element_size())
+    vectors = sympy.Mul(*dims[:-1]) if len(dims) > 1 else sympy.Integer(1)
+    return sympy.expand(vectors * kv_vector_bytes(dims[-1], t.element_size(), kv_dtype))
 
 
 def kv_cache_bytes(traced, kv_dtype: str | None = None) -> sympy.Expr:

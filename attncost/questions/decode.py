@@ -13,6 +13,7 @@ from ..calibration.rates import Rates
 from ..paths import layer_or_path
 from ..rules.ops import is_view, op_name
 from ..units import parse_dtype
+from ..memory.quantized import kv_vector_bytes
 from .launches import LOOKUP_OPS, Evaluator, launches_kernel
 
 def consumers(node: fx.Node) -> list[fx.Node]:
@@ -65,16 +66,15 @@ def quantized_weight_bytes(analysis) -> dict[str, int]:
 def kv_read(site, ev: Evaluator, itemsize: int, kv_dtype: str | None = None) -> tuple[int, int]:
     """(bytes, FLOPs) of one decode step at the site, over the batch: the
     keys and values of the context (at most the window), or a linear
-    site's state of heads × head_dim × features.  A quantized cache
-    (``kv_dtype``) holds 1 byte per element and a scale per token and head
-    in the model's dtype (memory/quantized.py)."""
+    site's state of heads × head_dim × features; a quantized cache
+    (``kv_dtype``) as memory/quantized.py counts it."""
     if site.variant == "linear":
         state = site.heads * site.head_dim * (site.feature_dim or site.head_dim)
         return state * itemsize * ev.batch, 4 * state * ev.batch
     keys = ev.value(site.key_len)
     if site.window:
         keys = min(keys, int(site.window))
-    per_head_token = site.head_dim * itemsize if kv_dtype is None else site.head_dim + itemsize
+    per_head_token = int(kv_vector_bytes(site.head_dim, itemsize, kv_dtype))
     return (2 * site.kv_heads * per_head_token * keys * ev.batch,
             4 * site.heads * site.head_dim * keys * ev.batch)
 

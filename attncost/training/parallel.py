@@ -334,7 +334,7 @@ def _activations(step: StepMemoryLike, plan: Plan, n_local: int, b: int) -> tupl
     return total - split + -(-split // plan.tp), []
 
 
-def _kv_block_bytes(layers: LayerShape, plan: Plan, n_local: int, b: int) -> int:
+def kv_block_bytes(layers: LayerShape, plan: Plan, n_local: int, b: int) -> int:
     """K and V of ``n_local`` tokens on one tensor-parallel GPU, one layer."""
     kv_local = max(layers.kv_heads // plan.tp, 1)
     return 2 * b * n_local * kv_local * layers.head_dim * layers.activation_bytes
@@ -363,7 +363,7 @@ class ShardedStep:
             notes.append("no sequence parallelism: norms, residuals and the blocks' inputs "
                          "are whole on every tensor-parallel GPU")
         if plan.cp > 1:
-            block = _kv_block_bytes(layers, plan, n_local, b)
+            block = kv_block_bytes(layers, plan, n_local, b)
             in_flight += 2 * block
             traffic["cp_kv_ring"] = 3 * layers.count * comm.ring_pass_bytes(block, plan.cp)
             notes.append(f"{n_local} tokens per GPU; a fused attention kernel assumed (an eager "

@@ -16,7 +16,8 @@ import sympy
 from ..errors import AttncostError
 from ..expr import B, N, value_at
 from ..memory.model import BreakdownEntry
-from .parallel import LayerShape, PerGpuMemory, Plan, ShardedStep, check_plan, parameter_shapes
+from .parallel import (LayerShape, PerGpuMemory, Plan, ShardedStep, kv_block_bytes, check_plan,
+                       parameter_shapes)
 
 #: (N, B) points the formula is checked at, beside the requested one.
 _CHECKS = ((1024, 1), (4099, 2), (65537, 3))
@@ -89,11 +90,10 @@ def _formula(memory, sharded: ShardedMemory, layers, seq_len: int, batch: int):
     fixed = at_request.parameters + at_request.gradients + at_request.optimizer
     in_flight = at_request.in_flight
     kv = 0
-    if plan.cp > 1:
-        kv_one = 2 * 2 * max(layers.kv_heads // plan.tp, 1) * layers.head_dim * \
-            layers.activation_bytes
-        in_flight -= kv_one * -(-seq_len // plan.cp) * batch
-        kv = kv_one * local * B
+    if plan.cp > 1:  # two K/V blocks in flight, each linear in the local tokens and the batch
+        per_token = 2 * kv_block_bytes(layers, plan, 1, 1)
+        in_flight -= per_token * -(-seq_len // plan.cp) * batch
+        kv = per_token * local * B
     expr = fixed + in_flight + activations.subs(N, local) + kv
     points = ((seq_len, batch),) + tuple(
         (n, b) for n, b in _CHECKS if n >= sharded.n_range[0]
