@@ -270,6 +270,57 @@ def test_routing_into_fixed_size_clusters_analyses(tmp_path, name, body):
     a = attncost.analyze(path, seq_len=256, device="cpu")
     assert a.n_range[1] is None and a.sites
     assert_flops(a, path, [(256, 1), (384, 2)])
+    # Which keys a query meets is chosen by the input (a top-k or a sort of
+    # routing scores): sparse, content-based.  Each of the N queries of each
+    # of the 2 heads meets the N/4 keys of its cluster, every one of them used.
+    for site in a.sites:
+        assert (site.variant, site.content_based, site.causal, site.heads) == \
+            ("sparse", True, False, HEADS_OF_TEST)
+        for n in (256, 2048):
+            assert a.at(site.useful_flops, n, 1) == 2 * HEADS_OF_TEST * n * (n // 4) * (16 + 16)
+
+
+HEADS_OF_TEST = 2
+
+#: Clusters chosen by the input, applied as a boolean mask over all N×N
+#: scores (with a causal one, or with a float bias computed from the input).
+CONTENT_MASK = """
+CLUSTERS = 4
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(DIM, 3 * HEADS * D, bias=False)
+        self.centroids = nn.Parameter(torch.randn(CLUSTERS, D))
+        self.gate = nn.Linear(DIM, HEADS)
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, HEADS, D).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2)
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        if MODE == "clusters":
+            cq, ck = ((t @ self.centroids.t()).argmax(-1) for t in (q, k))
+            allowed = (cq[..., :, None] == ck[..., None, :]) & causal
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        else:  # a decay computed from the input: it weighs pairs, it blocks none
+            decay = torch.nn.functional.logsigmoid(self.gate(x)).transpose(1, 2).cumsum(-1)
+            scores = scores + (decay[..., :, None] - decay[..., None, :])
+            scores = scores.masked_fill(~causal, float("-inf"))
+        out = scores.softmax(-1) @ v
+        return out.transpose(1, 2).reshape(b, n, HEADS * D)
+"""
+
+
+@pytest.mark.parametrize("mode, content", [("clusters", True), ("decay", False)])
+def test_a_mask_chosen_by_the_input_is_content_based(tmp_path, mode, content):
+    path = write_model(tmp_path, mode, f"MODE = {mode!r}\n" + CONTENT_MASK)
+    a = attncost.analyze(path, seq_len=128, device="cpu")
+    (site,) = a.sites
+    assert (site.variant, site.content_based, site.causal) == \
+        ("sparse" if content else "dense", content, True)
+    # At most the causal pairs: N(N+1)/2 per head, 2·(d + d_v) FLOPs each.
+    n = 1024
+    assert a.at(site.useful_flops, n, 1) == HEADS_OF_TEST * n * (n + 1) // 2 * 2 * (16 + 16)
+    assert_flops(a, path, [(128, 1), (96, 2)])
 
 
 # ------------------------------------------------------------------ Longformer

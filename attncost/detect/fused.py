@@ -11,7 +11,7 @@ from ..rules.flops import node_flops
 from ..rules.ops import FLASH_FORWARD_OPS, FLEX_ATTENTION, is_fused_attention, packet, qkv_args, \
     schema_args
 from . import masks
-from .site import AttentionSite, SiteShape, build_site
+from .site import AttentionSite, SiteShape, build_site, content_based
 
 
 def find_fused(ctx, used: set[str]) -> list[AttentionSite]:
@@ -33,7 +33,10 @@ def read_fused(ctx, node: fx.Node) -> AttentionSite:
         "flash" if packet(node) in FLASH_FORWARD_OPS else "sdpa"
     shape = SiteShape(impl, heads, kv_heads, as_int(qs[-1]) or 0, qs[-2], ks[-2],
                       node_flops(t, node, ctx.flop_rules), as_int(vs[-1]))
-    return build_site(ctx, node, shape, _pattern(ctx, node, impl), nodes=[node])
+    pattern = _pattern(ctx, node, impl)
+    mask = schema_args(node).get("attn_mask") if impl == "sdpa" else None
+    pattern.content = content_based(ctx, (q, k), [mask] if isinstance(mask, fx.Node) else [])
+    return build_site(ctx, node, shape, pattern, nodes=[node])
 
 
 def _pattern(ctx, node: fx.Node, impl: str) -> MaskPattern:

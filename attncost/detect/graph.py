@@ -2,6 +2,7 @@
 weights told from activations, heads told from rows."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import sympy
@@ -10,7 +11,8 @@ import torch.fx as fx
 
 from ..expr import B, settled
 from ..rules.flops import FLOP_RULES
-from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, MATMUL_OPS, is_view, packet
+from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, FACTORY_LIKE_OPS, GATHER_OPS, MATMUL_OPS, \
+    is_view, packet
 
 aten = torch.ops.aten
 
@@ -83,6 +85,52 @@ class GraphContext:
                 break
             node = node.args[0]
         return sympy.simplify(ratio)
+
+    @functools.cached_property
+    def activations(self) -> set[fx.Node]:
+        """The nodes whose values depend on the input's content: a floating
+        input, or what a weight gives for the input (an embedding of token
+        ids), and everything computed from them.  Sizes, and tensors made
+        only in the shape of one (``zeros_like``), are not."""
+        kinds = self.traced.placeholder_kinds
+        from_input: set[fx.Node] = set()
+        content: set[fx.Node] = set()
+        for node in self.traced.graph_module.graph.nodes:
+            if node.op == "placeholder":
+                if kinds.get(node.name) == "input":
+                    from_input.add(node)
+                    val = node.meta.get("val")
+                    if isinstance(val, torch.Tensor) and val.is_floating_point():
+                        content.add(node)
+                continue
+            if node.op != "call_function" or packet(node) in FACTORY_LIKE_OPS:
+                continue
+            args = node.all_input_nodes
+            if any(a in from_input for a in args):
+                from_input.add(node)
+                if any(a in content for a in args) or any(self.is_weight(a) for a in args):
+                    content.add(node)
+        return content
+
+    def selected_by_content(self, operand: fx.Node) -> bool:
+        """Are the rows of this product operand picked by an index computed
+        from the input's content (top-k of routing scores, an argsort of
+        hash buckets), between the product that made them and here?"""
+        seen: set[fx.Node] = set()
+        stack = [operand]
+        while stack:
+            n = stack.pop()
+            if not isinstance(n, fx.Node) or n in seen or n.op != "call_function":
+                continue
+            seen.add(n)
+            if packet(n) in GATHER_OPS:
+                source, *index = n.all_input_nodes
+                if any(i in self.activations for i in index):
+                    return True
+                stack.append(source)
+            elif not is_product(n):
+                stack.extend(n.all_input_nodes)
+        return False
 
     def ancestor_ops(self, node: fx.Node, through_products: bool = True) -> set:
         """The ops of every node ``node`` depends on; without

@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 
 from ..expr import B, as_int, settled
-from ..rules.ops import COPY_OPS, getitem, is_view, packet
+from ..rules.ops import COPY_OPS, GATHER_OPS, getitem, is_view, packet
 from .graph import is_product, split_rows
 
 aten = torch.ops.aten
@@ -69,6 +69,13 @@ def projection_heads(ctx, q_operand: fx.Node, limit: int = 32) -> int | None:
             return None
         if is_product(node):
             return _heads_of(ctx, node, q_shape, head_dim)
+        if packet(node) in GATHER_OPS and isinstance(node.args[0], fx.Node):
+            # rows picked (routing, sorting): the heads are those of the rows it picks from
+            source = t.shape(node.args[0])
+            if not source or as_int(source[-1]) != head_dim:
+                return None
+            q_shape, node = source, node.args[0]
+            continue
         node = _carried(ctx, node)
     return None
 

@@ -58,7 +58,9 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
     """A linear-time site from the product that builds the state and the one
     that applies it to the queries; the module's other products of
     activations (normalizers, a chunk's own scores) join it.  A prefix-sum
-    site ("scan") is causal and needs all it computes."""
+    site ("scan") is causal and needs what its two products compute, the
+    states built and applied, 4·B·H·N·r·d_v: a chunked scan's scores within
+    each chunk (half of them masked) are its way of computing the same."""
     t = ctx.traced
     out = t.shape(apply)
     r, d = as_int(_contraction(ctx, apply)) or 0, as_int(out[-1]) or 0
@@ -72,12 +74,15 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
                              sympy.Integer(0)))
     values, useful = classify_linear(heads, n_q, r, d)
     scan = implementation == "scan"
+    if scan:
+        useful = sympy.expand(node_flops(t, state, ctx.flop_rules)
+                              + node_flops(t, apply, ctx.flop_rules))
     name = module or "<root>"
     return AttentionSite(
         name=name, layer=layer_or_path(name), variant="linear", implementation=implementation,
         causal=scan, heads=heads, kv_heads=heads, head_dim=d, window=None, query_len=n_q,
         key_len=key_len if key_len is not None else n_q, flops=flops,
-        useful_flops=flops if scan else useful, complexity=formula("linear").complexity,
+        useful_flops=useful, complexity=formula("linear").complexity,
         mask=None, nodes=[n.name for n in sorted(site_nodes + extra, key=ctx.order.__getitem__)],
         feature_dim=r, formula="linear", matches_formula=matches_formula(flops, "linear", values))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import sympy
+import torch
 import torch.fx as fx
 
 from ..paths import layer_or_path
@@ -43,6 +44,8 @@ class AttentionSite:
     #: how many times what its pattern needs the code computes, when >= 3
     waste_factor: float | None = None
     nodes: list[str] = field(default_factory=list)
+    #: the input's values choose which keys each query meets (routing, hashing)
+    content_based: bool = False
     #: what could not be read (a mask not evaluated, masks differing by head)
     notes: list[str] = field(default_factory=list)
 
@@ -65,6 +68,20 @@ class SiteShape:
     head_dim_v: int | None = None
 
 
+def content_based(ctx, operands, masks=()) -> bool:
+    """Do the input's values choose which (query, key) pairs meet: rows of
+    Q or K picked by an index computed from activations, or a boolean mask
+    computed from them?  (A float bias computed from them weighs pairs; it
+    does not choose them.)"""
+    if any(ctx.selected_by_content(o) for o in operands):
+        return True
+    for mask in masks:
+        val = mask.meta.get("val") if isinstance(mask, fx.Node) else None
+        if isinstance(val, torch.Tensor) and val.dtype == torch.bool and mask in ctx.activations:
+            return True
+    return False
+
+
 def build_site(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,
                nodes: list[fx.Node]) -> AttentionSite:
     """A site from what a recogniser read and the pattern of its mask."""
@@ -78,7 +95,7 @@ def build_site(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,
         kv_heads=shape.kv_heads, head_dim=shape.head_dim, window=c.window,
         query_len=shape.query_len, key_len=shape.key_len, flops=shape.flops,
         useful_flops=c.useful_flops, complexity=c.complexity, density=pattern.density,
-        mask=pattern.kind, nodes=[n.name for n in nodes], notes=list(pattern.notes),
+        mask=pattern.kind, content_based=pattern.content, nodes=[n.name for n in nodes], notes=list(pattern.notes),
         formula=c.as_written, matches_formula=matches_formula(shape.flops, c.as_written, values))
     # FlexAttention and a windowed flash kernel skip masked blocks themselves.
     if shape.implementation not in ("flex", "flash"):

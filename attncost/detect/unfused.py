@@ -17,7 +17,7 @@ from . import masks
 from .positions import counted_positions, pattern_of_positions
 from .graph import PROB_OPS, SCORE_OPS
 from .heads import heads_and_queries
-from .site import AttentionSite, SiteShape, build_site
+from .site import AttentionSite, SiteShape, build_site, content_based
 
 aten = torch.ops.aten
 
@@ -69,6 +69,7 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
     pattern = _site_pattern(ctx, (qk, softmax, q_operand, k_operand), mask_inputs, n_keys, heads,
                             n_q)
+    pattern.content = content_based(ctx, (q_operand, k_operand), [m for m, _ in mask_inputs])
     site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
                            as_int(t.shape(pv)[-1 if p_side == 0 else -2]))

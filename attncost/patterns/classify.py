@@ -4,7 +4,7 @@ complexity class, by the canonical formulas (specs/variants.yaml).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 
@@ -40,6 +40,8 @@ def formula_values(heads: int, head_dim: int, head_dim_v: int | None, n_q, n_k) 
 def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -> Classification:
     """Variant, useful FLOPs, window and complexity class of a site, from its
     mask pattern and its query/key lengths."""
+    if pattern.content:
+        return _content_based(pattern, impl, values, flops)
     n_q, n_k = values[SYMBOLS["N"]], values[SYMBOLS["M"]]
     keys_grow = N in sympy.sympify(n_k).free_symbols
     if not keys_grow and N in sympy.sympify(n_q).free_symbols:
@@ -95,6 +97,17 @@ def _counted(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classific
     variant = "local" if local else "sparse"
     return Classification(variant, useful, pattern.keys if local else None,
                           formula(variant).complexity, "dense", values)
+
+
+def _content_based(pattern: MaskPattern, impl: str, values: dict,
+                   flops: sympy.Expr) -> Classification:
+    """The input's values choose which keys each query meets: sparse, whatever
+    its lengths; the useful FLOPs are what the code lets through at most
+    (the pattern without the content-chosen part)."""
+    static = classify(replace(pattern, content=False), impl, dict(values), flops)
+    values[SYMBOLS["k"]] = values[SYMBOLS["M"]]
+    return Classification("sparse", static.useful_flops, None, formula("sparse").complexity,
+                          "sparse", values)
 
 
 def _fixed_keys(impl: str, values: dict, flops: sympy.Expr) -> Classification:

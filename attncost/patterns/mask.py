@@ -32,6 +32,9 @@ class MaskPattern:
     reach: int | None = None
     #: the most keys one query attends to (the window of a local pattern)
     keys: int | None = None
+    #: which pairs meet depends on the input's values (routing, hashing,
+    #: sorting): what is read here is only what the code lets through at most
+    content: bool = False
 
     @classmethod
     def full(cls) -> "MaskPattern":

@@ -23,8 +23,10 @@ def expr_text(expr: sympy.Expr) -> str:
 
 
 def site_kind(site) -> str:
-    """'dense causal (sdpa)', 'local w=128 (unfold)'."""
+    """'dense causal (sdpa)', 'local w=128 (unfold)', 'sparse content-based (gather)'."""
     parts = [site.variant]
+    if site.content_based:
+        parts.append("content-based")
     if site.causal:
         parts.append("causal")
     if site.window:
@@ -45,7 +47,8 @@ def waste_sentence(site) -> str | None:
     factor = site.waste_factor
     if factor is None:
         return None
-    if site.implementation in ("unfold", "blocked", "gather"):  # scores in windows or blocks
+    if site.implementation in ("unfold", "blocked", "gather") or site.content_based:
+        # scores in windows or blocks, or only between the rows picked
         return (f"computes {factor:.1f}× the (query, key) pairs its pattern lets through: the "
                 "masked scores inside each window or block are computed too")
     if site.variant == "sparse":

@@ -49,6 +49,13 @@ MATMUL_OPS = frozenset({aten.bmm, aten.mm, aten.baddbmm, aten.addmm})
 BIASED_MATMUL_OPS = frozenset({aten.baddbmm, aten.addmm})
 #: Ops that pick elements by index (block-sparse attention written in PyTorch).
 GATHER_OPS = _ops("index", "gather", "index_select", "take_along_dim")
+#: Ops that make a tensor whose values do not depend on their tensor
+#: arguments (only its shape, dtype or device does).
+FACTORY_LIKE_OPS = _ops(
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+    "new_zeros", "new_ones", "new_empty", "new_full", "empty_strided", "sym_size",
+    "sym_numel", "sym_stride",
+)
 #: Copies that keep the values: a value seen through them is the same value.
 COPY_OPS = _ops("_to_copy", "clone", "contiguous")
 

@@ -207,9 +207,6 @@ X["local_transformer", "flops_elsewhere"] = (
     "N a multiple of 16 (pad_to_multiple's guard Eq(Mod(N, 16), 0)); the formula is evaluated "
     "at 200 with a warning, not traced again there")
 
-X["fla_chunk", "useful_flops"] = (
-    "20,971,520 at N=1024 (the flops as written, the masked intra-chunk q·kᵀ included); "
-    "truth 4,194,304 = 4·B·H·N·d_k·d_v")
 
 
 def cases(prop: str, only=None):
