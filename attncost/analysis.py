@@ -16,7 +16,7 @@ import torch
 
 from .detect import AttentionSite, find_sites
 from .errors import AttncostError, ModelError
-from .expr import N, condition_text, degree, holds_at, value_at
+from .expr import N, condition_text, conditions_text, degree, holds_at, value_at
 from .loader import LoadedModel, load, with_quantization
 from .loader.positions import beyond_limit_warning
 from .memory import MemoryModel, peak_memory
@@ -63,6 +63,11 @@ def quadratic_tensors(traced: TracedModel, sites: list[AttentionSite]) -> list[Q
     return out
 
 
+def _names(condition: str) -> set[str]:
+    """The symbols a condition's text names."""
+    return {s.name for s in sympy.sympify(condition, locals={"N": N}).free_symbols}
+
+
 @dataclass
 class Analysis:
     """What the attention of one model costs, for every N the trace holds for."""
@@ -98,6 +103,10 @@ class Analysis:
     options: dict = field(default_factory=dict, repr=False)
     #: the busiest GPU of a --fsdp/--tp/--cp plan at N (a training.parallel.PerGpuMemory)
     parallel: object = None
+    #: (N, B) -> the same model and options analysed there (``again_at``)
+    elsewhere: dict = field(default_factory=dict, repr=False)
+    #: what the trace's conditions on N ask, in words (``valid_for``)
+    conditions_read: dict = field(default_factory=dict, repr=False)
 
     @property
     def attention_flops(self) -> sympy.Expr:
@@ -109,13 +118,64 @@ class Analysis:
 
     def at(self, expr: sympy.Expr, seq_len: int | None = None, batch: int | None = None) -> int:
         """Evaluate one of this analysis' expressions (default: the requested N, B).
-        Outside ``n_range`` the value is what the formula says, not what the
-        model does: that is warned about once and recorded in ``warnings``."""
+        Where the trace does not hold (outside ``n_range``, or a condition on
+        the length false: N not a multiple of the block it pads to), the
+        analysis' own expressions (its FLOPs, peak, each site's costs) are
+        answered by analysing the model again there; any other expression
+        is what its formula says, warned about once and recorded in
+        ``warnings``."""
         n = self.seq_len if seq_len is None else seq_len
         b = self.batch if batch is None else batch
         if not self.holds_at(n, b):
+            there = self._own_value_elsewhere(expr, n, b)
+            if there is not None:
+                return there
             self._outside_range(n, b)
         return value_at(expr, n, b)
+
+    def again_at(self, n: int, b: int | None = None) -> "Analysis":
+        """The same model with the same options analysed at N=n (and B=b), once."""
+        key = (n, self.batch if b is None else b)
+        if key not in self.elsewhere:
+            options = dict(self.options, progress=None)
+            # from the file again where there is one: options such as LoRA
+            # adapters change the loaded module, and must apply to a fresh one
+            model = self.model if self.loaded is None or Path(self.model).exists() \
+                else self.loaded
+            self.elsewhere[key] = analyze(model, n, batch=key[1], **options)
+        return self.elsewhere[key]
+
+    def own_expressions(self) -> dict:
+        """This analysis' own expressions by what they are: totals, and each
+        site's costs by its name."""
+        named = {"flops": self.flops, "peak_memory_bytes": self.peak_memory_bytes,
+                 "attention_flops": self.attention_flops,
+                 "useful_attention_flops": self.useful_attention_flops,
+                 "forward_flops": self.forward_flops, "backward_flops": self.backward_flops}
+        for s in self.sites:
+            for name in ("flops", "useful_flops", "allocated_bytes", "backward_flops",
+                         "flops_per_head"):
+                named[(s.name, name)] = getattr(s, name)
+        return {k: v for k, v in named.items() if v is not None}
+
+    def _own_value_elsewhere(self, expr, n: int, b: int) -> int | None:
+        """``expr``'s value at (n, b) where this trace does not hold, from an
+        analysis made there, when ``expr`` is one of this analysis' own."""
+        if not self.options:
+            return None
+        what = next((k for k, e in self.own_expressions().items() if e is expr), None)
+        if what is None:
+            what = next((k for k, e in self.own_expressions().items() if e == expr), None)
+        if what is None:
+            return None
+        try:
+            there = self.again_at(n, b)
+        except AttncostError:
+            return None
+        twin = there.own_expressions().get(what)
+        if twin is None or not there.holds_at(n, b):
+            return None
+        return value_at(twin, n, b)
 
     def holds_at(self, n: int, b: int | None = None) -> bool:
         """Whether the trace holds at N=n (and B=b): inside ``n_range`` and
@@ -127,11 +187,14 @@ class Analysis:
         return not self.failing_guards(n, self.batch if b is None else b)
 
     def failing_guards(self, n: int, b: int) -> list[str]:
-        """The trace's conditions on N and B that are false at (n, b)."""
+        """The trace's conditions on N and B that are false at (n, b).  A
+        batch of 1 is traced as B=2: a condition false at B=1 only (a size-1
+        axis telling itself apart, with the same ops) asks nothing of B=1."""
         out = []
         for guard in self.guards:
             try:
-                if holds_at(guard, n, b) is False:
+                if holds_at(guard, n, b) is False and \
+                        not (b == 1 and holds_at(guard, n, 2) is True):
                     out.append(guard)
             except (TypeError, ValueError, sympy.SympifyError):
                 continue
@@ -159,16 +222,20 @@ class Analysis:
         """The range of N the formulas hold for, when a branch narrowed it,
         and the trace's other conditions on N (a length padded to a multiple)."""
         lo, hi = self.n_range
-        conditions = [g for g in self.guards if "Mod" in g or "Eq(" in g or "Ne(" in g]
+        conditions = [g for g in self.guards if ("Mod" in g or "Eq(" in g or "Ne(" in g)
+                      and "N" in _names(g)]
         if lo <= 2 and hi is None:
             text = None
         elif hi is None:
             text = f"N >= {lo}"
         else:
             text = f"{lo} <= N <= {hi}"
-        if conditions:
-            text = "; ".join(([text] if text else []) + [condition_text(c, max(lo, 1))
-                                                          for c in conditions])
+        key = (tuple(conditions), lo)
+        if key not in self.conditions_read:  # once: hundreds of conditions take seconds
+            self.conditions_read[key] = conditions_text(conditions, max(lo, 1))
+        asked = self.conditions_read[key]
+        if asked:
+            text = "; ".join(([text] if text else []) + [asked])
         return text
 
     def to_dict(self) -> dict:
@@ -254,7 +321,7 @@ def _forward(loaded: LoadedModel, traced: TracedModel, seq_len: int, batch: int,
     memory = peak_memory(traced, loaded, device=device,
                          allocation_rules=options["allocation_rules"])
     for site in sites:
-        site.allocated_bytes = memory.site_allocated_bytes(site)
+        site.allocated_bytes = sympy.expand(memory.site_allocated_bytes(site) * site.head_share)
     beyond = beyond_limit_warning(loaded.config, seq_len)
     return Analysis(
         model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=dtype_name(loaded.dtype),

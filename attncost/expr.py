@@ -7,6 +7,7 @@ substitutes numbers into an expression.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, Union
 
@@ -57,15 +58,61 @@ def evaluate(expr, values: Mapping[sympy.Symbol, int]) -> int:
     return int(result)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(condition) -> sympy.Basic:
+    return sympy.sympify(condition, locals={"N": N, "B": B})
+
+
 def holds_at(condition, seq_len: int, batch: int = 1) -> bool | None:
     """A condition on N and B (a trace's guard: ``Eq(Mod(N, 16), 0)``,
     ``N > 2048``) at N=seq_len, B=batch; None where it does not reduce to
     true or false there."""
-    result = sympy.sympify(condition, locals={"N": N, "B": B}).xreplace(
-        {N: sympy.Integer(seq_len), B: sympy.Integer(batch)})
+    result = _parsed(condition).xreplace({N: sympy.Integer(seq_len), B: sympy.Integer(batch)})
     if result in (sympy.true, sympy.false):
         return bool(result)
     return None
+
+
+def _residue_text(truth: list[bool], start: int) -> str | None:
+    """Which residues of N modulo some m <= 64 make ``truth`` (at N = start,
+    start + 1, ...) true, in words; None when it has no such period."""
+    for m in range(2, 65):
+        if all(truth[i] == truth[i % m] for i in range(len(truth))):
+            residues = sorted((start + i) % m for i in range(m) if truth[i])
+            if residues == [0]:
+                return "N even" if m == 2 else f"N a multiple of {m}"
+            if m == 2:
+                return "N odd"
+            if len(residues) == m - 1 and 0 not in residues:
+                return f"N not a multiple of {m}"
+            return " or ".join(f"N ≡ {r} (mod {m})" for r in residues)
+    return None
+
+
+#: Conditions shown as written, at most, when they have no period together.
+SHOWN_CONDITIONS = 2
+
+
+def conditions_text(conditions: list, start: int = 1, batch: int = 2) -> str | None:
+    """What a trace's conditions on N ask together, in words: the residues
+    they allow ("N a multiple of 16") when they have a period of at most
+    64 from ``start``; else the first of them as written and how many more.
+    None when they ask nothing there."""
+    if not conditions:
+        return None
+    span = range(start, start + 256)
+    try:
+        truth = [all(holds_at(c, n, batch) is not False for c in conditions) for n in span]
+    except (TypeError, ValueError, sympy.SympifyError):
+        truth = None
+    if truth is not None and all(truth):
+        return None
+    text = _residue_text(truth, start) if truth is not None and any(truth) else None
+    if text is not None:
+        return text
+    shown = [condition_text(c, start) for c in conditions[:SHOWN_CONDITIONS]]
+    more = len(conditions) - len(shown)
+    return "; ".join(shown) + (f" and {more} more conditions on N" if more > 0 else "")
 
 
 def condition_text(condition, start: int = 1) -> str:
@@ -78,17 +125,7 @@ def condition_text(condition, start: int = 1) -> str:
         return str(condition)
     if None in truth or all(truth) or not any(truth):
         return str(condition)
-    for m in range(2, 65):
-        if all(truth[i] == truth[i % m] for i in range(len(truth))):
-            residues = sorted((start + i) % m for i in range(m) if truth[i])
-            if residues == [0]:
-                return "N even" if m == 2 else f"N a multiple of {m}"
-            if m == 2:
-                return "N odd"
-            if len(residues) == m - 1 and 0 not in residues:
-                return f"N not a multiple of {m}"
-            return " or ".join(f"N ≡ {r} (mod {m})" for r in residues)
-    return str(condition)
+    return _residue_text(truth, start) or str(condition)
 
 
 def leading_term(expr: sympy.Expr, symbol: sympy.Symbol = N) -> sympy.Expr:

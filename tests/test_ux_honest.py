@@ -32,10 +32,15 @@ def test_at_outside_the_range_warns_once_and_records_it(capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         inside = a.at(a.flops, 2048)
+        # the analysis' own FLOPs past the branch: analysed again there, exact
+        # (above 2048 the model keeps every other position: N/2 queries and keys)
+        beyond = a.at(a.flops, 4096)
         assert not caught and a.warnings == []
-        a.at(a.flops, 4096)
-        a.at(a.peak_memory_bytes, 8192)
+        # an expression of the user's own: what its formula says, warned about
+        a.at(2 * a.flops, 4096)
+        a.at(a.peak_memory_bytes + 1, 8192)
     assert inside == 2 * (2 * 2048 * 2048 * 16)
+    assert beyond == 2 * (2 * 2048 * 2048 * 16)
     assert len(caught) == 1 and "outside 1..2,048" in str(caught[0].message)
     (warning,) = a.warnings
     assert "N=4,096" in warning and "\n" not in warning

@@ -11,15 +11,17 @@ from ..rules.flops import node_flops
 from ..rules.ops import FLASH_FORWARD_OPS, FLEX_ATTENTION, is_fused_attention, packet, qkv_args, \
     schema_args
 from . import masks
-from .site import AttentionSite, SiteShape, build_site, content_based
+from .site import AttentionSite, SiteShape, build_sites, content_based
 
 
 def find_fused(ctx, used: set[str]) -> list[AttentionSite]:
-    return [read_fused(ctx, node) for node in ctx.traced.nodes
-            if node.op == "call_function" and is_fused_attention(node)]
+    return [site for node in ctx.traced.nodes
+            if node.op == "call_function" and is_fused_attention(node)
+            for site in read_fused(ctx, node)]
 
 
-def read_fused(ctx, node: fx.Node) -> AttentionSite:
+def read_fused(ctx, node: fx.Node) -> list[AttentionSite]:
+    """The call's site, or one per group of heads that let different pairs through."""
     t = ctx.traced
     q, k, v = qkv_args(node)
     qs, ks, vs = t.shape(q), t.shape(k), t.shape(v)
@@ -33,24 +35,24 @@ def read_fused(ctx, node: fx.Node) -> AttentionSite:
         "flash" if packet(node) in FLASH_FORWARD_OPS else "sdpa"
     shape = SiteShape(impl, heads, kv_heads, as_int(qs[-1]) or 0, qs[-2], ks[-2],
                       node_flops(t, node, ctx.flop_rules), as_int(vs[-1]))
-    pattern = _pattern(ctx, node, impl)
+    pattern = _pattern(ctx, node, impl, heads)
     mask = schema_args(node).get("attn_mask") if impl == "sdpa" else None
     pattern.content = content_based(ctx, (q, k), [mask] if isinstance(mask, fx.Node) else [])
-    return build_site(ctx, node, shape, pattern, nodes=[node])
+    return build_sites(ctx, node, shape, pattern, nodes=[node])
 
 
-def _pattern(ctx, node: fx.Node, impl: str) -> MaskPattern:
+def _pattern(ctx, node: fx.Node, impl: str, heads: int) -> MaskPattern:
     """What the call lets through: its mask_mod, attn_mask or is_causal."""
     if impl == "flex":
         block_mask = node.args[4] if len(node.args) > 4 else None
         mask_mod = block_mask[-1] if isinstance(block_mask, tuple) and block_mask else None
-        return masks.pattern_of_mask_mod(ctx, mask_mod)
+        return masks.pattern_of_mask_mod(ctx, mask_mod, heads)
     args = schema_args(node)
     window = _kernel_window(args)
     if window is not None:
         return window
     if isinstance(args.get("attn_mask"), fx.Node):
-        return masks.pattern_of(ctx, [(args["attn_mask"], "allowed")])
+        return masks.pattern_of(ctx, [(args["attn_mask"], "allowed")], heads)
     if args.get("is_causal", False):
         return MaskPattern.causal_mask()
     return MaskPattern.full()

@@ -9,6 +9,7 @@ to patterns.mask, which names it.
 from __future__ import annotations
 
 import copy
+import functools
 
 import sympy
 import torch
@@ -135,16 +136,72 @@ def _evaluated(ctx, mask: fx.Node, n: int):
     return value
 
 
-def pattern_of(ctx, masks: list[tuple[fx.Node, str]]) -> MaskPattern:
+def _group_heads(head_of, heads: int, n: int) -> list[list[int]] | None:
+    """Heads whose (queries × keys) matrices at length n are equal, grouped;
+    None when all heads let the same pairs through."""
+    reps: list[torch.Tensor] = []
+    groups: list[list[int]] = []
+    for h in range(heads):
+        matrix = head_of(h, n)
+        at = next((g for g, rep in enumerate(reps) if torch.equal(rep, matrix)), None)
+        if at is None:
+            reps.append(matrix)
+            groups.append([h])
+        else:
+            groups[at].append(h)
+    return groups if len(groups) > 1 else None
+
+
+def read_by_head(head_of, heads: int, lengths: tuple[int, int],
+                 seq_len: int) -> MaskPattern | None:
+    """The pattern of each group of heads that lets the same pairs through
+    (``head_of(h, n)``: head h's matrix at length n), the first group's as
+    the pattern and every group's in its ``head_groups``; None when the
+    heads do not differ (or cannot be told apart)."""
+    if heads <= 1:
+        return None
+    try:
+        groups = _group_heads(head_of, heads, lengths[0])
+    except CannotEvaluate:
+        return None
+    if groups is None:
+        return None
+    parts = []
+    for group in groups:
+        at = functools.partial(head_of, group[0])
+        at.lengths = lengths
+        parts.append((group, read_pattern(at, seq_len)))
+    pattern = copy.deepcopy(parts[0][1])
+    pattern.head_groups = parts
+    return pattern
+
+
+def _tensor_head_of(reader: "_MaskReader", heads: int):
+    """Head h's matrix of the masks ``reader`` combines, when their
+    next-to-last-but-one axis is the heads and every batch has the same."""
+    def head_of(h: int, n: int) -> torch.Tensor:
+        allowed = reader(n)
+        if allowed is None or allowed.dim() < 3 or allowed.shape[-3] != heads:
+            raise CannotEvaluate("the masks have no head axis")
+        per = allowed.reshape(-1, heads, *allowed.shape[-2:])
+        if any(not torch.equal(per[0], other) for other in per[1:]):
+            raise CannotEvaluate("the masks differ across the batch")
+        return per[0, h]
+    return head_of
+
+
+def pattern_of(ctx, masks: list[tuple[fx.Node, str]], heads: int = 1) -> MaskPattern:
     """The pattern of the masks applied to one score matrix, each with its
     polarity: allowed (True lets through), blocked (True blocks),
     masked_fill (as the mask of masked_fill), additive (a float added to
     the scores).  Layers that share their masks (every layer of a model
     reads the same causal or sliding-window mask) are read once: the
     pattern is kept in ``ctx.mask_values`` and each site gets its own copy."""
-    key = ("pattern", tuple(masks), ctx.seq_len)
+    key = ("pattern", tuple(masks), ctx.seq_len, heads)
     if key not in ctx.mask_values:
-        pattern = read_pattern(_MaskReader(ctx, masks), ctx.seq_len)
+        reader = _MaskReader(ctx, masks)
+        pattern = read_by_head(_tensor_head_of(reader, heads), heads, reader.lengths,
+                               ctx.seq_len) or read_pattern(reader, ctx.seq_len)
         additive = [m for m, p in masks if p == "additive"]
         if additive and pattern.kind == "full" and _is_float(additive[0]):
             pattern.notes.append("an additive bias of N×N entries is applied to the scores")
@@ -205,24 +262,28 @@ def _is_float(node: fx.Node) -> bool:
     return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
-def pattern_of_mask_mod(ctx, mask_mod) -> MaskPattern:
+def pattern_of_mask_mod(ctx, mask_mod, heads: int = 1) -> MaskPattern:
     """The pattern of a FlexAttention mask_mod (a graph of (b, h, q_idx, kv_idx)),
-    evaluated on the grid of positions at a small length."""
+    evaluated on the grid of positions at a small length, head by head."""
     if mask_mod is None:
         return MaskPattern.full()
     fn = mask_mod
     if isinstance(mask_mod, fx.Node) and mask_mod.op == "get_attr":
         fn = getattr(ctx.traced.graph_module, mask_mod.target)
-    def allowed_at(n: int) -> torch.Tensor:
+
+    def head_of(h: int, n: int) -> torch.Tensor:
         q, kv = torch.arange(n).view(n, 1), torch.arange(n).view(1, n)
-        zero = torch.zeros((), dtype=torch.long)
+        zero, head = torch.zeros((), dtype=torch.long), torch.tensor(h, dtype=torch.long)
         try:
             with torch.no_grad():
-                out = fn(zero, zero, q, kv)
+                out = fn(zero, head, q, kv)
         except Exception as exc:
             raise CannotEvaluate(f"mask_mod raised {type(exc).__name__}") from None
         out = out[0] if isinstance(out, (tuple, list)) else out
         return torch.as_tensor(out).to(torch.bool).expand(n, n).contiguous()
 
-    allowed_at.lengths = _probe_lengths(ctx)
-    return read_pattern(allowed_at, ctx.seq_len)
+    lengths = _probe_lengths(ctx)
+    allowed_at = functools.partial(head_of, 0)
+    allowed_at.lengths = lengths
+    return read_by_head(head_of, heads, lengths, ctx.seq_len) or \
+        read_pattern(allowed_at, ctx.seq_len)

@@ -1,7 +1,7 @@
 """An attention site: one attention computation, its shape and its cost in N and B."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy
 import torch
@@ -46,6 +46,11 @@ class AttentionSite:
     nodes: list[str] = field(default_factory=list)
     #: the input's values choose which keys each query meets (routing, hashing)
     content_based: bool = False
+    #: the share of its ops' work that is this site's: 1, or, where the heads
+    #: of one computation let different pairs through, its heads' share
+    head_share: sympy.Rational = sympy.Integer(1)
+    #: which heads of the computation they are, when not all
+    head_indices: list[int] | None = None
     #: what could not be read (a mask not evaluated, masks differing by head)
     notes: list[str] = field(default_factory=list)
 
@@ -80,6 +85,38 @@ def content_based(ctx, operands, masks=()) -> bool:
         if isinstance(val, torch.Tensor) and val.dtype == torch.bool and mask in ctx.activations:
             return True
     return False
+
+
+def build_sites(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,
+                nodes: list[fx.Node]) -> list[AttentionSite]:
+    """The site of one attention computation, or, where its heads let
+    different pairs through (some local, some global), one site per group
+    of heads, each with its heads' share of the work."""
+    if not pattern.head_groups:
+        return [build_site(ctx, node, shape, pattern, nodes)]
+    sites = []
+    for heads, part in pattern.head_groups:
+        share = sympy.Rational(len(heads), shape.heads)
+        part.content = pattern.content
+        kv_heads = max(1, -(-shape.kv_heads * len(heads) // shape.heads))
+        site = build_site(ctx, node, replace(shape, heads=len(heads), kv_heads=kv_heads,
+                                             flops=sympy.expand(shape.flops * share)),
+                          part, nodes)
+        site.head_share, site.head_indices = share, list(heads)
+        site.name = f"{site.name}(heads={_ranges(heads)})"
+        sites.append(site)
+    return sites
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def build_site(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,

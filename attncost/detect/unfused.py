@@ -17,7 +17,7 @@ from . import masks
 from .positions import counted_positions, pattern_of_positions
 from .graph import PROB_OPS, SCORE_OPS
 from .heads import heads_and_queries
-from .site import AttentionSite, SiteShape, build_site, content_based
+from .site import AttentionSite, SiteShape, build_sites, content_based
 
 aten = torch.ops.aten
 
@@ -26,35 +26,35 @@ def find_unfused(ctx, used: set[str]) -> list[AttentionSite]:
     found = []
     for node in ctx.traced.nodes:
         if node.op == "call_function" and packet(node) in SOFTMAX_OPS:
-            site = read_unfused(ctx, node)
-            if site is not None:
-                found.append(site)
+            found.extend(read_unfused(ctx, node))
     return found
 
 
-def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
+def read_unfused(ctx, softmax: fx.Node) -> list[AttentionSite]:
+    """The site this softmax belongs to (one per group of heads that let
+    different pairs through), or none."""
     t = ctx.traced
     shape = t.shape(softmax)
     if shape is None or len(shape) < 2:
-        return None
+        return []
     dim = (softmax.args[1] if len(softmax.args) > 1 else -1) % len(shape)
     n_keys = settled(shape[dim])
     qk, mask_inputs, score_path = _walk_back(softmax.args[0])
     if qk is None:
-        return None
+        return []
     if packet(qk) is aten.baddbmm and isinstance(qk.args[0], fx.Node):
         # mask + Q·Kᵀ in one op (nn.MultiheadAttention with attn_mask)
         mask_inputs.append((qk.args[0], "additive"))
     q_operand, k_operand = ctx.product_operands(qk)
     # Scores and values come from activations; a product with a weight is a layer.
     if ctx.is_weight(q_operand) or ctx.is_weight(k_operand):
-        return None
+        return []
     # The softmax must be over the keys: the axis the Q·Kᵀ product produced.
     if sympy.simplify(settled(t.shape(qk)[-1]) - n_keys) != 0 or dim != len(shape) - 1:
-        return None
+        return []
     pv, prob_path, p_side = _walk_forward(softmax)
     if pv is None:
-        return None
+        return []
     operands = ctx.product_operands(pv)
     p_operand, v_operand = operands[p_side], operands[1 - p_side]
     # The product contracts the keys: the weights' last axis on the left,
@@ -62,7 +62,7 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     p_shape = t.shape(p_operand)
     if ctx.is_weight(v_operand) or p_shape is None or \
             sympy.simplify(settled(p_shape[-1 if p_side == 0 else -2]) - n_keys) != 0:
-        return None
+        return []
     heads, n_q = heads_and_queries(ctx, shape, dim, q_operand)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
@@ -73,8 +73,8 @@ def read_unfused(ctx, softmax: fx.Node) -> AttentionSite | None:
     site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
                            as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
-    return build_site(ctx, softmax, site_shape, pattern,
-                      nodes=[qk, *score_path, softmax, *prob_path, pv])
+    return build_sites(ctx, softmax, site_shape, pattern,
+                       nodes=[qk, *score_path, softmax, *prob_path, pv])
 
 
 def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q) -> MaskPattern:
@@ -83,7 +83,7 @@ def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q) -> MaskPatter
     (probed), or at least the pairs its masks allow, counted."""
     qk, softmax, q_operand, k_operand = site
     if N in sympy.sympify(n_keys).free_symbols:
-        return masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
+        return masks.pattern_of(ctx, mask_inputs, heads) if mask_inputs else MaskPattern.full()
     probed = pattern_of_positions(ctx, qk, softmax, q_operand, k_operand, heads)
     if probed is not None and probed.pairs is None and probed.kind == "pattern":
         # not the same pattern at every length: its pairs counted at several

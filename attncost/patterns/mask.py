@@ -35,6 +35,8 @@ class MaskPattern:
     #: which pairs meet depends on the input's values (routing, hashing,
     #: sorting): what is read here is only what the code lets through at most
     content: bool = False
+    #: heads that let different pairs through: [(head indices, their pattern)]
+    head_groups: list | None = None
 
     @classmethod
     def full(cls) -> "MaskPattern":

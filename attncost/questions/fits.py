@@ -13,7 +13,6 @@ allocation sequence runs under it without an out-of-memory error
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable
 
 import sympy
@@ -267,18 +266,11 @@ def _lowest_seq_len(peaks: RangedRuns) -> int:
 
 def _retracer(analysis, progress: Callable[[str], None] | None) -> Callable[[int], object]:
     """The same analysis at another length: same model object and options."""
-    from ..analysis import analyze
-
     def retrace(n: int):
         if progress is not None:
             progress(f"tracing again at N={n:,} (the first trace holds for "
                      f"{_range_text(analysis.n_range)})")
-        options = dict(getattr(analysis, "options", {}) or {}, progress=None)
-        # from the file again where there is one: options such as LoRA adapters
-        # change the loaded module, and must apply to a fresh one
-        model = analysis.model if analysis.loaded is None or Path(analysis.model).exists() \
-            else analysis.loaded
-        return analyze(model, n, batch=analysis.batch, **options)
+        return analysis.again_at(n)
     return retrace
 
 

@@ -148,20 +148,25 @@ def _dtype_of(node: fx.Node, default: str) -> str:
 def op_times(analysis, rates: Rates, flop_exprs: dict, ev: Evaluator) -> list[OpTime]:
     """Every launched op of the traced graph at ``ev``'s N and B."""
     traced = analysis.traced
-    site_of = {name: s for s in analysis.sites for name in s.nodes}
+    sites_of: dict[str, list] = {}  # a computation whose heads differ is several sites
+    for s in analysis.sites:
+        for name in s.nodes:
+            sites_of.setdefault(name, []).append(s)
     out = []
     for node in traced.nodes:
         if not launches_kernel(node):
             continue
-        site = site_of.get(node.name)
+        group = sites_of.get(node.name, [])
+        site = group[0] if group else None
         flops, nbytes = ev.value(flop_exprs[node.name]), ev.in_bytes(node) + ev.out_bytes(node)
         dtype = _dtype_of(node, analysis.dtype)
         kernel = ""
         if is_fused_attention(node):
             kind = "attention"
             kernel, masks, skips = attention_kernel(node, site, dtype)
-            if skips and site is not None and ev.value(site.flops):
-                flops = flops * ev.value(site.useful_flops) // ev.value(site.flops)
+            written = sum(ev.value(s.flops) for s in group)
+            if skips and written:
+                flops = flops * sum(ev.value(s.useful_flops) for s in group) // written
             head_dim = site.head_dim if site is not None else 64
             length = ev.value(site.key_len) if site is not None else ev.seq_len
             rate = rates.attention(kernel, masks, head_dim, length, dtype)
@@ -181,7 +186,8 @@ def op_times(analysis, rates: Rates, flop_exprs: dict, ev: Evaluator) -> list[Op
 def _site_times(analysis, ops: list[OpTime], decode: dict) -> list[SiteTime]:
     out = []
     for site in analysis.sites:
-        mine = [o for o in ops if o.site == site.name]
+        nodes, share = set(site.nodes), float(site.head_share)
+        mine = [o for o in ops if o.node in nodes]
         fused = [o.kernel for o in mine if o.kind == "attention"]
         kernel = fused[0] if fused else "unfused"
         compute = sum(o.compute_seconds for o in mine)
@@ -189,8 +195,8 @@ def _site_times(analysis, ops: list[OpTime], decode: dict) -> list[SiteTime]:
         overhead = sum(o.overhead_seconds for o in mine)
         bound = "launch" if overhead > max(compute, memory) else \
             "compute" if compute >= memory else "memory"
-        out.append(SiteTime(site.name, sum(o.seconds for o in mine), decode.get(site.name, 0.0),
-                            kernel, bound))
+        out.append(SiteTime(site.name, share * sum(o.seconds for o in mine),
+                            decode.get(site.name, 0.0), kernel, bound))
     return out
 
 

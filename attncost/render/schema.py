@@ -27,7 +27,8 @@ def site_dict(a, s) -> dict:
         "window": s.window, "flops": ev(s.flops), "useful_flops": ev(s.useful_flops),
         "flops_per_head": ev(s.flops_per_head), "memory_bytes": ev(s.allocated_bytes),
         "complexity": s.complexity, "query_len": str(s.query_len), "key_len": str(s.key_len),
-        "mask": s.mask, "content_based": s.content_based, "density": s.density, "feature_dim": s.feature_dim,
+        "mask": s.mask, "content_based": s.content_based,
+        "head_indices": s.head_indices, "density": s.density, "feature_dim": s.feature_dim,
         "formula": s.formula, "matches_formula": s.matches_formula, "notes": site_notes(s),
     }
     if getattr(s, "backward_flops", None) is not None:

@@ -104,7 +104,7 @@ def measure(loaded: LoadedModel, seq_len: int, batch: int, device: str, rules,
     sites = find_sites(traced, loaded, seq_len, flop_rules=rules) if batch == 1 else []
     memory = peak_memory(traced, loaded, device=device, allocation_rules=allocation_rules)
     for site in sites:
-        site.allocated_bytes = memory.site_allocated_bytes(site)
+        site.allocated_bytes = memory.site_allocated_bytes(site) * site.head_share
     flops = sum((node_flops(traced, node, rules) for node in traced.nodes), sympy.Integer(0))
     numbers = {"flops": flops, "peak": memory.at(seq_len, batch),
                "input": memory.input_bytes, "weights": memory.weight_bytes,

@@ -58,5 +58,5 @@ def site_backward_flops(sites, inference, joint, rules) -> dict[str, sympy.Expr]
                 break
             total += backward.get(twin.meta.get("seq_nr"), sympy.Integer(0))
         if paired:
-            out[site.name] = sympy.expand(total)
+            out[site.name] = sympy.expand(total * site.head_share)
     return out

@@ -202,11 +202,6 @@ ENTRIES = {
 #: (entry, property) -> what attncost says beside the truth, measured on main.
 X = {}
 
-X["local_transformer", "flops_elsewhere"] = (
-    "27,615,232 at N=200, B=2; FlopCounterMode 28,751,872: the trace at N=128 holds only for "
-    "N a multiple of 16 (pad_to_multiple's guard Eq(Mod(N, 16), 0)); the formula is evaluated "
-    "at 200 with a warning, not traced again there")
-
 
 
 def cases(prop: str, only=None):
