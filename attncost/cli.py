@@ -12,6 +12,7 @@ import contextlib
 import functools
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -43,7 +44,10 @@ def handles_errors(fn):
         if ctx is not None:
             ctx.meta["attncost.debug"] = debug
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                if not debug:  # attncost's own are kept and said as "attncost: warning:"
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                return fn(*args, **kwargs)
         except AttncostError as exc:
             if debug:
                 traceback.print_exc()
