@@ -16,7 +16,8 @@ import torch
 
 from .detect import AttentionSite, find_sites
 from .errors import AttncostError, ModelError
-from .expr import N, condition_text, conditions_text, degree, holds_at, value_at
+from .expr import N, condition_text, conditions_text, degree, holds_at, multiple_asked, \
+    on_multiples, residues_allowed, value_at
 from .loader import LoadedModel, load, with_quantization
 from .loader.positions import beyond_limit_warning
 from .memory import MemoryModel, peak_memory
@@ -222,21 +223,37 @@ class Analysis:
         """The range of N the formulas hold for, when a branch narrowed it,
         and the trace's other conditions on N (a length padded to a multiple)."""
         lo, hi = self.n_range
-        conditions = [g for g in self.guards if ("Mod" in g or "Eq(" in g or "Ne(" in g)
-                      and "N" in _names(g)]
+        conditions = self._length_conditions()
         if lo <= 2 and hi is None:
             text = None
         elif hi is None:
             text = f"N >= {lo}"
         else:
             text = f"{lo} <= N <= {hi}"
-        key = (tuple(conditions), lo)
-        if key not in self.conditions_read:  # once: hundreds of conditions take seconds
-            self.conditions_read[key] = conditions_text(conditions, max(lo, 1))
-        asked = self.conditions_read[key]
+        asked = conditions_text(conditions, max(lo, 1), truth=self._residues(conditions))
         if asked:
             text = "; ".join(([text] if text else []) + [asked])
         return text
+
+    def _length_conditions(self) -> list[str]:
+        """The trace's conditions on N other than its range (a residue, an equality)."""
+        return [g for g in self.guards if ("Mod" in g or "Eq(" in g or "Ne(" in g)
+                and "N" in _names(g)]
+
+    def _residues(self, conditions: list[str]) -> list[bool] | None:
+        """Where ``conditions`` hold from the range's start, read once
+        (hundreds of conditions take seconds)."""
+        key = (tuple(conditions), self.n_range[0])
+        if key not in self.conditions_read:
+            self.conditions_read[key] = residues_allowed(conditions, max(self.n_range[0], 1))
+        return self.conditions_read[key]
+
+    def multiple_of(self) -> int:
+        """m when the trace holds only where N is a multiple of m, else 1."""
+        conditions = self._length_conditions()
+        if not conditions:
+            return 1
+        return multiple_asked(self._residues(conditions), max(self.n_range[0], 1))
 
     def to_dict(self) -> dict:
         """The JSON object of `attncost analyze` (docs/design.md)."""
@@ -301,7 +318,27 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
                                                        trainable), rules, allocation_rules, progress)
     if plan is not None:
         _split(result, plan)
+    _on_multiples(result)
     return result
+
+
+def _on_multiples(a: Analysis) -> None:
+    """Where the trace holds for multiples of m only (a length padded to
+    blocks), its formulas said for those lengths: N//8 as N/8, N//(N//8)
+    as 8 (checked at several multiples; elsewhere ``at`` analyses again)."""
+    m = a.multiple_of()
+    if m <= 1:
+        return
+    a.flops = on_multiples(a.flops, m)
+    a.peak_memory_bytes = on_multiples(a.peak_memory_bytes, m)
+    for name in ("forward_flops", "backward_flops"):
+        if getattr(a, name) is not None:
+            setattr(a, name, on_multiples(getattr(a, name), m))
+    for s in a.sites:
+        for name in ("flops", "useful_flops", "allocated_bytes", "backward_flops", "query_len",
+                     "key_len"):
+            if getattr(s, name, None) is not None:
+                setattr(s, name, on_multiples(getattr(s, name), m))
 
 
 def _forward(loaded: LoadedModel, traced: TracedModel, seq_len: int, batch: int, options: dict,

@@ -93,18 +93,50 @@ def _residue_text(truth: list[bool], start: int) -> str | None:
 SHOWN_CONDITIONS = 2
 
 
-def conditions_text(conditions: list, start: int = 1, batch: int = 2) -> str | None:
+def on_multiples(expr: sympy.Expr, m: int) -> sympy.Expr:
+    """``expr`` where N is a multiple of ``m`` (a trace's condition): floor
+    divisions of N by divisors of m's multiples resolved (N//8 as N/8, N//(N//8)
+    as 8), checked at four multiples; ``expr`` itself if it does not simplify."""
+    if m <= 1 or not isinstance(expr, sympy.Expr) or N not in expr.free_symbols or \
+            not expr.atoms(sympy.Function):
+        return expr
+    k = sympy.Symbol("k", positive=True, integer=True)
+    simpler = sympy.expand(sympy.expand(expr.xreplace({N: m * k})).xreplace({k: N / m}))
+    if simpler.count_ops() >= expr.count_ops():
+        return expr
+    points = [(m * j, b) for j in (1, 2, 7, 64) for b in (1, 3)]
+    if all(value_at(simpler, n, b) == value_at(expr, n, b) for n, b in points):
+        return simpler
+    return expr
+
+
+def residues_allowed(conditions: list, start: int = 1, batch: int = 2) -> list[bool] | None:
+    """Whether all ``conditions`` hold at N = start .. start + 255 (None when
+    they cannot be read there)."""
+    try:
+        return [all(holds_at(c, n, batch) is not False for c in conditions)
+                for n in range(start, start + 256)]
+    except (TypeError, ValueError, sympy.SympifyError):
+        return None
+
+
+def multiple_asked(truth: list[bool] | None, start: int) -> int:
+    """m when ``truth`` (from residues_allowed) is "N a multiple of m", else 1."""
+    text = _residue_text(truth, start) if truth and any(truth) and not all(truth) else None
+    if text and text.startswith("N a multiple of "):
+        return int(text.rsplit(" ", 1)[1])
+    return 2 if text == "N even" else 1
+
+
+def conditions_text(conditions: list, start: int = 1, batch: int = 2,
+                    truth: list[bool] | None = None) -> str | None:
     """What a trace's conditions on N ask together, in words: the residues
     they allow ("N a multiple of 16") when they have a period of at most
     64 from ``start``; else the first of them as written and how many more.
     None when they ask nothing there."""
     if not conditions:
         return None
-    span = range(start, start + 256)
-    try:
-        truth = [all(holds_at(c, n, batch) is not False for c in conditions) for n in span]
-    except (TypeError, ValueError, sympy.SympifyError):
-        truth = None
+    truth = truth if truth is not None else residues_allowed(conditions, start, batch)
     if truth is not None and all(truth):
         return None
     text = _residue_text(truth, start) if truth is not None and any(truth) else None

@@ -349,6 +349,17 @@ def test_longformer_analyses_under_eager(write_config):
         ids = torch.randint(3, 100, (b, n))
         assert a.at(a.flops, n, b) == count_flops(model, (ids,)), (n, b)
         assert a.memory.intermediate_at(n, b) == measure(model, (ids,)).peak_intermediate_bytes
+    # Sliding chunks (queries and keys cut into overlapping chunks, the
+    # scores padded into diagonals): each query attends to the keys at most
+    # attention_window / 2 = 8 positions away, found through the values.
+    assert [(t.variant, t.causal, t.window, t.heads) for t in a.sites] == \
+        [("local", False, 17, 2)] * 2
+    n = 1024  # the model's positions stop at 1,030
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    pairs = int(((i - j).abs() <= 8).sum())
+    d = 64 // 2
+    for site in a.sites:
+        assert a.at(site.useful_flops, n, 1) == 2 * 2 * (d + d) * pairs
 
 
 def test_longformer_under_sdpa_names_the_implementation_that_works(write_config):

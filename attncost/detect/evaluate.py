@@ -78,22 +78,17 @@ def _needed(traced, target: fx.Node, sizes: tuple[int, int],
     while stack:
         _collect(traced, target, sizes, given, needed, scalars, stack)
         stack = [w for base in needed & writes.keys()
-                 for w in _before_read(base, writes[base], order) if w not in needed]
+                 for w in _before(target, writes[base], order) if w not in needed]
     return needed, scalars
 
 
-def _before_read(base: fx.Node, writes: list[fx.Node], order: dict) -> list[fx.Node]:
-    """The writes into ``base`` made before anything reads it (a cache
-    written after the attention read it keeps what was read)."""
-    reads, stack = [], list(base.users)
-    while stack:
-        user = stack.pop()
-        if user.op == "call_function" and is_view(user):
-            stack.extend(user.users)
-        elif user not in writes:
-            reads.append(order[user])
-    first = min(reads, default=len(order))
-    return [w for w in writes if order[w] < first]
+def _before(target: fx.Node, writes: list[fx.Node], order: dict) -> list[fx.Node]:
+    """The writes made before ``target`` is computed: the evaluation runs the
+    nodes in the graph's order, so each read sees the writes made before it
+    (a mask written into the scores in place, in slices that read them); a
+    write after the target (a cache filled after attention read it) cannot
+    change it."""
+    return [w for w in writes if order[w] < order[target]]
 
 
 def _collect(traced, target, sizes, given, needed: set, scalars: dict, stack: list) -> None:

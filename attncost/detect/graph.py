@@ -21,13 +21,14 @@ SCORE_OPS = frozenset(
     getattr(aten, n) for n in (
         "div", "mul", "add", "sub", "masked_fill", "where", "_to_copy", "clone", "neg",
         "tanh", "clamp", "contiguous", "masked_fill_", "add_", "div_", "mul_", "to",
+        "constant_pad_nd",
     ) if hasattr(aten, n)
 )
 #: Ops that may sit between the softmax and ·V (dropout, casts).
 PROB_OPS = frozenset(
     getattr(aten, n) for n in (
         "_to_copy", "clone", "native_dropout", "dropout", "mul", "div", "masked_fill",
-        "where", "contiguous", "to",
+        "where", "contiguous", "to", "constant_pad_nd",
     ) if hasattr(aten, n)
 )
 
@@ -129,7 +130,7 @@ class GraphContext:
                     return True
                 stack.append(source)
             elif not is_product(n):
-                stack.extend(n.all_input_nodes)
+                stack.extend(tensor_inputs(n))
         return False
 
     def ancestor_ops(self, node: fx.Node, through_products: bool = True) -> set:
@@ -137,14 +138,52 @@ class GraphContext:
         ``through_products``, only back to the matrix products that made its
         values (a projection, an earlier site), not what came before them."""
         seen: set[fx.Node] = set()
-        stack = list(node.all_input_nodes)
+        stack = tensor_inputs(node)
         while stack:
             n = stack.pop()
             if n not in seen:
                 seen.add(n)
                 if through_products or not is_product(n):
-                    stack.extend(n.all_input_nodes)
+                    stack.extend(tensor_inputs(n))
         return {packet(n) for n in seen}
+
+
+def tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    """The inputs of ``node`` that are tensors: its data, not the sizes it
+    was given (a size can come from anywhere, a mask's shape included)."""
+    return [a for a in node.all_input_nodes
+            if not isinstance(a.meta.get("val"), (torch.SymInt, int))]
+
+
+def copied_into(node: fx.Node) -> list[fx.Node]:
+    """What is copied in place into ``node`` or its views from elsewhere
+    (scores written into slices of a zero tensor, as Longformer lays out its
+    diagonals); not what is computed from ``node`` itself and written back
+    (a mask applied in place)."""
+    views, sources, stack = {node}, [], [node]
+    while stack:
+        for user in stack.pop().users:
+            if user.op != "call_function":
+                continue
+            if is_view(user) and user.args and user.args[0] in views:
+                views.add(user)
+                stack.append(user)
+            elif packet(user) is aten.copy_ and user.args[0] in views and \
+                    isinstance(user.args[1], fx.Node):
+                sources.append(user.args[1])
+    return [s for s in sources if not _reads(s, views)]
+
+
+def _reads(node: fx.Node, targets: set, limit: int = 16) -> bool:
+    """Does ``node`` read any of ``targets`` within ``limit`` steps back?"""
+    frontier = [node]
+    for _ in range(limit):
+        if any(n in targets for n in frontier):
+            return True
+        frontier = [a for n in frontier for a in n.all_input_nodes]
+        if not frontier:
+            return False
+    return False
 
 
 def split_rows(rows: sympy.Expr) -> tuple[int, sympy.Expr]:

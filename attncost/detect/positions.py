@@ -228,3 +228,90 @@ def counted_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
         return int(allowed.sum())
 
     return polynomial_count(ctx, count_at)
+
+
+def sequence_sink(ctx, node: fx.Node, width, limit: int = 32) -> tuple[fx.Node, int] | None:
+    """The first tensor after ``node``, walking forward through views and
+    per-position ops, with one axis of length N and ``width`` features last:
+    where a site's output is laid out in sequence positions again."""
+    frontier = [node]
+    for _ in range(limit):
+        nxt = []
+        for n in frontier:
+            shape = ctx.traced.shape(n)
+            axes = _sequence_axes(shape)
+            if n is not node and len(axes) == 1 and shape and \
+                    sympy.simplify(settled(shape[-1]) - width) == 0 and axes[0] != len(shape) - 1:
+                return n, axes[0]
+            nxt.extend(u for u in n.users if u.op == "call_function" and
+                       (is_view(u) or packet(u) in _PER_POSITION or u.target is getitem))
+        frontier = nxt
+        if not frontier:
+            break
+    return None
+
+
+def allowed_by_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node, n: int):
+    """The N×N matrix of (query, key) pairs the site lets through at N=n,
+    read from what its output depends on: the values replaced, a group of
+    positions at a time, by one-hot vectors (position j sets feature j mod
+    F), every other input as the model computes it (weights read as zeros,
+    so only masks decide).  Output row i's nonzero features are the keys
+    query i reaches.  For layouts the position codes cannot follow (scores
+    re-laid out in diagonals); None when the values or output are not found."""
+    v_src = sequence_source(ctx, v_operand)
+    if v_src is None:
+        return None
+    source, axis = v_src
+    shape = [value_at(ctx.traced.expr(d), n, 2) for d in source.meta["val"].shape]
+    features = shape[-1]
+    sink = sequence_sink(ctx, pv, ctx.traced.shape(source)[-1])
+    if axis == len(shape) - 1 or sink is None:
+        return None
+    try:
+        weights = evaluate_node(ctx, softmax, n)
+        allowed = torch.zeros(n, n, dtype=torch.bool)
+        for start in range(0, n, features):
+            codes = torch.zeros(shape, dtype=source.meta["val"].dtype)
+            count = min(features, n - start)
+            index = [slice(None)] * len(shape)
+            index[axis] = torch.arange(start, start + count)
+            index[-1] = torch.arange(count)
+            codes[tuple(index)] = 1
+            out = torch.as_tensor(evaluate_node(ctx, sink[0], n, {source: codes,
+                                                                  softmax: weights}))
+            rows = out.movedim(sink[1], 0).reshape(n, -1, out.shape[-1])[:, 0, :count]
+            allowed[:, start:start + count] = rows != 0
+    except CannotEvaluate:
+        return None
+    return allowed if bool(allowed.any(dim=1).all()) else None
+
+
+#: Lengths the values probe tries, longest first (a model may run only up to
+#: its position limit: Longformer's 1,030 positions).
+VALUE_PROBE_LENGTHS = (2048, 1024, 512, 256)
+
+
+def pattern_of_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node):
+    """The site's pattern read from what its output depends on, at the two
+    longest lengths where the model runs, or None."""
+    lo, hi = ctx.traced.n_range
+    lengths = [n for n in VALUE_PROBE_LENGTHS if n >= lo and (hi is None or n <= hi)]
+    read: dict[int, torch.Tensor] = {}
+
+    def allowed_at(n: int):
+        if n not in read:
+            read[n] = allowed_by_values(ctx, pv, v_operand, softmax, n)
+        if read[n] is None:
+            raise CannotEvaluate("the values the site's output depends on could not be read")
+        return read[n]
+
+    for longer, shorter in zip(lengths, lengths[1:]):
+        try:
+            allowed_at(longer)
+        except CannotEvaluate:
+            continue
+        allowed_at.lengths = (longer, shorter)
+        pattern = read_pattern(allowed_at, ctx.seq_len)
+        return None if pattern.kind == "unknown" else pattern
+    return None

@@ -14,8 +14,8 @@ from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
     packet
 from . import masks
-from .positions import counted_positions, pattern_of_positions
-from .graph import PROB_OPS, SCORE_OPS
+from .positions import counted_positions, pattern_of_positions, pattern_of_values
+from .graph import PROB_OPS, SCORE_OPS, copied_into
 from .heads import heads_and_queries
 from .site import AttentionSite, SiteShape, build_sites, content_based
 
@@ -49,8 +49,10 @@ def read_unfused(ctx, softmax: fx.Node) -> list[AttentionSite]:
     # Scores and values come from activations; a product with a weight is a layer.
     if ctx.is_weight(q_operand) or ctx.is_weight(k_operand):
         return []
-    # The softmax must be over the keys: the axis the Q·Kᵀ product produced.
-    if sympy.simplify(settled(t.shape(qk)[-1]) - n_keys) != 0 or dim != len(shape) - 1:
+    # The softmax must be over the keys: the axis the Q·Kᵀ product produced,
+    # or the keys of fixed windows the scores were padded into on the way.
+    if dim != len(shape) - 1 or (sympy.simplify(settled(t.shape(qk)[-1]) - n_keys) != 0
+                                 and not _relaid(n_keys, score_path)):
         return []
     pv, prob_path, p_side = _walk_forward(softmax)
     if pv is None:
@@ -58,17 +60,22 @@ def read_unfused(ctx, softmax: fx.Node) -> list[AttentionSite]:
     operands = ctx.product_operands(pv)
     p_operand, v_operand = operands[p_side], operands[1 - p_side]
     # The product contracts the keys: the weights' last axis on the left,
-    # their next-to-last on the right (V_windows @ weightsᵀ).
+    # their next-to-last on the right (V_windows @ weightsᵀ); or, where the
+    # weights of fixed windows were padded into another layout on the way
+    # (Longformer's diagonals), the keys of that layout.
     p_shape = t.shape(p_operand)
-    if ctx.is_weight(v_operand) or p_shape is None or \
-            sympy.simplify(settled(p_shape[-1 if p_side == 0 else -2]) - n_keys) != 0:
+    if ctx.is_weight(v_operand) or p_shape is None:
+        return []
+    contracted = settled(p_shape[-1 if p_side == 0 else -2])
+    if sympy.simplify(contracted - n_keys) != 0 and not _relaid(n_keys, prob_path):
         return []
     heads, n_q = heads_and_queries(ctx, shape, dim, q_operand)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
+    relaid = (pv, v_operand) if _relaid(n_keys, score_path + prob_path) else None
     pattern = _site_pattern(ctx, (qk, softmax, q_operand, k_operand), mask_inputs, n_keys, heads,
-                            n_q)
+                            n_q, relaid)
     pattern.content = content_based(ctx, (q_operand, k_operand), [m for m, _ in mask_inputs])
     site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
@@ -77,14 +84,26 @@ def read_unfused(ctx, softmax: fx.Node) -> list[AttentionSite]:
                        nodes=[qk, *score_path, softmax, *prob_path, pv])
 
 
-def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q) -> MaskPattern:
+def _relaid(n_keys, path: list[fx.Node]) -> bool:
+    """Were scores or weights over a fixed number of keys padded into
+    another layout on ``path`` (Longformer's diagonals)?  Then the axes
+    differ in length, and the position probe says which pairs meet."""
+    return N not in sympy.sympify(n_keys).free_symbols and \
+        any(packet(n) is aten.constant_pad_nd for n in path)
+
+
+def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q,
+                  relaid: tuple | None = None) -> MaskPattern:
     """What the site lets through: its masks read as N×N, or, when its
     scores are laid out in blocks or windows, the positions it pairs
-    (probed), or at least the pairs its masks allow, counted."""
+    (probed; through the values, (P·V, V), where they were ``relaid``),
+    or at least the pairs its masks allow, counted."""
     qk, softmax, q_operand, k_operand = site
     if N in sympy.sympify(n_keys).free_symbols:
         return masks.pattern_of(ctx, mask_inputs, heads) if mask_inputs else MaskPattern.full()
     probed = pattern_of_positions(ctx, qk, softmax, q_operand, k_operand, heads)
+    if probed is None and relaid is not None:  # diagonals: read through the values
+        probed = pattern_of_values(ctx, *relaid, softmax)
     if probed is not None and probed.pairs is None and probed.kind == "pattern":
         # not the same pattern at every length: its pairs counted at several
         probed.pairs = counted_positions(ctx, qk, softmax, q_operand, k_operand, heads)
@@ -136,7 +155,12 @@ def _walk_back(start: fx.Node, limit: int = 16):
         if pk in MATMUL_OPS:
             return node, masks_found, path
         if not (pk in SCORE_OPS or is_view(node)):
-            return None, [], []
+            written = next((s for s in copied_into(node) if _reaches_product(s)), None)
+            if written is None:
+                return None, [], []
+            path.append(node)
+            node = written  # scores copied into slices of a tensor made for them
+            continue
         path.append(node)
         node = _score_operand(node, masks_found)
         if node is None:
@@ -179,7 +203,7 @@ def _reaches_product(node: fx.Node, limit: int = 16) -> bool:
         if packet(node) in MATMUL_OPS:
             return True
         if not (packet(node) in SCORE_OPS or is_view(node)):
-            return False
+            return any(_reaches_product(s, limit - 1) for s in copied_into(node))
         tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
         if not tensor_args:
             return False
@@ -189,7 +213,7 @@ def _reaches_product(node: fx.Node, limit: int = 16) -> bool:
     return False
 
 
-def _walk_forward(softmax: fx.Node, limit: int = 8):
+def _walk_forward(softmax: fx.Node, limit: int = 32):
     """From the softmax to the product that applies it to V: that product,
     the ops on the way, and which of its two factors the weights are."""
     frontier = [(softmax, [])]
