@@ -111,13 +111,18 @@ def on_multiples(expr: sympy.Expr, m: int) -> sympy.Expr:
 
 
 def residues_allowed(conditions: list, start: int = 1, batch: int = 2) -> list[bool] | None:
-    """Whether all ``conditions`` hold at N = start .. start + 255 (None when
-    they cannot be read there)."""
-    try:
-        return [all(holds_at(c, n, batch) is not False for c in conditions)
-                for n in range(start, start + 256)]
-    except (TypeError, ValueError, sympy.SympifyError):
-        return None
+    """Whether all ``conditions`` hold at N = start .. start + 255 (a
+    condition that cannot be read at some N is left out; None when none can)."""
+    span = range(start, start + 256)
+    truth, read = [True] * len(span), 0
+    for c in conditions:
+        try:
+            held = [holds_at(c, n, batch) is not False for n in span]
+        except (TypeError, ValueError, ZeroDivisionError, sympy.SympifyError):
+            continue
+        read += 1
+        truth = [t and h for t, h in zip(truth, held)]
+    return truth if read else None
 
 
 def multiple_asked(truth: list[bool] | None, start: int) -> int:
@@ -126,6 +131,24 @@ def multiple_asked(truth: list[bool] | None, start: int) -> int:
     if text and text.startswith("N a multiple of "):
         return int(text.rsplit(" ", 1)[1])
     return 2 if text == "N even" else 1
+
+
+def _interval_text(truth: list[bool], start: int) -> str | None:
+    """The lengths ``truth`` allows when they are one run: "N >= 5", "N = 128
+    only", or "128 <= N <= 191" (with the residue they share, if any)."""
+    allowed = [start + i for i, t in enumerate(truth) if t]
+    first, last = allowed[0], allowed[-1]
+    if last == start + len(truth) - 1:  # up to the span's end: from some N on
+        after = truth[first - start:]
+        if all(after):
+            return f"N >= {first}"
+        residue = _residue_text(after, first) if len(after) >= 128 else None
+        return f"N >= {first}, {residue}" if residue else None
+    if first == last:
+        return f"N = {first} only"
+    inside = truth[first - start:last - start + 1]
+    residue = _residue_text(inside, first) if not all(inside) else None
+    return f"{first} <= N <= {last}" + (f", {residue}" if residue else "")
 
 
 def conditions_text(conditions: list, start: int = 1, batch: int = 2,
@@ -140,6 +163,8 @@ def conditions_text(conditions: list, start: int = 1, batch: int = 2,
     if truth is not None and all(truth):
         return None
     text = _residue_text(truth, start) if truth is not None and any(truth) else None
+    if text is None and truth is not None and any(truth):
+        text = _interval_text(truth, start)
     if text is not None:
         return text
     shown = [condition_text(c, start) for c in conditions[:SHOWN_CONDITIONS]]

@@ -31,5 +31,5 @@ def interpreter_unavailable() -> str | None:
         return None  # no Triton: the test module skips on its own
     if isinstance(standard.cdiv, InterpretedFunction):
         return None
-    where = "before tests/triton_kernels/conftest.py" if _TRITON_IMPORTED_BEFORE else "without TRITON_INTERPRET"
+    where = "before tests/kernels_triton/conftest.py" if _TRITON_IMPORTED_BEFORE else "without TRITON_INTERPRET"
     return f"Triton was imported {where}; run the kernel tests in their own pytest process"

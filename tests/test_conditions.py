@@ -1,0 +1,46 @@
+"""A trace's conditions on N, said together in words, and its formulas said
+for the lengths they allow.  The truth of each case is worked out by hand
+in the test."""
+import sympy
+
+from attncost.expr import B, N, conditions_text, on_multiples, value_at
+
+
+def test_conditions_that_ask_a_residue_together():
+    # each alone is an odd condition; together: multiples of 16
+    conditions = ["Eq(Mod(N, 8), 0)", "Ne(Mod(N, 16), 8)"]
+    assert conditions_text(conditions, start=1) == "N a multiple of 16"
+
+
+def test_conditions_that_hold_from_some_length_on():
+    # multiples of 4, but not 4 itself (a size-1 block told apart)
+    conditions = ["Eq(Mod(N, 4), 0)", "Ne(N, 4)"]
+    assert conditions_text(conditions, start=1) == "N >= 8, N a multiple of 4"
+    assert conditions_text(["Ne(N, 1)", "Ne(N, 2)"], start=1) == "N >= 3"
+
+
+def test_conditions_that_allow_one_length_or_a_run():
+    assert conditions_text(["Eq(floor(N/64), 2)", "Eq(Mod(N, 64), 0)"], start=128) == \
+        "N = 128 only"
+    assert conditions_text(["Eq(floor(N/64), 2)"], start=100) == "128 <= N <= 191"
+
+
+def test_conditions_that_ask_nothing_or_many_things():
+    assert conditions_text(["Ne(N, 0)"], start=1) is None
+    many = [f"Ne(N, {k} * {k} + 3)" for k in range(1, 9)]
+    text = conditions_text(many, start=1)
+    assert text.endswith("and 6 more conditions on N") and "\n" not in text
+
+
+def test_formulas_on_the_multiples_a_trace_holds_for():
+    # Longformer-style sizes: N//8 chunks of N//(N//8) = 8 tokens
+    chunks = sympy.floor(N / 8)
+    width = sympy.floor(N / chunks)
+    expr = 128 * B * chunks * width ** 2 + 2048 * B * chunks * width
+    simpler = on_multiples(expr, 16)
+    assert simpler == sympy.expand(128 * B * N / 8 * 64 + 2048 * B * N / 8 * 8)
+    for n in (16, 32, 4096):
+        assert value_at(simpler, n, 3) == value_at(expr, n, 3)
+    # a floor the multiples do not resolve is left as it is
+    thirds = sympy.floor(N / 3) * B
+    assert on_multiples(thirds, 16) == thirds
