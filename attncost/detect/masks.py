@@ -176,6 +176,13 @@ def read_by_head(head_of, heads: int, lengths: tuple[int, int],
     return pattern
 
 
+def _has_head_axis(mask: fx.Node, heads: int) -> bool:
+    """Is the mask laid out with an axis of the heads before its (queries ×
+    keys) matrix?  (Most masks broadcast one matrix over every head.)"""
+    val = mask.meta.get("val") if isinstance(mask, fx.Node) else None
+    return isinstance(val, torch.Tensor) and val.dim() >= 3 and val.shape[-3] == heads
+
+
 def _tensor_head_of(reader: "_MaskReader", heads: int):
     """Head h's matrix of the masks ``reader`` combines, when their
     next-to-last-but-one axis is the heads and every batch has the same."""
@@ -200,8 +207,10 @@ def pattern_of(ctx, masks: list[tuple[fx.Node, str]], heads: int = 1) -> MaskPat
     key = ("pattern", tuple(masks), ctx.seq_len, heads)
     if key not in ctx.mask_values:
         reader = _MaskReader(ctx, masks)
-        pattern = read_by_head(_tensor_head_of(reader, heads), heads, reader.lengths,
-                               ctx.seq_len) or read_pattern(reader, ctx.seq_len)
+        by_head = heads > 1 and any(_has_head_axis(m, heads) for m, _ in masks)
+        pattern = (by_head and read_by_head(_tensor_head_of(reader, heads), heads,
+                                            reader.lengths, ctx.seq_len)) or \
+            read_pattern(reader, ctx.seq_len)
         additive = [m for m, p in masks if p == "additive"]
         if additive and pattern.kind == "full" and _is_float(additive[0]):
             pattern.notes.append("an additive bias of N×N entries is applied to the scores")

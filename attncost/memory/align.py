@@ -8,6 +8,7 @@ agree on the op and on every output's size at the replay's N and B.
 """
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import sympy
@@ -63,6 +64,12 @@ class _Aligner:
         self.nodes = allocating_nodes(traced)
         self.hinted: dict[fx.Node, list] = {}
         self.used: set[int] = set()
+        self.keys = [_align_key(n.target) for n in self.nodes]
+        #: align key -> the indices of the nodes with it, in order
+        self.with_key: dict[str, list[int]] = {}
+        for jj, key in enumerate(self.keys):
+            self.with_key.setdefault(key, []).append(jj)
+        self.op_keys = {i: _align_key(replay.ops[i].func) for i in alloc_ops}
 
     def sizes(self, node: fx.Node) -> list:
         """A node's output bytes at the replay's N and B."""
@@ -85,25 +92,25 @@ class _Aligner:
                 return False
         return True
 
-    def fits(self, i: int, node: fx.Node) -> bool:
-        return (_align_key(self.replay.ops[i].func) == _align_key(node.target)
-                and self.same_sizes(i, node))
+    def fits(self, i: int, jj: int) -> bool:
+        """Does replayed op i match the jj-th allocating node?"""
+        return self.op_keys[i] == self.keys[jj] and self.same_sizes(i, self.nodes[jj])
 
     def near(self, i: int, j: int) -> int | None:
         window = range(max(0, j - _LOOK_BEHIND), min(len(self.nodes), j + _LOOK_AHEAD))
-        return next((jj for jj in window if jj not in self.used and self.fits(i, self.nodes[jj])),
-                    None)
+        return next((jj for jj in window if jj not in self.used and self.fits(i, jj)), None)
 
     def far(self, k: int, j: int) -> int | None:
         """Past the look-ahead: the graph decomposed one eager op into many
         (an interpolation, a norm); resynchronise where this op and the next
         ones agree, so that one skipped stretch does not lose the rest."""
         following = self.alloc_ops[k + 1:k + 1 + _CONFIRM]
-        for jj in range(j + _LOOK_AHEAD, len(self.nodes)):
-            if jj in self.used or not self.fits(self.alloc_ops[k], self.nodes[jj]):
+        candidates = self.with_key.get(self.op_keys[self.alloc_ops[k]], [])
+        for jj in candidates[bisect.bisect_left(candidates, j + _LOOK_AHEAD):]:
+            if jj in self.used or not self.fits(self.alloc_ops[k], jj):
                 continue
             ahead = range(jj + 1, min(len(self.nodes), jj + _LOOK_AHEAD))
-            if all(any(self.fits(i2, self.nodes[x]) for x in ahead) for i2 in following):
+            if all(any(self.fits(i2, x) for x in ahead) for i2 in following):
                 return jj
         return None
 
