@@ -78,17 +78,28 @@ def _needed(traced, target: fx.Node, sizes: tuple[int, int],
     while stack:
         _collect(traced, target, sizes, given, needed, scalars, stack)
         stack = [w for base in needed & writes.keys()
-                 for w in _before(target, writes[base], order) if w not in needed]
+                 for w in _before(target, base, writes[base], order) if w not in needed]
     return needed, scalars
 
 
-def _before(target: fx.Node, writes: list[fx.Node], order: dict) -> list[fx.Node]:
-    """The writes made before ``target`` is computed: the evaluation runs the
-    nodes in the graph's order, so each read sees the writes made before it
-    (a mask written into the scores in place, in slices that read them); a
-    write after the target (a cache filled after attention read it) cannot
-    change it."""
-    return [w for w in writes if order[w] < order[target]]
+def _before(target: fx.Node, base: fx.Node, writes: list[fx.Node],
+            order: dict) -> list[fx.Node]:
+    """The writes into ``base`` that the evaluation of ``target`` must make:
+    those before ``target`` (the nodes run in the graph's order, so each
+    read sees the writes made before it: masks written into the scores in
+    place, in slices that read them), and, where ``base`` is read later
+    than that, those before its first read (a mask written into slices of
+    zeros, evaluated as the zeros); not those after both (a cache filled
+    after attention read it keeps what was read)."""
+    reads, stack = [], list(base.users)
+    while stack:
+        user = stack.pop()
+        if user.op == "call_function" and is_view(user):
+            stack.extend(user.users)
+        elif user not in writes:
+            reads.append(order[user])
+    until = max(order[target], min(reads, default=len(order)))
+    return [w for w in writes if order[w] < until]
 
 
 def _collect(traced, target, sizes, given, needed: set, scalars: dict, stack: list) -> None:
