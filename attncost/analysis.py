@@ -374,9 +374,17 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
                  rules, allocation_rules, progress) -> Analysis:
     """A model that loops over the sequence, costed from traces at small
     lengths and fitted in N and B (tracing/loops.py); the notes say where."""
-    from .tracing.loops import fitted_loop
+    from .tracing.loops import check_at, fitted_loop
 
     fitted = fitted_loop(loaded, device, rules, allocation_rules, progress)
+    traced = check_at(fitted, loaded, seq_len, rules)
+    if traced is not None:  # the fit does not hold here: this length alone, traced
+        result = _forward(loaded, traced, seq_len, batch, options, rules,
+                          progress or (lambda msg: None))
+        result.notes.append(f"the model fixes the length as a number: the cost fitted from "
+                            f"short traces does not hold at N={seq_len:,}, so it was traced there "
+                            "and its formulas hold at that N only")
+        return result
     beyond = beyond_limit_warning(loaded.config, seq_len)
     return Analysis(
         model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=dtype_name(loaded.dtype),

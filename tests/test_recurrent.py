@@ -207,3 +207,32 @@ def test_hybrid_flops_and_sites(write_config):
     d = JAMBA["hidden_size"] // JAMBA["num_attention_heads"]
     for n in UNTRACED:
         assert a.at(a.sites[1].useful_flops, n, 2) == 2 * 2 * 4 * 2 * d * n * (n + 1) // 2
+
+
+# ------------------------------------------------------------------ a fit that does not hold at N
+
+REFORMER = dict(model_type="reformer", architectures=["ReformerModel"], hidden_size=64,
+                num_attention_heads=2, attention_head_size=16, feed_forward_size=128,
+                attn_layers=["local", "lsh"], num_hidden_layers=2, axial_pos_embds=False,
+                vocab_size=128, max_position_embeddings=4096, lsh_attn_chunk_length=32,
+                local_attn_chunk_length=32, num_buckets=8, num_hashes=1, is_decoder=False,
+                pad_token_id=0)
+
+
+def test_a_length_fixed_as_a_number_past_the_fitted_lengths_is_traced_there(write_config):
+    """Reformer turns the length into a Python int (an assert on the buckets'
+    shape), so its cost is fitted from traces at N=8..24; but past its chunk
+    length of 32 it works in chunks, and the fit does not hold: attncost
+    traces it at the requested length and says the formulas hold there only."""
+    transformers = pytest.importorskip("transformers")
+    folder = write_config("reformer", **REFORMER)
+    n = 512
+    a = attncost.analyze(folder, seq_len=n, attn_implementation="eager", device="cpu")
+    assert a.n_range == (n, n)
+    assert any("does not hold at N=512" in note for note in a.notes), a.notes
+    config = transformers.AutoConfig.for_model(**REFORMER)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.ReformerModel(config).eval()
+    ids = torch.randint(1, REFORMER["vocab_size"], (1, n))
+    assert a.at(a.flops) == count_flops(model, (ids,))

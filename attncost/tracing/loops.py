@@ -108,7 +108,7 @@ def measure(loaded: LoadedModel, seq_len: int, batch: int, device: str, rules,
     flops = sum((node_flops(traced, node, rules) for node in traced.nodes), sympy.Integer(0))
     numbers = {"flops": flops, "peak": memory.at(seq_len, batch),
                "input": memory.input_bytes, "weights": memory.weight_bytes,
-               "workspace": memory.workspace_bytes}
+               "workspace": memory.workspace_bytes, "nodes": len(traced.graph_module.graph.nodes)}
     return Measured(seq_len, batch, {k: _number(v, seq_len, batch) for k, v in numbers.items()},
                     sites)
 
@@ -229,6 +229,26 @@ class FittedLoop:
     sites: list
     memory: "FittedMemory"
     notes: list[str]
+    #: ops a trace records, fitted in N (how long a trace at a length would be)
+    graph_nodes: sympy.Expr = sympy.Integer(0)
+
+
+#: Longest graph a trace at the requested length may record to check the fit there.
+CHECK_NODES = 20_000
+
+
+def check_at(fitted: FittedLoop, loaded: LoadedModel, seq_len: int, rules) -> TracedModel | None:
+    """A trace at the requested length, when the fit is not what it counts
+    there: the lengths fitted are short, and a model may change its work
+    past them (a chunk length, a bucket count); None when the fit holds
+    there, or the trace would be too long to check (a loop of seq_len steps)."""
+    from ..rules import node_flops
+
+    if seq_len <= max(n for n, _ in HELD_OUT) or value_at(fitted.graph_nodes, seq_len) > CHECK_NODES:
+        return None
+    traced = concrete_trace(loaded, seq_len, 1)
+    flops = sum((node_flops(traced, node, rules) for node in traced.nodes), sympy.Integer(0))
+    return None if int(flops) == value_at(fitted.flops, seq_len, 1) else traced
 
 
 def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
@@ -246,7 +266,10 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
     note = measured_note()
     memory = FittedMemory(device=device, weight_bytes=weights.pop(), input_bytes=inputs,
                           peak_bytes=peak, workspace_bytes=workspace)
-    return FittedLoop(flops, memory.weight_bytes, peak, fitted_sites(measured), memory, [note])
+    nodes = _interpolate([(m.seq_len, m.numbers["nodes"]) for m in measured
+                          if m.batch == 1][:len(FIT_LENGTHS)])
+    return FittedLoop(flops, memory.weight_bytes, peak, fitted_sites(measured), memory, [note],
+                      graph_nodes=nodes)
 
 
 @dataclass
