@@ -25,9 +25,26 @@ aten = torch.ops.aten
 def find_unfused(ctx, used: set[str]) -> list[AttentionSite]:
     found = []
     for node in ctx.traced.nodes:
-        if node.op == "call_function" and packet(node) in SOFTMAX_OPS:
+        if node.op == "call_function" and softmax_of(node) is not None:
             found.extend(read_unfused(ctx, node))
     return found
+
+
+def softmax_of(node: fx.Node) -> tuple[fx.Node, int] | None:
+    """(scores, axis) when ``node`` is a softmax: the op, or written out as
+    exp(scores - logsumexp(scores)) (Reformer); else None."""
+    if packet(node) in SOFTMAX_OPS:
+        return node.args[0], node.args[1] if len(node.args) > 1 else -1
+    if packet(node) is not aten.exp or not isinstance(node.args[0], fx.Node):
+        return None
+    sub = node.args[0]
+    if packet(sub) is not aten.sub or len(sub.args) < 2 or not isinstance(sub.args[1], fx.Node):
+        return None
+    norm = sub.args[1]
+    if packet(norm) is not aten.logsumexp or norm.args[0] is not sub.args[0]:
+        return None
+    dims = norm.args[1] if len(norm.args) > 1 else [-1]
+    return (sub.args[0], dims[0]) if len(dims) == 1 else None
 
 
 def read_unfused(ctx, softmax: fx.Node) -> list[AttentionSite]:
@@ -37,9 +54,10 @@ def read_unfused(ctx, softmax: fx.Node) -> list[AttentionSite]:
     shape = t.shape(softmax)
     if shape is None or len(shape) < 2:
         return []
-    dim = (softmax.args[1] if len(softmax.args) > 1 else -1) % len(shape)
+    scores, axis = softmax_of(softmax)
+    dim = axis % len(shape)
     n_keys = settled(shape[dim])
-    qk, mask_inputs, score_path = _walk_back(softmax.args[0])
+    qk, mask_inputs, score_path = _walk_back(scores)
     if qk is None:
         return []
     if packet(qk) is aten.baddbmm and isinstance(qk.args[0], fx.Node):
