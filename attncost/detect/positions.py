@@ -175,7 +175,10 @@ def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
         return None
     rows = _decoded(torch.as_tensor(q_pos).double().norm(dim=-1))   # (batch, m)
     cols = _decoded(torch.as_tensor(k_pos).double().norm(dim=-2))   # (batch, k)
-    p = torch.as_tensor(weights).reshape(rows.shape[0], rows.shape[-1], cols.shape[-1])
+    p = torch.as_tensor(weights)
+    if p.numel() != rows.shape[0] * rows.shape[-1] * cols.shape[-1]:
+        return None  # the weights are laid out otherwise than the scores (diagonals)
+    p = p.reshape(rows.shape[0], rows.shape[-1], cols.shape[-1])
     valid = (p.float() >= NEGLIGIBLE_WEIGHT) & _is_position(rows, n)[..., :, None] & \
         _is_position(cols, n)[..., None, :]
     qi = rows[..., :, None].expand_as(p)[valid].round().long() - 1
@@ -190,27 +193,43 @@ def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
     return allowed if bool(allowed.any(dim=1).all()) and one_to_one else None
 
 
-#: Lengths a site is probed at: multiples of every power-of-two block up to 1024.
-PROBE_LENGTHS = (2048, 1024)
+#: Lengths a site is probed at, longest first: multiples of every power-of-two
+#: block up to 256; the two longest the model runs at are used (a model may
+#: run only up to its position limit: Longformer's 1,030 positions).
+PROBE_LENGTHS = (2048, 1024, 512, 256)
+
+
+def probed_pattern(ctx, read) -> MaskPattern | None:
+    """The pattern of ``read(n)`` (the N×N pairs a site lets through at
+    length n, or None where it cannot be read), at the two longest probe
+    lengths where it can, or None."""
+    lo, hi = ctx.traced.n_range
+    lengths = [n for n in PROBE_LENGTHS if n >= lo and (hi is None or n <= hi)]
+    got: dict[int, torch.Tensor | None] = {}
+
+    def allowed_at(n: int):
+        if n not in got:
+            got[n] = read(n)
+        if got[n] is None:
+            raise CannotEvaluate("the site's positions could not be read")
+        return got[n]
+
+    for longer, shorter in zip(lengths, lengths[1:]):
+        try:
+            allowed_at(longer)
+        except CannotEvaluate:
+            continue
+        allowed_at.lengths = (longer, shorter)
+        pattern = read_pattern(allowed_at, ctx.seq_len)
+        return None if pattern.kind == "unknown" else pattern
+    return None
 
 
 def pattern_of_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand,
                          heads: int = 1):
     """The site's pattern in sequence coordinates, or None if it cannot be probed."""
-    lo, hi = ctx.traced.n_range
-    lengths = [n for n in PROBE_LENGTHS if n >= lo and (hi is None or n <= hi)]
-    if len(lengths) < 2:
-        return None
-
-    def allowed_at(n: int):
-        allowed = allowed_positions(ctx, qk, softmax, q_operand, k_operand, n, heads)
-        if allowed is None:
-            raise CannotEvaluate("the site's positions could not be read")
-        return allowed
-
-    allowed_at.lengths = tuple(lengths)
-    pattern = read_pattern(allowed_at, ctx.seq_len)
-    return None if pattern.kind == "unknown" else pattern
+    return probed_pattern(ctx, lambda n: allowed_positions(ctx, qk, softmax, q_operand,
+                                                           k_operand, n, heads))
 
 
 def _is_position(codes: torch.Tensor, n: int) -> torch.Tensor:
@@ -287,31 +306,6 @@ def allowed_by_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node, n:
     return allowed if bool(allowed.any(dim=1).all()) else None
 
 
-#: Lengths the values probe tries, longest first (a model may run only up to
-#: its position limit: Longformer's 1,030 positions).
-VALUE_PROBE_LENGTHS = (2048, 1024, 512, 256)
-
-
 def pattern_of_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node):
-    """The site's pattern read from what its output depends on, at the two
-    longest lengths where the model runs, or None."""
-    lo, hi = ctx.traced.n_range
-    lengths = [n for n in VALUE_PROBE_LENGTHS if n >= lo and (hi is None or n <= hi)]
-    read: dict[int, torch.Tensor] = {}
-
-    def allowed_at(n: int):
-        if n not in read:
-            read[n] = allowed_by_values(ctx, pv, v_operand, softmax, n)
-        if read[n] is None:
-            raise CannotEvaluate("the values the site's output depends on could not be read")
-        return read[n]
-
-    for longer, shorter in zip(lengths, lengths[1:]):
-        try:
-            allowed_at(longer)
-        except CannotEvaluate:
-            continue
-        allowed_at.lengths = (longer, shorter)
-        pattern = read_pattern(allowed_at, ctx.seq_len)
-        return None if pattern.kind == "unknown" else pattern
-    return None
+    """The site's pattern read from what its output depends on, or None."""
+    return probed_pattern(ctx, lambda n: allowed_by_values(ctx, pv, v_operand, softmax, n))
