@@ -7,7 +7,7 @@ thin layer over it.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -405,11 +405,15 @@ def _load(model: str | Path | LoadedModel, options: dict) -> LoadedModel:
         o["dtype"], o["kv_cache"] = training_load_options(model, o["mode"], o["dtype"],
                                                           o["kv_cache"], o["mixed_precision"])
     if isinstance(model, LoadedModel):
-        return with_quantization(model, quantization(o["weight_dtype"], o["group_size"],
-                                                     o["kv_cache_dtype"]))
-    return load(model, **{k: o[k] for k in (
-        "dtype", "attn_implementation", "kv_cache", "last_logits_only", "weight_dtype",
-        "group_size", "kv_cache_dtype")})
+        loaded = with_quantization(model, quantization(o["weight_dtype"], o["group_size"],
+                                                       o["kv_cache_dtype"]))
+    else:
+        loaded = load(model, **{k: o[k] for k in (
+            "dtype", "attn_implementation", "kv_cache", "last_logits_only", "weight_dtype",
+            "group_size", "kv_cache_dtype")})
+    if loaded.kernel_device != o["device"]:
+        loaded = replace(loaded, kernel_device=o["device"])
+    return loaded
 
 
 def _parallel_plan(mode: str, fsdp: int, tp: int, cp: int):

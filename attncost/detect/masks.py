@@ -106,7 +106,12 @@ class _MaskReader:
                 everything = value
                 continue
             allowed = value if allowed is None else allowed & value
-        return allowed if allowed is not None else everything
+        allowed = allowed if allowed is not None else everything
+        if allowed is not None and allowed.dim() >= 2 and allowed.shape[-2] == 1 \
+                and allowed.shape[-1] == n:
+            # a mask of keys only (padding) applies to every query
+            allowed = allowed.expand(*allowed.shape[:-2], n, n)
+        return allowed
 
 
 def _allowed(value: torch.Tensor, polarity: str) -> tuple[torch.Tensor, torch.Tensor]:

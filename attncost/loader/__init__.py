@@ -38,6 +38,9 @@ class LoadedModel:
     kv_cache: bool = False
     #: device the fake tensors claim during tracing (decides aten dispatch)
     trace_device: str = "cpu"
+    #: device whose kernels the trace follows where torch runs other ops on
+    #: each (nn.MultiheadAttention's fused path: tracing/fast_paths.py)
+    kernel_device: str = "cuda"
     #: context entered while tracing (library patches that mimic real data)
     trace_context: Callable[[], Any] = contextlib.nullcontext
     #: one-line remarks for the report (what N means, defaults a config relies on)

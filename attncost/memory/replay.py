@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..tracing.fast_paths import fast_paths
 from ..tracing.fake import call_args, fake_parameters, module_state_kept
 from ..tracing.repeat import find_repeated, truncated
 from ..tracing.unroll import quiet_shape_log
@@ -190,14 +191,22 @@ def _run(traced, loaded, batch: int, layers=()) -> tuple[Replay, list[tuple[int,
 
     recorder = Recorder(existing)
     calls: list[tuple[int, str, int]] = []
-    hooks = []
-    for k, layer in enumerate(layers):
-        hooks.append(layer.register_forward_pre_hook(
-            lambda *_, k=k: calls.append((k, "pre", len(recorder.ops)))))
-        hooks.append(layer.register_forward_hook(
-            lambda *_, k=k: calls.append((k, "post", len(recorder.ops)))))
+    # Global hooks, not the layers' own: a module with hooks of its own
+    # leaves torch's fused path (nn.TransformerEncoderLayer), a real run has none.
+    index = {id(layer): k for k, layer in enumerate(layers)}
+
+    def mark(when):
+        def hook(module, *_):
+            k = index.get(id(module))
+            if k is not None:
+                calls.append((k, when, len(recorder.ops)))
+        return hook
+
+    hooks = [torch.nn.modules.module.register_module_forward_pre_hook(mark("pre")),
+             torch.nn.modules.module.register_module_forward_hook(mark("post"))] if layers else []
     try:
-        with torch.no_grad(), loaded.trace_context(), warnings.catch_warnings(), \
+        with torch.no_grad(), loaded.trace_context(), fast_paths(loaded.kernel_device), \
+                warnings.catch_warnings(), \
                 quiet_shape_log(), mode, recorder, _SoftmaxUpcasts(recorder), \
                 module_state_kept(model):
             # Warnings about running on fake data concern the replay, not the model.

@@ -30,6 +30,7 @@ from .graph import TracedModel, tensor_outputs, tensors_of
 from .inputs import probe_dims, symbolic_inputs
 from .data_values import DataShapeEnv, DataValues, data_dependent
 from .einx_sizes import einx_symbolic
+from .fast_paths import fast_paths
 from .patches import flex_uncompiled
 from .scalars import sizes_through_tensors
 from .repeat import find_repeated, replay_layers, truncated
@@ -230,6 +231,7 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
     try:
         with grad_mode, _record_module_paths(model), flex_uncompiled(), einx_symbolic(), \
                 module_state_kept(model), loaded.trace_context(), program.context(), \
+                fast_paths(loaded.kernel_device), \
                 warnings.catch_warnings(), quiet_shape_log(), sizes_through_tensors(), \
                 data.watching():
             # Warnings about running eagerly on fake data concern the trace, not the model.

@@ -29,6 +29,7 @@ from ..expr import B, N, value_at
 from ..loader import LoadedModel
 from .fake import call_args, fake_parameters
 from .graph import TracedModel
+from .fast_paths import fast_paths
 from .patches import flex_uncompiled
 from .unroll import quiet_shape_log
 
@@ -74,7 +75,8 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int) -> TracedModel
     args, kwargs = call_args(spec.unflatten(flat))
     try:
         with torch.no_grad(), _record_module_paths(model), flex_uncompiled(), \
-                loaded.trace_context(), warnings.catch_warnings(), quiet_shape_log():
+                loaded.trace_context(), fast_paths(loaded.kernel_device), \
+                warnings.catch_warnings(), quiet_shape_log():
             warnings.simplefilter("ignore")
             gm = make_fx(INFERENCE.build(model, params), tracing_mode="fake")(params, args, kwargs)
     except ModelError:
