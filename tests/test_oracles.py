@@ -22,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import attncost
+from attncost.expr import degree
 import attncost.rules.flops as flop_rules_module
 from attncost.rules.flops import FLOP_RULES
 from conftest import MODELS
@@ -126,15 +127,20 @@ def test_unfused_gqa_heads():
     assert [(s.heads, s.kv_heads) for s in a.sites] == [(mod.HEADS, mod.KV_HEADS)] * 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "on a CPU, SDPA with d_v != d_qk (or enable_gqa) runs the math backend, so the trace "
-    "holds bmm/softmax instead of one SDPA op: the site reads as 'unfused' with the K/V "
-    "heads already expanded to the query heads (and the CUDA memory rules for SDPA never "
-    "apply to it)"))
-def test_fused_gqa_call_with_dv_ne_dqk_is_read_as_sdpa():
-    a = analysis("mla_sdpa")
+def test_fused_call_with_dv_ne_dqk_is_read_as_the_cuda_kernel():
+    """A CPU runs SDPA with d_v != d_qk in math (bmm, softmax: N×N scores); a
+    GPU runs the memory-efficient kernel: on CUDA the site is that kernel's,
+    with its own K/V heads, the same FLOPs and no N×N tensor."""
+    cpu = analysis("mla_sdpa")
+    cuda = attncost.analyze(MODELS / "mla_sdpa.py", seq_len=TRACE_N, batch=TRACE_B,
+                            device="cuda")
     layers = hand_settings("mla_sdpa")
-    assert [(s.implementation, s.kv_heads) for s in a.sites] == [("sdpa", kv) for _, kv, *_ in layers]
+    assert [(s.implementation, s.kv_heads) for s in cuda.sites] == \
+        [("sdpa", kv) for _, kv, *_ in layers]
+    assert [s.implementation for s in cpu.sites] == ["unfused"] * len(layers)
+    for n, b in POINTS:
+        assert cuda.at(cuda.flops, n, b) == cpu.at(cpu.flops, n, b)
+    assert degree(cuda.peak_memory_bytes) == 1 and degree(cpu.peak_memory_bytes) == 2
 
 
 # ------------------------------------------------ (c) causal useful FLOPs, brute force

@@ -24,6 +24,12 @@ attention.cu, transformer.cpp), allocating what the kernels allocate:
   ``scaled_dot_product_attention``;
 * the encoder layer: attention, residual added in place, layer norms, the
   feed-forward product with its activation in place.
+
+``scaled_dot_product_attention`` whose value head dim differs from the
+query's (DeepSeek's MLA) runs the math backend on a CPU, N×N scores and
+all, where a GPU runs the memory-efficient kernel: on CUDA it is traced as
+that kernel's call, the boolean mask turned into the float one the kernel
+reads, as torch's own dispatch does.
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+
+from torch.overrides import TorchFunctionMode
 
 from .patches import _patched
 
@@ -178,6 +186,34 @@ def _feed_forward(x, weight_1, bias_1, weight_2, bias_2, use_gelu):
     return out.view(shape[0], shape[1], -1)
 
 
+class _SdpaAsOnCuda(TorchFunctionMode):
+    """SDPA calls a CPU would run in math that CUDA's memory-efficient kernel takes."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            out = _efficient_on_cuda(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+
+def _efficient_on_cuda(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                       scale=None, enable_gqa=False):
+    """The memory-efficient kernel's call, where CUDA picks it and a CPU does
+    not (head dims that differ); None elsewhere."""
+    from ..rules.cuda import sdpa_backend
+
+    d_qk, d_v = query.shape[-1], value.shape[-1]
+    if d_qk == d_v or sdpa_backend(query.dtype, d_qk, d_v, attn_mask is not None) != "efficient":
+        return None
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask = torch.where(attn_mask.logical_not(), float("-inf"), 0.0).to(query.dtype)
+    need_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    return torch.ops.aten._scaled_dot_product_efficient_attention(
+        query, key, value, attn_mask, need_lse, dropout_p, is_causal, scale=scale)[0]
+
+
 def _deciding_as_run(forward):
     """``forward`` with torch's fast-path test answered as in a real run:
     tracing's own modes set aside (patched only while the module decides)."""
@@ -206,5 +242,6 @@ def fast_paths(device: str) -> Iterator[None]:
             _patched(nn.TransformerEncoderLayer, "forward",
                      _deciding_as_run(nn.TransformerEncoderLayer.forward)), \
             _patched(torch, "_native_multi_head_attention", mha), \
-            _patched(torch, "_transformer_encoder_layer_fwd", layer):
+            _patched(torch, "_transformer_encoder_layer_fwd", layer), \
+            (_SdpaAsOnCuda() if device == "cuda" else contextlib.nullcontext()):
         yield
