@@ -198,9 +198,11 @@ def leading_term(expr: sympy.Expr, symbol: sympy.Symbol = N) -> sympy.Expr:
     return sympy.expand(poly.coeff_monomial(symbol**deg) * symbol**deg)
 
 
+@functools.lru_cache(maxsize=8192)
 def degree(expr: sympy.Expr, symbol: sympy.Symbol = N) -> int:
     """Degree in ``symbol``; for a non-polynomial (floor division), the growth
-    rate measured between two large values."""
+    rate measured between two large values.  Cached: the layers of a model
+    repeat the same sizes."""
     expr = sympy.expand(expr)
     if symbol not in expr.free_symbols:
         return 0

@@ -1,9 +1,9 @@
 """Per-GPU memory and traffic under FSDP, tensor and context parallelism.
 
 Oracles: counts derived by hand from each config in the test (the split of
-every weight written out as rows and columns), and a real two-process gloo
-run of FSDP2 ``fully_shard`` with one AdamW step whose local shards are
-measured.
+every weight written out as rows and columns, the tensors a traced Llama
+step saves written out by shape), and a real two-process gloo run of FSDP2
+``fully_shard`` with one AdamW step whose local shards are measured.
 """
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import pytest
 import torch
 from torch import nn
 
+from attncost import analyze
 from attncost.errors import AttncostError
 from attncost.training.parallel import (LayerShape, Plan, largest_batch, largest_seq_len,
-                                        parallel_dict, parameter_shapes, per_gpu)
+                                        parallel_dict, parameter_shapes, per_gpu,
+                                        splits_activation)
 
 # A tiny Llama: vocab 101 and MLP width 90 leave FSDP padding to count.
 V, H, HEADS, KV, D, I, L = 101, 64, 4, 2, 16, 90, 2
@@ -273,8 +275,8 @@ def test_largest_length_and_batch_bracket_the_budget():
 
 
 def test_the_training_step_dataclass_is_read_as_it_is():
-    """``training.memory.StepMemory`` has no activation parts: under tp its
-    activations stay whole, and the notes say so."""
+    """A ``training.memory.StepMemory`` built without its moments has no
+    activation parts: under tp its activations stay whole, and the notes say so."""
     memory = pytest.importorskip("attncost.training.memory")
     ours, layers, shapes = llama_step()
     step = memory.StepMemory(parameter_bytes=ours.parameter_bytes,
@@ -295,6 +297,100 @@ def test_parallel_dict_is_the_json_object():
     assert (obj["fsdp"], obj["tp"], obj["cp"], obj["world_size"]) == (2, 2, 2, 8)
     assert obj["comm_bytes_per_step"] == sum(obj["comm"].values()) > 0
     assert obj["per_gpu"]["total_bytes"] == got.total
+
+# ------------------------------------- a traced step's activations under tp
+
+#: The tiny Llama above with a vocabulary of 320, in bf16: the logits make
+#: the end of the forward the step's peak at the lengths checked below.
+TRAIN_V = 320
+TRAIN_LLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=TRAIN_V,
+                   hidden_size=H, num_attention_heads=HEADS, num_key_value_heads=KV, head_dim=D,
+                   intermediate_size=I, num_hidden_layers=L, tie_word_embeddings=False,
+                   max_position_embeddings=8192, torch_dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def traced_llama(tmp_path_factory):
+    """One training step of TRAIN_LLAMA traced at N=64 (CUDA target), split by tp 2."""
+    folder = tmp_path_factory.mktemp("llama")
+    (folder / "config.json").write_text(json.dumps(TRAIN_LLAMA))
+    return analyze(folder, 64, mode="train", tp=2, device="cuda")
+
+
+def forward_end_by_hand(n, b):
+    """(whole, split) bytes alive when the loss is made, from the config's
+    shapes (bf16 activations, T = B·N tokens).
+
+    Each norm saves its input cast to fp32, rsqrt (fp32, one per token),
+    the normalised input in bf16 and its output (read by the projections):
+    that is where the residual stream and the embeddings are held, and they
+    are whole.  Inside the attention block: q and k after the rotary
+    embedding, v_proj's output, the attention output and its fp32
+    log-sum-exp (one per head and token); inside the MLP: gate_proj's and
+    up_proj's outputs, SiLU of the gate and the product read by down_proj.
+    Those are between the column and the row split, so tp divides them.
+    Whole besides: the rotary cos and sin (bf16, 1 × N × D), the final norm,
+    the logits in bf16 and their fp32 copy, the loss, the int64 token ids,
+    less every gradient (bf16, one per parameter) since none is made yet.
+    """
+    t = b * n
+    norm = 4 * t * H + 4 * t + 2 * t * H + 2 * t * H
+    attention = 2 * t * HEADS * D + 2 * t * KV * D + 2 * t * KV * D + 2 * t * HEADS * D \
+        + 4 * t * HEADS
+    mlp = 4 * (2 * t * I)
+    params = 2 * TRAIN_V * H + H + L * (HEADS * D * H + 2 * KV * D * H + H * HEADS * D
+                                        + 3 * I * H + 2 * H)
+    whole = L * 2 * norm + 2 * (2 * n * D) + norm + 2 * t * TRAIN_V + 4 * t * TRAIN_V + 4 \
+        + 8 * t - 2 * params
+    return whole, L * (attention + mlp)
+
+
+def test_tp_divides_the_blocks_activations_by_a_hand_count(traced_llama):
+    a = traced_llama
+    step = a.memory.step
+    for n, b in ((200, 3), (1000, 2)):   # never traced
+        whole, split = forward_end_by_hand(n, b)
+        assert step.activations(n, b) == whole + split
+        parts = step.activation_parts(n, b)
+        assert sum(v for k, v in parts.items() if splits_activation(k)) == split
+        got = a.memory.per_gpu(n, b)
+        assert got.activations == whole + split // 2
+        assert a.at(a.peak_memory_bytes, n, b) == got.total
+        assert not any("activations not split" in note for note in got.notes)
+
+
+def test_activation_parts_sum_to_the_activations(traced_llama):
+    step = traced_llama.memory.step
+    modules = {name for name, _ in traced_llama.loaded.module.named_modules()}
+    for n, b in ((1, 1), (8, 1), (64, 1), (97, 2), (200, 3), (4099, 2)):
+        parts = step.activation_parts(n, b)
+        assert sum(parts.values()) == step.activations(n, b), (n, b)
+        assert set(parts) <= modules, set(parts) - modules
+
+
+def test_the_split_can_move_the_busiest_moment(traced_llama):
+    """At N=64 the step's peak is inside backward, where little of what is
+    alive is in the blocks; once tp divides them another moment is busier,
+    so a GPU holds more than the step's peak divided, and never less than
+    the end of the forward divided (counted by hand)."""
+    a = traced_llama
+    parts = a.memory.step.activation_parts(64, 1)
+    split = sum(v for k, v in parts.items() if splits_activation(k))
+    whole, split_end = forward_end_by_hand(64, 1)
+    got = a.memory.per_gpu(64, 1).activations
+    assert got >= whole + split_end // 2
+    assert got > sum(parts.values()) - split + split // 2
+
+
+def test_without_tp_the_activations_are_the_steps_own(traced_llama):
+    a = traced_llama
+    step = a.memory.step
+    shapes = parameter_shapes(a.loaded.module)
+    for plan in (Plan(), Plan(fsdp=2), Plan(fsdp=4)):
+        for n, b in ((8, 1), (64, 1), (200, 3), (1000, 2)):
+            got = per_gpu(step, plan, n, b, shapes=shapes)
+            assert got.activations == step.activations(n, b), (plan, n, b)
+            assert not any("activations" in note for note in got.notes)
 
 # ------------------------------------------------- FSDP2 on two processes
 

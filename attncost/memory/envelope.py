@@ -53,12 +53,12 @@ def _add_terms(acc: dict, expr: sympy.Expr, sign: int) -> None:
         acc[term] = acc.get(term, 0) + sign * coeff
 
 
-def _terms_expr(terms: dict) -> sympy.Expr:
+def terms_expr(terms: dict) -> sympy.Expr:
     return sympy.Add(*[c * t for t, c in terms.items()]) if terms else sympy.Integer(0)
 
 
 def max_expr(term_dicts: list[dict]) -> sympy.Expr:
-    exprs = [_terms_expr(t) for t in term_dicts]
+    exprs = [terms_expr(t) for t in term_dicts]
     if not exprs:
         return sympy.Integer(0)
     if len(exprs) == 1:

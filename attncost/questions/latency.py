@@ -35,7 +35,7 @@ from ..errors import AttncostError
 from ..gpus import GPU, get_gpu
 from ..paths import layer_or_path
 from ..rules import flop_rules, node_flops
-from ..rules.ops import FLEX_ATTENTION, is_fused_attention, op_name, schema_args
+from ..rules.ops import FLEX_ATTENTION, is_fused_attention, op_name, qkv_args, schema_args
 from ..tracing.graph import tensor_outputs
 from ..units import dtype_name
 from .decode import decode_step
@@ -145,7 +145,32 @@ def _dtype_of(node: fx.Node, default: str) -> str:
     return dtype_name(outs[0].dtype) if outs and outs[0].is_floating_point() else default
 
 
-def op_times(analysis, rates: Rates, flop_exprs: dict, ev: Evaluator) -> list[OpTime]:
+@dataclass(frozen=True)
+class OpWork:
+    """What one launched op does at one N and B, and what its rate is looked
+    up by (a fused attention call: its kernel, masks, head dim and length)."""
+
+    node: str
+    op: str
+    kind: str  # matmul | attention | memory
+    layer: str
+    module: str
+    site: str | None
+    flops: int
+    bytes: int
+    dtype: str
+    kernel: str = ""
+    masks: tuple[str, ...] = ()
+    head_dim: int = 0
+    length: int = 0
+
+
+def _query_head_dim(node: fx.Node) -> int:
+    val = getattr(qkv_args(node)[0], "meta", {}).get("val")
+    return int(val.shape[-1]) if val is not None else 64
+
+
+def op_work(analysis, flop_exprs: dict, ev: Evaluator) -> list[OpWork]:
     """Every launched op of the traced graph at ``ev``'s N and B."""
     traced = analysis.traced
     sites_of: dict[str, list] = {}  # a computation whose heads differ is several sites
@@ -159,44 +184,67 @@ def op_times(analysis, rates: Rates, flop_exprs: dict, ev: Evaluator) -> list[Op
         group = sites_of.get(node.name, [])
         site = group[0] if group else None
         flops, nbytes = ev.value(flop_exprs[node.name]), ev.in_bytes(node) + ev.out_bytes(node)
-        dtype = _dtype_of(node, analysis.dtype)
-        kernel = ""
+        dtype, path = _dtype_of(node, analysis.dtype), traced.module_path(node)
+        extra: dict = {}
         if is_fused_attention(node):
             kind = "attention"
             kernel, masks, skips = attention_kernel(node, site, dtype)
             written = sum(ev.value(s.flops) for s in group)
             if skips and written:
                 flops = flops * sum(ev.value(s.useful_flops) for s in group) // written
-            head_dim = site.head_dim if site is not None else 64
-            length = ev.value(site.key_len) if site is not None else ev.seq_len
-            rate = rates.attention(kernel, masks, head_dim, length, dtype)
-        elif flops > 0:
-            kind, rate = "matmul", rates.matmul(flops, dtype)
+            extra = dict(kernel=kernel, masks=masks,
+                         head_dim=site.head_dim if site is not None else _query_head_dim(node),
+                         length=ev.value(site.key_len) if site is not None else ev.seq_len)
         else:
-            kind, rate = "memory", None
-        out.append(OpTime(
-            node=node.name, op=op_name(node), kind=kind, site=site.name if site else None,
-            layer=layer_or_path(traced.module_path(node)) or "<root>", flops=flops, bytes=nbytes,
-            compute_seconds=flops / rate if rate else 0.0,
-            memory_seconds=nbytes / rates.bandwidth(nbytes) if nbytes else 0.0,
-            overhead_seconds=rates.launch_overhead, kernel=kernel))
+            kind = "matmul" if flops > 0 else "memory"
+        out.append(OpWork(node=node.name, op=op_name(node), kind=kind,
+                          layer=layer_or_path(path) or "<root>", module=path,
+                          site=site.name if site else None, flops=flops, bytes=nbytes,
+                          dtype=dtype, **extra))
     return out
+
+
+def timed(work: OpWork, rates: Rates) -> OpTime:
+    """An op's time: the longer of its FLOPs at its class's rate and its bytes
+    at the bandwidth for that many bytes, plus a launch."""
+    if work.kind == "attention":
+        rate = rates.attention(work.kernel, work.masks, work.head_dim, work.length, work.dtype)
+    elif work.kind == "matmul":
+        rate = rates.matmul(work.flops, work.dtype)
+    else:
+        rate = None
+    return OpTime(
+        node=work.node, op=work.op, kind=work.kind, site=work.site, layer=work.layer,
+        flops=work.flops, bytes=work.bytes,
+        compute_seconds=work.flops / rate if rate else 0.0,
+        memory_seconds=work.bytes / rates.bandwidth(work.bytes) if work.bytes else 0.0,
+        overhead_seconds=rates.launch_overhead, kernel=work.kernel)
+
+
+def op_times(analysis, rates: Rates, flop_exprs: dict, ev: Evaluator) -> list[OpTime]:
+    """Every launched op of the traced graph at ``ev``'s N and B, timed."""
+    return [timed(w, rates) for w in op_work(analysis, flop_exprs, ev)]
+
+
+def _site_time(name: str, mine: list[tuple[OpTime, int]], share: float,
+               decode_seconds: float) -> SiteTime:
+    """One site from its ops, each with how many times it runs."""
+    fused = [o.kernel for o, _ in mine if o.kind == "attention"]
+    compute = sum(o.compute_seconds * c for o, c in mine)
+    memory = sum(o.memory_seconds * c for o, c in mine)
+    overhead = sum(o.overhead_seconds * c for o, c in mine)
+    bound = "launch" if overhead > max(compute, memory) else \
+        "compute" if compute >= memory else "memory"
+    return SiteTime(name, share * sum(o.seconds * c for o, c in mine), decode_seconds,
+                    fused[0] if fused else "unfused", bound)
 
 
 def _site_times(analysis, ops: list[OpTime], decode: dict) -> list[SiteTime]:
     out = []
     for site in analysis.sites:
-        nodes, share = set(site.nodes), float(site.head_share)
-        mine = [o for o in ops if o.node in nodes]
-        fused = [o.kernel for o in mine if o.kind == "attention"]
-        kernel = fused[0] if fused else "unfused"
-        compute = sum(o.compute_seconds for o in mine)
-        memory = sum(o.memory_seconds for o in mine)
-        overhead = sum(o.overhead_seconds for o in mine)
-        bound = "launch" if overhead > max(compute, memory) else \
-            "compute" if compute >= memory else "memory"
-        out.append(SiteTime(site.name, share * sum(o.seconds for o in mine),
-                            decode.get(site.name, 0.0), kernel, bound))
+        nodes = set(site.nodes)
+        out.append(_site_time(site.name, [(o, 1) for o in ops if o.node in nodes],
+                              float(site.head_share), decode.get(site.name, 0.0)))
     return out
 
 
@@ -223,10 +271,8 @@ def time_model(analysis, gpu: str | GPU | None = None, calibration=None, gpu_spe
     """Prefill and decode time of ``analysis`` on ``gpu`` (a name or GPU),
     at its N and B or at ``seq_len`` and ``batch`` within the range its
     trace holds for; ``calibration`` is a file `attncost calibrate` wrote."""
-    if analysis.traced is None:
-        raise AttncostError("no time estimate for this model: its formulas are fitted from "
-                            "traces at short lengths (it loops over the sequence), and the time "
-                            "model walks one traced graph; analyse it without --gpu")
+    if analysis.traced is None and getattr(analysis, "loaded", None) is None:
+        raise AttncostError("no time estimate for this analysis: it has no traced graph")
     if getattr(analysis, "mode", "infer") != "infer":
         raise AttncostError("--gpu times inference (prefill and decode), not --mode train")
     n = analysis.seq_len if seq_len is None else int(seq_len)
@@ -237,6 +283,8 @@ def time_model(analysis, gpu: str | GPU | None = None, calibration=None, gpu_spe
     ev = Evaluator(analysis.traced, n, analysis.batch if batch is None else int(batch))
     spec, calib = resolve(gpu, calibration, analysis.dtype, gpu_specs)
     rates = Rates(spec, analysis.dtype, calib)
+    if analysis.traced is None:
+        return _loop_estimate(analysis, spec, calib, rates, ev)
     rules = flop_rules()
     exprs = {n.name: node_flops(analysis.traced, n, rules) for n in analysis.traced.nodes
              if launches_kernel(n)}
@@ -257,10 +305,45 @@ def time_model(analysis, gpu: str | GPU | None = None, calibration=None, gpu_spe
         notes=_notes(spec, calib, rates))
 
 
+def _loop_estimate(analysis, spec: GPU, calib, rates: Rates, ev: Evaluator) -> TimeEstimate:
+    """A model that loops over the sequence: its ops fitted from short traces
+    (loop_time.py)."""
+    from .loop_time import loop_time, site_ops
+
+    t = loop_time(analysis, rates, ev.seq_len, ev.batch, flop_rules())
+    kv_seconds = {k: b / rates.bandwidth(b) if b else 0.0 for k, b in t.kv_bytes.items()}
+    layers: dict[str, list[float]] = {}
+    for i, done in enumerate((t.prefill, t.step)):
+        for o, w, c in done:
+            layers.setdefault(w.layer, [0.0, 0.0])[i] += o.seconds * c
+    sites = []
+    for s in analysis.sites:
+        step = sum(o.seconds * c for o, c in site_ops(s, t, step=True)) + \
+            kv_seconds.get(s.name, 0.0)
+        sites.append(_site_time(s.name, site_ops(s, t), 1.0, step))
+    return TimeEstimate(
+        gpu=spec.name, calibration=rates.kind, seq_len=ev.seq_len, batch=ev.batch,
+        prefill_seconds=sum(o.seconds * c for o, _, c in t.prefill),
+        decode_seconds_per_token=sum(o.seconds * c for o, _, c in t.step) +
+        sum(kv_seconds.values()),
+        launch_overhead_seconds=rates.launch_overhead, ops=sum(c for _, _, c in t.prefill),
+        kv_cache_bytes=sum(t.kv_bytes.values()),
+        decode_bytes=sum(o.bytes * c for o, _, c in t.step) + sum(t.kv_bytes.values()),
+        sites=sites, layers=[LayerTime(k, p, d) for k, (p, d) in layers.items()],
+        calibration_file=calib.source if calib is not None else None,
+        notes=_notes(spec, calib, rates) + [_loop_note(t)])
+
+
+def _loop_note(t) -> str:
+    return (f"the model loops over the sequence: its launched ops are fitted from traces at "
+            f"N={', '.join(map(str, t.lengths))} (exact at N={t.held}); decode is one token's "
+            "forward with the loop's state carried")
+
+
 def time_if_inference(analysis, gpu: GPU | None, calibration=None) -> TimeEstimate | None:
     """The time on ``gpu`` (what `fits --gpu` shows); None without a GPU or
     for a training step, which has no prefill or decode."""
-    if gpu is None or getattr(analysis, "mode", "infer") != "infer" or analysis.traced is None:
+    if gpu is None or getattr(analysis, "mode", "infer") != "infer":
         return None
     return time_model(analysis, gpu, calibration)
 

@@ -2,12 +2,13 @@
 the activations and transients of forward, backward and optimizer.step().
 
 ``StepMemory`` is the plain result other figures are built from (sharding
-over GPUs divides its parts): the persistent state in bytes, and
-``activations(n, b)``, the rest of the step's peak.
+over GPUs divides its parts): the persistent state in bytes,
+``activations(n, b)``, the rest of the step's peak, and
+``activation_parts(n, b)``, the same bytes by the module that made them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import sympy
@@ -16,14 +17,34 @@ import torch.fx as fx
 
 from ..memory import _profile as memory_profile
 from ..memory import _weight_bytes as weight_bytes
-from ..memory.envelope import max_expr
+from ..expr import Terms, value_at
+from ..memory.envelope import _add_terms, candidates, max_expr, prune
 from ..memory.liveness import graph_allocations
-from ..memory.model import Allocation, MemoryModel
+from ..memory.model import Allocation, MemoryModel, Profile
 from ..paths import any_index
 from ..rules import on_device
 from ..rules.ops import is_view
 from .optimizers import OptimizerMemory
+from .parallel import splits_activation
 from .trace import grad_fn_of, is_recompute
+
+#: A GPU's bytes at a moment are linear in 1/tp: the whole bytes plus the
+#: divided ones over tp.  Candidates are compared at both ends of tp >= 2:
+#: whole + divided / 2, and the whole bytes alone (tp without bound).
+_AT_TP2, _AT_TP_UNBOUNDED = sympy.symbols("at_tp2 at_tp_unbounded", positive=True)
+
+
+@dataclass(frozen=True)
+class PeakMoment:
+    """A moment of the step that is its peak, or the busiest moment once
+    tensor parallelism divides its blocks, for some N and B.  ``parts`` are
+    the step's activations then by the module path that made each tensor
+    (what a split over GPUs divides or keeps), ``total`` their sum; ``peak``
+    says whether the moment is a candidate for the step's own peak."""
+
+    parts: dict[str, Terms]
+    total: Terms
+    peak: bool
 
 
 @dataclass
@@ -46,10 +67,24 @@ class StepMemory:
     parameters: list[tuple[str, int, int, bool]] = field(default_factory=list)
     #: (n, b) -> bytes of activations and transients at the peak
     activations_at: Callable[[int, int], int] = field(default=lambda n, b: 0, repr=False)
+    #: the moments that can be the peak, on one GPU or split; empty: not known
+    moments: list[PeakMoment] = field(default_factory=list, repr=False)
 
     def activations(self, n: int, b: int = 1) -> int:
         """Bytes beyond parameters, gradients and optimizer state at the peak."""
         return int(self.activations_at(n, b))
+
+    def activation_parts(self, n: int, b: int = 1) -> dict[str, int] | None:
+        """``activations(n, b)`` by the module path that made each tensor,
+        so that a split over GPUs can divide some blocks and keep the rest.
+        ``''`` holds what no module made: the inputs, the optimizer's state
+        and temporaries, and the gradients (those not yet made at the peak
+        taken off).  None when the step was built without its moments."""
+        peaks = [m for m in self.moments if m.peak]
+        if not peaks:
+            return None
+        moment = max(peaks, key=lambda m: value_at(m.total, n, b))
+        return {path: value_at(terms, n, b) for path, terms in moment.parts.items()}
 
     def at(self, n: int, b: int = 1) -> int:
         """The step's peak bytes at N=n, B=b."""
@@ -94,11 +129,67 @@ def training_memory(traced, loaded, grads: list[tuple[str, fx.Node]], optimizer:
                             peak_bytes=peak, liveness="graph last use", n_range=traced.n_range,
                             _profiles={None: profile}, _traced=traced)
     grad_bytes = sum(_numel_bytes(node) for _, node in grads)
+    outside = inputs - grad_bytes - optimizer.state_bytes
     memory.step = StepMemory(
         parameter_bytes=weights, gradient_bytes=grad_bytes, optimizer_bytes=optimizer.state_bytes,
         parameters=parameter_table(loaded.module, {name for name, _ in grads}),
-        activations_at=lambda n, b: memory.at(n, b) - weights - grad_bytes - optimizer.state_bytes)
+        activations_at=lambda n, b: memory.at(n, b) - weights - grad_bytes - optimizer.state_bytes,
+        moments=peak_moments(traced, profile, set(_gradient_storages(grads)), outside))
     return memory
+
+
+def peak_moments(traced, profile: Profile, gradients: set[fx.Node],
+                 outside: sympy.Expr) -> list[PeakMoment]:
+    """The candidates of ``profile``'s envelope (the step's peak), and those
+    that can be a GPU's busiest once tensor parallelism divides the blocks
+    (``splits_activation``): a moment behind another on one GPU can lead
+    once split, so the candidates are pruned again as a GPU holds them.
+    Gradients and what no node made are whole, under ``''`` with
+    ``outside`` (the inputs, less the gradients and optimizer state the
+    step counts apart)."""
+    def path_of(a: Allocation) -> str:
+        return "" if a.node is None or a.node in gradients else traced.module_path(a.node)
+    tagged = [replace(a, bytes=a.bytes * _AT_TP2 / 2 if splits_activation(path_of(a))
+                      else a.bytes * (_AT_TP2 + _AT_TP_UNBOUNDED)) for a in profile.allocations]
+    peak = {c.time for c in profile.front}
+    split = prune(candidates(traced, tagged), traced.n_range[0] if traced.n_range else 1)
+    times = sorted(peak | {c.time for c in split})
+    moments = []
+    for t, parts in zip(times, _parts_at(profile.allocations, times, path_of, outside)):
+        total: dict = {}
+        for terms in parts.values():
+            for term, coeff in terms.items():
+                total[term] = total.get(term, 0) + coeff
+        moments.append(PeakMoment(parts=parts, total=total, peak=t in peak))
+    return moments
+
+
+def _parts_at(allocations: list[Allocation], times: list[int], path_of,
+              outside: sympy.Expr) -> list[dict[str, Terms]]:
+    """What is alive right after each op of ``times`` (ascending), summed by
+    ``path_of``, as the envelope counts it: a tensor from its op to its
+    death, a workspace inside its op only."""
+    events = sorted([(a.time, 1, i) for i, a in enumerate(allocations) if a.kind != "workspace"]
+                    + [(a.death, -1, i) for i, a in enumerate(allocations)
+                       if a.kind != "workspace" and a.death is not None])
+    workspaces: dict[int, list[Allocation]] = {}
+    for a in allocations:
+        if a.kind == "workspace":
+            workspaces.setdefault(a.time, []).append(a)
+    current: dict[str, dict] = {"": {}}
+    _add_terms(current[""], outside, 1)
+    out, k = [], 0
+    for t in times:
+        while k < len(events) and events[k][0] <= t:
+            _, sign, i = events[k]
+            _add_terms(current.setdefault(path_of(allocations[i]), {}), allocations[i].bytes, sign)
+            k += 1
+        parts = {path: dict(terms) for path, terms in current.items()}
+        for a in workspaces.get(t, ()):
+            _add_terms(parts.setdefault(path_of(a), {}), a.bytes, 1)
+        out.append({path: kept for path, terms in parts.items()
+                    if (kept := {term: c for term, c in terms.items() if c != 0})})
+    return out
 
 
 def _released_by_grad_fn(traced, allocations: list[Allocation]) -> list[Allocation]:
@@ -131,13 +222,19 @@ def _numel_bytes(node: fx.Node) -> int:
     return int(t.numel()) * t.element_size()
 
 
-def _label_gradients(allocations: list[Allocation], grads: list[tuple[str, fx.Node]]) -> None:
-    """Name the storage of each gradient after its parameter (any layer)."""
+def _gradient_storages(grads: list[tuple[str, fx.Node]]) -> dict[fx.Node, str]:
+    """The node that allocated each gradient's storage (past its views), to its parameter."""
     owner = {}
     for name, node in grads:
         while node.op == "call_function" and is_view(node) and node.all_input_nodes:
             node = node.all_input_nodes[0]
         owner[node] = name
+    return owner
+
+
+def _label_gradients(allocations: list[Allocation], grads: list[tuple[str, fx.Node]]) -> None:
+    """Name the storage of each gradient after its parameter (any layer)."""
+    owner = _gradient_storages(grads)
     for a in allocations:
         if a.node in owner and not a.label:
             a.label = f"gradient of {any_index(owner[a.node])}"

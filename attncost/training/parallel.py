@@ -15,7 +15,12 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Mapping, Protocol
 
+import sympy
+
 from ..errors import AttncostError
+from ..expr import Terms, value_at
+from ..memory.envelope import prune
+from ..memory.model import Candidate
 from ..paths import layer_of
 from ..questions.fits import max_seq_len
 from ..questions.search import max_batch
@@ -28,8 +33,12 @@ GATHERED_LAYERS = 2
 class StepMemoryLike(Protocol):
     """What is read of a training step (``training.memory.StepMemory``).
 
-    Optional, read when present: ``shapes`` ({name: shape}) and
-    ``activation_parts(n, b)`` ({module path that produced it: bytes}).
+    Optional, read when present: ``shapes`` ({name: shape});
+    ``activation_parts(n, b)`` ({module path that produced it: bytes},
+    summing to ``activations(n, b)``; None where the step does not know
+    them); ``moments``, each moment that can be the busiest once split with
+    its ``parts`` ({module path: terms in N and B}), preferred to
+    ``activation_parts`` as the split can move the busiest moment.
     """
 
     parameter_bytes: int
@@ -321,17 +330,48 @@ def splits_activation(path: str) -> bool:
     return any(p in SPLIT_BLOCKS for p in parts) and not any(p in ROW for p in parts)
 
 
-def _activations(step: StepMemoryLike, plan: Plan, n_local: int, b: int) -> tuple[int, list[str]]:
-    """Activations of ``n_local`` tokens, the attention and MLP blocks' split by tp."""
-    total = int(step.activations(n_local, b))
+def activation_shares(step: StepMemoryLike, tp: int) -> list[tuple[Terms, Terms]] | None:
+    """(whole, divided by tp) activations of the step's ``moments`` that can
+    be the busiest under ``tp``, or None where the step gives none.  One
+    moment bounds another when its whole bytes plus its divided bytes over
+    tp do: between whole numbers of bytes, that bounds the division rounded
+    up as well."""
+    moments = getattr(step, "moments", None)
+    if not moments:
+        return None
+    shares, per_gpu = [], []
+    for i, moment in enumerate(moments):
+        whole: dict = {}
+        divided: dict = {}
+        for path, terms in moment.parts.items():
+            share = divided if splits_activation(path) else whole
+            for term, coeff in terms.items():
+                share[term] = share.get(term, 0) + coeff
+        held = dict(whole)
+        for term, coeff in divided.items():
+            held[term] = held.get(term, 0) + sympy.Rational(coeff, tp)
+        shares.append((whole, divided))
+        per_gpu.append(Candidate(i, held, ""))
+    return [shares[c.time] for c in prune(per_gpu, 1)]
+
+
+def _activations(step: StepMemoryLike, plan: Plan, n_local: int, b: int,
+                 shares: list[tuple[Terms, Terms]] | None) -> tuple[int, list[str]]:
+    """Activations of ``n_local`` tokens, the attention and MLP blocks' split
+    by tp: the largest over the moments that can be the busiest."""
     if plan.tp == 1:
-        return total, []
+        return int(step.activations(n_local, b)), []
+    if shares:
+        return max(value_at(whole, n_local, b) + -(-value_at(divided, n_local, b) // plan.tp)
+                   for whole, divided in shares), []
     parts_at = getattr(step, "activation_parts", None)
-    if parts_at is None:
-        return total, ["activations not split by block: counted whole on every "
-                       "tensor-parallel GPU (an upper bound)"]
-    split = sum(int(v) for k, v in parts_at(n_local, b).items() if splits_activation(k))
-    return total - split + -(-split // plan.tp), []
+    parts = parts_at(n_local, b) if parts_at is not None else None
+    if parts is None:
+        return int(step.activations(n_local, b)), [
+            "activations not split by block: counted whole on every tensor-parallel GPU "
+            "(an upper bound)"]
+    split = sum(int(v) for k, v in parts.items() if splits_activation(k))
+    return sum(int(v) for v in parts.values()) - split + -(-split // plan.tp), []
 
 
 def kv_block_bytes(layers: LayerShape, plan: Plan, n_local: int, b: int) -> int:
@@ -348,13 +388,14 @@ class ShardedStep:
                  gathered_layers: int = GATHERED_LAYERS):
         self.step, self.plan, self.layers = step, plan, layers
         self.fixed, self.vocab_split = _fixed(step, plan, layers, shapes, gathered_layers)
+        self.shares = activation_shares(step, plan.tp) if plan.tp > 1 else None
 
     def at(self, n: int, b: int = 1) -> PerGpuMemory:
         plan, layers = self.plan, self.layers
         if n < plan.cp:
             raise AttncostError(f"--cp {plan.cp} needs at least {plan.cp} tokens, not {n}")
         n_local = -(-n // plan.cp)
-        activations, notes = _activations(self.step, plan, n_local, b)
+        activations, notes = _activations(self.step, plan, n_local, b, self.shares)
         in_flight, traffic = self.fixed.in_flight, dict(self.fixed.comm)
         if plan.tp > 1:
             reductions = 4 * layers.count + (2 if self.vocab_split else 0)

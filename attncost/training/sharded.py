@@ -3,8 +3,9 @@ interface the questions use (``at``, ``breakdown``, ``n_range``,
 ``peak_bytes``), so that `fits --mode train --fsdp 8` asks it as it asks one GPU.
 
 The per-GPU figure (parallel.py) is exact at every (N, B); its formula is
-built from the step's own (activations at ``ceil(N/cp)`` tokens, the
-sharded state as constants, ring attention's K/V blocks linear in
+built from the step's own (activations at ``ceil(N/cp)`` tokens, under tp
+the largest over the moments that can be a GPU's busiest with the blocks'
+share divided, the sharded state as constants, ring attention's K/V blocks linear in
 ``ceil(N/cp)·B``) and checked against the exact figure before it is given.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sympy
 
 from ..errors import AttncostError
 from ..expr import B, N, value_at
+from ..memory.envelope import terms_expr
 from ..memory.model import BreakdownEntry
 from .parallel import (LayerShape, PerGpuMemory, Plan, ShardedStep, kv_block_bytes, check_plan,
                        parameter_shapes)
@@ -82,10 +84,9 @@ def sharded_memory(memory, plan: Plan, loaded, seq_len: int, batch: int) -> Shar
 def _formula(memory, sharded: ShardedMemory, layers, seq_len: int, batch: int):
     """The busiest GPU's peak as an expression, or None where the one built
     from the parts does not equal the exact figure everywhere it is checked."""
-    step, plan = memory.step, sharded.plan
+    plan = sharded.plan
     local = sympy.ceiling(N / plan.cp) if plan.cp > 1 else N
-    state = step.parameter_bytes + step.gradient_bytes + step.optimizer_bytes
-    activations = sympy.expand(memory.peak_bytes - memory.workspace_bytes - state)
+    activations = _activations(memory, sharded.sharded)
     at_request = sharded.per_gpu(seq_len, batch)
     fixed = at_request.parameters + at_request.gradients + at_request.optimizer
     in_flight = at_request.in_flight
@@ -101,3 +102,16 @@ def _formula(memory, sharded: ShardedMemory, layers, seq_len: int, batch: int):
     if all(value_at(expr, n, b) == sharded.at(n, b) for n, b in points):
         return expr
     return None
+
+
+def _activations(memory, sharded: ShardedStep) -> sympy.Expr:
+    """The busiest GPU's activations at N tokens: the step's own, or under
+    tp the largest over the moments that can be the busiest of each one's
+    whole bytes and its blocks' bytes divided by tp."""
+    if not sharded.shares:
+        step = memory.step
+        state = step.parameter_bytes + step.gradient_bytes + step.optimizer_bytes
+        return sympy.expand(memory.peak_bytes - memory.workspace_bytes - state)
+    values = [terms_expr(whole) + sympy.ceiling(terms_expr(divided) / sharded.plan.tp)
+              for whole, divided in sharded.shares]
+    return values[0] if len(values) == 1 else sympy.Max(*values, evaluate=False)
