@@ -31,6 +31,7 @@ from attncost.expr import B, N
 from attncost.tracing import trace
 
 sys.path.insert(0, str(Path(__file__).parent))
+from memprofile import allocation_peak  # noqa: E402
 from memtrack import measure  # noqa: E402
 
 MODELS = Path(__file__).parent / "models_mem"
@@ -111,6 +112,20 @@ def test_python_models_match_the_oracle(name):
         real = measure(model, inputs)
         assert memory.weight_bytes == real.weight_bytes
         assert relative_error(memory.at(n, b), real.peak_bytes) <= TOLERANCE, (name, n, b)
+
+
+@pytest.mark.parametrize("name", ["dense", "local", "sparse", "linear"])
+def test_seed_variants_equal_the_cpu_allocators_record(name):
+    """The seed's four variants, against every allocation and free the CPU
+    allocator saw (tests/memprofile.py: kernel scratch included), to the byte."""
+    path = ORACLE_MODELS[name]
+    memory, _, loaded = predicted(path)
+    torch.manual_seed(0)
+    model = _import(path).build_model().eval()
+    for n, b in ((200, 1), (384, 2)):
+        inputs = loaded.example_inputs(n, b)  # what attncost feeds the model
+        inputs = inputs if isinstance(inputs, (tuple, dict)) else (inputs,)
+        assert memory.at(n, b) == allocation_peak(model, inputs), (name, n, b)
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
