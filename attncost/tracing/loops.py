@@ -111,8 +111,33 @@ def measure(loaded: LoadedModel, seq_len: int, batch: int, device: str, rules,
     numbers = {"flops": flops, "peak": memory.at(seq_len, batch),
                "input": memory.input_bytes, "weights": memory.weight_bytes,
                "workspace": memory.workspace_bytes, "nodes": len(traced.graph_module.graph.nodes)}
+    numbers.update(_scratch_apart(traced, loaded, device, allocation_rules, seq_len, batch))
     return Measured(seq_len, batch, {k: _number(v, seq_len, batch) for k, v in numbers.items()},
                     sites)
+
+
+#: Added to a kernel's scratch to find the busiest moment while it runs.
+_BEYOND = 1 << 50
+
+
+def _scratch_apart(traced, loaded, device: str, rules, seq_len: int, batch: int) -> dict:
+    """On a CPU, the peak without the flash kernel's scratch and the peak
+    while a call holds it: its scratch does not grow with the batch while the
+    tensors do, so the peak follows no one polynomial in N and B, but each
+    of the two does (fitted apart, the peak is their Max)."""
+    from ..memory import peak_memory
+    from ..rules.cpu import FLASH_FOR_CPU, flash_scratch_rule
+
+    if device != "cpu" or not any(getattr(n.target, "overloadpacket", None) is FLASH_FOR_CPU
+                                  for n in traced.nodes):
+        return {}
+    apart = {}
+    for key, extra in (("peak_tensors", None), ("peak_scratch", _BEYOND)):
+        memory = peak_memory(traced, loaded, device=device,
+                             allocation_rules={**(rules or {}),
+                                               FLASH_FOR_CPU: flash_scratch_rule(extra)})
+        apart[key] = memory.at(seq_len, batch) - (extra or 0)
+    return apart
 
 
 def _number(value, seq_len: int, batch: int) -> int:
@@ -253,6 +278,18 @@ def check_at(fitted: FittedLoop, loaded: LoadedModel, seq_len: int, rules) -> Tr
     return None if int(flops) == value_at(fitted.flops, seq_len, 1) else traced
 
 
+def _fitted_peak(measured: list[Measured]) -> sympy.Expr:
+    """The peak fitted in N and B, or, where a CPU kernel's scratch makes it
+    the Max of two moments, each fitted apart (``_scratch_apart``)."""
+    try:
+        return fit_number(measured, lambda m: m.numbers["peak"], "peak memory")
+    except FitFailed:
+        if "peak_tensors" not in measured[0].numbers:
+            raise
+    return sympy.Max(*(fit_number(measured, lambda m, k=k: m.numbers[k], "peak memory")
+                       for k in ("peak_tensors", "peak_scratch")))
+
+
 def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
                 progress: Callable[[str], None] | None = None) -> FittedLoop:
     """Trace ``loaded`` at small lengths and fit every cost in N and B."""
@@ -262,7 +299,7 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
         raise FitFailed("the model loops over the sequence, and its weights differ between "
                         "lengths: it cannot be costed from small traces")
     flops = fit_number(measured, lambda m: m.numbers["flops"], "FLOPs")
-    peak = fit_number(measured, lambda m: m.numbers["peak"], "peak memory")
+    peak = _fitted_peak(measured)
     inputs = fit_number(measured, lambda m: m.numbers["input"], "input bytes")
     workspace = measured[0].numbers["workspace"]
     note = measured_note()
