@@ -155,7 +155,8 @@ def test_flops_equal_a_hand_count(analysed, name, per_layer, layers, extra):
 def test_sites_name_the_fused_computation(analysed):
     _, mha = analysed("mha_no_weights")
     (site,) = mha.sites
-    assert (site.variant, site.implementation, site.heads, site.head_dim) == ("dense", "unfused", 6, 8)
+    assert (site.variant, site.implementation, site.heads, site.head_dim) == \
+        ("dense", "unfused", 6, 8)
     _, encoder = analysed("encoder_gelu_causal")
     assert len(encoder.sites) == 3
     for site in encoder.sites:

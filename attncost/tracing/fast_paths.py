@@ -39,10 +39,9 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-
 from torch.overrides import TorchFunctionMode
 
-from .patches import _patched
+from .patches import patched
 
 #: mask_type of the fused ops: 0 a (T, T) mask, 1 a (B, T) key padding mask,
 #: 2 a (B, H, T, T) mask.
@@ -220,8 +219,8 @@ def _deciding_as_run(forward):
     activation = torch.nn.modules.activation
 
     def decide(module, *args, **kwargs):
-        with _patched(activation, "_is_make_fx_tracing", lambda: False), \
-                _patched(torch.overrides, "has_torch_function", _has_torch_function_of_types):
+        with patched(activation, "_is_make_fx_tracing", lambda: False), \
+                patched(torch.overrides, "has_torch_function", _has_torch_function_of_types):
             return forward(module, *args, **kwargs)
     return decide
 
@@ -238,10 +237,11 @@ def fast_paths(device: str) -> Iterator[None]:
     def layer(*args, **kwargs):
         return transformer_encoder_layer(*args, **kwargs, device=device)
 
-    with _patched(nn.MultiheadAttention, "forward", _deciding_as_run(nn.MultiheadAttention.forward)), \
-            _patched(nn.TransformerEncoderLayer, "forward",
-                     _deciding_as_run(nn.TransformerEncoderLayer.forward)), \
-            _patched(torch, "_native_multi_head_attention", mha), \
-            _patched(torch, "_transformer_encoder_layer_fwd", layer), \
+    with patched(nn.MultiheadAttention, "forward",
+                 _deciding_as_run(nn.MultiheadAttention.forward)), \
+            patched(nn.TransformerEncoderLayer, "forward",
+                    _deciding_as_run(nn.TransformerEncoderLayer.forward)), \
+            patched(torch, "_native_multi_head_attention", mha), \
+            patched(torch, "_transformer_encoder_layer_fwd", layer), \
             (_SdpaAsOnCuda() if device == "cuda" else contextlib.nullcontext()):
         yield

@@ -31,7 +31,7 @@ FLASH_ATTENTION_2 = "flash_attention_2"
 
 
 @contextlib.contextmanager
-def _patched(obj, name: str, value) -> Iterator[None]:
+def patched(obj, name: str, value) -> Iterator[None]:
     """``obj.name = value`` for the duration; nothing when obj lacks it."""
     if obj is None or not hasattr(obj, name):
         yield
@@ -53,7 +53,7 @@ def _import(module: str):
 
 def flex_uncompiled():
     """FlexAttention's HOP called directly (see the module's docstring)."""
-    return _patched(_import("torch.nn.attention.flex_attention"),
+    return patched(_import("torch.nn.attention.flex_attention"),
                     "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG", True)
 
 
@@ -66,7 +66,7 @@ def unpacked_sequences():
     real run never allocates.  attncost's inputs are one unpadded sequence per
     row, so the answer on real data is known: no packing.
     """
-    return _patched(_import("transformers.masking_utils"), "find_packed_sequence_indices",
+    return patched(_import("transformers.masking_utils"), "find_packed_sequence_indices",
                     lambda position_ids: None)
 
 
@@ -105,12 +105,12 @@ def flex_without_compile() -> Iterator[None]:
     integration = _import("transformers.integrations.flex_attention")
     masking = _import("transformers.masking_utils")
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_patched(integration, "compile_friendly_flex_attention",
+        stack.enter_context(patched(integration, "compile_friendly_flex_attention",
                                      _call_flex_directly))
         for module in (masking, integration):
             original = getattr(module, "create_block_mask", None)
             if original is not None:
-                stack.enter_context(_patched(module, "create_block_mask",
+                stack.enter_context(patched(module, "create_block_mask",
                                              _block_mask_like_compiled(original)))
         yield
 
