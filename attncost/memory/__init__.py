@@ -29,7 +29,7 @@ from .envelope import candidates, max_expr, prune
 from .liveness import graph_allocations
 from .model import Allocation, BreakdownEntry, MemoryModel, Profile, by_batch
 from .quantized import quantize_cache, weight_bytes
-from .replay import replay
+from .replay import replay, same_lifetimes
 
 __all__ = ["Allocation", "BreakdownEntry", "MemoryModel", "peak_memory"]
 
@@ -68,10 +68,14 @@ def _allocations(traced, loaded, notes: list[str]):
     """Allocations per batch case (None: the trace's batch; 1: a batch of
     one, where eager PyTorch may view instead of copy), and the liveness used."""
     per_batch: dict[int | None, list[Allocation]] = {}
+    replays = {}
     if loaded is not None:
         for key, batch in ((None, traced.batch_hint), (1, 1)):
             try:
-                per_batch[key] = match_replay(traced, replay(traced, loaded, batch), notes)
+                replays[key] = replay(traced, loaded, batch)
+                if key == 1 and same_lifetimes(replays[None], replays[1]):
+                    break  # a batch of one keeps every tensor the general case keeps
+                per_batch[key] = match_replay(traced, replays[key], notes)
             except Exception as exc:  # the model cannot run eagerly on fake tensors
                 notes.append(f"eager replay at B={batch} failed ({type(exc).__name__}: "
                              f"{first_line(exc)})" + ("; liveness follows last use in the graph"

@@ -131,6 +131,17 @@ class Replay:
     batch: int
 
 
+def same_lifetimes(a: "Replay", b: "Replay") -> bool:
+    """Do two replays (at two batch sizes) make and free the same storages
+    at the same ops?  Then they differ only in sizes, which the graph's
+    expressions in B already carry."""
+    return a.end == b.end and len(a.ops) == len(b.ops) and \
+        all(x.func == y.func and x.new == y.new and x.half_softmax == y.half_softmax
+            for x, y in zip(a.ops, b.ops)) and \
+        [(s.op, s.output, s.death) for s in a.storages] == \
+        [(s.op, s.output, s.death) for s in b.storages]
+
+
 #: Replay a stack of repeated layers two periods deep and extend it
 #: (memory/periodic.py); False replays every layer.
 PERIODIC = True
