@@ -185,6 +185,10 @@ def test_cuda_without_weights_runs_the_memory_efficient_kernel(analysed):
     _, with_weights = analysed("mha_weights", "cuda")
     assert with_weights.sites[0].implementation == "unfused"
     assert degree(with_weights.peak_memory_bytes) == 2
+    # with a mask the kernel keeps its own path (a key padding mask is not SDPA's shape)
+    _, masked = analysed("mha_padding", "cuda")
+    assert masked.sites[0].implementation != "sdpa"
+    assert degree(masked.peak_memory_bytes) == 2
 
 
 def test_training_keeps_the_python_path(analysed, tmp_path):

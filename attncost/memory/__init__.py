@@ -53,6 +53,7 @@ def peak_memory(traced, loaded=None, device: str = "cuda",
     profiles = {key: _profile(traced, quantize_cache(
                     traced, on_device(traced, allocations, device, allocation_rules), quant, notes), lo)
                 for key, allocations in per_batch.items()}
+    notes.extend(_thread_notes(profiles))
     weights = weight_bytes(loaded.module, quant) if loaded is not None else _placeholder_bytes(
         traced, "parameter", "buffer")
     inputs = sympy.expand(_placeholder_bytes(traced, "input"))
@@ -62,6 +63,16 @@ def peak_memory(traced, loaded=None, device: str = "cuda",
                        peak_bytes=sympy.Integer(int(weights) + workspace) + inputs + intermediates,
                        workspace_bytes=workspace, liveness=liveness, n_range=traced.n_range,
                        notes=list(dict.fromkeys(notes)), _profiles=profiles, _traced=traced)
+
+
+def _thread_notes(profiles) -> list[str]:
+    """A kernel scratch sized by this machine's thread count says so."""
+    from ..rules.cpu import SCRATCH_LABEL
+
+    labels = {a.label for p in profiles.values() for a in p.allocations
+              if a.label.startswith(SCRATCH_LABEL)}
+    return [f"{label}: sized by this machine's thread count; another CPU's differs"
+            for label in sorted(labels)]
 
 
 def _allocations(traced, loaded, notes: list[str]):

@@ -22,7 +22,7 @@ import sympy
 from ..errors import AttncostError, ModelError
 from ..expr import N, value_at
 from ..rules import node_flops
-from ..tracing.loops import FIT_LENGTHS, HELD_OUT, concrete_trace
+from ..tracing.loops import FIT_LENGTHS, HELD_OUT, concrete_trace, interpolate
 from ..units import parse_dtype
 from .decode import kv_read
 from .latency import OpTime, OpWork, op_work, timed
@@ -80,12 +80,6 @@ def _shape(w: OpWork) -> OpWork:
     return replace(w, flops=0, bytes=0, length=0)
 
 
-def _fit(points: list[tuple[int, int]]) -> sympy.Expr:
-    if len({v for _, v in points}) == 1:
-        return sympy.Integer(points[0][1])
-    return sympy.expand(sympy.interpolate(points, N))
-
-
 def loop_ops(loaded, batch: int, dtype: str, rules) -> LoopOps:
     """The ops fitted from traces at TIME_LENGTHS (or, where the model does
     not run there, the cost fit's lengths), checked at the length held out."""
@@ -106,15 +100,15 @@ class _NotFitted(Exception):
 def _fitted(works: dict[int, list[OpWork]], lengths: tuple[int, ...], held: int) -> LoopOps:
     counts = {n: Counter(works[n]) for n in lengths}
     common = set.intersection(*(set(c) for c in counts.values()))
-    repeated = [(w, _fit([(n, counts[n][w]) for n in lengths]))
+    repeated = [(w, interpolate([(n, counts[n][w]) for n in lengths]))
                 for w in sorted(common, key=lambda w: (w.module, w.op, w.flops, w.bytes))]
     others = {n: [w for w in works[n] if w not in common] for n in lengths}
     if len({tuple(_shape(w) for w in ws) for ws in others.values()}) != 1:
         raise _NotFitted("the ops whose size follows N differ between the lengths traced")
     sized = []
     for k, w in enumerate(others[lengths[0]]):
-        flops = _fit([(n, others[n][k].flops) for n in lengths])
-        nbytes = _fit([(n, others[n][k].bytes) for n in lengths])
+        flops = interpolate([(n, others[n][k].flops) for n in lengths])
+        nbytes = interpolate([(n, others[n][k].bytes) for n in lengths])
         sized.append((_shape(w), flops, nbytes))
     ops = LoopOps(repeated, sized, lengths, held)
     predicted: Counter = Counter()

@@ -26,6 +26,8 @@ aten = torch.ops.aten
 #: Query block rows by query length: (at least this long, rows), longest first.
 Q_SPLITS = ((768, 256), (192, 64), (0, 32))
 KV_SPLIT = 512
+#: How the scratch is labelled (the memory model says whose thread count it is).
+SCRATCH_LABEL = "CPU flash attention scratch"
 ACCUMULATE_BYTES = 4  # float32, for float32, bfloat16 and float16 inputs
 
 
@@ -59,10 +61,11 @@ def flash_scratch_rule(extra: int | None = 0):
         if extra is None:
             return list(traced_allocations)
         first = traced_allocations[0]
-        nbytes = flash_scratch_bytes(traced, node, torch.get_num_threads()) + extra
+        threads = torch.get_num_threads()
+        nbytes = flash_scratch_bytes(traced, node, threads) + extra
         return list(traced_allocations) + [Allocation(
             first.time, first.time + 1, nbytes, node, len(traced_allocations),
-            kind="workspace", label="flash attention scratch")]
+            kind="workspace", label=f"{SCRATCH_LABEL} ({threads} threads)")]
     rule.__name__ = "cpu_flash_attention"
     return rule
 

@@ -19,9 +19,9 @@ attention.cu, transformer.cpp), allocating what the kernels allocate:
 * the scores, a softmax in place (with a mask: a masked copy first), P·V
   written into Q's storage, the heads put back in sequence order and the
   output projection; the weights averaged over heads when asked for;
-* on CUDA, without weights and with a head dim a multiple of 8, where the
-  memory-efficient or flash kernel takes the call: one QKV linear and
-  ``scaled_dot_product_attention``;
+* on CUDA, without weights, without a mask and with a head dim a multiple
+  of 8, where the memory-efficient or flash kernel takes the call: one QKV
+  linear and ``scaled_dot_product_attention``;
 * the encoder layer: attention, residual added in place, layer norms, the
   feed-forward product with its activation in place.
 
@@ -67,20 +67,20 @@ def _heads_first(x: torch.Tensor, batch, heads: int, head_dim: int) -> torch.Ten
 
 def _sdpa_takes_it(query: torch.Tensor, head_dim: int, mask, need_weights: bool,
                    device: str) -> bool:
-    """Does the CUDA kernel hand the call to scaled_dot_product_attention?"""
-    if device != "cuda" or need_weights or head_dim % 8:
+    """Does the CUDA kernel hand the call to scaled_dot_product_attention?
+    Not with a mask (its key padding shape is not SDPA's)."""
+    if device != "cuda" or need_weights or mask is not None or head_dim % 8:
         return False
     from ..rules.cuda import sdpa_backend
 
-    return sdpa_backend(query.dtype, head_dim, head_dim, mask is not None) in ("flash",
-                                                                              "efficient")
+    return sdpa_backend(query.dtype, head_dim, head_dim, False) in ("flash", "efficient")
 
 
-def _sdpa_path(query, embed_dim, heads, qkv_weight, qkv_bias, proj_weight, proj_bias, mask):
+def _sdpa_path(query, embed_dim, heads, qkv_weight, qkv_bias, proj_weight, proj_bias):
     x = F.linear(query, qkv_weight, qkv_bias)
     batch, head_dim = x.shape[0], embed_dim // heads
     q, k, v = (_heads_first(c, batch, heads, head_dim) for c in x.chunk(3, -1))
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    y = F.scaled_dot_product_attention(q, k, v)
     y = y.transpose(1, 2).reshape(batch, -1, embed_dim)
     return F.linear(y, proj_weight, proj_bias)
 
@@ -125,7 +125,7 @@ def native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weig
     head_dim = embed_dim // num_head
     if _sdpa_takes_it(query, head_dim, mask, need_weights, device):
         return _sdpa_path(query, embed_dim, num_head, qkv_weight, qkv_bias, proj_weight,
-                          proj_bias, mask), None
+                          proj_bias), None
     batch, length = query.shape[0], query.shape[1]
     q, k, v = _packed_heads(query, embed_dim, num_head, qkv_weight, qkv_bias)
     rows = batch * num_head

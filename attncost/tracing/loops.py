@@ -149,7 +149,7 @@ def fit(points: dict[tuple[int, int], int], held: dict[tuple[int, int], int],
     """The polynomial in N (degree below the number of fitted lengths), and
     linear in B when two ``batches`` are fitted, through ``points`` {(n, b):
     value}, or None when it misses a held-out value."""
-    per_batch = {b: _interpolate([(n, points[n, b]) for n in FIT_LENGTHS]) for b in batches}
+    per_batch = {b: interpolate([(n, points[n, b]) for n in FIT_LENGTHS]) for b in batches}
     expr = per_batch[batches[0]]
     if len(batches) == 2:
         b0, b1 = batches
@@ -159,7 +159,8 @@ def fit(points: dict[tuple[int, int], int], held: dict[tuple[int, int], int],
     return expr
 
 
-def _interpolate(points: list[tuple[int, int]]) -> sympy.Expr:
+def interpolate(points: list[tuple[int, int]]) -> sympy.Expr:
+    """The polynomial in N through (n, value) points (a constant where they agree)."""
     if len({v for _, v in points}) == 1:
         return sympy.Integer(points[0][1])
     return sympy.expand(sympy.interpolate(points, N))
@@ -305,7 +306,7 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
     note = measured_note()
     memory = FittedMemory(device=device, weight_bytes=weights.pop(), input_bytes=inputs,
                           peak_bytes=peak, workspace_bytes=workspace)
-    nodes = _interpolate([(m.seq_len, m.numbers["nodes"]) for m in measured
+    nodes = interpolate([(m.seq_len, m.numbers["nodes"]) for m in measured
                           if m.batch == 1][:len(FIT_LENGTHS)])
     return FittedLoop(flops, memory.weight_bytes, peak, fitted_sites(measured), memory, [note],
                       graph_nodes=nodes)
