@@ -32,15 +32,15 @@ def candidates(traced, allocations: list[Allocation]) -> list[Candidate]:
     layer = ""
     for t in sorted(set(births) | set(deaths)):
         for a in deaths.get(t, ()):
-            _add_terms(current, a.bytes, -1)
+            add_terms(current, a.bytes, -1)
         born = births.get(t)
         if not born:
             continue
         snapshot = dict(current)
         for a in born:
-            _add_terms(snapshot, a.bytes, 1)
+            add_terms(snapshot, a.bytes, 1)
             if a.kind != "workspace":
-                _add_terms(current, a.bytes, 1)
+                add_terms(current, a.bytes, 1)
         node = next((a.node for a in born if a.node is not None), None)
         if node is not None:
             layer = layer_or_path(traced.module_path(node))
@@ -48,7 +48,8 @@ def candidates(traced, allocations: list[Allocation]) -> list[Candidate]:
     return candidates
 
 
-def _add_terms(acc: dict, expr: sympy.Expr, sign: int) -> None:
+def add_terms(acc: dict, expr: sympy.Expr, sign: int) -> None:
+    """Add ``sign`` times ``expr`` to ``acc`` ({term: coefficient})."""
     for term, coeff in sympy.expand(expr).as_coefficients_dict().items():
         acc[term] = acc.get(term, 0) + sign * coeff
 

@@ -18,7 +18,7 @@ import torch.fx as fx
 from ..memory import _profile as memory_profile
 from ..memory import _weight_bytes as weight_bytes
 from ..expr import Terms, value_at
-from ..memory.envelope import _add_terms, candidates, max_expr, prune
+from ..memory.envelope import add_terms, candidates, max_expr, prune
 from ..memory.liveness import graph_allocations
 from ..memory.model import Allocation, MemoryModel, Profile
 from ..paths import any_index
@@ -155,7 +155,7 @@ def peak_moments(traced, profile: Profile, gradients: set[fx.Node],
     split = prune(candidates(traced, tagged), traced.n_range[0] if traced.n_range else 1)
     times = sorted(peak | {c.time for c in split})
     moments = []
-    for t, parts in zip(times, _parts_at(profile.allocations, times, path_of, outside)):
+    for t, parts in zip(times, _parts_at(traced, profile.allocations, times, path_of, outside)):
         total: dict = {}
         for terms in parts.values():
             for term, coeff in terms.items():
@@ -164,29 +164,23 @@ def peak_moments(traced, profile: Profile, gradients: set[fx.Node],
     return moments
 
 
-def _parts_at(allocations: list[Allocation], times: list[int], path_of,
+def _parts_at(traced, allocations: list[Allocation], times: list[int], path_of,
               outside: sympy.Expr) -> list[dict[str, Terms]]:
-    """What is alive right after each op of ``times`` (ascending), summed by
-    ``path_of``, as the envelope counts it: a tensor from its op to its
-    death, a workspace inside its op only."""
-    events = sorted([(a.time, 1, i) for i, a in enumerate(allocations) if a.kind != "workspace"]
-                    + [(a.death, -1, i) for i, a in enumerate(allocations)
-                       if a.kind != "workspace" and a.death is not None])
-    workspaces: dict[int, list[Allocation]] = {}
-    for a in allocations:
-        if a.kind == "workspace":
-            workspaces.setdefault(a.time, []).append(a)
-    current: dict[str, dict] = {"": {}}
-    _add_terms(current[""], outside, 1)
-    out, k = [], 0
+    """What is alive right after each op of ``times``, summed by ``path_of``:
+    the envelope's own candidates (memory/envelope.py), each allocation's
+    bytes tagged with a symbol of its path and split apart again."""
+    paths = sorted({path_of(a) for a in allocations} | {""})
+    tags = {sympy.Symbol(f"part_{i}", positive=True): p for i, p in enumerate(paths)}
+    tag_of = {p: tag for tag, p in tags.items()}
+    tagged = [replace(a, bytes=a.bytes * tag_of[path_of(a)]) for a in allocations]
+    alive = {c.time: c.terms for c in candidates(traced, tagged)}
+    out = []
     for t in times:
-        while k < len(events) and events[k][0] <= t:
-            _, sign, i = events[k]
-            _add_terms(current.setdefault(path_of(allocations[i]), {}), allocations[i].bytes, sign)
-            k += 1
-        parts = {path: dict(terms) for path, terms in current.items()}
-        for a in workspaces.get(t, ()):
-            _add_terms(parts.setdefault(path_of(a), {}), a.bytes, 1)
+        parts: dict[str, dict] = {"": {}}
+        add_terms(parts[""], outside, 1)
+        for term, coeff in alive[t].items():
+            tag = next(s for s in term.free_symbols if s in tags)
+            add_terms(parts.setdefault(tags[tag], {}), coeff * term.subs(tag, 1), 1)
         out.append({path: kept for path, terms in parts.items()
                     if (kept := {term: c for term, c in terms.items() if c != 0})})
     return out
