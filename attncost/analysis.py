@@ -374,9 +374,12 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
                  rules, allocation_rules, progress) -> Analysis:
     """A model that loops over the sequence, costed from traces at small
     lengths and fitted in N and B (tracing/loops.py); the notes say where."""
-    from .tracing.loops import check_at, fitted_loop
+    from .tracing.loops import TraceRaised, check_at, fitted_loop
 
-    fitted = fitted_loop(loaded, device, rules, allocation_rules, progress)
+    try:
+        fitted = fitted_loop(loaded, device, rules, allocation_rules, progress)
+    except TraceRaised as exc:  # it does not run at the short lengths a fit needs
+        return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
     traced = check_at(fitted, loaded, seq_len, rules)
     if traced is not None:  # the fit does not hold here: this length alone, traced
         result = _forward(loaded, traced, seq_len, batch, options, rules,
@@ -394,6 +397,33 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
         kv_cache=loaded.kv_cache, loaded=loaded, options=options,
         notes=list(getattr(loaded, "notes", [])) + fitted.notes,
         warnings=[beyond] if beyond else [])
+
+
+#: Most torch calls a trace at the requested length may make where a model
+#: that fixes its length as a number cannot be fitted from short traces.
+FIXED_LENGTH_CALLS = 200_000
+
+
+def _traced_here(loaded: LoadedModel, seq_len: int, batch: int, options: dict, rules,
+                 progress, why: Exception) -> Analysis:
+    """A model that fixes its length as a number and does not run at the
+    short lengths a fit is made from (a bucket size, a count of levels):
+    traced at the requested length alone; its formulas hold at that N only."""
+    from .tracing.loops import TraceTooLong, concrete_trace
+
+    say = progress or (lambda msg: None)
+    say(f"tracing at N={seq_len:,} alone")
+    try:
+        traced = concrete_trace(loaded, seq_len, batch, max_calls=FIXED_LENGTH_CALLS)
+    except TraceTooLong:
+        raise ModelError(f"the model fixes the length as a number, {why}, and a trace at "
+                         f"N={seq_len:,} is too long (a loop over the sequence); try a shorter "
+                         "--seq-len") from None
+    result = _forward(loaded, traced, seq_len, batch, options, rules, say)
+    result.notes.append(f"the model fixes the length as a number and does not run at the short "
+                        f"lengths a cost in N is fitted from ({why}): it was traced at "
+                        f"N={seq_len:,} and its formulas hold at that N only")
+    return result
 
 
 def _load(model: str | Path | LoadedModel, options: dict) -> LoadedModel:

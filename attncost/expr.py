@@ -126,8 +126,12 @@ def residues_allowed(conditions: list, start: int = 1, batch: int = 2) -> list[b
 
 
 def multiple_asked(truth: list[bool] | None, start: int) -> int:
-    """m when ``truth`` (from residues_allowed) is "N a multiple of m", else 1."""
-    text = _residue_text(truth, start) if truth and any(truth) and not all(truth) else None
+    """m when ``truth`` (from residues_allowed) is "N a multiple of m", else 1;
+    lengths too short for the trace (a run of False first) are passed over."""
+    if truth and any(truth) and not truth[0]:
+        skip = truth.index(True)
+        truth, start = truth[skip:], start + skip
+    text = _residue_text(truth, start) if truth and len(truth) >= 128 and not all(truth) else None
     if text and text.startswith("N a multiple of "):
         return int(text.rsplit(" ", 1)[1])
     return 2 if text == "N even" else 1

@@ -6,6 +6,9 @@ order they run; a later one does not claim nodes an earlier site holds:
 
 * fused.py: scaled_dot_product_attention in any aten form, FlexAttention;
 * unfused.py: Q·Kᵀ -> softmax over keys -> ·V, with the masks on the way;
+  then the same chain with the scores weighed by exp or a squared ReLU
+  instead of a softmax op (a product of Q and K that nothing weighs, a
+  chunked linear form's, is left to the linear recognisers);
 * linear.py: kernelized attention through a sequence-free state;
 * scan.py: causal linear attention through a prefix sum of states;
 * recurrent.py: a loop over the positions carrying a state (at a fixed length).
@@ -25,7 +28,7 @@ from .linear import find_linear
 from .recurrent import find_recurrent
 from .scan import find_scans
 from .site import AttentionSite
-from .unfused import find_unfused
+from .unfused import find_unfused, find_weighed
 
 #: name -> recogniser(ctx, used node names) -> sites; run in this order.
 Recogniser = Callable[[GraphContext, set], list]
@@ -39,6 +42,7 @@ def register_recogniser(name: str) -> Callable[[Recogniser], Recogniser]:
 
 register_recogniser("fused")(find_fused)
 register_recogniser("unfused")(find_unfused)
+register_recogniser("weighed")(find_weighed)
 register_recogniser("linear")(find_linear)
 register_recogniser("scan")(find_scans)
 register_recogniser("recurrent")(find_recurrent)

@@ -9,7 +9,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B, settled
+from ..expr import B, N, settled
 from ..rules.flops import FLOP_RULES
 from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, FACTORY_LIKE_OPS, GATHER_OPS, MATMUL_OPS, \
     is_view, packet
@@ -22,6 +22,14 @@ SCORE_OPS = frozenset(
         "div", "mul", "add", "sub", "masked_fill", "where", "_to_copy", "clone", "neg",
         "tanh", "clamp", "contiguous", "masked_fill_", "add_", "div_", "mul_", "to",
         "constant_pad_nd",
+    ) if hasattr(aten, n)
+)
+#: Ops that can take a tensor along the sequence to a fixed number of rows
+#: that summarize it (a sum or mean over it, a projection along it, pooling).
+SEQUENCE_REDUCTIONS = frozenset(
+    getattr(aten, n) for n in (
+        "sum", "mean", "amax", "max", "bmm", "mm", "addmm", "baddbmm", "avg_pool1d",
+        "avg_pool2d", "adaptive_avg_pool1d", "_adaptive_avg_pool2d", "convolution",
     ) if hasattr(aten, n)
 )
 #: Ops that may sit between the softmax and ·V (dropout, casts).
@@ -45,6 +53,9 @@ class GraphContext:
     order: dict = field(default_factory=dict)
     #: (mask node, length) -> its value there (masks are shared by layers)
     mask_values: dict = field(default_factory=dict)
+    #: the weights a site applies to V -> the function that weighs its scores
+    #: in place of a softmax (relu, exp), where masks may follow it
+    weighed_by: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.seq_len = self.seq_len or self.traced.seq_len_hint
@@ -132,6 +143,34 @@ class GraphContext:
             elif not is_product(n):
                 stack.extend(tensor_inputs(n))
         return False
+
+    def summarizes_sequence(self, operand: fx.Node) -> bool:
+        """Is this product operand a fixed number of rows that summarize the
+        sequence (keys projected along it, landmarks pooled from it), rather
+        than a context of its own (an encoder of fixed length, learned
+        latents) or a few positions picked from it (a class token)?  Its
+        shape has no N, and on the way back a reduction or product took an
+        activation that runs along the sequence to a shape without N."""
+        if self._runs_along_sequence(operand):
+            return False
+        seen: set[fx.Node] = set()
+        stack = [operand]
+        while stack:
+            n = stack.pop()
+            if n in seen or n.op != "call_function":
+                continue
+            seen.add(n)
+            inputs = tensor_inputs(n)
+            if packet(n) in SEQUENCE_REDUCTIONS and not self._runs_along_sequence(n) and \
+                    any(a in self.activations and self._runs_along_sequence(a) for a in inputs):
+                return True
+            stack.extend(a for a in inputs if not self._runs_along_sequence(a))
+        return False
+
+    def _runs_along_sequence(self, node: fx.Node) -> bool:
+        shape = self.traced.shape(node)
+        return shape is not None and any(N in sympy.sympify(settled(d)).free_symbols
+                                         for d in shape)
 
     def ancestor_ops(self, node: fx.Node, through_products: bool = True) -> set:
         """The ops of every node ``node`` depends on; without

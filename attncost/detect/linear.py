@@ -87,7 +87,7 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
         feature_dim=r, formula="linear", matches_formula=matches_formula(flops, "linear", values))
 
 
-def _state_consumer(ctx, state_mm: fx.Node, limit: int = 8) -> fx.Node | None:
+def _state_consumer(ctx, state_mm: fx.Node, limit: int = 16) -> fx.Node | None:
     """The product that applies a sequence-free state to every query."""
     frontier = [state_mm]
     for _ in range(limit):

@@ -158,6 +158,19 @@ def _decoded(norms: torch.Tensor) -> torch.Tensor:
     return norms / positive.min()
 
 
+def site_weights(ctx, weights: fx.Node, n: int):
+    """What a site applies to V at length n (zero weights, so every score is
+    0 or masked): the softmax, or where a function weighs the scores in its
+    place (``relu(S)**2``, whose masks may come after it), the weights that
+    reach ·V with that function read as exp: 1 where a pair passes, 0 where
+    a mask blocked it, before or after."""
+    anchor = ctx.weighed_by.get(weights)
+    if anchor is None:
+        return evaluate_node(ctx, weights, n)
+    scores = torch.as_tensor(evaluate_node(ctx, anchor.args[0], n))
+    return evaluate_node(ctx, weights, n, {anchor: torch.exp(scores.float()).to(scores.dtype)})
+
+
 def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, n: int,
                       heads: int = 1):
     """The N×N matrix of (query position, key position) pairs the site lets
@@ -168,7 +181,7 @@ def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
     try:
         q_pos = evaluate_node(ctx, q_operand, n, {q_src[0]: _codes(ctx, *q_src, n)})
         k_pos = evaluate_node(ctx, k_operand, n, {k_src[0]: _codes(ctx, *k_src, n)})
-        weights = evaluate_node(ctx, softmax, n)
+        weights = site_weights(ctx, softmax, n)
         # where the source's positions came from (a roll before the projection)
         q_order, k_order = upstream_order(ctx, q_src[0], n), upstream_order(ctx, k_src[0], n)
     except CannotEvaluate:
@@ -288,7 +301,7 @@ def allowed_by_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node, n:
     if axis == len(shape) - 1 or sink is None:
         return None
     try:
-        weights = evaluate_node(ctx, softmax, n)
+        weights = site_weights(ctx, softmax, n)
         allowed = torch.zeros(n, n, dtype=torch.bool)
         for start in range(0, n, features):
             codes = torch.zeros(shape, dtype=source.meta["val"].dtype)

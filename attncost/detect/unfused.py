@@ -26,8 +26,50 @@ def find_unfused(ctx, used: set[str]) -> list[AttentionSite]:
     found = []
     for node in ctx.traced.nodes:
         if node.op == "call_function" and softmax_of(node) is not None:
-            found.extend(read_unfused(ctx, node))
+            found.extend(read_unfused(ctx, node, *softmax_of(node)))
     return found
+
+
+#: Elementwise functions that weigh scores in place of a softmax: exp with
+#: the normalizer applied after ·V (a running sum, levels combined), and the
+#: squared ReLU of gated attention units; what may follow them before ·V.
+WEIGHING_OPS = frozenset(getattr(aten, n) for n in (
+    "exp", "relu", "sigmoid", "elu", "gelu", "silu", "softplus") if hasattr(aten, n))
+_AFTER_WEIGHING = frozenset(getattr(aten, n) for n in ("pow", "square", "relu", "exp")
+                            if hasattr(aten, n))
+#: Reductions over the keys subtracted from the scores to keep exp finite.
+_STABILIZERS = frozenset(getattr(aten, n) for n in ("amax", "max", "logsumexp")
+                         if hasattr(aten, n))
+
+
+def find_weighed(ctx, used: set[str]) -> list[AttentionSite]:
+    """Attention whose scores are weighed by an elementwise function instead
+    of a softmax op (``exp(S - max S)``, ``relu(S)**2``): the same chain,
+    Q·Kᵀ -> that function -> ·V, read as the softmax's is.  A chunked
+    linear form's products of Q and K are weighed by nothing: they stay for
+    the linear recognisers."""
+    found = []
+    for node in ctx.traced.nodes:
+        if node.op != "call_function" or packet(node) not in WEIGHING_OPS or \
+                node.name in used or not isinstance(node.args[0], fx.Node):
+            continue
+        sites = read_unfused(ctx, node, _unstabilized(node.args[0]), -1)
+        if not any(n in used for s in sites for n in s.nodes):
+            found.extend(sites)
+    return found
+
+
+def _unstabilized(scores: fx.Node) -> fx.Node:
+    """``S`` for ``S - max(S)`` (the max over the keys, kept or detached)."""
+    if packet(scores) is not aten.sub or not isinstance(scores.args[1], fx.Node):
+        return scores
+    reduced = scores.args[1]
+    while reduced.op == "call_function" and (is_view(reduced) or reduced.target is getitem or
+                                             packet(reduced) in (aten.detach, aten.alias)):
+        reduced = reduced.args[0]
+    if packet(reduced) in _STABILIZERS and reduced.args[0] is scores.args[0]:
+        return scores.args[0]
+    return scores
 
 
 def softmax_of(node: fx.Node) -> tuple[fx.Node, int] | None:
@@ -47,14 +89,14 @@ def softmax_of(node: fx.Node) -> tuple[fx.Node, int] | None:
     return (sub.args[0], dims[0]) if len(dims) == 1 else None
 
 
-def read_unfused(ctx, softmax: fx.Node) -> list[AttentionSite]:
-    """The site this softmax belongs to (one per group of heads that let
-    different pairs through), or none."""
+def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[AttentionSite]:
+    """The site this softmax (or the function that weighs the ``scores`` in
+    its place) belongs to: one per group of heads that let different pairs
+    through, or none."""
     t = ctx.traced
     shape = t.shape(softmax)
     if shape is None or len(shape) < 2:
         return []
-    scores, axis = softmax_of(softmax)
     dim = axis % len(shape)
     n_keys = settled(shape[dim])
     qk, mask_inputs, score_path = _walk_back(scores)
@@ -87,19 +129,32 @@ def read_unfused(ctx, softmax: fx.Node) -> list[AttentionSite]:
     contracted = settled(p_shape[-1 if p_side == 0 else -2])
     if sympy.simplify(contracted - n_keys) != 0 and not _relaid(n_keys, prob_path):
         return []
+    weights = softmax
+    if packet(softmax) in WEIGHING_OPS:  # its masks may follow it: read at ·V
+        mask_inputs += _zeroed(prob_path)
+        weights = p_operand
+        ctx.weighed_by[p_operand] = softmax
     heads, n_q = heads_and_queries(ctx, shape, dim, q_operand)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
     relaid = (pv, v_operand) if _relaid(n_keys, score_path + prob_path) else None
-    pattern = _site_pattern(ctx, (qk, softmax, q_operand, k_operand), mask_inputs, n_keys, heads,
+    pattern = _site_pattern(ctx, (qk, weights, q_operand, k_operand), mask_inputs, n_keys, heads,
                             n_q, relaid)
     pattern.content = content_based(ctx, (q_operand, k_operand), [m for m, _ in mask_inputs])
-    site_shape = SiteShape(_implementation(ctx, k_operand, n_keys, pattern), heads, kv_heads,
+    site_shape = SiteShape(_implementation(ctx, (q_operand, k_operand), n_keys, pattern),
+                           heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
                            as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
     return build_sites(ctx, softmax, site_shape, pattern,
                        nodes=[qk, *score_path, softmax, *prob_path, pv])
+
+
+def _zeroed(path: list[fx.Node]) -> list[tuple[fx.Node, str]]:
+    """Masks that zero weights on the way to ·V (``masked_fill(p, m, 0)``)."""
+    return [(n.args[1], "masked_fill") for n in path
+            if packet(n) in (aten.masked_fill, aten.masked_fill_) and
+            isinstance(n.args[1], fx.Node) and n.args[2] == 0]
 
 
 def _relaid(n_keys, path: list[fx.Node]) -> bool:
@@ -141,10 +196,13 @@ def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q,
     return pattern
 
 
-def _implementation(ctx, k_operand: fx.Node, n_keys, pattern: MaskPattern) -> str:
+def _implementation(ctx, operands: tuple[fx.Node, fx.Node], n_keys, pattern: MaskPattern) -> str:
     """How the keys reach the product: cut out by unfold (a window), picked
-    by index (blocks), the sequence cut into blocks by a reshape (each query
-    meets its block's keys), masked (a pattern on the full matrix) or all."""
+    by index (blocks), summaries of the whole sequence on one side (low-rank:
+    keys projected or pooled along it), the sequence cut into blocks by a
+    reshape (each query meets its block's keys), masked (a pattern on the
+    full matrix) or all."""
+    q_operand, k_operand = operands
     # Keys are picked between the product that made them and this one.
     k_ops = ctx.ancestor_ops(k_operand, through_products=False)
     fixed_keys = N not in sympy.sympify(n_keys).free_symbols
@@ -152,6 +210,8 @@ def _implementation(ctx, k_operand: fx.Node, n_keys, pattern: MaskPattern) -> st
         return "unfold"
     if k_ops & GATHER_OPS and fixed_keys:
         return "gather"
+    if any(ctx.summarizes_sequence(o) for o in operands):
+        return "low-rank"
     k_shape = ctx.traced.shape(k_operand)
     if fixed_keys and k_shape is not None and N in sympy.Mul(*k_shape).free_symbols:
         return "blocked"
@@ -246,7 +306,8 @@ def _walk_forward(softmax: fx.Node, limit: int = 32):
                     if node in factors:
                         return user, path, factors.index(node)
                     continue
-                if pk in PROB_OPS or is_view(user) or user.target is getitem:
+                if pk in PROB_OPS or is_view(user) or user.target is getitem or \
+                        (pk in _AFTER_WEIGHING and packet(softmax) in WEIGHING_OPS):
                     nxt.append((user, path + [user]))
         frontier = nxt
         if not frontier:

@@ -44,6 +44,8 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
         return _content_based(pattern, impl, values, flops)
     n_q, n_k = values[SYMBOLS["N"]], values[SYMBOLS["M"]]
     keys_grow = N in sympy.sympify(n_k).free_symbols
+    if impl == "low-rank":
+        return _low_rank(values, flops, keys_grow)
     if not keys_grow and N in sympy.sympify(n_q).free_symbols:
         c = _fixed_keys(impl, values, flops)
         if pattern.kind == "window" and pattern.window:  # read in sequence positions
@@ -110,6 +112,19 @@ def _content_based(pattern: MaskPattern, impl: str, values: dict,
                           "sparse", values)
 
 
+def _low_rank(values: dict, flops: sympy.Expr, keys_grow: bool) -> Classification:
+    """One side of the scores is r summaries of the sequence (keys projected
+    or pooled along it, landmarks): linear in N, r per query or per key.
+    Where both sides are summaries the work does not grow with N."""
+    grows = values[SYMBOLS["M"]] if keys_grow else values[SYMBOLS["N"]]
+    r = values[SYMBOLS["N"]] if keys_grow else values[SYMBOLS["M"]]
+    values[SYMBOLS["r"]] = as_int(r) or r
+    if N not in sympy.sympify(grows).free_symbols:
+        return Classification("dense", flops, None, "r**2*d", "dense", values)
+    return Classification("linear", flops, None, formula("low_rank").complexity, "low_rank",
+                          values)
+
+
 def _fixed_keys(impl: str, values: dict, flops: sympy.Expr) -> Classification:
     """Each query meets a fixed number of keys, all of which the code
     computes: a window cut out with unfold, the sequence cut into blocks,
@@ -122,7 +137,8 @@ def _fixed_keys(impl: str, values: dict, flops: sympy.Expr) -> Classification:
     if impl == "gather":
         values[SYMBOLS["k"]] = kept
         return Classification("sparse", flops, None, formula("sparse").complexity, "sparse", values)
-    return Classification("dense", flops, None, formula("dense").complexity, "dense", values)
+    # a fixed context (an encoder's fixed length, learned tokens): linear in N
+    return Classification("dense", flops, None, "N*M*d", "dense", values)
 
 
 def classify_linear(heads: int, n_q, feature_dim: int, head_dim: int) -> tuple[dict, sympy.Expr]:

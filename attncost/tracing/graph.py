@@ -12,6 +12,44 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.utils._pytree import tree_flatten
 
 
+def _torch_functions() -> dict:
+    """torch's own SymPy functions (a shape env writes sizes in them) as
+    plain SymPy, so that every expression prints as text ``sympify`` reads
+    back and simplifies with SymPy's rules."""
+    from torch.utils._sympy import functions as F
+
+    def div(a, b):
+        return a / b
+
+    return {
+        F.FloorDiv: lambda a, b: sympy.floor(a / b), F.IntTrueDiv: div, F.FloatTrueDiv: div, F.CleanDiv: div,
+        F.CeilToInt: sympy.ceiling, F.FloorToInt: sympy.floor, F.CeilDiv: lambda a, b: sympy.ceiling(a / b),
+        F.TruncToInt: lambda x: sympy.sign(x) * sympy.floor(abs(x)),
+        F.PowByNatural: sympy.Pow, F.FloatPow: sympy.Pow,
+        F.PythonMod: sympy.Mod, F.Mod: sympy.Mod,
+        F.ModularIndexing: lambda x, d, m: sympy.Mod(sympy.floor(x / d), m),
+        F.Identity: lambda x: x, F.ToFloat: lambda x: x,
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _functions() -> dict:
+    return _torch_functions()
+
+
+@functools.lru_cache(maxsize=8192)
+def plain(expr: sympy.Basic) -> sympy.Basic:
+    """``expr`` with torch's SymPy functions replaced by SymPy's own (Min and
+    Max are SymPy's already)."""
+    if not isinstance(expr, sympy.Basic) or not expr.atoms(sympy.Function):
+        return expr
+    table = _functions()
+    for fn, rule in table.items():
+        if expr.has(fn):
+            expr = expr.replace(lambda e, fn=fn: isinstance(e, fn), lambda e, rule=rule: rule(*e.args))
+    return expr
+
+
 @dataclass
 class TracedModel:
     """An aten graph whose shapes are expressions in N and B."""
@@ -37,9 +75,9 @@ class TracedModel:
     def expr(self, value: Any) -> sympy.Expr:
         """A SymInt, int or sympy expression as an expression in N and B."""
         if isinstance(value, torch.SymInt):
-            return sympy.sympify(value.node.expr).xreplace(self._all_replacements)
+            return plain(sympy.sympify(value.node.expr).xreplace(self._all_replacements))
         if isinstance(value, sympy.Basic):
-            return value.xreplace(self._all_replacements)
+            return plain(value.xreplace(self._all_replacements))
         return sympy.Integer(int(value))
 
     def shape(self, node: fx.Node) -> tuple[sympy.Expr, ...] | None:

@@ -59,8 +59,36 @@ class Measured:
     sites: list = field(default_factory=list)
 
 
-def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int) -> TracedModel:
-    """The forward traced with every size a number (N = seq_len, B = batch)."""
+class _OpBudget(torch.overrides.TorchFunctionMode):
+    """Stops a trace after ``limit`` torch calls: a loop over a long sequence
+    would record one step after another for minutes."""
+
+    def __init__(self, limit: int | None):
+        super().__init__()
+        self.limit, self.calls = limit, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        if self.limit is not None and self.calls > self.limit:
+            raise TraceTooLong(self.limit)
+        return func(*args, **(kwargs or {}))
+
+
+class TraceRaised(ModelError):
+    """The model's own code raised in a trace at a fixed length."""
+
+
+class TraceTooLong(ModelError):
+    """A trace at a fixed length ran past its budget of torch calls."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"a trace at this length makes more than {limit:,} torch calls")
+
+
+def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
+                   max_calls: int | None = None) -> TracedModel:
+    """The forward traced with every size a number (N = seq_len, B = batch);
+    ``max_calls`` stops it (TraceTooLong) past that many torch calls."""
     from . import INFERENCE, _record_module_paths
 
     model = loaded.module
@@ -76,13 +104,13 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int) -> TracedModel
     try:
         with torch.no_grad(), _record_module_paths(model), flex_uncompiled(), \
                 loaded.trace_context(), fast_paths(loaded.kernel_device), \
-                warnings.catch_warnings(), quiet_shape_log():
+                warnings.catch_warnings(), quiet_shape_log(), _OpBudget(max_calls):
             warnings.simplefilter("ignore")
             gm = make_fx(INFERENCE.build(model, params), tracing_mode="fake")(params, args, kwargs)
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"the model raised while being traced at N={seq_len}: "
+        raise TraceRaised(f"the model raised while being traced at N={seq_len}: "
                          f"{type(exc).__name__}: {first_line(exc)}") from exc
     names = list(params)
     placeholder_kinds = {}

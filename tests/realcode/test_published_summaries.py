@@ -1,0 +1,152 @@
+"""Published attention that never forms an N×N matrix by other means than
+a window: keys projected along the sequence (Linformer), landmarks pooled
+from it (Nyström), and gated attention units whose scores are weighed by a
+squared ReLU instead of a softmax (FLASH).  The truth of each was read from
+the package's source (see each model file) and is checked on the package;
+attncost's FLOPs are checked against FlopCounterMode on a real forward, at
+the traced length and at one never traced (batch 2); the per-site counts
+are derived by hand below."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import sympy
+import torch
+
+import attncost
+
+HERE = Path(__file__).parent
+for _folder in (HERE, HERE.parent):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+from oracle import count_flops, load_module  # noqa: E402
+from published_support import require  # noqa: E402
+
+HEADS, DIM_HEAD = 2, 16
+_DONE: dict = {}
+
+
+def analysed(name: str, seq_len: int):
+    if name not in _DONE:
+        _DONE[name] = attncost.analyze(HERE / f"published_{name}.py", seq_len=seq_len,
+                                       device="cpu")
+    return _DONE[name]
+
+
+def real_flops(name: str, n: int, batch: int) -> int:
+    mod = load_module(HERE / f"published_{name}.py")
+    torch.manual_seed(0)
+    model = mod.build_model().eval()
+    return count_flops(model, mod.example_inputs(n, batch=batch))
+
+
+def _per_layer(a) -> dict[str, list]:
+    layers: dict[str, list] = {}
+    for s in a.sites:
+        layers.setdefault(s.layer, []).append(s)
+    return layers
+
+
+# ------------------------------------------------------------------ Linformer
+
+
+def test_linformer_projects_keys_along_the_sequence():
+    require("linformer")
+    model = load_module(HERE / "published_linformer.py").build_model()
+    projections = [p for name, p in model.named_parameters() if name.endswith("proj_k")]
+    assert [tuple(p.shape) for p in projections] == [(512, 32)] * 2
+
+
+def test_linformer_is_linear_in_n():
+    require("linformer")
+    a = analysed("linformer", 256)
+    assert len(a.sites) == 2
+    for s in a.sites:
+        assert (s.variant, s.implementation, s.causal, s.heads) == ("linear", "low-rank", False,
+                                                                   HEADS)
+        assert s.complexity == "N*r*d"
+        # Q·Kᵀ over 32 projected keys and P·V over 32 projected values, per head
+        for n in (256, 384):
+            assert a.at(s.flops, n, 1) == 2 * HEADS * n * 32 * (DIM_HEAD + DIM_HEAD)
+    assert a.at(a.flops, 256, 1) == real_flops("linformer", 256, 1)
+    assert a.at(a.flops, 200, 2) == real_flops("linformer", 200, 2)
+
+
+# ------------------------------------------------------------------ Nyström
+
+
+def test_nystrom_landmarks_are_segment_means():
+    nystrom_attention = require("nystrom_attention")
+    attend = nystrom_attention.NystromAttention(dim=32, dim_head=16, heads=2, num_landmarks=16)
+    assert attend.num_landmarks == 16 and attend.residual
+
+
+def test_nystrom_three_softmaxes_per_layer():
+    require("nystrom_attention")
+    a = analysed("nystrom", 256)
+    layers = _per_layer(a)
+    assert len(layers) == 2
+    m, d = 16, DIM_HEAD
+    for sites in layers.values():
+        by_variant = sorted(sites, key=lambda s: s.variant)
+        assert [s.variant for s in by_variant] == ["dense", "linear", "linear"]
+        landmarks, *linear = by_variant
+        # 16 × 16: Q_l·K_lᵀ and the first product of the Newton iteration (x @ z)
+        assert a.at(landmarks.flops, 256, 1) == a.at(landmarks.flops, 4096, 1) == \
+            2 * HEADS * m * m * d + 2 * HEADS * m * m * m
+        for s in linear:
+            assert s.implementation == "low-rank" and s.heads == HEADS
+            # N × 16 scores (or 16 × N), and their product with a 16-wide operand
+            for n in (256, 4096):
+                assert a.at(s.flops, n, 1) == 2 * HEADS * n * m * d + 2 * HEADS * n * m * d
+    assert a.at(a.flops, 256, 1) == real_flops("nystrom", 256, 1)
+    assert a.at(a.flops, 192, 2) == real_flops("nystrom", 192, 2)
+
+
+def test_nystrom_formulas_read_back_from_json():
+    require("nystrom_attention")
+    d = analysed("nystrom", 256).to_dict()
+    symbols = {"N": sympy.Symbol("N"), "B": sympy.Symbol("B")}
+    for item in [d["totals"]["flops"], d["totals"]["peak_memory_bytes"]] + \
+            [s["flops"] for s in d["sites"]]:
+        expr = sympy.sympify(item["expr"], locals=symbols)
+        assert expr.free_symbols <= set(symbols.values()), item["expr"]
+        assert int(expr.subs({symbols["N"]: 256, symbols["B"]: 1})) == item["value"]
+
+
+# ------------------------------------------------------------------ FLASH (gated attention units)
+
+
+def _group_pairs(n: int, causal: bool) -> int:
+    """(query, key) pairs within groups of 32, by brute force."""
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    ok = (i // 32) == (j // 32)
+    if causal:
+        ok &= j <= i
+    return int(ok.sum())
+
+
+@pytest.mark.parametrize("name, causal", [("flash_gau", True),
+                                          ("flash_gau_bidirectional", False)])
+def test_flash_squared_relu_within_groups(name, causal):
+    require("flash_pytorch")
+    a = analysed(name, 256)
+    local = [s for s in a.sites if s.variant == "local"]
+    assert len(local) == 2
+    per_pair = 2 * (16 + 64)  # Q·Kᵀ over 16 dims, P·V over 64
+    for s in local:
+        assert (s.causal, s.window, s.heads) == (causal, 32, 1)
+        assert a.at(s.useful_flops, 2048, 1) == per_pair * _group_pairs(2048, causal)
+    assert a.at(a.flops, 256, 1) == real_flops(name, 256, 1)
+    assert a.at(a.flops, 320, 2) == real_flops(name, 320, 2)
+
+
+def test_flash_bidirectional_sums_one_state_across_groups():
+    require("flash_pytorch")
+    a = analysed("flash_gau_bidirectional", 256)
+    linear = [s for s in a.sites if s.variant == "linear"]
+    assert len(linear) == 2 and not any(s.causal for s in linear)
