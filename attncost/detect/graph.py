@@ -127,7 +127,8 @@ class GraphContext:
     def selected_by_content(self, operand: fx.Node) -> bool:
         """Are the rows of this product operand picked by an index computed
         from the input's content (top-k of routing scores, an argsort of
-        hash buckets), between the product that made them and here?"""
+        hash buckets), between the product that made them and here, or,
+        for a fixed number of rows (routed tokens), before their projection?"""
         seen: set[fx.Node] = set()
         stack = [operand]
         while stack:
@@ -142,6 +143,9 @@ class GraphContext:
                 stack.append(source)
             elif not is_product(n):
                 stack.extend(tensor_inputs(n))
+            elif not self._runs_along_sequence(n):
+                # a fixed number of rows projected: routed tokens, picked before
+                stack.extend(a for a in tensor_inputs(n) if not self.is_weight(a))
         return False
 
     def summarizes_sequence(self, operand: fx.Node) -> bool:

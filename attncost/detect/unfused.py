@@ -8,7 +8,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, as_int, settled, value_at
+from ..expr import B, N, as_int, settled, value_at
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
@@ -137,6 +137,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     heads, n_q = heads_and_queries(ctx, shape, dim, q_operand)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
+    kv_heads = min(kv_heads, _key_heads(t, k_operand, n_keys, ratio) or kv_heads)
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
     relaid = (pv, v_operand) if _relaid(n_keys, score_path + prob_path) else None
     pattern = _site_pattern(ctx, (qk, weights, q_operand, k_operand), mask_inputs, n_keys, heads,
@@ -148,6 +149,18 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
                            as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
     return build_sites(ctx, softmax, site_shape, pattern,
                        nodes=[qk, *score_path, softmax, *prob_path, pv])
+
+
+def _key_heads(t, k_operand: fx.Node, n_keys, ratio: int) -> int | None:
+    """Heads the keys hold: the K operand's elements, before any repeat,
+    over B·keys·d; one for keys shared by every head without a repeat (an
+    einsum of per-head queries with head-less keys, multi-query attention)."""
+    shape = t.shape(k_operand)
+    if shape is None or len(shape) < 2:
+        return None
+    d = shape[-2] if sympy.simplify(settled(shape[-1]) - n_keys) == 0 else shape[-1]
+    held = as_int(sympy.Mul(*shape) / ratio / (B * n_keys * d))
+    return held if held is not None and held >= 1 else None
 
 
 def _zeroed(path: list[fx.Node]) -> list[tuple[fx.Node, str]]:
