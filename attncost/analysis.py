@@ -407,8 +407,10 @@ FIXED_LENGTH_CALLS = 200_000
 def _traced_here(loaded: LoadedModel, seq_len: int, batch: int, options: dict, rules,
                  progress, why: Exception) -> Analysis:
     """A model that fixes its length as a number and does not run at the
-    short lengths a fit is made from (a bucket size, a count of levels):
-    traced at the requested length alone; its formulas hold at that N only."""
+    short lengths a fit is made from (a bucket size, a count of levels), or
+    runs as many ops at every length but with costs no polynomial fits (a
+    tensor made from range(N)): traced at the requested length alone; its
+    formulas hold at that N only."""
     from .tracing.loops import TraceTooLong, concrete_trace
 
     say = progress or (lambda msg: None)
@@ -420,9 +422,9 @@ def _traced_here(loaded: LoadedModel, seq_len: int, batch: int, options: dict, r
                          f"N={seq_len:,} is too long (a loop over the sequence); try a shorter "
                          "--seq-len") from None
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
-    result.notes.append(f"the model fixes the length as a number and does not run at the short "
-                        f"lengths a cost in N is fitted from ({why}): it was traced at "
-                        f"N={seq_len:,} and its formulas hold at that N only")
+    result.notes.append(f"the model fixes the length as a number and its cost cannot be fitted "
+                        f"in N from short traces ({why}): it was traced at N={seq_len:,} and its "
+                        "formulas hold at that N only")
     return result
 
 

@@ -10,6 +10,7 @@ Oracles, each independent of attncost's trace:
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -236,3 +237,25 @@ def test_a_length_fixed_as_a_number_past_the_fitted_lengths_is_traced_there(writ
     model = transformers.ReformerModel(config).eval()
     ids = torch.randint(1, REFORMER["vocab_size"], (1, n))
     assert a.at(a.flops) == count_flops(model, (ids,))
+
+
+def test_model_that_cannot_run_at_short_lengths_is_traced_where_asked():
+    # levels_of_blocks.py fixes its number of levels from N and asserts N is
+    # a multiple of 64, so no fit from short traces can be made: it is traced
+    # at the requested length, and says its formulas hold there only
+    path = MODELS / "levels_of_blocks.py"
+    for n in (256, 512):
+        a = attncost.analyze(path, seq_len=n, device="cpu")
+        mod = load_module(path)
+        model = mod.build_model().eval()
+        assert a.at(a.flops, n, 1) == count_flops(model, mod.example_inputs(n))
+        assert a.n_range == (n, n)
+        assert any("holds at that N only" in note or "hold at that N only" in note
+                   for note in a.notes)
+        levels = int(math.log2(n // 32))
+        assert len(a.sites) == levels
+        assert {s.heads for s in a.sites} == {2}
+        # level l: n / 2**l pooled positions in blocks of 16, 2 heads of 16
+        for s, level in zip(sorted(a.sites, key=lambda s: -a.at(s.flops, n, 1)), range(levels)):
+            pooled = n // 2 ** level
+            assert a.at(s.flops, n, 1) == 2 * 2 * pooled * 16 * (16 + 16)

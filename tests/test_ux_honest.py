@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import sympy
+import torch
 from click.testing import CliRunner
 
 from attncost.analysis import analyze
@@ -16,6 +17,7 @@ from attncost.render import show_analysis
 from attncost.render.schema import analysis_dict
 from attncost.render.sentences import _hidden_quadratic_line, leading_text
 from conftest import MODELS
+from oracle import load_module
 
 SMALL_LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"], num_hidden_layers=2,
                    hidden_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=1024,
@@ -99,3 +101,20 @@ def test_leading_term_of_a_formula_with_floor_and_mod():
     assert leading_text(exact) == "≈ 4096·B·N^2"
     assert leading_text(8192 * B * N**2 + 7 * N) == "8192·B·N^2"
     assert leading_term(exact, N).has(sympy.floor)  # the JSON keeps the exact form
+
+
+def test_a_table_of_positions_sliced_to_the_length_bounds_the_range():
+    # position_table.py slices 65 learned positions to N + 1: it runs for
+    # N <= 64 only; a real forward past that fails, and attncost says so
+    path = MODELS / "position_table.py"
+    a = analyze(path, 48, device="cpu")
+    assert a.n_range == (1, 64)
+    mod = load_module(path)
+    model = mod.build_model().eval()
+    with torch.no_grad():
+        model(*mod.example_inputs(64))
+        with pytest.raises(RuntimeError):
+            model(*mod.example_inputs(65))
+    result = CliRunner().invoke(main, ["analyze", str(path), "--seq-len", "100"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output

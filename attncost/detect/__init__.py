@@ -11,7 +11,10 @@ order they run; a later one does not claim nodes an earlier site holds:
   chunked linear form's, is left to the linear recognisers);
 * linear.py: kernelized attention through a sequence-free state;
 * scan.py: causal linear attention through a prefix sum of states;
-* recurrent.py: a loop over the positions carrying a state (at a fixed length).
+* recurrent.py: a loop over the positions carrying a state (at a fixed length);
+* unfused.py last: scores applied to V with nothing weighing them (a
+  retention's decay, a Taylor polynomial, a mask), once the linear forms
+  have claimed their chunks.
 
 Masks are read by evaluating them (masks.py); what they let through and
 which variant that makes is patterns/'s answer.
@@ -28,7 +31,7 @@ from .linear import find_linear
 from .recurrent import find_recurrent
 from .scan import find_scans
 from .site import AttentionSite
-from .unfused import find_unfused, find_weighed
+from .unfused import find_unfused, find_unweighed, find_weighed
 
 #: name -> recogniser(ctx, used node names) -> sites; run in this order.
 Recogniser = Callable[[GraphContext, set], list]
@@ -46,6 +49,7 @@ register_recogniser("weighed")(find_weighed)
 register_recogniser("linear")(find_linear)
 register_recogniser("scan")(find_scans)
 register_recogniser("recurrent")(find_recurrent)
+register_recogniser("unweighed")(find_unweighed)
 
 
 def find_sites(traced, loaded=None, seq_len: int | None = None,

@@ -56,6 +56,8 @@ class GraphContext:
     #: the weights a site applies to V -> the function that weighs its scores
     #: in place of a softmax (relu, exp), where masks may follow it
     weighed_by: dict = field(default_factory=dict)
+    #: the weights a site applies to V -> its Q·Kᵀ, where nothing weighs the scores
+    unweighed: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.seq_len = self.seq_len or self.traced.seq_len_hint

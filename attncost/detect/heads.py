@@ -69,8 +69,10 @@ def projection_heads(ctx, q_operand: fx.Node, limit: int = 32) -> int | None:
             return None
         if is_product(node):
             return _heads_of(ctx, node, q_shape, head_dim)
-        if packet(node) in GATHER_OPS and isinstance(node.args[0], fx.Node):
-            # rows picked (routing, sorting): the heads are those of the rows it picks from
+        if (packet(node) in GATHER_OPS or _pools_rows(t, node)) and \
+                isinstance(node.args[0], fx.Node):
+            # rows picked (routing, sorting) or pooled (landmarks, coarser
+            # levels): the heads are those of the rows it picks or pools from
             source = t.shape(node.args[0])
             if not source or as_int(source[-1]) != head_dim:
                 return None
@@ -78,6 +80,16 @@ def projection_heads(ctx, q_operand: fx.Node, limit: int = 32) -> int | None:
             continue
         node = _carried(ctx, node)
     return None
+
+
+def _pools_rows(t, node: fx.Node) -> bool:
+    """A sum or mean over axes other than the features (pooled rows)."""
+    if packet(node) not in (aten.sum, aten.mean) or len(node.args) < 2:
+        return False
+    shape = t.shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+    dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
+    return bool(shape) and all(isinstance(d, int) and d % len(shape) != len(shape) - 1
+                               for d in dims)
 
 
 def _heads_of(ctx, proj: fx.Node, q_shape, head_dim: int | None) -> int | None:

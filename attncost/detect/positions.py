@@ -164,6 +164,10 @@ def site_weights(ctx, weights: fx.Node, n: int):
     place (``relu(S)**2``, whose masks may come after it), the weights that
     reach ·V with that function read as exp: 1 where a pair passes, 0 where
     a mask blocked it, before or after."""
+    qk = ctx.unweighed.get(weights)
+    if qk is not None:  # scores of 1 pass through the decay or mask as they are
+        scores = torch.as_tensor(evaluate_node(ctx, qk, n))
+        return evaluate_node(ctx, weights, n, {qk: torch.ones_like(scores)})
     anchor = ctx.weighed_by.get(weights)
     if anchor is None:
         return evaluate_node(ctx, weights, n)

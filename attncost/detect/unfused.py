@@ -15,7 +15,7 @@ from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, 
     packet
 from . import masks
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
-from .graph import PROB_OPS, SCORE_OPS, copied_into
+from .graph import PROB_OPS, SCORE_OPS, copied_into, tensor_inputs
 from .heads import heads_and_queries
 from .site import AttentionSite, SiteShape, build_sites, content_based
 
@@ -57,6 +57,73 @@ def find_weighed(ctx, used: set[str]) -> list[AttentionSite]:
         if not any(n in used for s in sites for n in s.nodes):
             found.extend(sites)
     return found
+
+
+#: Ops on the way from Q·Kᵀ to ·V where nothing but elementwise work weighs
+#: the scores (a decay, a polynomial, a mask).
+_UNWEIGHED_PATH = SCORE_OPS | _AFTER_WEIGHING | frozenset({aten.pow})
+
+
+def find_unweighed(ctx, used: set[str]) -> list[AttentionSite]:
+    """Scores applied to V with no softmax or other weighing function: a
+    retention's decay (Q·Kᵀ ⊙ D)·V, a Taylor polynomial of the scores, a
+    mask; their parallel forms cost N_q·N_k like any scores.  Runs last:
+    the linear recognisers claim the chunked forms' products first."""
+    found = []
+    for node in ctx.traced.nodes:
+        if node.op != "call_function" or packet(node) not in MATMUL_OPS or node.name in used:
+            continue
+        weights = _unweighed_weights(ctx, node)
+        if weights is None:
+            continue
+        ctx.unweighed[weights] = node
+        sites = read_unfused(ctx, weights, weights, -1)
+        if sites and not any(n in used for s in sites for n in s.nodes):
+            found.extend(sites)
+            used.update(n for s in sites for n in s.nodes)
+    return found
+
+
+def _unweighed_weights(ctx, pv: fx.Node, limit: int = 16) -> fx.Node | None:
+    """The factor of ``pv`` that scores reach through elementwise ops only
+    (its last op before the product), when those scores are a product of
+    two projections of the input; else None."""
+    first = 1 if packet(pv) in BIASED_MATMUL_OPS else 0
+    for factor in pv.args[first:first + 2]:
+        node, seen = factor, 0
+        while isinstance(node, fx.Node) and node.op == "call_function" and seen < limit:
+            if packet(node) in MATMUL_OPS:
+                break
+            if not (packet(node) in _UNWEIGHED_PATH or is_view(node)):
+                node = None
+                break
+            node = next((a for a in node.args if isinstance(a, fx.Node) and _reaches_product(a)),
+                        None)
+            seen += 1
+        if isinstance(node, fx.Node) and node is not factor and packet(node) in MATMUL_OPS:
+            if all(_projected(ctx, o) for o in ctx.product_operands(node)):
+                return factor
+    return None
+
+
+def _projected(ctx, operand: fx.Node) -> bool:
+    """Does this operand come from a projection of the input (a product with
+    a weight) and from no other product on the way?  Queries and keys do;
+    a matrix iterated on (a pseudo-inverse's steps), or the raw input, not."""
+    seen: set[fx.Node] = set()
+    stack, projected = [operand], False
+    while stack:
+        n = stack.pop()
+        if not isinstance(n, fx.Node) or n in seen or n.op != "call_function":
+            continue
+        seen.add(n)
+        if packet(n) in MATMUL_OPS:
+            if not any(ctx.is_weight(o) for o in ctx.product_operands(n)):
+                return False
+            projected = True
+            continue
+        stack.extend(tensor_inputs(n))
+    return projected
 
 
 def _unstabilized(scores: fx.Node) -> fx.Node:
@@ -130,6 +197,8 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if sympy.simplify(contracted - n_keys) != 0 and not _relaid(n_keys, prob_path):
         return []
     weights = softmax
+    if softmax in ctx.unweighed:  # nothing weighs the scores: a factor 0 blocks
+        mask_inputs += _scaled(score_path, softmax)
     if packet(softmax) in WEIGHING_OPS:  # its masks may follow it: read at ·V
         mask_inputs += _zeroed(prob_path)
         weights = p_operand
@@ -161,6 +230,18 @@ def _key_heads(t, k_operand: fx.Node, n_keys, ratio: int) -> int | None:
     d = shape[-2] if sympy.simplify(settled(shape[-1]) - n_keys) == 0 else shape[-1]
     held = as_int(sympy.Mul(*shape) / ratio / (B * n_keys * d))
     return held if held is not None and held >= 1 else None
+
+
+def _scaled(path: list[fx.Node], weights: fx.Node) -> list[tuple[fx.Node, str]]:
+    """Tensors multiplied into unweighed scores (a decay with zeros above
+    the diagonal): where they are 0, the pair is blocked."""
+    found = []
+    for n in path + [weights]:
+        if packet(n) in (aten.mul, aten.mul_) and len(n.args) == 2 and \
+                all(isinstance(a, fx.Node) for a in n.args):
+            other = n.args[1] if _reaches_product(n.args[0]) else n.args[0]
+            found.append((other, "scale"))
+    return found
 
 
 def _zeroed(path: list[fx.Node]) -> list[tuple[fx.Node, str]]:

@@ -74,7 +74,10 @@ def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
 def allowed_pairs(value: torch.Tensor, polarity: str) -> torch.Tensor:
     """Which (query, key) pairs a mask's values let through, given how it is
     applied: allowed (True lets through), blocked (True blocks), masked_fill
-    (as the mask of masked_fill), additive (a float added to the scores)."""
+    (as the mask of masked_fill), additive (a float added to the scores),
+    scale (multiplied into weights that no softmax follows: 0 blocks)."""
+    if polarity == "scale":
+        return value != 0
     if value.dtype == torch.bool:
         return value if polarity in ("allowed", "additive") else ~value
     if value.is_floating_point() and polarity in ("allowed", "additive"):

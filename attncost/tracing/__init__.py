@@ -273,4 +273,25 @@ def _guards(traced: TracedModel) -> tuple[list[str], tuple[int, int | None]]:
         if expr in (sympy.true, sympy.false) or not expr.free_symbols:
             continue
         texts.append(str(expr))
+        lo, hi = _bounded(expr, lo, hi)
     return sorted(set(texts)), (lo, hi)
+
+
+def _bounded(guard, lo: int, hi: int | None) -> tuple[int, int | None]:
+    """(lo, hi) narrowed by a guard linear in N alone (``N + 1 <= 257``: a
+    table of positions sliced to the length), the bounds a range can say."""
+    if not isinstance(guard, sympy.core.relational.Relational) or guard.free_symbols != {N}:
+        return lo, hi
+    side = guard.lhs - guard.rhs
+    if not side.is_polynomial(N) or sympy.degree(side, N) != 1:
+        return lo, hi
+    interval = sympy.solve_univariate_inequality(guard, N, relational=False)
+    if not isinstance(interval, sympy.Interval):
+        return lo, hi
+    if interval.inf.is_finite:  # the least integer inside (sizes >= 2 go without saying)
+        least = sympy.floor(interval.inf) + 1 if interval.left_open else sympy.ceiling(interval.inf)
+        lo = max(lo, int(least)) if least > 2 else lo
+    if interval.sup.is_finite:  # the greatest integer inside
+        most = sympy.ceiling(interval.sup) - 1 if interval.right_open else sympy.floor(interval.sup)
+        hi = int(most) if hi is None else min(hi, int(most))
+    return lo, hi

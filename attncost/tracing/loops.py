@@ -78,6 +78,12 @@ class TraceRaised(ModelError):
     """The model's own code raised in a trace at a fixed length."""
 
 
+class NoLoop(TraceRaised):
+    """The model takes N as a number but runs as many ops at every length
+    (no loop over the sequence), and its costs at short lengths follow no
+    polynomial: it is to be traced where asked."""
+
+
 class TraceTooLong(ModelError):
     """A trace at a fixed length ran past its budget of torch calls."""
 
@@ -327,8 +333,16 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
     if len(weights) != 1:
         raise FitFailed("the model loops over the sequence, and its weights differ between "
                         "lengths: it cannot be costed from small traces")
-    flops = fit_number(measured, lambda m: m.numbers["flops"], "FLOPs")
-    peak = _fitted_peak(measured)
+    try:
+        flops = fit_number(measured, lambda m: m.numbers["flops"], "FLOPs")
+        peak = _fitted_peak(measured)
+    except FitFailed as exc:
+        if all(len({m.numbers["nodes"] for m in measured if m.batch == b}) == 1
+               for b in {m.batch for m in measured}):
+            # as many ops at every length: N fixed as a number, but no loop over it
+            raise NoLoop(f"its costs at N={FIT_LENGTHS[0]}..{HELD_OUT[-1][0]} follow no "
+                         "polynomial in N") from exc
+        raise
     inputs = fit_number(measured, lambda m: m.numbers["input"], "input bytes")
     workspace = measured[0].numbers["workspace"]
     note = measured_note()

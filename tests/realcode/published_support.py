@@ -135,7 +135,13 @@ def import_timm():
 
 def fla_linear_attn_naive():
     """flash-linear-attention's fla/ops/linear_attn/naive.py, loaded alone."""
-    name = "published_fla_linear_attn_naive"
+    return fla_naive("linear_attn")
+
+
+def fla_naive(op: str):
+    """flash-linear-attention's fla/ops/<op>/naive.py, loaded alone (the
+    package's own __init__ wants Triton)."""
+    name = f"published_fla_{op}_naive"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.find_spec("fla")
@@ -143,7 +149,7 @@ def fla_linear_attn_naive():
         _skip("flash-linear-attention (fla) is not installed; install the realcode extra (.ci/run)")
     from pathlib import Path
 
-    path = Path(list(spec.submodule_search_locations)[0]) / "ops" / "linear_attn" / "naive.py"
+    path = Path(list(spec.submodule_search_locations)[0]) / "ops" / op / "naive.py"
     if not path.exists():
         _skip(f"{path} is not in this flash-linear-attention")
     file_spec = importlib.util.spec_from_file_location(name, path)

@@ -1,7 +1,8 @@
-"""Published attention that never forms an N×N matrix by other means than
-a window: keys projected along the sequence (Linformer), landmarks pooled
-from it (Nyström), and gated attention units whose scores are weighed by a
-squared ReLU instead of a softmax (FLASH).  The truth of each was read from
+"""Published attention that is not a softmax over N×N scores: keys
+projected along the sequence (Linformer), landmarks pooled from it
+(Nyström), gated attention units whose scores are weighed by a squared ReLU
+instead of a softmax (FLASH), and Based's parallel form, weighed by a
+polynomial with no weighing op at all.  The truth of each was read from
 the package's source (see each model file) and is checked on the package;
 attncost's FLOPs are checked against FlopCounterMode on a real forward, at
 the traced length and at one never traced (batch 2); the per-site counts
@@ -150,3 +151,26 @@ def test_flash_bidirectional_sums_one_state_across_groups():
     a = analysed("flash_gau_bidirectional", 256)
     linear = [s for s in a.sites if s.variant == "linear"]
     assert len(linear) == 2 and not any(s.causal for s in linear)
+
+
+# ------------------------------------------------------------------ Based (no softmax, no weighing op)
+
+
+def test_based_parallel_form_is_causal_n_squared():
+    from published_support import fla_naive
+
+    naive = fla_naive("based")
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 12, 16), torch.randn(1, 1, 12, 16)
+    # V = the identity: output row i is nonzero where query i reaches a key
+    out = naive.naive_parallel_based(q, k, torch.eye(12)[None, None], use_norm=False)
+    # query i reaches keys 0..i: the truth, on the package
+    assert torch.equal(out[0, 0] != 0, torch.tril(torch.ones(12, 12, dtype=torch.bool)))
+    a = analysed("fla_based", 128)
+    assert len(a.sites) == 2
+    for s in a.sites:
+        assert (s.variant, s.causal, s.heads) == ("dense", True, HEADS)
+        n = 1024
+        assert a.at(s.useful_flops, n, 1) == HEADS * n * (n + 1) // 2 * 2 * (16 + 16)
+    assert a.at(a.flops, 128, 1) == real_flops("fla_based", 128, 1)
+    assert a.at(a.flops, 200, 2) == real_flops("fla_based", 200, 2)
