@@ -98,7 +98,7 @@ class _MaskReader:
     def __call__(self, n: int) -> torch.Tensor | None:
         allowed, everything = None, None
         for mask, polarity in self.masks:
-            value = _evaluated(self.ctx, mask, n)
+            value = _evaluated(self.ctx, mask, n, decay_free=polarity == "scale")
             if value is None:
                 return None
             value, one = _allowed(torch.as_tensor(value), polarity)
@@ -128,17 +128,45 @@ def _allowed(value: torch.Tensor, polarity: str) -> tuple[torch.Tensor, torch.Te
     return allowed, allowed
 
 
-def _evaluated(ctx, mask: fx.Node, n: int):
+#: Exponentials whose value is never an exact zero, whatever the input.
+_DECAYS = frozenset(getattr(torch.ops.aten, n) for n in ("exp", "exp2")
+                    if hasattr(torch.ops.aten, n))
+
+
+def _evaluated(ctx, mask: fx.Node, n: int, decay_free: bool = False):
+    """A mask's value at length n.  ``decay_free``: a factor multiplied into
+    the scores whose decay is computed from the input (exp of a gate's
+    cumulative sum) is read with those exponentials as 1: the input weighs
+    the pairs; only the structure (a tril) blocks them, not an exponential
+    that underflows at the weights read as zeros."""
     cache = ctx.mask_values
-    if (mask, n) not in cache:
+    key = (mask, n) if not decay_free else (mask, n, "decay_free")
+    if key not in cache:
         try:
-            cache[(mask, n)] = evaluate_node(ctx, mask, n)
+            given = _decays_as_one(ctx, mask, n) if decay_free else None
+            cache[key] = evaluate_node(ctx, mask, n, given)
         except CannotEvaluate as why:
-            cache[(mask, n)] = why
-    value = cache[(mask, n)]
+            cache[key] = why
+    value = cache[key]
     if isinstance(value, CannotEvaluate):
         raise value
     return value
+
+
+def _decays_as_one(ctx, mask: fx.Node, n: int) -> dict:
+    """The exponentials computed from the input on the way to ``mask``, each
+    given as ones of its shape."""
+    given, seen, stack = {}, set(), [mask]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, fx.Node) or node in seen or node.op != "call_function":
+            continue
+        seen.add(node)
+        if getattr(node.target, "overloadpacket", None) in _DECAYS and node in ctx.activations:
+            given[node] = torch.ones_like(torch.as_tensor(evaluate_node(ctx, node, n)))
+            continue
+        stack.extend(node.all_input_nodes)
+    return given
 
 
 def _group_heads(head_of, heads: int, n: int) -> list[list[int]] | None:

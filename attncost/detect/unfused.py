@@ -97,13 +97,31 @@ def _unweighed_weights(ctx, pv: fx.Node, limit: int = 16) -> fx.Node | None:
             if not (packet(node) in _UNWEIGHED_PATH or is_view(node)):
                 node = None
                 break
-            node = next((a for a in node.args if isinstance(a, fx.Node) and _reaches_product(a)),
-                        None)
+            node = next((a for a in node.args if isinstance(a, fx.Node) and
+                         _unweighed_from_product(a, limit - seen)), None)
             seen += 1
         if isinstance(node, fx.Node) and node is not factor and packet(node) in MATMUL_OPS:
             if all(_projected(ctx, o) for o in ctx.product_operands(node)):
                 return factor
     return None
+
+
+def _unweighed_from_product(node: fx.Node, limit: int) -> bool:
+    """Does ``node`` come from a product through elementwise ops only?"""
+    for _ in range(limit):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            return False
+        if packet(node) in MATMUL_OPS:
+            return True
+        if not (packet(node) in _UNWEIGHED_PATH or is_view(node)):
+            return False
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        if len(args) > 1:
+            return any(_unweighed_from_product(a, limit - 1) for a in args)
+        if not args:
+            return False
+        node = args[0]
+    return False
 
 
 def _projected(ctx, operand: fx.Node) -> bool:

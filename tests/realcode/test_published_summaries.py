@@ -156,7 +156,32 @@ def test_flash_bidirectional_sums_one_state_across_groups():
 # ------------------------------------------------------------------ Based (no softmax, no weighing op)
 
 
-def test_based_parallel_form_is_causal_n_squared():
+@pytest.mark.parametrize("name", ["fla_based", "fla_rebased", "fla_simple_gla"])
+def test_parallel_forms_without_softmax_are_causal_n_squared(name):
+    # Based (a Taylor polynomial), ReBased (a square) and simple GLA (a decay
+    # computed from the input's gate, kept on and below the diagonal)
+    a = analysed(name, 128)
+    assert len(a.sites) == 2, [(s.name, s.variant) for s in a.sites]
+    for s in a.sites:
+        assert (s.variant, s.causal, s.heads) == ("dense", True, HEADS)
+        n = 1024
+        assert a.at(s.useful_flops, n, 1) == HEADS * n * (n + 1) // 2 * 2 * (16 + 16)
+    assert a.at(a.flops, 128, 1) == real_flops(name, 128, 1)
+    assert a.at(a.flops, 200, 2) == real_flops(name, 200, 2)
+
+
+def test_simple_gla_decay_is_causal_on_the_package():
+    from published_support import fla_naive
+
+    naive = fla_naive("simple_gla")
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 12, 1, 16), torch.randn(1, 12, 1, 16)
+    g = torch.nn.functional.logsigmoid(torch.randn(1, 12, 1))
+    _, weights = naive.naive_parallel_simple_gla(q, k, torch.randn(1, 12, 1, 16), g)
+    assert torch.equal(weights[0, 0] != 0, torch.tril(torch.ones(12, 12, dtype=torch.bool)))
+
+
+def test_based_is_causal_on_the_package():
     from published_support import fla_naive
 
     naive = fla_naive("based")
@@ -166,11 +191,3 @@ def test_based_parallel_form_is_causal_n_squared():
     out = naive.naive_parallel_based(q, k, torch.eye(12)[None, None], use_norm=False)
     # query i reaches keys 0..i: the truth, on the package
     assert torch.equal(out[0, 0] != 0, torch.tril(torch.ones(12, 12, dtype=torch.bool)))
-    a = analysed("fla_based", 128)
-    assert len(a.sites) == 2
-    for s in a.sites:
-        assert (s.variant, s.causal, s.heads) == ("dense", True, HEADS)
-        n = 1024
-        assert a.at(s.useful_flops, n, 1) == HEADS * n * (n + 1) // 2 * 2 * (16 + 16)
-    assert a.at(a.flops, 128, 1) == real_flops("fla_based", 128, 1)
-    assert a.at(a.flops, 200, 2) == real_flops("fla_based", 200, 2)
