@@ -230,3 +230,14 @@ def test_multihead_attention_with_a_causal_attn_mask():
     for n in (16, 64, 100):
         assert a.at(a.flops, n) == oracle("mha_causal", n)
         assert a.at(s.useful_flops, n) == 2 * 2 * 4 * 8 * sum(range(1, n + 1))
+
+
+def test_plain_tensor_attributes_are_constants_of_the_graph():
+    # neither parameters nor buffers: a real run reads them as they are
+    path = MODELS / "plain_tensor_attribute.py"
+    a = attncost.analyze(path, seq_len=256, device="cpu")
+    assert [(s.variant, s.causal, s.heads) for s in a.sites] == [("dense", False, 2)]
+    mod = load_module(path)
+    model = mod.build_model().eval()
+    for n, b in ((300, 1), (77, 2)):
+        assert a.at(a.flops, n, b) == count_flops(model, mod.example_inputs(n, b))

@@ -191,7 +191,7 @@ def _periodic(traced, loaded, batch: int) -> Replay | None:
 def _run(traced, loaded, batch: int, layers=()) -> tuple[Replay, list[tuple[int, str, int]]]:
     """The replay, and when each of ``layers`` began and ended (op indices)."""
     model = loaded.module
-    mode = FakeTensorMode(allow_non_fake_inputs=False, shape_env=_fixed_values_env(traced))
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=_fixed_values_env(traced))
     params, _ = fake_parameters(model, mode, loaded.trace_device, remove_duplicate=False)
     with mode:
         inputs = _to_device(loaded.example_inputs(traced.seq_len_hint, batch), loaded.trace_device)

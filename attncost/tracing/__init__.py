@@ -214,7 +214,9 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
         return fixed
 
     shape_env.attncost_resolve = resolve
-    mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
+    # A tensor kept as a plain attribute (not a parameter or buffer: a fixed
+    # sin-cos table) is a constant of the graph, as it is of a real run.
+    mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=True)
     inputs, replacements = symbolic_inputs(loaded, mode, seq_hint, batch_hint, dims)
     shape_env.watch([s for s, e in replacements.items() if N in e.free_symbols], unroll_limit)
     params, kinds = fake_parameters(model, mode, loaded.trace_device,
@@ -236,7 +238,8 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
                 data.watching():
             # Warnings about running eagerly on fake data concern the trace, not the model.
             warnings.simplefilter("ignore")
-            gm = make_fx(function, tracing_mode="symbolic")(params, args, kwargs)
+            gm = make_fx(function, tracing_mode="symbolic",
+                         _allow_non_fake_inputs=True)(params, args, kwargs)
     except ModelError:
         raise
     except Exception as exc:  # the user's model raised while being traced

@@ -98,7 +98,7 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
     from . import INFERENCE, _record_module_paths
 
     model = loaded.module
-    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)  # plain tensor attributes: constants
     with FakeTensorMode(allow_non_fake_inputs=True):
         concrete = loaded.example_inputs(seq_len, batch)
     flat, spec = tree_flatten(concrete)
@@ -112,7 +112,8 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
                 loaded.trace_context(), fast_paths(loaded.kernel_device), \
                 warnings.catch_warnings(), quiet_shape_log(), _OpBudget(max_calls):
             warnings.simplefilter("ignore")
-            gm = make_fx(INFERENCE.build(model, params), tracing_mode="fake")(params, args, kwargs)
+            gm = make_fx(INFERENCE.build(model, params), tracing_mode="fake",
+                         _allow_non_fake_inputs=True)(params, args, kwargs)
     except ModelError:
         raise
     except Exception as exc:
