@@ -61,6 +61,14 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
     if pattern.kind == "window" and pattern.window:
         return Classification("local", _window_useful(pattern, values, flops), pattern.window,
                               formula("local").complexity, "dense", values)
+    if pattern.base in ("full", "causal") and pattern.pairs is None and \
+            sympy.simplify(n_k - n_q) == pattern.extra_keys:
+        # the sequence's keys as named, and m more that every query sees
+        own = n_q * (n_q + 1) / 2 if pattern.base == "causal" else n_q * n_q
+        pattern.pairs = sympy.expand(own + pattern.extra_keys * n_q)
+        pattern.notes = [n for n in pattern.notes if "was measured at" not in n] + [
+            f"{pattern.extra_keys} keys beside the sequence's own that every query sees "
+            "(memory key/values, a null or sink key)"]
     if pattern.kind == "pattern" and pattern.pairs is not None:
         return _counted(pattern, values, flops)
     if pattern.kind == "pattern" and pattern.density is not None:
@@ -97,6 +105,10 @@ def _counted(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classific
     useful = sympy.expand(_per_pair(values, flops) * pattern.pairs)
     local = pattern.reach is not None and degree(pattern.pairs, N) <= 1
     variant = "local" if local else "sparse"
+    if pattern.base in ("full", "causal"):  # all (or all earlier) keys, and m more
+        variant = "dense"
+    elif pattern.base == "window":
+        variant = "local"
     return Classification(variant, useful, pattern.keys if local else None,
                           formula(variant).complexity, "dense", values)
 

@@ -37,6 +37,10 @@ class MaskPattern:
     content: bool = False
     #: heads that let different pairs through: [(head indices, their pattern)]
     head_groups: list | None = None
+    #: keys every query sees beside the sequence's own (memory key/values, a
+    #: null or sink key), and the pattern of the rest: causal, full or window
+    extra_keys: int = 0
+    base: str | None = None
 
     @classmethod
     def full(cls) -> "MaskPattern":
@@ -66,9 +70,32 @@ def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
         if torch.equal(allowed, (j - i).abs() <= half):
             return MaskPattern("window", causal=False, window=2 * half + 1, symmetric=True,
                                allowed=int(total), length=nq)
+    extra = _with_extra_keys(allowed)
+    if extra is not None:
+        return extra
     causal = bool(nq == nk and not allowed.triu(1).any())
     return MaskPattern("pattern", causal=causal, density=total / (nq * nk),
                        allowed=int(total), length=nq)
+
+
+def _with_extra_keys(allowed: torch.Tensor) -> MaskPattern | None:
+    """Queries × (m + queries) keys whose m first or last columns every query
+    sees (learned memory key/values, a null key, sink tokens): the rest named
+    as its own pattern; the pairs are counted (kind "pattern") so that the
+    m·N extra pairs are in the useful work."""
+    nq, nk = allowed.shape
+    m = nk - nq
+    if m <= 0:
+        return None
+    for cols, rest in ((allowed[:, :m], allowed[:, m:]), (allowed[:, nq:], allowed[:, :nq])):
+        if bool(cols.all()):
+            base = classify_allowed(rest)
+            if base.kind in ("full", "causal", "window"):
+                total = int(allowed.sum().item())
+                return MaskPattern("pattern", causal=base.causal, window=base.window,
+                                   symmetric=base.symmetric, density=total / (nq * nk),
+                                   allowed=total, length=nq, extra_keys=m, base=base.kind)
+    return None
 
 
 def allowed_pairs(value: torch.Tensor, polarity: str) -> torch.Tensor:

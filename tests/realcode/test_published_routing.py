@@ -66,3 +66,20 @@ def test_colt5_routed_tokens_are_chosen_by_the_input():
     assert tuple(model.heavy_attn.null_kv.shape) == (2, 2, 16)
     assert a.at(a.flops, 256, 1) == _real_flops(model, mod, 256, 1)
     assert a.at(a.flops, 320, 2) == _real_flops(model, mod, 320, 2)
+
+
+def test_xtransformers_memory_keys_every_query_sees():
+    require("x_transformers")
+    mod = load_module(HERE / "published_xtransformers_memory_kv.py")
+    model = mod.build_model()
+    memories = [m.mem_k for m in model.modules() if hasattr(m, "mem_k") and m.mem_k is not None]
+    assert [tuple(t.shape) for t in memories] == [(2, mod.MEMORY, 16)] * 2  # the truth, in the code
+    a = attncost.analyze(HERE / "published_xtransformers_memory_kv.py", seq_len=128, device="cpu")
+    assert [(s.variant, s.causal, s.heads) for s in a.sites] == [("dense", True, 2)] * 2
+    for s in a.sites:
+        n = 1024  # causal pairs, plus the 4 memory keys for every query, by brute force
+        i, j = torch.arange(n)[:, None], torch.arange(n + mod.MEMORY)[None, :]
+        pairs = int((j - mod.MEMORY <= i).sum())
+        assert a.at(s.useful_flops, n, 1) == 2 * pairs * 2 * (16 + 16)
+    assert a.at(a.flops, 128, 1) == _real_flops(model, mod, 128, 1)
+    assert a.at(a.flops, 200, 2) == _real_flops(model, mod, 200, 2)
