@@ -59,11 +59,6 @@ def find_weighed(ctx, used: set[str]) -> list[AttentionSite]:
     return found
 
 
-#: Ops on the way from Q·Kᵀ to ·V where nothing but elementwise work weighs
-#: the scores (a decay, a polynomial, a mask).
-_UNWEIGHED_PATH = SCORE_OPS | _AFTER_WEIGHING | frozenset({aten.pow})
-
-
 def find_unweighed(ctx, used: set[str]) -> list[AttentionSite]:
     """Scores applied to V with no softmax or other weighing function: a
     retention's decay (Q·Kᵀ ⊙ D)·V, a Taylor polynomial of the scores, a
@@ -84,44 +79,18 @@ def find_unweighed(ctx, used: set[str]) -> list[AttentionSite]:
     return found
 
 
-def _unweighed_weights(ctx, pv: fx.Node, limit: int = 16) -> fx.Node | None:
-    """The factor of ``pv`` that scores reach through elementwise ops only
-    (its last op before the product), when those scores are a product of
-    two projections of the input; else None."""
+def _unweighed_weights(ctx, pv: fx.Node) -> fx.Node | None:
+    """The factor of ``pv`` that scores reach through score ops only (a
+    decay, a polynomial, a mask: its last op before the product), when
+    those scores are a product of two projections of the input; else None."""
     first = 1 if packet(pv) in BIASED_MATMUL_OPS else 0
     for factor in pv.args[first:first + 2]:
-        node, seen = factor, 0
-        while isinstance(node, fx.Node) and node.op == "call_function" and seen < limit:
-            if packet(node) in MATMUL_OPS:
-                break
-            if not (packet(node) in _UNWEIGHED_PATH or is_view(node)):
-                node = None
-                break
-            node = next((a for a in node.args if isinstance(a, fx.Node) and
-                         _unweighed_from_product(a, limit - seen)), None)
-            seen += 1
-        if isinstance(node, fx.Node) and node is not factor and packet(node) in MATMUL_OPS:
-            if all(_projected(ctx, o) for o in ctx.product_operands(node)):
-                return factor
+        if not isinstance(factor, fx.Node) or packet(factor) in MATMUL_OPS:
+            continue
+        qk, _, _ = _walk_back(factor)
+        if qk is not None and all(_projected(ctx, o) for o in ctx.product_operands(qk)):
+            return factor
     return None
-
-
-def _unweighed_from_product(node: fx.Node, limit: int) -> bool:
-    """Does ``node`` come from a product through elementwise ops only?"""
-    for _ in range(limit):
-        if not isinstance(node, fx.Node) or node.op != "call_function":
-            return False
-        if packet(node) in MATMUL_OPS:
-            return True
-        if not (packet(node) in _UNWEIGHED_PATH or is_view(node)):
-            return False
-        args = [a for a in node.args if isinstance(a, fx.Node)]
-        if len(args) > 1:
-            return any(_unweighed_from_product(a, limit - 1) for a in args)
-        if not args:
-            return False
-        node = args[0]
-    return False
 
 
 def _projected(ctx, operand: fx.Node) -> bool:

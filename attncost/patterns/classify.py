@@ -61,14 +61,8 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
     if pattern.kind == "window" and pattern.window:
         return Classification("local", _window_useful(pattern, values, flops), pattern.window,
                               formula("local").complexity, "dense", values)
-    if pattern.base in ("full", "causal") and pattern.pairs is None and \
-            sympy.simplify(n_k - n_q) == pattern.extra_keys:
-        # the sequence's keys as named, and m more that every query sees
-        own = n_q * (n_q + 1) / 2 if pattern.base == "causal" else n_q * n_q
-        pattern.pairs = sympy.expand(own + pattern.extra_keys * n_q)
-        pattern.notes = [n for n in pattern.notes if "was measured at" not in n] + [
-            f"{pattern.extra_keys} keys beside the sequence's own that every query sees "
-            "(memory key/values, a null or sink key)"]
+    if pattern.base in ("full", "causal") and sympy.simplify(n_k - n_q) == pattern.extra_keys:
+        return _extra_keys(pattern, values, flops)
     if pattern.kind == "pattern" and pattern.pairs is not None:
         return _counted(pattern, values, flops)
     if pattern.kind == "pattern" and pattern.density is not None:
@@ -99,16 +93,26 @@ def _window_useful(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> sym
     return sympy.Piecewise((short, N <= edge), (inside, True))
 
 
+def _extra_keys(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classification:
+    """All keys of the sequence, or all earlier ones, and m more that every
+    query sees (memory key/values, a null or sink key): dense, the m·N
+    extra pairs in the useful work."""
+    m, n_q = pattern.extra_keys, values[SYMBOLS["N"]]
+    own = formula("causal_dense" if pattern.causal else "dense").at(
+        "useful_flops", {**values, SYMBOLS["M"]: n_q})
+    pattern.notes = [n for n in pattern.notes if "was measured at" not in n] + [
+        f"{m} keys beside the sequence's own that every query sees (memory key/values, a null "
+        "or sink key)"]
+    return Classification("dense", sympy.expand(own + _per_pair(values, flops) * m * n_q), None,
+                          formula("dense").complexity, "dense", values)
+
+
 def _counted(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classification:
     """A pattern whose pairs were counted as a formula in N: local when each
     query reaches a bounded span of keys and the pairs grow as N, else sparse."""
     useful = sympy.expand(_per_pair(values, flops) * pattern.pairs)
     local = pattern.reach is not None and degree(pattern.pairs, N) <= 1
     variant = "local" if local else "sparse"
-    if pattern.base in ("full", "causal"):  # all (or all earlier) keys, and m more
-        variant = "dense"
-    elif pattern.base == "window":
-        variant = "local"
     return Classification(variant, useful, pattern.keys if local else None,
                           formula(variant).complexity, "dense", values)
 
@@ -132,7 +136,8 @@ def _low_rank(values: dict, flops: sympy.Expr, keys_grow: bool) -> Classificatio
     r = values[SYMBOLS["N"]] if keys_grow else values[SYMBOLS["M"]]
     values[SYMBOLS["r"]] = as_int(r) or r
     if N not in sympy.sympify(grows).free_symbols:
-        return Classification("dense", flops, None, "r**2*d", "dense", values)
+        return Classification("dense", flops, None, formula("landmarks").complexity,
+                              "landmarks", values)
     return Classification("linear", flops, None, formula("low_rank").complexity, "low_rank",
                           values)
 
@@ -150,7 +155,8 @@ def _fixed_keys(impl: str, values: dict, flops: sympy.Expr) -> Classification:
         values[SYMBOLS["k"]] = kept
         return Classification("sparse", flops, None, formula("sparse").complexity, "sparse", values)
     # a fixed context (an encoder's fixed length, learned tokens): linear in N
-    return Classification("dense", flops, None, "N*M*d", "dense", values)
+    return Classification("dense", flops, None, formula("fixed_context").complexity,
+                          "fixed_context", values)
 
 
 def classify_linear(heads: int, n_q, feature_dim: int, head_dim: int) -> tuple[dict, sympy.Expr]:

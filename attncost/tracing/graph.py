@@ -12,6 +12,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.utils._pytree import tree_flatten
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_functions() -> dict:
     """torch's own SymPy functions (a shape env writes sizes in them) as
     plain SymPy, so that every expression prints as text ``sympify`` reads
@@ -32,18 +33,13 @@ def _torch_functions() -> dict:
     }
 
 
-@functools.lru_cache(maxsize=None)
-def _functions() -> dict:
-    return _torch_functions()
-
-
 @functools.lru_cache(maxsize=8192)
 def plain(expr: sympy.Basic) -> sympy.Basic:
     """``expr`` with torch's SymPy functions replaced by SymPy's own (Min and
     Max are SymPy's already)."""
     if not isinstance(expr, sympy.Basic) or not expr.atoms(sympy.Function):
         return expr
-    table = _functions()
+    table = _torch_functions()
     for fn, rule in table.items():
         if expr.has(fn):
             expr = expr.replace(lambda e, fn=fn: isinstance(e, fn), lambda e, rule=rule: rule(*e.args))

@@ -79,10 +79,29 @@ def test_linformer_is_linear_in_n():
 # ------------------------------------------------------------------ Nyström
 
 
-def test_nystrom_landmarks_are_segment_means():
+def test_nystrom_never_forms_n_by_n_scores():
+    # the truth, on the package: every tensor of a forward at N=64, recorded;
+    # scores are N × 16 and 16 × N, never N × N
     nystrom_attention = require("nystrom_attention")
-    attend = nystrom_attention.NystromAttention(dim=32, dim_head=16, heads=2, num_landmarks=16)
-    assert attend.num_landmarks == 16 and attend.residual
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.dim() >= 2:
+                self.seen.append(tuple(out.shape[-2:]))
+            return out
+
+    attend = nystrom_attention.NystromAttention(dim=32, dim_head=16, heads=2, num_landmarks=16,
+                                                residual=False)
+    with torch.no_grad(), Shapes() as shapes:
+        attend(torch.randn(1, 64, 32))
+    assert (64, 16) in shapes.seen and (16, 64) in shapes.seen
+    assert (64, 64) not in shapes.seen
 
 
 def test_nystrom_three_softmaxes_per_layer():
