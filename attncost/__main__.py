@@ -1,5 +1,5 @@
 """`python -m attncost`: the same command line as `attncost`."""
-from .cli import main
+from .cli import run
 
 if __name__ == "__main__":  # pragma: no cover
-    main(prog_name="attncost")
+    run()

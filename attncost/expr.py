@@ -219,9 +219,16 @@ def degree(expr: sympy.Expr, symbol: sympy.Symbol = N) -> int:
         return round(math.log2(hi / lo)) if lo > 0 else 0
 
 
+@functools.lru_cache(maxsize=8192, typed=True)
+def simplified(expr) -> sympy.Expr:
+    """``sympy.simplify``, remembered: a model's layers ask about the same
+    shapes, and simplifying one takes a millisecond."""
+    return sympy.simplify(expr)
+
+
 def as_int(expr) -> int | None:
     """An expression that is a constant, as an int; None if it depends on N or B."""
-    expr = sympy.simplify(expr)
+    expr = simplified(expr)
     return int(expr) if expr.is_Integer else None
 
 

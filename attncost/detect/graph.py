@@ -9,7 +9,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B, N, settled
+from ..expr import B, N, settled, simplified
 from ..rules.flops import FLOP_RULES
 from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, FACTORY_LIKE_OPS, GATHER_OPS, MATMUL_OPS, \
     is_view, packet
@@ -58,6 +58,8 @@ class GraphContext:
     weighed_by: dict = field(default_factory=dict)
     #: the weights a site applies to V -> its Q·Kᵀ, where nothing weighs the scores
     unweighed: dict = field(default_factory=dict)
+    #: operand -> does it come from a projection of the input (unfused._projected)
+    projected: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.seq_len = self.seq_len or self.traced.seq_len_hint
@@ -98,7 +100,7 @@ class GraphContext:
             if not (is_view(node) or packet(node) in COPY_OPS):
                 break
             node = node.args[0]
-        return sympy.simplify(ratio)
+        return simplified(ratio)
 
     @functools.cached_property
     def activations(self) -> set[fx.Node]:
@@ -233,7 +235,7 @@ def _reads(node: fx.Node, targets: set, limit: int = 16) -> bool:
 
 def split_rows(rows: sympy.Expr) -> tuple[int, sympy.Expr]:
     """Split score rows (B·H·N_q) into heads H and query length N_q."""
-    per_batch = settled(sympy.simplify(rows / B) if B in rows.free_symbols else rows)
+    per_batch = settled(simplified(rows / B) if B in rows.free_symbols else rows)
     coeff, rest = sympy.factor(per_batch).as_coeff_Mul()
     if coeff.is_Integer and coeff > 0:
         return int(coeff), rest

@@ -20,7 +20,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B, as_int, settled
+from ..expr import B, as_int, settled, simplified
 from ..rules.ops import COPY_OPS, GATHER_OPS, getitem, is_view, packet
 from .graph import is_product, split_rows
 
@@ -36,18 +36,18 @@ def heads_and_queries(ctx, shape, dim: int, q_operand: fx.Node | None = None):
     """Heads and query length of the scores of ``shape`` (softmax over
     ``dim``), their queries coming from ``q_operand``."""
     rows = sympy.Mul(*shape) / shape[dim]
-    per_batch = settled(sympy.simplify(rows / B)) if B in rows.free_symbols else rows
+    per_batch = settled(simplified(rows / B)) if B in rows.free_symbols else rows
     heads = projection_heads(ctx, q_operand) if q_operand is not None else None
     if heads and _divides(heads, per_batch):
-        return heads, settled(sympy.simplify(per_batch / heads))
+        return heads, settled(simplified(per_batch / heads))
     if len(shape) >= 4 and as_int(shape[-3]) and B in sympy.Mul(*shape[:-3]).free_symbols:
         # a constant axis before the (queries × keys) matrix: (B·windows, H, w, w)
         heads = as_int(shape[-3])
-        return heads, settled(sympy.simplify(per_batch / heads))
+        return heads, settled(simplified(per_batch / heads))
     outer = sympy.Mul(*shape[:-2])
-    heads = as_int(sympy.simplify(outer / B)) if B in outer.free_symbols else None
+    heads = as_int(simplified(outer / B)) if B in outer.free_symbols else None
     if heads:  # the axes before the matrix are batch × heads: (B·H, N_q, N_k)
-        return heads, settled(sympy.simplify(per_batch / heads))
+        return heads, settled(simplified(per_batch / heads))
     return split_rows(rows)
 
 
@@ -102,7 +102,7 @@ def _heads_of(ctx, proj: fx.Node, q_shape, head_dim: int | None) -> int | None:
     weight = next((w for w in reversed(ctx.product_operands(proj)) if ctx.is_weight(w)), None)
     if weight is None or _stored_rank(ctx, weight) != 2 or not width or not head_dim:
         return None
-    ratio = settled(sympy.simplify(sympy.Mul(*q_shape) / sympy.Mul(*out)))
+    ratio = settled(simplified(sympy.Mul(*q_shape) / sympy.Mul(*out)))
     heads = sympy.nsimplify(ratio * width / head_dim)
     return int(heads) if heads.is_Integer and heads > 0 else None
 
@@ -129,6 +129,6 @@ def _carried(ctx, node: fx.Node) -> fx.Node | None:
     for arg in node.args:
         shape = ctx.traced.shape(arg) if isinstance(arg, fx.Node) else None
         if shape is not None and out is not None and len(shape) == len(out) and \
-                sympy.simplify(sympy.Mul(*shape) - sympy.Mul(*out)) == 0:
+                simplified(sympy.Mul(*shape) - sympy.Mul(*out)) == 0:
             return arg
     return None

@@ -296,7 +296,7 @@ def _count_as(allowed: torch.Tensor, shape: list[int]) -> int:
     total = int(torch.Size(shape).numel())
     if total % max(allowed.numel(), 1):
         raise CannotEvaluate("the mask does not line up with the scores")
-    return int(allowed.sum()) * (total // allowed.numel())
+    return int(torch.count_nonzero(allowed)) * (total // allowed.numel())
 
 
 def _is_float(node: fx.Node) -> bool:

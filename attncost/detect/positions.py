@@ -18,7 +18,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B, N, settled, value_at
+from ..expr import B, N, settled, simplified, value_at
 from ..patterns.mask import NEGLIGIBLE_WEIGHT
 from ..rules.ops import COPY_OPS, getitem, is_view, packet
 from .evaluate import CannotEvaluate, evaluate_node
@@ -38,7 +38,7 @@ _PER_POSITION = frozenset({aten.constant_pad_nd, aten.cat, aten.slice, aten.expa
 def _sequence_axes(shape) -> list[int]:
     """Axes of length N (not B·N: the batch folded into the positions)."""
     return [i for i, d in enumerate(shape or ()) if B not in sympy.sympify(d).free_symbols
-            and sympy.simplify(settled(d) - N) == 0]
+            and simplified(settled(d) - N) == 0]
 
 
 def sequence_source(ctx, node: fx.Node, limit: int = 32) -> tuple[fx.Node, int] | None:
@@ -206,7 +206,7 @@ def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
     allowed[qi, kj] = True
     # Each allowed score must be its own (query, key) pair, once per batch
     # element and head: else the codes did not tell positions apart (a 2-D layout).
-    one_to_one = int(valid.sum()) == int(allowed.sum()) * 2 * heads
+    one_to_one = int(torch.count_nonzero(valid)) == int(torch.count_nonzero(allowed)) * 2 * heads
     return allowed if bool(allowed.any(dim=1).all()) and one_to_one else None
 
 
@@ -261,7 +261,7 @@ def counted_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
         allowed = allowed_positions(ctx, qk, softmax, q_operand, k_operand, n, heads)
         if allowed is None:
             raise CannotEvaluate("the site's positions could not be read")
-        return int(allowed.sum())
+        return int(torch.count_nonzero(allowed))
 
     return polynomial_count(ctx, count_at)
 
@@ -277,7 +277,7 @@ def sequence_sink(ctx, node: fx.Node, width, limit: int = 32) -> tuple[fx.Node, 
             shape = ctx.traced.shape(n)
             axes = _sequence_axes(shape)
             if n is not node and len(axes) == 1 and shape and \
-                    sympy.simplify(settled(shape[-1]) - width) == 0 and axes[0] != len(shape) - 1:
+                    simplified(settled(shape[-1]) - width) == 0 and axes[0] != len(shape) - 1:
                 return n, axes[0]
             nxt.extend(u for u in n.users if u.op == "call_function" and
                        (is_view(u) or packet(u) in _PER_POSITION or u.target is getitem))

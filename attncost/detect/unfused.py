@@ -4,11 +4,13 @@ elementwise ops only, is the input of a softmax taken over the axis that
 the next product contracts.  The masks met on the way name the pattern."""
 from __future__ import annotations
 
+import weakref
+
 import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B, N, as_int, settled, value_at
+from ..expr import B, N, as_int, settled, simplified, value_at
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
@@ -97,6 +99,12 @@ def _projected(ctx, operand: fx.Node) -> bool:
     """Does this operand come from a projection of the input (a product with
     a weight) and from no other product on the way?  Queries and keys do;
     a matrix iterated on (a pseudo-inverse's steps), or the raw input, not."""
+    if operand not in ctx.projected:
+        ctx.projected[operand] = _search_projection(ctx, operand)
+    return ctx.projected[operand]
+
+
+def _search_projection(ctx, operand: fx.Node) -> bool:
     seen: set[fx.Node] = set()
     stack, projected = [operand], False
     while stack:
@@ -165,7 +173,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
         return []
     # The softmax must be over the keys: the axis the Q·Kᵀ product produced,
     # or the keys of fixed windows the scores were padded into on the way.
-    if dim != len(shape) - 1 or (sympy.simplify(settled(t.shape(qk)[-1]) - n_keys) != 0
+    if dim != len(shape) - 1 or (simplified(settled(t.shape(qk)[-1]) - n_keys) != 0
                                  and not _relaid(n_keys, score_path)):
         return []
     pv, prob_path, p_side = _walk_forward(softmax)
@@ -181,7 +189,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if ctx.is_weight(v_operand) or p_shape is None:
         return []
     contracted = settled(p_shape[-1 if p_side == 0 else -2])
-    if sympy.simplify(contracted - n_keys) != 0 and not _relaid(n_keys, prob_path):
+    if simplified(contracted - n_keys) != 0 and not _relaid(n_keys, prob_path):
         return []
     weights = softmax
     if softmax in ctx.unweighed:  # nothing weighs the scores: a factor 0 blocks
@@ -214,7 +222,7 @@ def _key_heads(t, k_operand: fx.Node, n_keys, ratio: int) -> int | None:
     shape = t.shape(k_operand)
     if shape is None or len(shape) < 2:
         return None
-    d = shape[-2] if sympy.simplify(settled(shape[-1]) - n_keys) == 0 else shape[-1]
+    d = shape[-2] if simplified(settled(shape[-1]) - n_keys) == 0 else shape[-1]
     held = as_int(sympy.Mul(*shape) / ratio / (B * n_keys * d))
     return held if held is not None and held >= 1 else None
 
@@ -355,20 +363,38 @@ def _main_operand(args: list[fx.Node]) -> tuple[fx.Node, fx.Node]:
     return (a, b) if _reaches_product(a) else (b, a)
 
 
-def _reaches_product(node: fx.Node, limit: int = 16) -> bool:
-    for _ in range(limit):
-        if not isinstance(node, fx.Node) or node.op != "call_function":
-            return False
-        if packet(node) in MATMUL_OPS:
-            return True
-        if not (packet(node) in SCORE_OPS or is_view(node)):
-            return any(_reaches_product(s, limit - 1) for s in copied_into(node))
-        tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
-        if not tensor_args:
-            return False
-        if len(tensor_args) > 1:
-            return any(_reaches_product(a, limit - 1) for a in tensor_args)
-        node = tensor_args[0]
+#: How many ops back from the scores Q·Kᵀ may be (masks, scales, views, copies).
+REACH = 16
+_reaches: "weakref.WeakKeyDictionary[fx.Node, bool]" = weakref.WeakKeyDictionary()
+
+
+def _reaches_product(node: fx.Node) -> bool:
+    """Is a product of two tensors at most ``REACH`` score ops, views or
+    copies back from ``node``?  Breadth first, each node once, remembered
+    per node (the chains of many sites meet in one graph)."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node not in _reaches:
+        _reaches[node] = _search_product(node)
+    return _reaches[node]
+
+
+def _search_product(start: fx.Node) -> bool:
+    level, seen = [start], {start}
+    for _ in range(REACH):
+        nxt = []
+        for node in level:
+            if node.op != "call_function":
+                continue
+            if packet(node) in MATMUL_OPS:
+                return True
+            if packet(node) in SCORE_OPS or is_view(node):
+                sources = [a for a in node.args if isinstance(a, fx.Node)]
+            else:
+                sources = copied_into(node)
+            nxt += [s for s in sources if s not in seen]
+            seen.update(sources)
+        level = nxt
     return False
 
 

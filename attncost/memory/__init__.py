@@ -83,7 +83,8 @@ def _allocations(traced, loaded, notes: list[str]):
     if loaded is not None:
         for key, batch in ((None, traced.batch_hint), (1, 1)):
             try:
-                replays[key] = replay(traced, loaded, batch)
+                replays[key] = replay(traced, loaded, batch,
+                                      checked=key == 1 and replays[None].extended)
                 if key == 1 and same_lifetimes(replays[None], replays[1]):
                     break  # a batch of one keeps every tensor the general case keeps
                 per_batch[key] = match_replay(traced, replays[key], notes)

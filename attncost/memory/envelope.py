@@ -9,6 +9,7 @@ the envelope: the peak is the Max of its candidates.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -50,8 +51,16 @@ def candidates(traced, allocations: list[Allocation]) -> list[Candidate]:
 
 def add_terms(acc: dict, expr: sympy.Expr, sign: int) -> None:
     """Add ``sign`` times ``expr`` to ``acc`` ({term: coefficient})."""
-    for term, coeff in sympy.expand(expr).as_coefficients_dict().items():
+    for term, coeff in _terms(expr):
         acc[term] = acc.get(term, 0) + sign * coeff
+
+
+@functools.lru_cache(maxsize=16384)
+def _terms(expr: sympy.Expr) -> tuple:
+    """(term, coefficient) pairs of ``expr`` expanded; integer coefficients
+    as Python's, which the envelope compares thousands of times."""
+    return tuple((term, int(coeff) if coeff.is_Integer else coeff)
+                 for term, coeff in sympy.expand(expr).as_coefficients_dict().items())
 
 
 def terms_expr(terms: dict) -> sympy.Expr:

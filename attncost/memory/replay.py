@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import sympy
@@ -129,6 +129,8 @@ class Replay:
     storages: list[Storage]
     end: int
     batch: int
+    #: extended from two periods of a repeated stack (memory/periodic.py)
+    extended: bool = field(default=False, compare=False)
 
 
 def same_lifetimes(a: "Replay", b: "Replay") -> bool:
@@ -147,21 +149,24 @@ def same_lifetimes(a: "Replay", b: "Replay") -> bool:
 PERIODIC = True
 
 
-def replay(traced, loaded, batch: int, periodic: bool | None = None) -> Replay:
+def replay(traced, loaded, batch: int, periodic: bool | None = None,
+           checked: bool = False) -> Replay:
     """Run the forward eagerly on fake tensors at the trace's length.
 
     A stack of layers that repeats with a period (tracing/repeat.py) runs
     two periods deep and the rest is extended from them, when that gives
     the replay of every layer (memory/periodic.py); ``periodic`` (default
-    ``PERIODIC``) False runs every layer."""
+    ``PERIODIC``) False runs every layer.  ``checked``: a replay at another
+    batch was extended so already (the stack's structure does not follow
+    the batch), so the third period that checks it is not run again."""
     if PERIODIC if periodic is None else periodic:
-        short = _periodic(traced, loaded, batch)
+        short = _periodic(traced, loaded, batch, checked)
         if short is not None:
             return short
     return _run(traced, loaded, batch)[0]
 
 
-def _periodic(traced, loaded, batch: int) -> Replay | None:
+def _periodic(traced, loaded, batch: int, checked: bool = False) -> Replay | None:
     """The replay extended from two periods of the repeated stack, where a
     replay three periods deep is what the two extend to (work before or
     after the stack that grows with its depth, a ``torch.stack`` of every
@@ -175,17 +180,21 @@ def _periodic(traced, loaded, batch: int) -> Replay | None:
         return None
     try:
         runs = {}
-        for periods in (2, 3):
+        for periods in (2,) if checked else (2, 3):
             with truncated(block, periods):
                 runs[periods] = _run(traced, loaded, batch,
                                      block.layers[:2 * block.period] if periods == 2 else ())
     except Exception:  # code that counts its layers: every layer runs instead
         return None
-    (short, calls), (check, _) = runs[2], runs[3]
+    short, calls = runs[2]
     starts = layer_starts(calls, block.traced_count)
-    if starts is None or extend(short, Stack(starts, block.period, 3 * block.period)) != check:
+    if starts is None or (not checked and extend(
+            short, Stack(starts, block.period, 3 * block.period)) != runs[3][0]):
         return None
-    return extend(short, Stack(starts, block.period, block.count))
+    extended = extend(short, Stack(starts, block.period, block.count))
+    if extended is not None:
+        extended.extended = True
+    return extended
 
 
 def _run(traced, loaded, batch: int, layers=()) -> tuple[Replay, list[tuple[int, str, int]]]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 import sympy
 
-from ..expr import B, N, as_int, degree, settled, value_at
+from ..expr import B, N, as_int, degree, settled, simplified, value_at
 from .formulas import SYMBOLS, formula
 from .mask import MaskPattern
 
@@ -61,7 +61,7 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
     if pattern.kind == "window" and pattern.window:
         return Classification("local", _window_useful(pattern, values, flops), pattern.window,
                               formula("local").complexity, "dense", values)
-    if pattern.base in ("full", "causal") and sympy.simplify(n_k - n_q) == pattern.extra_keys:
+    if pattern.base in ("full", "causal") and simplified(n_k - n_q) == pattern.extra_keys:
         return _extra_keys(pattern, values, flops)
     if pattern.kind == "pattern" and pattern.pairs is not None:
         return _counted(pattern, values, flops)

@@ -54,7 +54,7 @@ class MaskPattern:
 def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
     """Name the pattern of a 2-D boolean (queries × keys) matrix."""
     nq, nk = allowed.shape
-    total = allowed.sum().item()
+    total = int(torch.count_nonzero(allowed))
     if total == nq * nk:
         return MaskPattern.full()
     if nq == nk:
@@ -63,10 +63,10 @@ def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
         tril = j <= i
         if torch.equal(allowed, tril):
             return MaskPattern("causal", causal=True, allowed=int(total), length=nq)
-        w = int(allowed[-1].sum().item())
+        w = int(torch.count_nonzero(allowed[-1]))
         if torch.equal(allowed, tril & (j > i - w)):
             return MaskPattern("window", causal=True, window=w, allowed=int(total), length=nq)
-        half = int(allowed[nq // 2].sum().item()) // 2
+        half = int(torch.count_nonzero(allowed[nq // 2])) // 2
         if torch.equal(allowed, (j - i).abs() <= half):
             return MaskPattern("window", causal=False, window=2 * half + 1, symmetric=True,
                                allowed=int(total), length=nq)
@@ -91,7 +91,7 @@ def _with_extra_keys(allowed: torch.Tensor) -> MaskPattern | None:
         if bool(cols.all()):
             base = classify_allowed(rest)
             if base.kind in ("full", "causal", "window"):
-                total = int(allowed.sum().item())
+                total = int(torch.count_nonzero(allowed))
                 return MaskPattern("pattern", causal=base.causal, window=base.window,
                                    symmetric=base.symmetric, density=total / (nq * nk),
                                    allowed=total, length=nq, extra_keys=m, base=base.kind)
@@ -132,4 +132,5 @@ def _underflows(value: torch.Tensor) -> torch.Tensor | None:
         return None
     top = value.max()
     far = value <= top - SOFTMAX_UNDERFLOW
-    return far if bool((far | (value == top)).all()) else None
+    at_top = int(torch.count_nonzero(value == top))
+    return far if int(torch.count_nonzero(far)) + at_top == value.numel() else None

@@ -238,8 +238,9 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
                 data.watching():
             # Warnings about running eagerly on fake data concern the trace, not the model.
             warnings.simplefilter("ignore")
-            gm = make_fx(function, tracing_mode="symbolic",
-                         _allow_non_fake_inputs=True)(params, args, kwargs)
+            with _lazy_code():
+                gm = make_fx(function, tracing_mode="symbolic",
+                             _allow_non_fake_inputs=True)(params, args, kwargs)
     except ModelError:
         raise
     except Exception as exc:  # the user's model raised while being traced
@@ -254,6 +255,16 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
         if i < len(names):
             node.meta["attncost_param"] = names[i]
     return gm, shape_env, replacements, placeholder_kinds
+
+
+def _lazy_code() -> ContextManager:
+    """The graph's Python code generated when first run or read, not at
+    each change: attncost reads the graph, and replayed layers change it."""
+    try:
+        from torch.fx._lazy_graph_module import _use_lazy_graph_module
+    except ImportError:  # an older torch: code generated eagerly
+        return contextlib.nullcontext()
+    return _use_lazy_graph_module(True)
 
 
 def _guards(traced: TracedModel) -> tuple[list[str], tuple[int, int | None]]:

@@ -63,6 +63,9 @@ class TracedModel:
     #: the N and B the graph was traced at (its shapes' hints)
     seq_len_hint: int = 0
     batch_hint: int = 0
+    #: each node's output bytes, computed once: memory, alignment and the
+    #: report all ask, and the graph does not change once traced
+    _bytes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def nodes(self):
@@ -85,11 +88,13 @@ class TracedModel:
 
     def output_bytes(self, node: fx.Node) -> list[sympy.Expr]:
         """Bytes of each tensor a node produces, in the order a dispatch mode sees them."""
-        out = []
-        for t in tensor_outputs(node):
-            numel = sympy.Mul(*[self.expr(s) for s in t.shape]) if t.dim() else sympy.Integer(1)
-            out.append(sympy.expand(numel * t.element_size()))
-        return out
+        if node not in self._bytes:
+            out = []
+            for t in tensor_outputs(node):
+                numel = sympy.Mul(*[self.expr(s) for s in t.shape]) if t.dim() else sympy.Integer(1)
+                out.append(sympy.expand(numel * t.element_size()))
+            self._bytes[node] = tuple(out)
+        return list(self._bytes[node])
 
     @functools.cached_property
     def _all_replacements(self) -> dict:

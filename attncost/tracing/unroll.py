@@ -59,6 +59,14 @@ class WatchedShapeEnv(ShapeEnv):
                     raise LengthSpecialized(max(int(h) for h in hints if h is not None))
         return super()._maybe_guard_rel(expr)
 
+    def _get_stack_summary(self, is_debug: bool = False, framework_loc=None):
+        """Where in the model's code a symbol or guard arose is not looked
+        up: the lookup imports torch's compiler (half a second) for a
+        location attncost does not show."""
+        from torch._guards import SLoc
+
+        return SLoc(framework_loc, None), ""
+
     def _set_replacement(self, a, tgt, msg: str) -> None:
         watched = getattr(self, "_attncost_watched", frozenset())
         limit = getattr(self, "_attncost_limit", None)
