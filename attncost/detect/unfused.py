@@ -90,7 +90,12 @@ def _unweighed_weights(ctx, pv: fx.Node) -> fx.Node | None:
         if not isinstance(factor, fx.Node) or packet(factor) in MATMUL_OPS:
             continue
         qk, _, _ = _walk_back(factor)
-        if qk is not None and all(_projected(ctx, o) for o in ctx.product_operands(qk)):
+        if qk is None:
+            continue
+        operands = ctx.product_operands(qk)
+        # scores multiply two activations (a product with a weight is a layer)
+        if not any(ctx.is_weight(o) for o in operands) and \
+                all(_projected(ctx, o) for o in operands):
             return factor
     return None
 
