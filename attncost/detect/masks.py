@@ -101,7 +101,8 @@ class _MaskReader:
             value = _evaluated(self.ctx, mask, n, decay_free=polarity == "scale")
             if value is None:
                 return None
-            value, one = _allowed(torch.as_tensor(value), polarity)
+            value = _without_singleton_tail(torch.as_tensor(value), _singleton_tail(mask))
+            value, one = _allowed(value, polarity)
             if bool(one.all()):  # a bias (weights read as zeros) blocks nothing
                 everything = value
                 continue
@@ -112,6 +113,28 @@ class _MaskReader:
             # a mask of keys only (padding) applies to every query
             allowed = allowed.expand(*allowed.shape[:-2], n, n)
         return allowed
+
+
+def _singleton_tail(mask: fx.Node) -> int:
+    """Trailing axes of size 1 in every tensor the mask is applied to (an
+    einsum lays its scores out as (b, h, q, k, 1)): they are not the keys."""
+    tails = []
+    for user in mask.users:
+        val = user.meta.get("val")
+        if not isinstance(val, torch.Tensor) or val.dim() < 3:
+            return 0
+        shape, k = list(val.shape), 0
+        while len(shape) - k > 2 and shape[-1 - k] == 1:
+            k += 1
+        tails.append(k)
+    return min(tails, default=0)
+
+
+def _without_singleton_tail(value: torch.Tensor, tail: int) -> torch.Tensor:
+    """``value`` without its last ``tail`` axes, where they are of size 1."""
+    while tail and value.dim() > 2 and value.shape[-1] == 1:
+        value, tail = value.squeeze(-1), tail - 1
+    return value
 
 
 def _allowed(value: torch.Tensor, polarity: str) -> tuple[torch.Tensor, torch.Tensor]:

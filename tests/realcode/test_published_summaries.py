@@ -2,7 +2,7 @@
 projected along the sequence (Linformer), landmarks pooled from it
 (Nyström), gated attention units whose scores are weighed by a squared ReLU
 instead of a softmax (FLASH), and Based's parallel form, weighed by a
-polynomial with no weighing op at all.  The truth of each was read from
+polynomial with no weighing op at all, or a retention's, by a decay.  The truth of each was read from
 the package's source (see each model file) and is checked on the package;
 attncost's FLOPs are checked against FlopCounterMode on a real forward, at
 the traced length and at one never traced (batch 2); the per-site counts
@@ -198,6 +198,31 @@ def test_simple_gla_decay_is_causal_on_the_package():
     g = torch.nn.functional.logsigmoid(torch.randn(1, 12, 1))
     _, weights = naive.naive_parallel_simple_gla(q, k, torch.randn(1, 12, 1, 16), g)
     assert torch.equal(weights[0, 0] != 0, torch.tril(torch.ones(12, 12, dtype=torch.bool)))
+
+
+def test_retention_decay_in_an_einsum_layout_is_causal():
+    # the decay multiplies scores laid out (b, h, q, k, 1) by the einsum: its
+    # pairs are read on the (q, k) axes, not on (k, 1); the trace holds at the
+    # traced N only (range(seq_len)), so the work is counted there
+    a = analysed("fla_retention", 128)
+    assert len(a.sites) == 2, [(s.name, s.variant) for s in a.sites]
+    for s in a.sites:
+        assert (s.variant, s.causal, s.heads, s.window) == ("dense", True, HEADS, None)
+        assert a.at(s.useful_flops, 128, 1) == HEADS * 128 * 129 // 2 * 2 * (16 + 16)
+    assert a.n_range == (128, 128)
+    assert a.at(a.flops, 128, 1) == real_flops("fla_retention", 128, 1)
+
+
+def test_retention_decay_is_causal_on_the_package():
+    from published_support import fla_naive
+
+    naive = fla_naive("retention")
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 12, 16), torch.randn(1, 2, 12, 16)
+    # V = the identity: output row i is nonzero where query i reaches a key
+    out = naive.naive_retention(q, k, torch.eye(12).expand(1, 2, 12, 12))
+    for h in range(2):
+        assert torch.equal(out[0, h] != 0, torch.tril(torch.ones(12, 12, dtype=torch.bool)))
 
 
 def test_based_is_causal_on_the_package():
