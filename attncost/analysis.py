@@ -231,7 +231,7 @@ class Analysis:
         else:
             text = f"{lo} <= N <= {hi}"
         asked = conditions_text(conditions, max(lo, 1), truth=self._residues(conditions))
-        if asked:
+        if asked and asked != text:  # a count of pieces fixed says the range itself
             text = "; ".join(([text] if text else []) + [asked])
         return text
 

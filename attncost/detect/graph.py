@@ -60,6 +60,7 @@ class GraphContext:
     unweighed: dict = field(default_factory=dict)
     #: operand -> does it come from a projection of the input (unfused._projected)
     projected: dict = field(default_factory=dict)
+    _by_name: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.seq_len = self.seq_len or self.traced.seq_len_hint
@@ -79,6 +80,12 @@ class GraphContext:
                 return False
             node = node.args[0]
         return False
+
+    def node(self, name: str) -> fx.Node | None:
+        """The graph's node of this name."""
+        if len(self._by_name) != len(self.order):
+            self._by_name.update((n.name, n) for n in self.order)
+        return self._by_name.get(name)
 
     def product_operands(self, mm: fx.Node) -> tuple[fx.Node, fx.Node]:
         """The two factors of a matrix product (after the bias of baddbmm/addmm)."""

@@ -115,6 +115,21 @@ class _MaskReader:
         return allowed
 
 
+def block_allowed(ctx, masks: list[tuple[fx.Node, str]], n: int, rows: int,
+                  cols: int) -> torch.Tensor:
+    """The (rows × cols) pairs one block of scores lets through at length n:
+    all, without masks; raises CannotEvaluate where its masks cannot say."""
+    if not masks:
+        return torch.ones(rows, cols, dtype=torch.bool)
+    allowed = _MaskReader(ctx, masks)(n)
+    if allowed is None or allowed.dim() < 2:
+        raise CannotEvaluate("a block's mask has no value")
+    first, _ = _first(allowed)
+    if tuple(first.shape) != (rows, cols):
+        raise CannotEvaluate("a block's mask does not line up with its scores")
+    return first
+
+
 def _singleton_tail(mask: fx.Node) -> int:
     """Trailing axes of size 1 in every tensor the mask is applied to (an
     einsum lays its scores out as (b, h, q, k, 1)): they are not the keys."""

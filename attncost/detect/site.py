@@ -53,6 +53,9 @@ class AttentionSite:
     head_indices: list[int] | None = None
     #: what could not be read (a mask not evaluated, masks differing by head)
     notes: list[str] = field(default_factory=list)
+    #: the masks read for its pattern, with their polarity (detect/blocks.py
+    #: places a block's allowed pairs in the whole computation's)
+    block_masks: list | None = field(default=None, repr=False, compare=False)
 
     @property
     def flops_per_head(self) -> sympy.Expr:

@@ -216,8 +216,11 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
                            heads, kv_heads,
                            as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
                            as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
-    return build_sites(ctx, softmax, site_shape, pattern,
-                       nodes=[qk, *score_path, softmax, *prob_path, pv])
+    sites = build_sites(ctx, softmax, site_shape, pattern,
+                        nodes=[qk, *score_path, softmax, *prob_path, pv])
+    for site in sites:
+        site.block_masks = list(mask_inputs)
+    return sites
 
 
 def _key_heads(t, k_operand: fx.Node, n_keys, ratio: int) -> int | None:

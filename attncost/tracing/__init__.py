@@ -293,11 +293,17 @@ def _guards(traced: TracedModel) -> tuple[list[str], tuple[int, int | None]]:
 
 def _bounded(guard, lo: int, hi: int | None) -> tuple[int, int | None]:
     """(lo, hi) narrowed by a guard linear in N alone (``N + 1 <= 257``: a
-    table of positions sliced to the length), the bounds a range can say."""
+    table of positions sliced to the length), or by a count of pieces of
+    the sequence fixed (``floor((N + 31)/32) == 8``: eight chunks of 32,
+    225 <= N <= 256): the bounds a range can say."""
     if not isinstance(guard, sympy.core.relational.Relational) or guard.free_symbols != {N}:
         return lo, hi
+    for linear in _counted_pieces(guard):
+        lo, hi = _bounded(linear, lo, hi)
     side = guard.lhs - guard.rhs
     if not side.is_polynomial(N) or sympy.degree(side, N) != 1:
+        return lo, hi
+    if isinstance(guard, sympy.Eq):
         return lo, hi
     interval = sympy.solve_univariate_inequality(guard, N, relational=False)
     if not isinstance(interval, sympy.Interval):
@@ -309,3 +315,19 @@ def _bounded(guard, lo: int, hi: int | None) -> tuple[int, int | None]:
         most = sympy.ceiling(interval.sup) - 1 if interval.right_open else sympy.floor(interval.sup)
         hi = int(most) if hi is None else min(hi, int(most))
     return lo, hi
+
+
+def _counted_pieces(guard) -> list:
+    """``floor(a·N + b) == c`` (or ceiling) with a > 0, as the two linear
+    bounds on N it means; [] for any other guard."""
+    if not isinstance(guard, sympy.Eq):
+        return []
+    for side, value in ((guard.lhs, guard.rhs), (guard.rhs, guard.lhs)):
+        if isinstance(side, (sympy.floor, sympy.ceiling)) and value.is_Integer:
+            inner = side.args[0]
+            if inner.is_polynomial(N) and sympy.degree(inner, N) == 1 and \
+                    inner.coeff(N, 1) > 0:
+                if isinstance(side, sympy.floor):
+                    return [sympy.Ge(inner, value), sympy.Lt(inner, value + 1)]
+                return [sympy.Gt(inner, value - 1), sympy.Le(inner, value)]
+    return []

@@ -298,6 +298,10 @@ class FittedLoop:
 
 #: Longest graph a trace at the requested length may record to check the fit there.
 CHECK_NODES = 20_000
+#: Torch calls that check may make per op the fit expects (at least CHECK_FLOOR
+#: ops): more means the model does more work there than the fit says.
+CHECK_CALLS_PER_NODE = 3
+CHECK_FLOOR = 2_000
 
 
 def check_at(fitted: FittedLoop, loaded: LoadedModel, seq_len: int, rules) -> TracedModel | None:
@@ -307,9 +311,19 @@ def check_at(fitted: FittedLoop, loaded: LoadedModel, seq_len: int, rules) -> Tr
     there, or the trace would be too long to check (a loop of seq_len steps)."""
     from ..rules import node_flops
 
-    if seq_len <= max(n for n, _ in HELD_OUT) or value_at(fitted.graph_nodes, seq_len) > CHECK_NODES:
+    expected = value_at(fitted.graph_nodes, seq_len)
+    if seq_len <= max(n for n, _ in HELD_OUT) or expected > CHECK_NODES:
         return None
-    traced = concrete_trace(loaded, seq_len, 1)
+    budget = CHECK_CALLS_PER_NODE * max(expected, CHECK_FLOOR)
+    try:
+        traced = concrete_trace(loaded, seq_len, 1, max_calls=budget)
+    except TraceTooLong:  # far more work than the fit says: it does not hold there
+        raise ModelError(
+            f"the model's work past the short lengths its cost was fitted at "
+            f"(N={_lengths_text()}) is not what the fit says: a trace at N={seq_len:,} "
+            f"makes more than {budget:,} torch calls where the fit expects about "
+            f"{expected:,} ops (chunks or buckets whose count grows with the length); try a "
+            "shorter --seq-len") from None
     flops = sum((node_flops(traced, node, rules) for node in traced.nodes), sympy.Integer(0))
     return None if int(flops) == value_at(fitted.flops, seq_len, 1) else traced
 

@@ -1,0 +1,146 @@
+"""Attention computed in blocks: one computation, many score products.
+
+Memory-efficient attention (and any Python loop over chunks) splits the
+queries along the sequence, and the keys too, and takes the scores of each
+pair of chunks apart, skipping the pairs a causal mask blocks whole.  The
+recognisers read each pair as a site of its own.  Sites whose queries are
+slices of one tensor along the sequence and whose keys are slices of
+another, in one module call, are one attention: merged here, their work
+summed, and their allowed pairs placed at their offsets in one queries ×
+keys matrix (at the traced length, where the chunks are those the trace
+holds for), which names the pattern.
+"""
+from __future__ import annotations
+
+import sympy
+import torch
+import torch.fx as fx
+
+from ..expr import as_int, value_at
+from ..patterns.mask import classify_allowed
+from ..rules.ops import COPY_OPS, getitem, is_view, packet
+from .evaluate import CannotEvaluate
+from .site import AttentionSite, SiteShape, build_site
+
+aten = torch.ops.aten
+
+#: Ops that cut a tensor into pieces along one axis: getitem picks a piece.
+_SPLITS = frozenset(getattr(aten, n) for n in ("split", "split_with_sizes", "chunk",
+                                                "tensor_split") if hasattr(aten, n))
+
+
+def merge_blocks(ctx, sites: list[AttentionSite]) -> list[AttentionSite]:
+    """``sites`` with the blocks of one computation made one site each."""
+    groups: dict[tuple, list[AttentionSite]] = {}
+    for site in sites:
+        key = _block_key(ctx, site)
+        if key is not None:
+            groups.setdefault(key, []).append(site)
+    merged: dict[int, AttentionSite | None] = {}
+    for key, blocks in groups.items():
+        if len(blocks) < 2:
+            continue
+        one = _merged(ctx, key, blocks)
+        if one is not None:
+            merged[id(blocks[0])] = one
+            merged.update({id(b): None for b in blocks[1:]})
+    return [merged.get(id(s), s) for s in sites if merged.get(id(s), s) is not None]
+
+
+def _block_key(ctx, site: AttentionSite) -> tuple | None:
+    """(module, the queries' whole tensor, the keys') for a site whose query
+    or key operand is a slice along the sequence; None otherwise."""
+    if site.head_indices is not None or site.block_masks is None or not site.nodes:
+        return None
+    qk = ctx.node(site.nodes[0])
+    if qk is None or qk.op != "call_function":
+        return None
+    q_op, k_op = ctx.product_operands(qk)
+    q, k = _slice_of(ctx, q_op), _slice_of(ctx, k_op)
+    if q is None and k is None:
+        return None
+    return site.name, (q or (q_op, None, 0))[0:2], (k or (k_op, None, 0))[0:2]
+
+
+def _slice_of(ctx, operand) -> tuple[fx.Node, int, sympy.Expr] | None:
+    """(whole tensor, axis, offset) where ``operand`` is, through views and
+    copies, one piece of a tensor cut along an axis; else None."""
+    node = operand
+    for _ in range(16):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            return None
+        if node.target is getitem and isinstance(node.args[0], fx.Node) and \
+                packet(node.args[0]) in _SPLITS:
+            return _piece(ctx, node.args[0], node.args[1])
+        if packet(node) is aten.slice and len(node.args) >= 3 and isinstance(node.args[0], fx.Node):
+            start = node.args[2] if isinstance(node.args[2], int) else None
+            return (node.args[0], node.args[1], sympy.Integer(start)) if start is not None else None
+        if not (is_view(node) or packet(node) in COPY_OPS or
+                (packet(node) is aten.mul and not isinstance(node.args[1], fx.Node))):
+            return None
+        node = node.args[0]
+    return None
+
+
+def _piece(ctx, split: fx.Node, index: int):
+    """The whole tensor, the axis and the offset of piece ``index`` of a split."""
+    pieces = split.meta.get("val")
+    whole = split.args[0]
+    shape = ctx.traced.shape(whole)
+    if not isinstance(pieces, (list, tuple)) or shape is None:
+        return None
+    axis = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+    axis %= len(shape)
+    offset = sum((ctx.traced.expr(p.shape[axis]) for p in pieces[:index]), sympy.Integer(0))
+    return whole, axis, offset
+
+
+def _merged(ctx, key: tuple, blocks: list[AttentionSite]) -> AttentionSite | None:
+    """One site for the blocks, or None where their pairs cannot be read."""
+    (_, (q_whole, q_axis), (k_whole, k_axis)) = key
+    n = ctx.traced.seq_len_hint
+    q_len, k_len = _length(ctx, q_whole, q_axis, blocks[0].query_len), \
+        _length(ctx, k_whole, k_axis, blocks[0].key_len)
+    allowed = _assembled(ctx, blocks, n, value_at(q_len, n), value_at(k_len, n))
+    if allowed is None:
+        return None
+    pattern = classify_allowed(allowed)
+    first = blocks[0]
+    pv_shape = ctx.traced.shape(ctx.node(first.nodes[-1]))
+    shape = SiteShape("chunked", first.heads, first.kv_heads, first.head_dim, q_len, k_len,
+                      sympy.expand(sum((b.flops for b in blocks), sympy.Integer(0))),
+                      as_int(pv_shape[-1]) if pv_shape else None)
+    nodes = list(dict.fromkeys(ctx.node(name) for b in blocks for name in b.nodes))
+    site = build_site(ctx, ctx.node(first.nodes[0]), shape, pattern, nodes)
+    site.notes.append(f"computed in {len(blocks)} blocks of queries × keys; its pairs were "
+                      f"read at N={n:,}, where the blocks are those the trace holds for")
+    return site
+
+
+def _length(ctx, whole: fx.Node | None, axis: int | None, fallback: sympy.Expr) -> sympy.Expr:
+    if whole is None or axis is None:
+        return fallback
+    shape = ctx.traced.shape(whole)
+    return shape[axis] if shape is not None else fallback
+
+
+def _assembled(ctx, blocks, n: int, n_q: int, n_k: int) -> torch.Tensor | None:
+    """The queries × keys matrix of allowed pairs at length n: each block's
+    own, placed at its offsets; pairs no block computes are blocked."""
+    from .masks import block_allowed
+
+    allowed = torch.zeros(n_q, n_k, dtype=torch.bool)
+    for b in blocks:
+        qk = ctx.node(b.nodes[0])
+        q_op, k_op = ctx.product_operands(qk)
+        q0, k0 = (value_at(s[2], n) if s else 0 for s in (_slice_of(ctx, q_op),
+                                                           _slice_of(ctx, k_op)))
+        rows, cols = value_at(b.query_len, n), value_at(b.key_len, n)
+        try:
+            part = block_allowed(ctx, b.block_masks, n, rows, cols)
+        except CannotEvaluate:
+            return None
+        if part is None or q0 + rows > n_q or k0 + cols > n_k:
+            return None
+        allowed[q0:q0 + rows, k0:k0 + cols] |= part
+    return allowed
