@@ -21,24 +21,10 @@ for _folder in (HERE, HERE.parent):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
-from oracle import count_flops, load_module  # noqa: E402
+from corpus import analysed, real_flops  # noqa: E402
 from published_support import require  # noqa: E402
 
 HEADS, DIM_HEAD, Q_CHUNK, K_CHUNK = 2, 16, 32, 64
-_DONE: dict = {}
-
-
-def analysed(name: str, seq_len: int = 256):
-    if name not in _DONE:
-        _DONE[name] = attncost.analyze(HERE / f"published_{name}.py", seq_len=seq_len,
-                                       device="cpu")
-    return _DONE[name]
-
-
-def real_flops(name: str, n: int, batch: int) -> int:
-    mod = load_module(HERE / f"published_{name}.py")
-    torch.manual_seed(0)
-    return count_flops(mod.build_model().eval(), mod.example_inputs(n, batch=batch))
 
 
 def blocks_computed(n: int, causal: bool) -> list[tuple[int, int, int, int]]:
@@ -63,7 +49,7 @@ def hand_flops(n: int, causal: bool) -> int:
 
 @pytest.mark.parametrize("name,causal", [("mea_causal", True), ("mea_bidirectional", False)])
 def test_blocks_are_one_site_per_layer(name, causal):
-    a = analysed(name)
+    a = analysed(name, 256)
     assert len(a.sites) == 2, [(s.name, s.variant, s.implementation) for s in a.sites]
     for s in a.sites:
         assert (s.variant, s.causal, s.heads, s.implementation) == \
@@ -76,7 +62,7 @@ def test_blocks_are_one_site_per_layer(name, causal):
 
 @pytest.mark.parametrize("name", ["mea_causal", "mea_bidirectional"])
 def test_blocks_flops_against_a_real_forward(name):
-    a = analysed(name)
+    a = analysed(name, 256)
     # the trace holds while the length cuts into 8 query chunks (and 4 key chunks)
     assert a.n_range == (226, 256)
     assert a.at(a.flops, 256, 1) == real_flops(name, 256, 1)

@@ -16,32 +16,16 @@ import pytest
 import sympy
 import torch
 
-import attncost
-
 HERE = Path(__file__).parent
 for _folder in (HERE, HERE.parent):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
-from oracle import count_flops, load_module  # noqa: E402
+from corpus import analysed, real_flops  # noqa: E402
+from oracle import load_module  # noqa: E402
 from published_support import require  # noqa: E402
 
 HEADS, DIM_HEAD = 2, 16
-_DONE: dict = {}
-
-
-def analysed(name: str, seq_len: int):
-    if name not in _DONE:
-        _DONE[name] = attncost.analyze(HERE / f"published_{name}.py", seq_len=seq_len,
-                                       device="cpu")
-    return _DONE[name]
-
-
-def real_flops(name: str, n: int, batch: int) -> int:
-    mod = load_module(HERE / f"published_{name}.py")
-    torch.manual_seed(0)
-    model = mod.build_model().eval()
-    return count_flops(model, mod.example_inputs(n, batch=batch))
 
 
 def _per_layer(a) -> dict[str, list]:
