@@ -48,7 +48,20 @@ def heads_and_queries(ctx, shape, dim: int, q_operand: fx.Node | None = None):
     heads = as_int(simplified(outer / B)) if B in outer.free_symbols else None
     if heads:  # the axes before the matrix are batch × heads: (B·H, N_q, N_k)
         return heads, settled(simplified(per_batch / heads))
-    return split_rows(rows)
+    fixed = _at_one_length(ctx, rows, shape, dim)
+    return fixed if fixed is not None else split_rows(rows)
+
+
+def _at_one_length(ctx, rows, shape, dim: int):
+    """In a trace at one length and batch (every size a number), the rows
+    cannot say batch from heads from queries by their symbols: the queries
+    are the axis before the keys, the batch the trace's, and the heads what
+    is left.  None where the sizes are expressions or do not divide."""
+    n_q = as_int(shape[dim - 1]) if dim >= 1 else None
+    total, batch = as_int(rows), ctx.traced.batch_hint or 1
+    if total is None or not n_q or total % (batch * n_q):
+        return None
+    return total // (batch * n_q), sympy.Integer(n_q)
 
 
 def _divides(heads: int, per_batch: sympy.Expr) -> bool:

@@ -197,6 +197,20 @@ def test_retention_decay_in_an_einsum_layout_is_causal():
     assert a.at(a.flops, 128, 1) == real_flops("fla_retention", 128, 1)
 
 
+def test_mega_single_head_traced_at_one_length():
+    # every size a number (the trace holds at the traced N only): the rows of
+    # (B, N, N) scores are the batch's queries, not 256 heads of one query
+    a = analysed("mega", 256)
+    assert len(a.sites) == 2, [(s.name, s.variant) for s in a.sites]
+    for s in a.sites:
+        assert (s.variant, s.causal, s.heads, s.head_dim) == ("dense", True, 1, 16)
+        # causal pairs, each 2·d_qk for Q·Kᵀ and 2·d_v for P·V, d_v = 64
+        assert a.at(s.useful_flops, 256, 1) == 256 * 257 // 2 * (2 * 16 + 2 * 64)
+        assert a.at(s.flops, 256, 1) == 256 * 256 * (2 * 16 + 2 * 64)
+    assert a.n_range == (256, 256)
+    assert a.at(a.flops, 256, 1) == real_flops("mega", 256, 1)
+
+
 def test_retention_decay_is_causal_on_the_package():
     from published_support import fla_naive
 
