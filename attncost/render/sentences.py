@@ -132,7 +132,9 @@ def _flop_lines(a) -> list[str]:
                      f"leading term {leading_text(a.flops)}")
     useful = a.at(a.useful_attention_flops)
     if attn and useful < attn:
-        lines.append(f"attention that the masks let through: {human_flops(useful)} "
+        masked = any(s.mask not in (None, "full") for s in a.sites)
+        what = "that the masks let through" if masked else "its variants' formulas need"
+        lines.append(f"attention {what}: {human_flops(useful)} "
                      f"({useful / attn:.1%} of the attention computed)")
     return lines
 
