@@ -406,6 +406,18 @@ def _search_product(start: fx.Node) -> bool:
     return False
 
 
+def _mixes_heads(node: fx.Node, weights: fx.Node) -> bool:
+    """A 1×1 convolution of the weights, heads as its channels (talking
+    heads): each (query, key) pair's weights mixed across heads, the pairs
+    kept where they are."""
+    if packet(node) is not aten.convolution or node.args[0] is not weights:
+        return False
+    kernel, out, inp = (n.meta.get("val") if isinstance(n, fx.Node) else None
+                        for n in (node.args[1], node, weights))
+    return all(isinstance(t, torch.Tensor) for t in (kernel, out, inp)) and \
+        all(k == 1 for k in kernel.shape[2:]) and tuple(out.shape) == tuple(inp.shape)
+
+
 def _walk_forward(softmax: fx.Node, limit: int = 32):
     """From the softmax to the product that applies it to V: that product,
     the ops on the way, and which of its two factors the weights are."""
@@ -422,6 +434,7 @@ def _walk_forward(softmax: fx.Node, limit: int = 32):
                         return user, path, factors.index(node)
                     continue
                 if pk in PROB_OPS or is_view(user) or user.target is getitem or \
+                        _mixes_heads(user, node) or \
                         (pk in _AFTER_WEIGHING and packet(softmax) in WEIGHING_OPS):
                     nxt.append((user, path + [user]))
         frontier = nxt

@@ -54,6 +54,11 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
             c.useful_flops = sympy.expand(_per_pair(values, flops) * pattern.pairs)
             c.window = pattern.keys or c.window
         return c
+    if keys_grow and N not in sympy.sympify(n_q).free_symbols and pattern.kind == "full":
+        # a fixed number of queries over the sequence (learned latents, agent
+        # tokens): every pair computed, linear in N
+        return Classification("dense", flops, None, formula("fixed_context").complexity,
+                              "fixed_context", values)
     if pattern.kind == "causal":
         f = formula("causal_dense")
         return Classification("dense", f.at("useful_flops", values), None, f.complexity,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sympy
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = Path(__file__).parent
 for _folder in (HERE, HERE.parent):
@@ -63,29 +64,53 @@ def test_linformer_is_linear_in_n():
 # ------------------------------------------------------------------ Nyström
 
 
+class _Shapes(TorchDispatchMode):
+    """The last two axes of every tensor a real forward makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:
+            self.seen.append(tuple(out.shape[-2:]))
+        return out
+
+
 def test_nystrom_never_forms_n_by_n_scores():
     # the truth, on the package: every tensor of a forward at N=64, recorded;
     # scores are N × 16 and 16 × N, never N × N
     nystrom_attention = require("nystrom_attention")
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Shapes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and out.dim() >= 2:
-                self.seen.append(tuple(out.shape[-2:]))
-            return out
-
     attend = nystrom_attention.NystromAttention(dim=32, dim_head=16, heads=2, num_landmarks=16,
                                                 residual=False)
-    with torch.no_grad(), Shapes() as shapes:
+    with torch.no_grad(), _Shapes() as shapes:
         attend(torch.randn(1, 64, 32))
     assert (64, 16) in shapes.seen and (16, 64) in shapes.seen
     assert (64, 64) not in shapes.seen
+
+
+def test_agent_tokens_meet_the_sequence_not_each_other():
+    # the truth, on the package: scores are 16 × N and N × 16, never N × N
+    agent = require("agent_attention_pytorch")
+    attend = agent.AgentSelfAttention(32, num_agent_tokens=16, dim_head=16, heads=2)
+    with torch.no_grad(), _Shapes() as shapes:
+        attend(torch.randn(1, 64, 32))
+    assert (64, 16) in shapes.seen and (16, 64) in shapes.seen
+    assert (64, 64) not in shapes.seen
+    # attncost: two dense sites per layer through the talking heads' 1×1
+    # convolutions, a fixed number of queries or keys: linear in N
+    a = analysed("agent", 256)
+    for sites in _per_layer(a).values():
+        lengths = sorted((str(s.query_len), str(s.key_len)) for s in sites)
+        assert lengths == [("16", "N"), ("N", "16")], lengths
+        for s in sites:
+            assert (s.variant, s.causal, s.heads, s.complexity) == ("dense", False, HEADS, "N*M*d")
+            # 16 × N pairs per head, 2·d for the scores and 2·d for the values
+            assert a.at(s.flops, 512, 1) == a.at(s.useful_flops, 512, 1) == \
+                HEADS * 16 * 512 * 2 * (DIM_HEAD + DIM_HEAD)
+    assert a.at(a.flops, 256, 1) == real_flops("agent", 256, 1)
+    assert a.at(a.flops, 384, 2) == real_flops("agent", 384, 2)
 
 
 def test_nystrom_three_softmaxes_per_layer():
