@@ -57,6 +57,8 @@ def _at_one_length(ctx, rows, shape, dim: int):
     cannot say batch from heads from queries by their symbols: the queries
     are the axis before the keys, the batch the trace's, and the heads what
     is left.  None where the sizes are expressions or do not divide."""
+    if ctx.traced.replacements:  # a symbolic trace: its batch is a symbol, not the hint
+        return None
     n_q = as_int(shape[dim - 1]) if dim >= 1 else None
     total, batch = as_int(rows), ctx.traced.batch_hint or 1
     if total is None or not n_q or total % (batch * n_q):

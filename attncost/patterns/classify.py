@@ -57,8 +57,7 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
     if keys_grow and N not in sympy.sympify(n_q).free_symbols and pattern.kind == "full":
         # a fixed number of queries over the sequence (learned latents, agent
         # tokens): every pair computed, linear in N
-        return Classification("dense", flops, None, formula("fixed_context").complexity,
-                              "fixed_context", values)
+        return _fixed_context(values, flops)
     if pattern.kind == "causal":
         f = formula("causal_dense")
         return Classification("dense", f.at("useful_flops", values), None, f.complexity,
@@ -160,6 +159,12 @@ def _fixed_keys(impl: str, values: dict, flops: sympy.Expr) -> Classification:
         values[SYMBOLS["k"]] = kept
         return Classification("sparse", flops, None, formula("sparse").complexity, "sparse", values)
     # a fixed context (an encoder's fixed length, learned tokens): linear in N
+    return _fixed_context(values, flops)
+
+
+def _fixed_context(values: dict, flops: sympy.Expr) -> Classification:
+    """Every pair between the sequence and a fixed number of tokens (keys
+    or queries) computed and needed: dense, N·M·d."""
     return Classification("dense", flops, None, formula("fixed_context").complexity,
                           "fixed_context", values)
 

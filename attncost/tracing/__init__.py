@@ -303,8 +303,6 @@ def _bounded(guard, lo: int, hi: int | None) -> tuple[int, int | None]:
     side = guard.lhs - guard.rhs
     if not side.is_polynomial(N) or sympy.degree(side, N) != 1:
         return lo, hi
-    if isinstance(guard, sympy.Eq):
-        return lo, hi
     interval = sympy.solve_univariate_inequality(guard, N, relational=False)
     if not isinstance(interval, sympy.Interval):
         return lo, hi

@@ -113,6 +113,21 @@ def test_agent_tokens_meet_the_sequence_not_each_other():
     assert a.at(a.flops, 384, 2) == real_flops("agent", 384, 2)
 
 
+def test_xtransformers_talking_heads_after_the_softmax():
+    # the softmax weights reach ·V through a 1×1 convolution over the heads
+    require("x_transformers")
+    a = analysed("xtransformers_talking_heads", 256)
+    assert len(a.sites) == 2, [(s.name, s.variant) for s in a.sites]
+    for s in a.sites:
+        assert (s.variant, s.causal, s.heads) == ("dense", True, HEADS)
+        assert any(name.startswith("convolution") for name in s.nodes)
+        # Q·Kᵀ and P·V over N × N pairs, 2·d each
+        assert a.at(s.flops, 512, 1) == HEADS * 512 * 512 * 2 * (DIM_HEAD + DIM_HEAD)
+        assert a.at(s.useful_flops, 512, 1) == HEADS * 512 * 513 // 2 * 2 * (DIM_HEAD + DIM_HEAD)
+    assert a.at(a.flops, 256, 1) == real_flops("xtransformers_talking_heads", 256, 1)
+    assert a.at(a.flops, 384, 2) == real_flops("xtransformers_talking_heads", 384, 2)
+
+
 def test_nystrom_three_softmaxes_per_layer():
     require("nystrom_attention")
     a = analysed("nystrom", 256)
