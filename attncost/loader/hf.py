@@ -102,6 +102,31 @@ def _implementation_note(impl: str) -> list[str]:
             "no mask, the causal flag and the sliding window as transformers passes them"]
 
 
+#: Most bytes of buffers given their data on the CPU (a causal mask kept as a
+#: buffer is max_positions² bytes per layer); larger ones stay on meta.
+MAX_BUFFER_BYTES = 256 << 20
+
+
+def _materialize_buffers(model: torch.nn.Module) -> None:
+    """Give the buffers built on meta their data, as transformers does after
+    loading a checkpoint (its ``_init_weights`` fills the buffers it owns:
+    GPT-Neo's local mask, rotary frequencies).  Masks read from a buffer then
+    say what they let through; parameters stay on meta."""
+    named = [(n, b) for n, b in model.named_buffers() if b.device.type == "meta"]
+    if not named or sum(b.numel() * b.element_size() for _, b in named) > MAX_BUFFER_BYTES:
+        return
+    for name, buf in named:
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        module._buffers[attr] = torch.zeros_like(buf, device="cpu")
+    try:
+        model.initialize_weights()
+    except Exception:  # noqa: BLE001 - a model whose init needs its weights keeps meta buffers
+        for name, buf in named:
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attr] = buf
+
+
 def _try_build(config, impl: str, dtype: torch.dtype):
     """(model, None) built with ``impl`` on the meta device, or (None, the error)."""
     import transformers
@@ -118,6 +143,7 @@ def _try_build(config, impl: str, dtype: torch.dtype):
                 else:
                     config._attn_implementation = impl
                     model = cls(config).to(dtype)
+            _materialize_buffers(model)
             return model.eval(), None
         except Exception as exc:  # try the next class
             last_exc = exc

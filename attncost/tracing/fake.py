@@ -52,9 +52,12 @@ def module_state_kept(module: torch.nn.Module) -> Iterator[None]:
     Code that caches a tensor on first use (x-transformers' ALiBi bias,
     ``register_buffer`` inside forward) would otherwise keep a fake tensor
     of one trace's sizes, which the next trace or replay reads as if it
-    were real.  The buffers, parameters and plain attributes of every
-    submodule are put back as they were; submodules are not touched."""
-    saved = [(m, dict(m._buffers), dict(m._parameters), dict(vars(m)))
+    were real.  Code that swaps a submodule for another on some lengths
+    (BigBird falls back to full attention for a short sequence, for good)
+    would keep the swap for every later trace.  The buffers, parameters,
+    submodules and plain attributes of every module are put back as they
+    were."""
+    saved = [(m, dict(m._buffers), dict(m._parameters), dict(m._modules), dict(vars(m)))
              for m in module.modules()]
     try:
         yield
@@ -66,8 +69,10 @@ def module_state_kept(module: torch.nn.Module) -> Iterator[None]:
 _OWN_STORES = ("_buffers", "_parameters", "_modules")
 
 
-def _restore(m: torch.nn.Module, buffers: dict, parameters: dict, attributes: dict) -> None:
-    for store, before in ((m._buffers, buffers), (m._parameters, parameters)):
+def _restore(m: torch.nn.Module, buffers: dict, parameters: dict, modules: dict,
+             attributes: dict) -> None:
+    for store, before in ((m._buffers, buffers), (m._parameters, parameters),
+                          (m._modules, modules)):
         if store.keys() != before.keys() or any(store[k] is not v for k, v in before.items()):
             store.clear()
             store.update(before)

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 from ..errors import ModelError, first_line
 from ..expr import B, N, value_at
 from ..loader import LoadedModel
-from .fake import call_args, fake_parameters
+from .fake import call_args, fake_parameters, module_state_kept
 from .graph import TracedModel
 from .fast_paths import fast_paths
 from .patches import flex_uncompiled
@@ -109,7 +109,7 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
     args, kwargs = call_args(spec.unflatten(flat))
     try:
         with torch.no_grad(), _record_module_paths(model), flex_uncompiled(), \
-                loaded.trace_context(), fast_paths(loaded.kernel_device), \
+                module_state_kept(model), loaded.trace_context(), fast_paths(loaded.kernel_device), \
                 warnings.catch_warnings(), quiet_shape_log(), _OpBudget(max_calls):
             warnings.simplefilter("ignore")
             gm = make_fx(INFERENCE.build(model, params), tracing_mode="fake",

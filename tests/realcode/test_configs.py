@@ -236,6 +236,15 @@ LLAMA4 = dict(DECODER, model_type="llama4_text", architectures=["Llama4ForCausal
               num_hidden_layers=4, intermediate_size=32, intermediate_size_mlp=64,
               attention_chunk_size=16, num_local_experts=2)
 
+# GPT-Neo: attention_types [[["global", "local"], 2]] expands to layers
+# global, local, global, local.  Each GPTNeoSelfAttention keeps its mask as a
+# non-persistent buffer built in __init__ (and again in _init_weights):
+# tril(ones) for global, tril(ones) ^ tril(ones, -window_size) for local, so
+# a local query i sees keys i-15..i.  Eager: the mask is read from the buffer.
+GPT_NEO = dict(model_type="gpt_neo", architectures=["GPTNeoForCausalLM"], hidden_size=HEADS * HEAD_DIM,
+               num_heads=HEADS, num_layers=4, attention_types=[[["global", "local"], 2]],
+               window_size=16, intermediate_size=64, vocab_size=128, max_position_embeddings=512)
+
 CONFIGS = {
     "mistral_7b_32k": ConfigEntry(MISTRAL_32K, 32768, 4500,
                                   _layers("model.layers", [sliding_causal(4096)] * 2),
@@ -259,6 +268,10 @@ CONFIGS = {
     }, inputs=_encoder_decoder_ids, maps=_t5_maps, kv_heads=HEADS),
     "llama4_text": ConfigEntry(LLAMA4, 64, 100,
                                _layers("model.layers", [chunked_causal(16)] * 3 + [CAUSAL])),
+    "gpt_neo": ConfigEntry(GPT_NEO, 64, 100, {
+        f"transformer.h.{k}.attn.attention": p for k, p in enumerate(
+            [CAUSAL, sliding_causal(16)] * 2)},
+        attn_implementation="eager", kv_heads=HEADS),
 }
 
 
