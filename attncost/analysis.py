@@ -374,11 +374,13 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
                  rules, allocation_rules, progress) -> Analysis:
     """A model that loops over the sequence, costed from traces at small
     lengths and fitted in N and B (tracing/loops.py); the notes say where."""
-    from .tracing.loops import TraceRaised, check_at, fitted_loop
+    from .tracing.loops import FitFailed, TraceRaised, check_at, fitted_loop
 
     try:
         fitted = fitted_loop(loaded, device, rules, allocation_rules, progress)
-    except TraceRaised as exc:  # it does not run at the short lengths a fit needs
+    except (TraceRaised, FitFailed) as exc:
+        # it does not run at the short lengths a fit needs, or its costs there
+        # step (a loop over chunks of a fixed size): this length alone
         return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
     traced = check_at(fitted, loaded, seq_len, rules)
     if traced is not None:  # the fit does not hold here: this length alone, traced
@@ -418,9 +420,9 @@ def _traced_here(loaded: LoadedModel, seq_len: int, batch: int, options: dict, r
     try:
         traced = concrete_trace(loaded, seq_len, batch, max_calls=FIXED_LENGTH_CALLS)
     except TraceTooLong:
-        raise ModelError(f"the model fixes the length as a number, {why}, and a trace at "
-                         f"N={seq_len:,} is too long (a loop over the sequence); try a shorter "
-                         "--seq-len") from None
+        raise ModelError(f"the model's cost cannot be fitted in N from short traces ({why}), "
+                         f"and a trace at N={seq_len:,} is too long (a loop over the sequence); "
+                         "try a shorter --seq-len") from None
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
     result.notes.append(f"the model fixes the length as a number and its cost cannot be fitted "
                         f"in N from short traces ({why}): it was traced at N={seq_len:,} and its "

@@ -95,7 +95,9 @@ def test_loop_is_one_recurrent_site_with_its_state(loop_analysis):
     assert any("fitted from traces" in n and f"N={HELD_OUT[0][0]}" in n for n in a.notes)
 
 
-def test_loop_whose_cost_steps_past_the_fit_is_refused(tmp_path):
+def _stepped_loop(tmp_path) -> Path:
+    """The recurrent loop, with more work past N=18: its cost steps between
+    the lengths a fit is made from and those it is checked at."""
     path = tmp_path / "stepped_loop.py"
     path.write_text(
         (MODELS / "recurrent_loop.py").read_text()
@@ -104,8 +106,28 @@ def test_loop_whose_cost_steps_past_the_fit_is_refused(tmp_path):
                  "        if x.shape[1] > 18:  # more work past the fitted lengths\n"
                  "            y = y + self.state(y)\n"
                  "        return self.out(y)"))
-    with pytest.raises(ModelError, match="follows no polynomial in N"):
-        attncost.analyze(path, seq_len=1000, device="cpu")
+    return path
+
+
+def test_loop_whose_cost_steps_past_the_fit_is_traced_where_asked(tmp_path):
+    """No polynomial fits the short traces: the requested length is traced
+    alone (a loop of 300 steps is short enough), its formulas said to hold
+    there only, and its FLOPs are a real forward's there."""
+    path = _stepped_loop(tmp_path)
+    a = attncost.analyze(path, seq_len=300, device="cpu")
+    assert a.n_range == (300, 300)
+    assert any("no polynomial in N fits its FLOPs" in n and "N=300" in n for n in a.notes)
+    model = load_module(path).build_model().eval()
+    assert a.at(a.flops, 300, 1) == count_flops(model, (torch.zeros(1, 300, dtype=torch.long),))
+
+
+def test_loop_whose_cost_steps_is_refused_where_its_trace_is_too_long(tmp_path, monkeypatch):
+    import attncost.analysis as analysis
+
+    monkeypatch.setattr(analysis, "FIXED_LENGTH_CALLS", 500)
+    with pytest.raises(ModelError, match="no polynomial in N fits its FLOPs .* too long .*"
+                                         "try a shorter --seq-len"):
+        attncost.analyze(_stepped_loop(tmp_path), seq_len=1000, device="cpu")
 
 
 # ------------------------------------------------------------------ Mamba (transformers' slow path)

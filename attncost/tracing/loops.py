@@ -46,7 +46,8 @@ SITE_COUNTS = ("heads", "kv_heads", "query_len", "key_len")
 
 
 class FitFailed(ModelError):
-    """The traces at small lengths do not follow one polynomial in N and B."""
+    """The traces at small lengths do not follow one polynomial in N and B;
+    the message says why, as a clause ("its FLOPs ... follow no polynomial")."""
 
 
 @dataclass
@@ -218,9 +219,8 @@ def fit_number(measured: list[Measured], read: Callable[[Measured], int], what: 
     expr = fit({(m.seq_len, m.batch): read(m) for m in fitted},
                {(m.seq_len, m.batch): read(m) for m in held}, batches)
     if expr is None:
-        raise FitFailed(f"the model loops over the sequence, and its {what} traced at "
-                        f"N={_lengths_text()} follows no polynomial in N that holds at "
-                        f"{_held_text()}; analyse it at one length with --seq-len 64 or less")
+        raise FitFailed(f"no polynomial in N fits its {what} at N={_lengths_text()} and "
+                        f"holds at {_held_text()}")
     return expr
 
 
@@ -346,8 +346,7 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
     measured = measure_all(loaded, device, rules, allocation_rules, progress)
     weights = {m.numbers["weights"] for m in measured}
     if len(weights) != 1:
-        raise FitFailed("the model loops over the sequence, and its weights differ between "
-                        "lengths: it cannot be costed from small traces")
+        raise FitFailed("its weights differ between the short lengths it was traced at")
     try:
         flops = fit_number(measured, lambda m: m.numbers["flops"], "FLOPs")
         peak = _fitted_peak(measured)
