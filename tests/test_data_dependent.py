@@ -362,6 +362,24 @@ def test_longformer_analyses_under_eager(write_config):
         assert a.at(site.useful_flops, n, 1) == 2 * 2 * (d + d) * pairs
 
 
+def test_longformer_whose_positions_stop_at_510_is_probed_where_it_runs(write_config):
+    """max_position_embeddings 512 with RoBERTa's offset of 2: the model runs
+    up to 510 tokens, so only the 256-token probe reads its pairs (the
+    longer probes raise)."""
+    folder = write_config("longformer_512", model_type="longformer", hidden_size=64,
+                          num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+                          attention_window=[16], vocab_size=100, max_position_embeddings=512,
+                          pad_token_id=1)
+    a = attncost.analyze(folder, seq_len=256, attn_implementation="eager", device="cpu",
+                         dtype="float32")
+    (site,) = a.sites
+    assert (site.variant, site.causal, site.window) == ("local", False, 17)
+    n = 496  # the longest multiple of the window the positions allow
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    pairs = int(((i - j).abs() <= 8).sum())
+    assert a.at(site.useful_flops, n, 1) == 2 * 2 * (32 + 32) * pairs
+
+
 def test_longformer_under_sdpa_names_the_implementation_that_works(write_config):
     folder = _longformer(write_config)
     with pytest.raises(ModelError) as err:

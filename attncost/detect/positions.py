@@ -211,9 +211,10 @@ def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
 
 
 #: Lengths a site is probed at, longest first: multiples of every power-of-two
-#: block up to 256; the two longest the model runs at are used (a model may
-#: run only up to its position limit: Longformer's 1,030 positions).
-PROBE_LENGTHS = (2048, 1024, 512, 256)
+#: block up to 128; the two longest the model runs at are used (a model may
+#: run only up to its position limit: Longformer's 1,030 positions, or 510
+#: where its config says 512).
+PROBE_LENGTHS = (2048, 1024, 512, 256, 128)
 
 
 def probed_pattern(ctx, read) -> MaskPattern | None:
