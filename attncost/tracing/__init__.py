@@ -293,7 +293,7 @@ def _guards(traced: TracedModel) -> tuple[list[str], tuple[int, int | None]]:
 
 def _bounded(guard, lo: int, hi: int | None) -> tuple[int, int | None]:
     """(lo, hi) narrowed by a guard linear in N alone (``N + 1 <= 257``: a
-    table of positions sliced to the length), or by a count of pieces of
+    table of positions sliced to the length; ``8*N == 64``: one length), or by a count of pieces of
     the sequence fixed (``floor((N + 31)/32) == 8``: eight chunks of 32,
     225 <= N <= 256): the bounds a range can say."""
     if not isinstance(guard, sympy.core.relational.Relational) or guard.free_symbols != {N}:
@@ -304,6 +304,10 @@ def _bounded(guard, lo: int, hi: int | None) -> tuple[int, int | None]:
     if not side.is_polynomial(N) or sympy.degree(side, N) != 1:
         return lo, hi
     interval = sympy.solve_univariate_inequality(guard, N, relational=False)
+    if isinstance(interval, sympy.FiniteSet) and len(interval) == 1:
+        # N fixed (``8*N == 64``: an image width the model asserts on)
+        (only,) = interval
+        return (int(only), int(only)) if only.is_Integer else (lo, hi)
     if not isinstance(interval, sympy.Interval):
         return lo, hi
     if interval.inf.is_finite:  # the least integer inside (sizes >= 2 go without saying)

@@ -251,6 +251,21 @@ def test_mega_single_head_traced_at_one_length():
     assert a.at(a.flops, 256, 1) == real_flops("mega", 256, 1)
 
 
+def test_beit_fixed_image_size_holds_at_one_length():
+    # The width is 8·N pixels and the model takes 64 only (its PatchEmbed
+    # asserts it; its bias table is 33 × 33): the trace fixes 8·N = 64, so
+    # its formulas hold at N = 8, not at every N (they were said to).
+    a = analysed("timm_beit", 8)
+    assert a.n_range == (8, 8)
+    assert [(s.variant, s.heads, s.head_dim) for s in a.sites] == [("dense", 2, 16)] * 2
+    for s in a.sites:  # 33 tokens, every pair, 2·(16 + 16) FLOPs per pair and head
+        assert a.at(s.useful_flops, 8, 1) == 2 * 33 * 33 * 2 * (16 + 16)
+    assert a.at(a.flops, 8, 1) == real_flops("timm_beit", 8, 1)
+    model = load_module(Path(__file__).parent / "published_timm_beit.py")
+    with torch.no_grad(), pytest.raises(AssertionError):
+        model.build_model().eval()(*model.example_inputs(9))
+
+
 def test_retention_decay_is_causal_on_the_package():
     from published_support import fla_naive
 
