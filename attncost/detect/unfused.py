@@ -212,15 +212,27 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     pattern = _site_pattern(ctx, (qk, weights, q_operand, k_operand), mask_inputs, n_keys, heads,
                             n_q, relaid)
     pattern.content = content_based(ctx, (q_operand, k_operand), [m for m, _ in mask_inputs])
-    site_shape = SiteShape(_implementation(ctx, (q_operand, k_operand), n_keys, pattern),
-                           heads, kv_heads,
-                           as_int(t.shape(q_operand)[-1]) or 0, n_q, n_keys, flops,
-                           as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
+    width = settled(t.shape(q_operand)[-1])
+    if _across_sequence(width, n_q, n_keys):  # features × features, tokens contracted
+        site_shape = SiteShape("cross-covariance", heads, kv_heads, as_int(n_keys) or 0,
+                               width, width, flops, as_int(n_keys))
+    else:
+        site_shape = SiteShape(_implementation(ctx, (q_operand, k_operand), n_keys, pattern),
+                               heads, kv_heads, as_int(width) or 0, n_q, n_keys, flops,
+                               as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
     sites = build_sites(ctx, softmax, site_shape, pattern,
                         nodes=[qk, *score_path, softmax, *prob_path, pv])
     for site in sites:
         site.block_masks = list(mask_inputs)
     return sites
+
+
+def _across_sequence(width, n_q, n_keys) -> bool:
+    """Do the scores pair features, not positions: Q·Kᵀ contracts the
+    sequence (its width grows with N) while neither side does (XCiT's
+    cross-covariance attention, a d×d matrix per head)?"""
+    grows = [N in sympy.sympify(x).free_symbols for x in (width, n_q, n_keys)]
+    return grows == [True, False, False]
 
 
 def _key_heads(t, k_operand: fx.Node, n_keys, ratio: int) -> int | None:

@@ -42,6 +42,9 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
     mask pattern and its query/key lengths."""
     if pattern.content:
         return _content_based(pattern, impl, values, flops)
+    if impl == "cross-covariance":
+        f = formula("cross_covariance")
+        return Classification("linear", flops, None, f.complexity, "cross_covariance", values)
     n_q, n_k = values[SYMBOLS["N"]], values[SYMBOLS["M"]]
     keys_grow = N in sympy.sympify(n_k).free_symbols
     if impl == "low-rank":

@@ -129,7 +129,7 @@ def _flop_lines(a) -> list[str]:
         total, whole = forward, "of the forward's FLOPs"
     if total:
         lines.append(f"attention: {human_flops(attn)} ({attn / total:.1%} {whole}), "
-                     f"leading term {leading_text(a.flops)}")
+                     f"leading term {leading_text(a.attention_flops)}")
     useful = a.at(a.useful_attention_flops)
     if attn and useful < attn:
         masked = any(s.mask not in (None, "full") for s in a.sites)

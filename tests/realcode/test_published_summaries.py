@@ -266,6 +266,25 @@ def test_beit_fixed_image_size_holds_at_one_length():
         model.build_model().eval()(*model.example_inputs(9))
 
 
+def test_xcit_cross_covariance_is_linear_in_the_tokens():
+    # Scores of the head's 16 features against its 16 features, summed over
+    # the 4·N tokens: no N × N matrix.  Qᵀ·K and the weights applied to V
+    # each take 2·16·16 FLOPs per token and head.
+    a = analysed("timm_xcit", 16)
+    xca = [s for s in a.sites if s.implementation == "cross-covariance"]
+    assert [(s.variant, s.heads, s.head_dim, s.causal) for s in xca] == \
+        [("linear", 2, 16, False)] * 2
+    for n, b in ((16, 1), (40, 2)):
+        tokens = 4 * n
+        for s in xca:
+            assert a.at(s.flops, n, b) == a.at(s.useful_flops, n, b) == \
+                b * 2 * tokens * 2 * (2 * 16 * 16)
+        assert a.at(a.flops, n, b) == real_flops("timm_xcit", n, b)
+    # the class token over every token: one query, 4·N + 1 keys
+    (cls,) = [s for s in a.sites if s not in xca]
+    assert (cls.variant, a.at(cls.query_len, 16, 1), a.at(cls.key_len, 16, 1)) == ("dense", 1, 65)
+
+
 def test_retention_decay_is_causal_on_the_package():
     from published_support import fla_naive
 
