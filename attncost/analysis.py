@@ -17,7 +17,7 @@ import torch
 from .detect import AttentionSite, find_sites
 from .errors import AttncostError, ModelError
 from .expr import N, condition_text, conditions_text, degree, holds_at, multiple_asked, \
-    on_multiples, residues_allowed, value_at
+    on_multiples, padded_tidied, residues_allowed, value_at
 from .loader import LoadedModel, load, with_quantization
 from .loader.positions import beyond_limit_warning
 from .memory import MemoryModel, peak_memory
@@ -325,20 +325,26 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
 def _on_multiples(a: Analysis) -> None:
     """Where the trace holds for multiples of m only (a length padded to
     blocks), its formulas said for those lengths: N//8 as N/8, N//(N//8)
-    as 8 (checked at several multiples; elsewhere ``at`` analyses again)."""
+    as 8 (checked at several multiples; elsewhere ``at`` analyses again);
+    and a length padded to blocks at every N said as ceiling(N/m)."""
     m = a.multiple_of()
-    if m <= 1:
-        return
-    a.flops = on_multiples(a.flops, m)
-    a.peak_memory_bytes = on_multiples(a.peak_memory_bytes, m)
+    if m > 1:
+        _rewrite(a, lambda e: on_multiples(e, m))
+    _rewrite(a, padded_tidied)
+
+
+def _rewrite(a: Analysis, rewritten: Callable[[sympy.Expr], sympy.Expr]) -> None:
+    """Every formula of ``a`` (totals, and each site's) through ``rewritten``."""
+    a.flops = rewritten(a.flops)
+    a.peak_memory_bytes = rewritten(a.peak_memory_bytes)
     for name in ("forward_flops", "backward_flops"):
         if getattr(a, name) is not None:
-            setattr(a, name, on_multiples(getattr(a, name), m))
+            setattr(a, name, rewritten(getattr(a, name)))
     for s in a.sites:
         for name in ("flops", "useful_flops", "allocated_bytes", "backward_flops", "query_len",
                      "key_len"):
             if getattr(s, name, None) is not None:
-                setattr(s, name, on_multiples(getattr(s, name), m))
+                setattr(s, name, rewritten(getattr(s, name)))
 
 
 def _forward(loaded: LoadedModel, traced: TracedModel, seq_len: int, batch: int, options: dict,

@@ -8,10 +8,12 @@ substitutes numbers into an expression.
 from __future__ import annotations
 
 import functools
+from fractions import Fraction
 import math
 from typing import Mapping, Union
 
 import sympy
+from sympy.printing.pycode import PythonCodePrinter
 
 #: The two symbols every expression is written in.
 N = sympy.Symbol("N", positive=True, integer=True)
@@ -63,10 +65,43 @@ def _parsed(condition) -> sympy.Basic:
     return sympy.sympify(condition, locals={"N": N, "B": B})
 
 
+class _ExactPrinter(PythonCodePrinter):
+    """Python code whose rationals are Fractions (1/9 as a float would floor wrong)."""
+
+    def _print_Rational(self, expr):
+        return f"Fraction({expr.p}, {expr.q})"
+
+    def _print_Half(self, expr):
+        return self._print_Rational(expr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(condition):
+    """The condition as a Python function of N and B, evaluated on exact
+    fractions (floor, ceiling and Mod of a Fraction are exact), or None."""
+    parsed = _parsed(condition)
+    if not isinstance(parsed, sympy.Basic) or not parsed.free_symbols <= {N, B} or \
+            parsed.atoms(sympy.Piecewise):
+        return None
+    try:
+        return sympy.lambdify((N, B), parsed, modules=["math", {"Fraction": Fraction, "math": math}],
+                              printer=_ExactPrinter)
+    except Exception:  # noqa: BLE001 - read the slow way
+        return None
+
+
 def holds_at(condition, seq_len: int, batch: int = 1) -> bool | None:
     """A condition on N and B (a trace's guard: ``Eq(Mod(N, 16), 0)``,
     ``N > 2048``) at N=seq_len, B=batch; None where it does not reduce to
     true or false there."""
+    fast = _compiled(condition)
+    if fast is not None:
+        try:
+            result = fast(Fraction(seq_len), Fraction(batch))
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError, NameError):
+            result = None
+        if isinstance(result, bool):
+            return result
     result = _parsed(condition).xreplace({N: sympy.Integer(seq_len), B: sympy.Integer(batch)})
     if result in (sympy.true, sympy.false):
         return bool(result)
@@ -107,6 +142,43 @@ def on_multiples(expr: sympy.Expr, m: int) -> sympy.Expr:
     points = [(m * j, b) for j in (1, 2, 7, 64) for b in (1, 3)]
     if all(value_at(simpler, n, b) == value_at(expr, n, b) for n, b in points):
         return simpler
+    return expr
+
+
+def _mod_as_floor(mod: sympy.Mod) -> sympy.Expr:
+    """Mod(a, m) = a - m·floor(a/m) (sympy's Mod is floored: exact for integers)."""
+    a, m = mod.args
+    return a - m * sympy.floor(a / m)
+
+
+def _floor_as_ceiling(term: sympy.floor) -> sympy.Expr:
+    """floor(k·N/m) with k = q·m + m - 1 as (q + 1)·N - ceiling(N/m): what a
+    length padded to a multiple of m leaves (floor(N - N/m) = N - ceiling(N/m))."""
+    arg = sympy.expand(term.args[0])
+    coeff = arg.coeff(N, 1)
+    if not (arg - coeff * N == 0 and coeff.is_Rational and coeff > 0 and coeff.q > 1):
+        return term
+    k, m = coeff.p, coeff.q
+    if k % m != m - 1:
+        return term
+    return (k // m + 1) * N - sympy.ceiling(N / m)
+
+
+def padded_tidied(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` with the blocks of a length padded to a multiple said as
+    ceiling(N/m): ``floor(N/9 + Mod(8*N, 9)/9)`` (the pad, Mod(-N, 9), over
+    the block) is ceiling(N/9).  Exact for every integer N, checked at
+    several; ``expr`` itself where it is not simpler."""
+    if not isinstance(expr, sympy.Expr) or not expr.atoms(sympy.Mod):
+        return expr
+    tidy = expr.replace(lambda x: isinstance(x, sympy.Mod), _mod_as_floor)
+    tidy = tidy.replace(lambda x: isinstance(x, sympy.floor), _floor_as_ceiling)
+    tidy = sympy.expand(tidy)
+    if tidy.count_ops() >= expr.count_ops():
+        return expr
+    points = [(n, b) for n in (1, 2, 7, 8, 9, 10, 63, 64, 65, 1000, 4097) for b in (1, 3)]
+    if all(value_at(tidy, n, b) == value_at(expr, n, b) for n, b in points):
+        return tidy
     return expr
 
 

@@ -44,3 +44,33 @@ def test_formulas_on_the_multiples_a_trace_holds_for():
     # a floor the multiples do not resolve is left as it is
     thirds = sympy.floor(N / 3) * B
     assert on_multiples(thirds, 16) == thirds
+
+
+def test_a_length_padded_to_blocks_reads_as_ceiling():
+    # LongT5's local attention pads N to blocks of 9: the trace says the
+    # blocks as floor(N/9 + Mod(8·N, 9)/9) and the padded block as
+    # floor(N/blocks + Mod(8·N, 9)/blocks), which is 9
+    from attncost.expr import padded_tidied
+
+    blocks = sympy.floor(N / 9 + sympy.Mod(8 * N, 9) / 9)
+    written = 384 * B * blocks * sympy.floor(N / blocks + sympy.Mod(8 * N, 9) / blocks) ** 2
+    tidy = padded_tidied(written)
+    assert tidy == 384 * 81 * B * sympy.ceiling(N / 9)
+    for n in range(1, 200):
+        assert value_at(tidy, n, 3) == value_at(written, n, 3) == 3 * 384 * 81 * -(-n // 9)
+    # nothing to say more simply: left as it is
+    assert padded_tidied(B * sympy.Mod(N, 16) + N) == B * sympy.Mod(N, 16) + N
+
+
+def test_conditions_read_fast_agree_with_sympy():
+    from attncost.expr import _parsed, holds_at
+
+    conditions = ["Eq(Mod(N, 16), 0)", "N > 2048", "Eq(floor(N/9 + Mod(8*N, 9)/9), 8)",
+                  "Ne(Mod(8*N, 9), 0)", "(N + 31)/32 >= 8", "Eq(ceiling(N/16)*16 - N, 0)",
+                  "Eq(B*N, 6)", "Max(N, 5) > 7", "floor(N/3) < 4", "Ne(B, 1)",
+                  "(N > 3) & (N < 9)"]
+    for condition in conditions:
+        for n in range(1, 160):
+            for b in (1, 2):
+                exact = _parsed(condition).xreplace({N: sympy.Integer(n), B: sympy.Integer(b)})
+                assert holds_at(condition, n, b) is bool(exact), (condition, n, b)

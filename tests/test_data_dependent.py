@@ -380,6 +380,50 @@ def test_longformer_whose_positions_stop_at_510_is_probed_where_it_runs(write_co
     assert a.at(site.useful_flops, n, 1) == 2 * 2 * (32 + 32) * pairs
 
 
+# ------------------------------------------------------------------ BigBird
+
+
+BIGBIRD = dict(model_type="big_bird", architectures=["BigBirdModel"], hidden_size=32,
+               num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100,
+               max_position_embeddings=512, attention_type="block_sparse", block_size=8,
+               num_random_blocks=2)
+
+
+def _bigbird_pairs(n: int, block: int = 8, random: int = 2) -> int:
+    """(query, key) pairs BigBird's block-sparse attention computes per head
+    (modeling_big_bird.py, bigbird_block_sparse_attention): the first and
+    last query blocks against every key; the second against blocks 0, 1, 2,
+    the last and ``random`` picked ones, the next-to-last likewise; every
+    other block against its 3 neighbours, the first and last blocks and
+    ``random`` picked ones."""
+    blocks = n // block
+    return (2 * block * n + 2 * block * (4 + random) * block
+            + (blocks - 4) * block * (5 + random) * block)
+
+
+def test_bigbird_block_sparse_is_one_sparse_site_per_layer(write_config):
+    """Past (5 + 2·random)·block tokens BigBird runs its block-sparse
+    attention: five pieces of the queries, the middle one's scores
+    concatenated from four products, one softmax.  Below that it swaps in
+    full attention for good, which a trace at a short length must not leave
+    behind."""
+    folder = write_config("big_bird", **BIGBIRD)
+    a = attncost.analyze(folder, seq_len=128, attn_implementation="eager", device="cpu",
+                         dtype="float32")
+    assert [(s.variant, s.implementation, s.heads, s.causal) for s in a.sites] == \
+        [("sparse", "block-sparse", 4, False)] * 2
+    for site in a.sites:  # Q·Kᵀ and P·V: 2·(8 + 8) FLOPs per pair and head
+        assert a.at(site.flops, 128, 1) == 4 * 2 * (8 + 8) * _bigbird_pairs(128)
+    from transformers import BigBirdConfig, BigBirdModel
+
+    config = BigBirdConfig.from_pretrained(folder)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = BigBirdModel(config).eval()
+    for n, b in ((128, 1), (192, 2)):
+        assert a.at(a.flops, n, b) == count_flops(model, (torch.randint(3, 100, (b, n)),))
+
+
 def test_longformer_under_sdpa_names_the_implementation_that_works(write_config):
     folder = _longformer(write_config)
     with pytest.raises(ModelError) as err:

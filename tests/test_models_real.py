@@ -260,6 +260,37 @@ def test_grouped_matmuls_count_the_experts_real_work(write_config, fields):
         assert a.at(a.flops, n, 1) == counted + sum(routed), n
 
 
+GPT_OSS = dict(model_type="gpt_oss", architectures=["GptOssForCausalLM"], hidden_size=32,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=48,
+               num_hidden_layers=2, vocab_size=128, max_position_embeddings=512,
+               num_local_experts=4, num_experts_per_tok=2, sliding_window=16,
+               layer_types=["sliding_attention", "full_attention"])
+
+
+def test_attention_sinks_are_read_through(write_config):
+    """GPT-OSS appends a learned sink logit to every score row
+    (``cat([scores, sinks], -1)``, less the row's maximum, softmax, the sink
+    column dropped before ·V): the scores under it are the site's, their
+    masks its pattern (no site was found)."""
+    folder = write_config("gpt_oss", **GPT_OSS)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", kv_cache=False,
+                         device="cpu")
+    assert [(s.variant, s.causal, s.window, s.heads, s.kv_heads) for s in a.sites] == \
+        [("local", True, 16, 4, 2), ("dense", True, None, 4, 2)]
+    n = 512
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    pairs = [int(((j <= i) & (j > i - 16)).sum()), int((j <= i).sum())]
+    for site, count in zip(a.sites, pairs):  # 2·(8 + 8) FLOPs per pair and head
+        assert a.at(site.useful_flops, n, 1) == 4 * 2 * (8 + 8) * count
+    model = _real(GPT_OSS, impl="eager")
+    routed: list[int] = []
+    _expert_work(model, routed)
+    for n in (64, 100):
+        routed.clear()
+        counted = count_flops(model, (torch.randint(0, 128, (1, n)),), {"use_cache": False})
+        assert a.at(a.flops, n, 1) == counted + sum(routed), n
+
+
 LAYOUTS = {  # (a, b, offsets): the four layouts torch._grouped_mm takes
     "2d x 3d": ((24, 8), (3, 8, 16), [8, 16, 24]),
     "3d x 2d": ((3, 16, 8), (8, 24), [8, 16, 24]),

@@ -25,7 +25,7 @@ from typing import Callable
 
 from ..rules.flops import FLOP_RULES
 from ..rules.registry import Registry
-from .blocks import merge_blocks
+from .blocks import merge_blocks, merge_pieces
 from .fused import find_fused
 from .graph import GraphContext
 from .linear import find_linear
@@ -63,7 +63,7 @@ def find_sites(traced, loaded=None, seq_len: int | None = None,
         sites = recognise(ctx, used)
         found.extend(sites)
         used.update(n for s in sites for n in s.nodes)
-    found = merge_blocks(ctx, found)
+    found = merge_pieces(ctx, merge_blocks(ctx, found))
     order = {n.name: i for n, i in ctx.order.items()}
     return sorted(found, key=lambda s: order[s.nodes[-1]])
 

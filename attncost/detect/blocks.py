@@ -16,10 +16,12 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import as_int, value_at
+from ..expr import as_int, settled, value_at
+from ..patterns.formulas import formula
 from ..patterns.mask import classify_allowed
 from ..rules.ops import COPY_OPS, getitem, is_view, packet
 from .evaluate import CannotEvaluate
+from .graph import is_product
 from .site import AttentionSite, SiteShape, build_site
 
 aten = torch.ops.aten
@@ -75,11 +77,25 @@ def _slice_of(ctx, operand) -> tuple[fx.Node, int, sympy.Expr] | None:
         if packet(node) is aten.slice and len(node.args) >= 3 and isinstance(node.args[0], fx.Node):
             start = node.args[2] if isinstance(node.args[2], int) else None
             return (node.args[0], node.args[1], sympy.Integer(start)) if start is not None else None
+        if packet(node) is aten.select and isinstance(node.args[0], fx.Node) and \
+                isinstance(node.args[2], int):
+            index = node.args[2]
+            if index < 0:  # from the end: the axis' length must be a number
+                size = as_int(_axis_length(ctx, node.args[0], node.args[1]))
+                if size is None:
+                    return None
+                index += size
+            return node.args[0], node.args[1], sympy.Integer(index)
         if not (is_view(node) or packet(node) in COPY_OPS or
                 (packet(node) is aten.mul and not isinstance(node.args[1], fx.Node))):
             return None
         node = node.args[0]
     return None
+
+
+def _axis_length(ctx, node: fx.Node, axis: int):
+    shape = ctx.traced.shape(node)
+    return shape[axis] if shape is not None else None
 
 
 def _piece(ctx, split: fx.Node, index: int):
@@ -144,3 +160,112 @@ def _assembled(ctx, blocks, n: int, n_q: int, n_k: int) -> torch.Tensor | None:
             return None
         allowed[q0:q0 + rows, k0:k0 + cols] |= part
     return allowed
+
+
+def merge_pieces(ctx, sites: list[AttentionSite]) -> list[AttentionSite]:
+    """``sites`` with the pieces of one block-sparse computation made one
+    site: sites of one module call whose queries are pieces of one tensor
+    cut along an axis, together all of it, each piece against keys of its
+    own (BigBird: the first and last query blocks against every key, the
+    second and next-to-last against a few blocks, the rest against a band,
+    the global blocks and blocks picked by index)."""
+    groups: dict[tuple, list[tuple[AttentionSite, tuple]]] = {}
+    for site in sites:
+        piece = _query_piece(ctx, site)
+        if piece is not None:
+            groups.setdefault((site.name, piece[0], piece[1]), []).append((site, piece))
+    merged: dict[int, AttentionSite | None] = {}
+    for (_, whole, axis), members in groups.items():
+        if len(members) < 2 or not _tiles(ctx, whole, axis, [p for _, p in members]) or \
+                not _queries_of_the_sequence(ctx, [site for site, _ in members]):
+            continue
+        parts = [site for site, _ in members]
+        merged[id(parts[0])] = _block_sparse(ctx, parts)
+        merged.update({id(p): None for p in parts[1:]})
+    return [merged.get(id(s), s) for s in sites if merged.get(id(s), s) is not None]
+
+
+def _query_piece(ctx, site: AttentionSite) -> tuple | None:
+    """(whole tensor, axis, offset, length) of the piece of a tensor the
+    site's queries are, for a site not merged already; else None."""
+    if site.head_indices is not None or site.implementation == "chunked" or not site.nodes:
+        return None
+    qk = ctx.node(site.nodes[0])
+    if qk is None or qk.op != "call_function" or not is_product(qk):
+        return None
+    q_op = ctx.product_operands(qk)[0]
+    found = _slice_of(ctx, q_op)
+    if found is None:
+        return None
+    whole, axis, offset = found
+    piece = _piece_node(q_op)
+    shape = ctx.traced.shape(piece) if piece is not None else None
+    if shape is None:
+        return None
+    length = shape[axis] if piece is not None and packet(piece) is not aten.select else 1
+    return whole, axis % len(ctx.traced.shape(whole)), offset, sympy.Integer(length) \
+        if isinstance(length, int) else length
+
+
+def _piece_node(operand) -> fx.Node | None:
+    """The slice or select that cut ``operand`` out, through views and copies."""
+    node = operand
+    for _ in range(16):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            return None
+        if packet(node) in (aten.slice, aten.select):
+            return node
+        node = node.args[0] if node.args else None
+    return None
+
+
+def _tiles(ctx, whole: fx.Node, axis: int, pieces: list[tuple]) -> bool:
+    """Do the pieces cover the whole axis once each, end to end?"""
+    shape = ctx.traced.shape(whole)
+    if shape is None:
+        return False
+    n = ctx.traced.seq_len_hint
+    spans = sorted((value_at(p[2], n), value_at(p[3], n)) for p in pieces)
+    at = 0
+    for start, length in spans:
+        if start != at:
+            return False
+        at += length
+    return at == value_at(shape[axis], n)
+
+
+def _queries_of_the_sequence(ctx, parts: list[AttentionSite]) -> bool:
+    """Are the pieces' queries, together, the sequence's (not heads cut apart,
+    each with every query)?"""
+    n = ctx.traced.seq_len_hint
+    return sum(value_at(p.query_len, n) for p in parts) == n
+
+
+def _block_sparse(ctx, parts: list[AttentionSite]) -> AttentionSite:
+    """One site for the pieces: their work summed, every pair they compute
+    needed; sparse where keys are picked by index, else local."""
+    first = parts[0]
+    n = ctx.traced.seq_len_hint
+    queries = settled(sum((p.query_len for p in parts), sympy.Integer(0)))
+    keys = max((p.key_len for p in parts), key=lambda k: value_at(k, n))
+    flops = sympy.expand(sum((p.flops for p in parts), sympy.Integer(0)))
+    shape = SiteShape("block-sparse", first.heads, first.kv_heads, first.head_dim, queries,
+                      keys, flops)
+    nodes = list(dict.fromkeys(ctx.node(name) for p in parts for name in p.nodes))
+    site = build_site(ctx, ctx.node(first.nodes[0]), shape, _computed_pairs(), nodes)
+    site.variant = "sparse" if any(p.implementation == "gather" for p in parts) else "local"
+    site.useful_flops = sympy.expand(sum((p.useful_flops for p in parts), sympy.Integer(0)))
+    site.complexity = formula(site.variant).complexity
+    pairs = sum(value_at(p.query_len * p.key_len, n) for p in parts)
+    site.density = pairs / value_at(queries * keys, n)
+    site.notes = list(dict.fromkeys(note for p in parts for note in p.notes))
+    site.notes.append(f"computed in {len(parts)} pieces of the queries, each against keys "
+                      f"of its own ({', '.join(p.implementation for p in parts)}): every pair "
+                      "they compute is counted as needed")
+    return site
+
+
+def _computed_pairs():
+    from ..patterns import MaskPattern
+
+    return MaskPattern.full()

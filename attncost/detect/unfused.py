@@ -16,6 +16,7 @@ from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
     packet
 from . import masks
+from .concatenated import read_concatenated
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
 from .graph import PROB_OPS, SCORE_OPS, copied_into, tensor_inputs
 from .heads import heads_and_queries
@@ -28,7 +29,8 @@ def find_unfused(ctx, used: set[str]) -> list[AttentionSite]:
     found = []
     for node in ctx.traced.nodes:
         if node.op == "call_function" and softmax_of(node) is not None:
-            found.extend(read_unfused(ctx, node, *softmax_of(node)))
+            found.extend(read_unfused(ctx, node, *softmax_of(node)) or
+                         read_concatenated(ctx, node, *softmax_of(node)))
     return found
 
 
@@ -165,7 +167,8 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if shape is None or len(shape) < 2:
         return []
     dim = axis % len(shape)
-    n_keys = settled(shape[dim])
+    scores = _sink_free(t, scores, dim)
+    n_keys = settled(t.shape(scores)[dim])
     qk, mask_inputs, score_path = _walk_back(scores)
     if qk is None:
         return []
@@ -233,6 +236,21 @@ def _across_sequence(width, n_q, n_keys) -> bool:
     cross-covariance attention, a d×d matrix per head)?"""
     grows = [N in sympy.sympify(x).free_symbols for x in (width, n_q, n_keys)]
     return grows == [True, False, False]
+
+
+def _sink_free(t, scores: fx.Node, dim: int) -> fx.Node:
+    """The scores of a row that ends in learned logits no key made
+    (``cat([scores, sinks], -1)``, GPT-OSS's attention sinks, dropped after
+    the softmax): those scores; else ``scores`` itself."""
+    row = _unstabilized(scores)  # the row less its maximum, taken with the sinks
+    if packet(row) is not aten.cat or len(row.args[0]) < 2:
+        return scores
+    along = row.args[1] if len(row.args) > 1 else row.kwargs.get("dim", 0)
+    shape = t.shape(row)
+    if shape is None or along % len(shape) != dim:
+        return scores
+    reaching = [p for p in row.args[0] if _reaches_product(p)]
+    return reaching[0] if len(reaching) == 1 else scores
 
 
 def _key_heads(t, k_operand: fx.Node, n_keys, ratio: int) -> int | None:
