@@ -109,22 +109,39 @@ MAX_BUFFER_BYTES = 256 << 20
 
 def _materialize_buffers(model: torch.nn.Module) -> None:
     """Give the buffers built on meta their data, as transformers does after
-    loading a checkpoint (its ``_init_weights`` fills the buffers it owns:
-    GPT-Neo's local mask, rotary frequencies).  Masks read from a buffer then
-    say what they let through; parameters stay on meta."""
+    loading a checkpoint (its ``_init_weights`` fills the buffers a module
+    owns: GPT-Neo's local mask, rotary frequencies).  Masks read from a
+    buffer then say what they let through; parameters stay on meta.  Only
+    the modules that own such buffers are initialized (a millisecond, where
+    the whole model's initialization takes a tenth of a second)."""
     named = [(n, b) for n, b in model.named_buffers() if b.device.type == "meta"]
     if not named or sum(b.numel() * b.element_size() for _, b in named) > MAX_BUFFER_BYTES:
         return
+    owners: dict[str, dict[str, torch.Tensor]] = {}
     for name, buf in named:
         owner, _, attr = name.rpartition(".")
+        owners.setdefault(owner, {})[attr] = buf
+    for owner, buffers in owners.items():
         module = model.get_submodule(owner)
-        module._buffers[attr] = torch.zeros_like(buf, device="cpu")
-    try:
-        model.initialize_weights()
-    except Exception:  # noqa: BLE001 - a model whose init needs its weights keeps meta buffers
-        for name, buf in named:
-            owner, _, attr = name.rpartition(".")
-            model.get_submodule(owner)._buffers[attr] = buf
+        for attr, buf in buffers.items():
+            module._buffers[attr] = torch.zeros_like(buf, device="cpu")
+        try:
+            with torch.no_grad():
+                _initializer(model, owner)(module)
+        except Exception:  # noqa: BLE001 - an init that needs the weights keeps meta buffers
+            module._buffers.update(buffers)
+
+
+def _initializer(model: torch.nn.Module, owner: str):
+    """The ``_init_weights`` of the innermost transformers model holding ``owner``."""
+    from transformers import PreTrainedModel
+
+    parts = owner.split(".") if owner else []
+    for k in range(len(parts), -1, -1):
+        holder = model.get_submodule(".".join(parts[:k]))
+        if isinstance(holder, PreTrainedModel):
+            return holder._init_weights
+    return model._init_weights
 
 
 def _try_build(config, impl: str, dtype: torch.dtype):
