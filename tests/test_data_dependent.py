@@ -380,6 +380,37 @@ def test_longformer_whose_positions_stop_at_510_is_probed_where_it_runs(write_co
     assert a.at(site.useful_flops, n, 1) == 2 * 2 * (32 + 32) * pairs
 
 
+# ------------------------------------------------------------------ LongT5
+
+
+def test_longt5_local_attention_reads_its_window(write_config):
+    """LongT5's local attention pads N to blocks of radius + 1 = 9 and lets
+    each query meet the keys of its block and the two beside it (27
+    computed) less those |i - j| >= 9 apart (_mask_local_attention_mask):
+    17 keys, a band; its FLOPs per padded block read as ceiling(N/9)."""
+    folder = write_config("longt5", model_type="longt5", architectures=["LongT5EncoderModel"],
+                          d_model=32, d_kv=8, num_heads=4, num_layers=2, d_ff=64, vocab_size=128,
+                          local_radius=8, encoder_attention_type="local")
+    # in bfloat16 (the default), whose position codes are exact up to 256 only
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", device="cpu")
+    assert [(s.variant, s.causal, s.window, s.heads) for s in a.sites] == \
+        [("local", False, 17, 4)] * 2
+    assert all("ceiling(N/9)" in str(s.flops) for s in a.sites)
+    n = 512
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    pairs = int(((i - j).abs() < 9).sum())
+    for site in a.sites:  # 2·(8 + 8) FLOPs per pair and head
+        assert a.at(site.useful_flops, n, 1) == 4 * 2 * (8 + 8) * pairs
+    from transformers import AutoConfig, LongT5EncoderModel
+
+    config = AutoConfig.from_pretrained(folder)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = LongT5EncoderModel(config).eval()
+    for n, b in ((64, 1), (100, 2)):
+        assert a.at(a.flops, n, b) == count_flops(model, (torch.randint(0, 128, (b, n)),))
+
+
 # ------------------------------------------------------------------ BigBird
 
 
