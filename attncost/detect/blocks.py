@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from ..expr import as_int, settled, value_at
 from ..patterns.formulas import formula
-from ..patterns.mask import classify_allowed
+from ..patterns.mask import MaskPattern, classify_allowed
 from ..rules.ops import COPY_OPS, getitem, is_view, packet
 from .evaluate import CannotEvaluate
 from .graph import is_product
@@ -199,12 +199,11 @@ def _query_piece(ctx, site: AttentionSite) -> tuple | None:
         return None
     whole, axis, offset = found
     piece = _piece_node(q_op)
-    shape = ctx.traced.shape(piece) if piece is not None else None
-    if shape is None:
+    if piece is None or piece.args[0] is not whole:  # cut otherwise (a split)
         return None
-    length = shape[axis] if piece is not None and packet(piece) is not aten.select else 1
-    return whole, axis % len(ctx.traced.shape(whole)), offset, sympy.Integer(length) \
-        if isinstance(length, int) else length
+    axis %= len(ctx.traced.shape(whole))
+    length = sympy.Integer(1) if packet(piece) is aten.select else ctx.traced.shape(piece)[axis]
+    return whole, axis, offset, length
 
 
 def _piece_node(operand) -> fx.Node | None:
@@ -252,7 +251,7 @@ def _block_sparse(ctx, parts: list[AttentionSite]) -> AttentionSite:
     shape = SiteShape("block-sparse", first.heads, first.kv_heads, first.head_dim, queries,
                       keys, flops)
     nodes = list(dict.fromkeys(ctx.node(name) for p in parts for name in p.nodes))
-    site = build_site(ctx, ctx.node(first.nodes[0]), shape, _computed_pairs(), nodes)
+    site = build_site(ctx, ctx.node(first.nodes[0]), shape, MaskPattern.full(), nodes)
     site.variant = "sparse" if any(p.implementation == "gather" for p in parts) else "local"
     site.useful_flops = sympy.expand(sum((p.useful_flops for p in parts), sympy.Integer(0)))
     site.complexity = formula(site.variant).complexity
@@ -264,8 +263,3 @@ def _block_sparse(ctx, parts: list[AttentionSite]) -> AttentionSite:
                       "they compute is counted as needed")
     return site
 
-
-def _computed_pairs():
-    from ..patterns import MaskPattern
-
-    return MaskPattern.full()
