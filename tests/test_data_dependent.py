@@ -383,6 +383,16 @@ def test_longformer_whose_positions_stop_at_510_is_probed_where_it_runs(write_co
 # ------------------------------------------------------------------ LongT5
 
 
+def _eager(folder, architecture: str):
+    """The real model of a config folder, eager, with random weights."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return getattr(transformers, architecture)(config).eval()
+
+
 def test_longt5_local_attention_reads_its_window(write_config):
     """LongT5's local attention pads N to blocks of radius + 1 = 9 and lets
     each query meet the keys of its block and the two beside it (27
@@ -401,12 +411,7 @@ def test_longt5_local_attention_reads_its_window(write_config):
     pairs = int(((i - j).abs() < 9).sum())
     for site in a.sites:  # 2·(8 + 8) FLOPs per pair and head
         assert a.at(site.useful_flops, n, 1) == 4 * 2 * (8 + 8) * pairs
-    from transformers import AutoConfig, LongT5EncoderModel
-
-    config = AutoConfig.from_pretrained(folder)
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = LongT5EncoderModel(config).eval()
+    model = _eager(folder, "LongT5EncoderModel")
     for n, b in ((64, 1), (100, 2)):
         assert a.at(a.flops, n, b) == count_flops(model, (torch.randint(0, 128, (b, n)),))
 
@@ -445,12 +450,7 @@ def test_bigbird_block_sparse_is_one_sparse_site_per_layer(write_config):
         [("sparse", "block-sparse", 4, False)] * 2
     for site in a.sites:  # Q·Kᵀ and P·V: 2·(8 + 8) FLOPs per pair and head
         assert a.at(site.flops, 128, 1) == 4 * 2 * (8 + 8) * _bigbird_pairs(128)
-    from transformers import BigBirdConfig, BigBirdModel
-
-    config = BigBirdConfig.from_pretrained(folder)
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = BigBirdModel(config).eval()
+    model = _eager(folder, "BigBirdModel")
     for n, b in ((128, 1), (192, 2)):
         assert a.at(a.flops, n, b) == count_flops(model, (torch.randint(3, 100, (b, n)),))
 
