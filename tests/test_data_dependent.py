@@ -301,6 +301,12 @@ class Model(nn.Module):
             cq, ck = ((t @ self.centroids.t()).argmax(-1) for t in (q, k))
             allowed = (cq[..., :, None] == ck[..., None, :]) & causal
             scores = scores.masked_fill(~allowed, float("-inf"))
+        elif MODE == "ranked":  # a float mask keeping the 8 keys a gate ranks highest (Doge)
+            rank = self.gate(x).transpose(1, 2)[..., None, :].expand(b, HEADS, n, n)
+            rank = rank.masked_fill(~causal, float("-inf"))
+            kept = torch.zeros_like(rank).scatter(-1, rank.topk(min(8, n), dim=-1).indices, 1.0)
+            bias = torch.zeros_like(rank).masked_fill(kept == 0, torch.finfo(rank.dtype).min)
+            scores = scores + bias
         else:  # a decay computed from the input: it weighs pairs, it blocks none
             decay = torch.nn.functional.logsigmoid(self.gate(x)).transpose(1, 2).cumsum(-1)
             scores = scores + (decay[..., :, None] - decay[..., None, :])
@@ -320,6 +326,16 @@ def test_a_mask_chosen_by_the_input_is_content_based(tmp_path, mode, content):
     # At most the causal pairs: N(N+1)/2 per head, 2·(d + d_v) FLOPs each.
     n = 1024
     assert a.at(site.useful_flops, n, 1) == HEADS_OF_TEST * n * (n + 1) // 2 * 2 * (16 + 16)
+    assert_flops(a, path, [(128, 1), (96, 2)])
+
+
+def test_a_float_mask_from_a_ranking_of_the_input_is_content_based(tmp_path):
+    # the keys kept are the top 8 of a gate computed from the input, their
+    # mask a float bias (0 or the dtype's minimum): the input chooses them
+    path = write_model(tmp_path, "ranked", "MODE = 'ranked'\n" + CONTENT_MASK)
+    a = attncost.analyze(path, seq_len=128, device="cpu")
+    (site,) = a.sites
+    assert (site.variant, site.content_based) == ("sparse", True)
     assert_flops(a, path, [(128, 1), (96, 2)])
 
 

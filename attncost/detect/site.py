@@ -10,6 +10,7 @@ import torch.fx as fx
 from ..paths import layer_or_path
 from ..patterns import MaskPattern, classify, matches_formula, waste_factor
 from ..patterns.classify import formula_values
+from ..rules.ops import packet
 
 
 @dataclass
@@ -87,6 +88,29 @@ def content_based(ctx, operands, masks=()) -> bool:
         val = mask.meta.get("val") if isinstance(mask, fx.Node) else None
         if isinstance(val, torch.Tensor) and val.dtype == torch.bool and mask in ctx.activations:
             return True
+        if isinstance(mask, fx.Node) and _ranked_by_content(ctx, mask):
+            return True
+    return False
+
+
+#: Ops that rank values: a mask built from their indices keeps the best-ranked.
+_RANKING = frozenset(getattr(torch.ops.aten, n) for n in ("topk", "sort", "argsort")
+                     if hasattr(torch.ops.aten, n))
+
+
+def _ranked_by_content(ctx, mask: fx.Node, limit: int = 64) -> bool:
+    """Is the mask, of any dtype, built from a ranking of activations (the
+    keys a top-k of scores computed from the input keeps: Doge's dynamic
+    mask)?  A bias that only adds them weighs pairs; a ranking chooses."""
+    seen, stack = set(), [mask]
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if not isinstance(n, fx.Node) or n in seen or n.op != "call_function":
+            continue
+        seen.add(n)
+        if packet(n) in _RANKING and n.args and n.args[0] in ctx.activations:
+            return True
+        stack.extend(n.all_input_nodes)
     return False
 
 
