@@ -415,9 +415,10 @@ FIXED_LENGTH_CALLS = 200_000
 def _traced_here(loaded: LoadedModel, seq_len: int, batch: int, options: dict, rules,
                  progress, why: Exception) -> Analysis:
     """A model that fixes its length as a number and does not run at the
-    short lengths a fit is made from (a bucket size, a count of levels), or
+    short lengths a fit is made from (a bucket size, a count of levels),
     runs as many ops at every length but with costs no polynomial fits (a
-    tensor made from range(N)): traced at the requested length alone; its
+    tensor made from range(N)), or loops over chunks whose costs step
+    between those lengths: traced at the requested length alone; its
     formulas hold at that N only."""
     from .tracing.loops import TraceTooLong, concrete_trace
 
