@@ -47,7 +47,8 @@ def waste_sentence(site) -> str | None:
     factor = site.waste_factor
     if factor is None:
         return None
-    if site.implementation in ("unfold", "blocked", "gather", "chunked") or site.content_based:
+    if site.implementation in ("unfold", "blocked", "gather", "chunked", "block-sparse") or \
+            site.content_based:
         # scores in windows or blocks, or only between the rows picked
         return (f"computes {factor:.1f}× the (query, key) pairs its pattern lets through: the "
                 "masked scores inside each window or block are computed too")
