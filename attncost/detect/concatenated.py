@@ -61,7 +61,9 @@ def read_concatenated(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list
                          "them were not read: every pair it computes is counted as needed"]
     q_width = as_int(ctx.traced.shape(operands[0][0])[-1]) or 0
     v_shape = ctx.traced.shape(applied[0][0])
-    site_shape = SiteShape(implementation, heads, heads, q_width, n_q, n_keys, flops,
+    ratio = as_int(ctx.expand_ratio(operands[0][1])) or 1  # keys repeated for grouped heads
+    kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
+    site_shape = SiteShape(implementation, heads, kv_heads, q_width, n_q, n_keys, flops,
                            as_int(v_shape[-1]) if v_shape else None)
     nodes = [n for qk, _, path in pieces for n in (qk, *path)] + [cat, softmax] + \
         [pv for pv, _ in applied]
