@@ -3,9 +3,10 @@ FlexAttention.  Heads and head dims come from the operands' shapes, KV heads
 from how far K was expanded, the pattern from the mask (or is_causal)."""
 from __future__ import annotations
 
+import sympy
 import torch.fx as fx
 
-from ..expr import as_int
+from ..expr import B, N, as_int, settled, simplified
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import FLASH_FORWARD_OPS, FLEX_ATTENTION, is_fused_attention, packet, qkv_args, \
@@ -33,12 +34,30 @@ def read_fused(ctx, node: fx.Node) -> list[AttentionSite]:
     kv_heads = max(1, kv_direct // ratio) if kv_direct % ratio == 0 else kv_direct
     impl = "flex" if node.target is FLEX_ATTENTION else \
         "flash" if packet(node) in FLASH_FORWARD_OPS else "sdpa"
-    shape = SiteShape(impl, heads, kv_heads, as_int(qs[-1]) or 0, qs[-2], ks[-2],
-                      node_flops(t, node, ctx.flop_rules), as_int(vs[-1]))
+    n_q, n_k, windows = _lengths(qs, ks, heads)
+    shape = SiteShape(impl, heads, kv_heads, as_int(qs[-1]) or 0, n_q, n_k,
+                      node_flops(t, node, ctx.flop_rules), as_int(vs[-1]), windows=windows)
     pattern = _pattern(ctx, node, impl, heads)
     mask = schema_args(node).get("attn_mask") if impl == "sdpa" else None
+    if windows:  # the pairs the mask lets through in each window, counted
+        found = [(mask, "allowed")] if isinstance(mask, fx.Node) else []
+        pattern = masks.windowed_pattern(ctx, pattern, found, (*qs[:-1], n_k), heads, n_q, n_k)
     pattern.content = content_based(ctx, (q, k), [mask] if isinstance(mask, fx.Node) else [])
     return build_sites(ctx, node, shape, pattern, nodes=[node])
+
+
+def _lengths(qs, ks, heads: int):
+    """The queries each head asks per batch element, its keys, and whether the
+    sequence was folded into the batch in windows: a call on (B·windows, H,
+    w, d) with w fixed asks the sequence's every query, each of its window's
+    w keys (Swin, ViTDet, MaxViT cut the tokens into windows before the
+    projections)."""
+    n_q, n_k = settled(qs[-2]), settled(ks[-2])
+    if N in n_k.free_symbols or N in n_q.free_symbols:
+        return qs[-2], ks[-2], False
+    rows = settled(simplified(sympy.Mul(*qs[:-1]) / (B * heads)))
+    folded = N in rows.free_symbols and N in sympy.Mul(*ks[:-1]).free_symbols
+    return (rows, n_k, True) if folded else (qs[-2], ks[-2], False)
 
 
 def _pattern(ctx, node: fx.Node, impl: str, heads: int) -> MaskPattern:

@@ -293,21 +293,38 @@ def pattern_of(ctx, masks: list[tuple[fx.Node, str]], heads: int = 1) -> MaskPat
 COUNT_LENGTHS = (1024, 2048, 3072, 4096)
 
 
-def counted_pairs(ctx, masks: list[tuple[fx.Node, str]], scores: fx.Node, heads: int):
-    """Allowed (query, key) pairs per head of a site whose scores are laid
-    out in blocks or windows (not N×N), as a polynomial in N: the mask,
-    broadcast to the scores, counted at several lengths; None if it does
-    not fit a polynomial of degree <= 2 or cannot be evaluated."""
+def counted_pairs(ctx, masks: list[tuple[fx.Node, str]], scores_shape, heads: int):
+    """Allowed (query, key) pairs per head of a site whose scores, of
+    ``scores_shape`` (sizes in N and B), are laid out in blocks or windows
+    (not N×N), as a polynomial in N: the mask, broadcast to the scores,
+    counted at several lengths; None if it does not fit a polynomial of
+    degree <= 2 or cannot be evaluated."""
     reader = _MaskReader(ctx, masks)
 
     def count_at(n: int):
-        shape = [value_at(ctx.traced.expr(d), n, 2) for d in scores.meta["val"].shape]
+        shape = [value_at(d, n, 2) for d in scores_shape]
         allowed = reader(n)
         if allowed is None:
             raise CannotEvaluate("a mask has no value")
         return sympy.Rational(_count_as(allowed, shape), 2 * heads)
 
     return polynomial_count(ctx, count_at)
+
+
+def windowed_pattern(ctx, pattern: MaskPattern, masks: list[tuple[fx.Node, str]], scores_shape,
+                     heads: int, n_q, n_keys) -> MaskPattern:
+    """``pattern`` of a site whose queries each meet a fixed number of keys
+    (windows, blocks), with the pairs its masks let through counted, and
+    their density over the pairs computed."""
+    if masks and pattern.pairs is None:
+        pattern.pairs = counted_pairs(ctx, masks, scores_shape, heads)
+    if pattern.pairs is not None:
+        pattern.notes = []
+        queries = value_at(n_q, ctx.seq_len)
+        pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / (queries * int(n_keys)))
+        if pattern.kind == "full" and pattern.density < 1:  # the first block is not all
+            pattern.kind = "pattern"
+    return pattern
 
 
 def polynomial_count(ctx, count_at):

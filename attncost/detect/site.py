@@ -75,6 +75,9 @@ class SiteShape:
     key_len: sympy.Expr
     flops: sympy.Expr
     head_dim_v: int | None = None
+    #: the sequence folded into the batch in windows of key_len keys, each
+    #: query meeting its window's (a fused call on windows): blocked
+    windows: bool = False
 
 
 def content_based(ctx, operands, masks=()) -> bool:
@@ -152,7 +155,8 @@ def build_site(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,
     name = ctx.traced.module_path(node) or "<root>"
     values = formula_values(shape.heads, shape.head_dim, shape.head_dim_v,
                             shape.query_len, shape.key_len)
-    c = classify(pattern, shape.implementation, values, shape.flops)
+    c = classify(pattern, "blocked" if shape.windows else shape.implementation, values,
+                 shape.flops)
     site = AttentionSite(
         name=name, layer=layer_or_path(name), variant=c.variant,
         implementation=shape.implementation, causal=pattern.causal, heads=shape.heads,

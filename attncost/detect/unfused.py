@@ -10,7 +10,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B, N, as_int, settled, simplified, value_at
+from ..expr import B, N, as_int, settled, simplified
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
@@ -312,15 +312,8 @@ def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q,
         return probed
     else:
         pattern = masks.pattern_of(ctx, mask_inputs) if mask_inputs else MaskPattern.full()
-    if mask_inputs and pattern.pairs is None:
-        pattern.pairs = masks.counted_pairs(ctx, mask_inputs, softmax, heads)
-    if pattern.pairs is not None:
-        pattern.notes = []
-        queries = value_at(n_q, ctx.seq_len)
-        pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / (queries * int(n_keys)))
-        if pattern.kind == "full" and pattern.density < 1:  # the first block is not all
-            pattern.kind = "pattern"
-    return pattern
+    return masks.windowed_pattern(ctx, pattern, mask_inputs, ctx.traced.shape(softmax), heads,
+                                  n_q, n_keys)
 
 
 def _implementation(ctx, operands: tuple[fx.Node, fx.Node], n_keys, pattern: MaskPattern) -> str:

@@ -187,6 +187,9 @@ ENTRIES = {
     # Swin: 8 × N patches, windows of 4×4, block 1 shifted by 2.
     "timm_swin": Entry(import_timm, 32, 48, 2, "local", False,
                        _pairs(swin_pairs(8, 4, False), swin_pairs(8, 4, True)), window=16),
+    # The same with timm's fused attention: one SDPA call per block on the windows.
+    "timm_swin_fused": Entry(import_timm, 32, 48, 2, "local", False,
+                             _pairs(swin_pairs(8, 4, False), swin_pairs(8, 4, True)), window=16),
     # flash-linear-attention 0.6.0 naive references: no feature map (r = d_k = 16),
     # no normalizer (normalize=False, the default).
     "fla_chunk": Entry(fla_linear_attn_naive, 128, 192, 2, "linear", True,
