@@ -1,0 +1,105 @@
+"""State space layers written as chunked scans (transformers' Mamba-2 and the
+hybrids built on it), read as what they are: causal linear attention.
+
+transformers' ``Mamba2Mixer.torch_forward`` (the path without the CUDA
+kernels) is the state space duality's chunked form: within each chunk of
+``chunk_size`` tokens, C·Bᵀ scores masked by a causal decay, applied to x;
+per chunk, a state Bᵀ·x (n × p per head); the states passed on across
+chunks by a lower-triangular chunks × chunks decay matrix; each chunk's
+queries C read the state passed to it.  Each token reaches every earlier
+one, in time linear in N (the chunk-to-chunk matrix is (N/L)², a small
+quadratic the code computes).
+
+Oracles, independent of attncost:
+* causality from the real model: perturbing token j changes no output
+  before j, and changes outputs after it;
+* useful FLOPs derived by hand from the config: a linear attention with
+  state size r = d_state and value width d_v = head_dim builds and applies
+  its states in 2·B·H·N·r·d_v FLOPs each;
+* FlopCounterMode over a real forward at the traced length and at another.
+"""
+import pytest
+import torch
+
+import attncost
+from oracle import count_flops
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+MAMBA_HEADS, MAMBA_HEAD_DIM, STATE, CHUNK = 8, 16, 16, 16
+
+MAMBA2 = dict(model_type="mamba2", architectures=["Mamba2ForCausalLM"], hidden_size=64,
+              num_hidden_layers=2, num_heads=MAMBA_HEADS, head_dim=MAMBA_HEAD_DIM,
+              state_size=STATE, expand=2, n_groups=1, chunk_size=CHUNK, vocab_size=128,
+              conv_kernel=4, use_cache=False)
+#: attention in layer 1 only (4 query heads over 2 key/value heads)
+BAMBA = dict(model_type="bamba", architectures=["BambaForCausalLM"], hidden_size=64,
+             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=128, vocab_size=128, attn_layer_indices=[1],
+             mamba_n_heads=MAMBA_HEADS, mamba_d_head=MAMBA_HEAD_DIM, mamba_d_state=STATE,
+             mamba_n_groups=1, mamba_chunk_size=CHUNK, mamba_expand=2, use_cache=False)
+
+
+def _real(fields):
+    config = transformers.AutoConfig.for_model(**fields)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return getattr(transformers, fields["architectures"][0])(config).eval()
+
+
+def _analysed(write_config, fields):
+    folder = write_config(fields["model_type"], **fields)
+    return attncost.analyze(folder, seq_len=64, device="cpu", attn_implementation="eager",
+                            dtype="float32")
+
+
+def _scan_useful(n: int, batch: int) -> int:
+    """States built (Bᵀ·x) and applied (C·state): 2·B·H·N·r·d_v each."""
+    return 2 * 2 * batch * MAMBA_HEADS * n * STATE * MAMBA_HEAD_DIM
+
+
+def test_the_real_mixer_is_causal_and_mixes_every_earlier_token():
+    """The truth the analysis must say: a change at token j reaches every
+    output from j on (across chunks) and none before it."""
+    model = _real(MAMBA2)
+    ids = torch.randint(0, 128, (1, 64))
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+        changed = ids.clone()
+        changed[0, 20] = (ids[0, 20] + 1) % 128
+        after = model(input_ids=changed).logits
+    moved = (after - out).abs().amax(dim=-1)[0]
+    assert bool((moved[:20] == 0).all())
+    assert bool((moved[20:] > 0).all())  # tokens 48..63, three chunks on, too
+
+
+def test_mamba2_chunked_scan_is_linear_causal(write_config):
+    a = _analysed(write_config, MAMBA2)
+    assert [s.name for s in a.sites] == ["backbone.layers.0.mixer", "backbone.layers.1.mixer"]
+    for site in a.sites:
+        assert (site.variant, site.causal) == ("linear", True), site
+        assert (site.heads, site.head_dim, site.feature_dim) == (MAMBA_HEADS, MAMBA_HEAD_DIM,
+                                                                 STATE)
+        for n, batch in ((64, 1), (1024, 3)):
+            assert a.at(site.useful_flops, n, batch) == _scan_useful(n, batch)
+    model = _real(MAMBA2).requires_grad_(False)
+    for n, batch in ((64, 1), (96, 2)):
+        ids = torch.randint(0, 128, (batch, n))
+        assert a.at(a.flops, n, batch) == count_flops(model, (), {"input_ids": ids})
+
+
+def test_a_hybrid_reads_its_scans_beside_its_attention(write_config):
+    """Bamba: a Mamba-2 mixer in layer 0, grouped-query causal attention in
+    layer 1; each read as its own kind."""
+    a = _analysed(write_config, BAMBA)
+    sites = {s.name: s for s in a.sites}
+    assert set(sites) == {"model.layers.0.mamba", "model.layers.1.self_attn"}
+    scan, attention = sites["model.layers.0.mamba"], sites["model.layers.1.self_attn"]
+    assert (scan.variant, scan.causal) == ("linear", True)
+    assert a.at(scan.useful_flops, 256, 2) == _scan_useful(256, 2)
+    assert (attention.variant, attention.causal, attention.heads, attention.kv_heads) == \
+        ("dense", True, 4, 2)
+    model = _real(BAMBA).requires_grad_(False)
+    ids = torch.randint(0, 128, (2, 96))
+    assert a.at(a.flops, 96, 2) == count_flops(model, (), {"input_ids": ids})
