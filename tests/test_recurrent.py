@@ -180,6 +180,33 @@ def test_mamba_sites_are_its_mixers_with_their_state(mamba_json):
     assert any("fitted from traces" in n for n in data["notes"])
 
 
+FALCON_MAMBA = dict(model_type="falcon_mamba", architectures=["FalconMambaForCausalLM"],
+                    hidden_size=64, num_hidden_layers=2, state_size=16, expand=2,
+                    vocab_size=128, use_cache=False)
+
+
+def test_a_loop_whose_peak_is_another_moment_at_short_lengths_is_fitted_past_them(write_config):
+    """FalconMamba's peak at N=8 and 12 is not the loop's (its peak grows
+    111,904 bytes a token from N=16 on, 106,784 and 111,136 before): no
+    polynomial through N=8..16 holds at N=20, so the peak is fitted from
+    longer traces, and the formulas hold in N from there, not at the
+    requested N alone."""
+    transformers = pytest.importorskip("transformers")
+    a = attncost.analyze(write_config("falcon_mamba", **FALCON_MAMBA), seq_len=1000,
+                         device="cpu", attn_implementation="eager", dtype="float32")
+    assert a.holds_at(100) and a.holds_at(257) and not a.holds_at(16)
+    assert any("peak memory is fitted from traces" in note for note in a.notes), a.notes
+    config = transformers.AutoConfig.for_model(**FALCON_MAMBA)
+    torch.manual_seed(0)
+    model = transformers.FalconMambaForCausalLM(config).eval().requires_grad_(False)
+    for n in UNTRACED:
+        ids = torch.randint(0, FALCON_MAMBA["vocab_size"], (2, n))
+        assert a.at(a.flops, n, 2) == count_flops(model, (ids,))
+        with torch.no_grad():
+            real = measure_live(model, (ids,))
+        assert a.at(a.peak_memory_bytes, n, 2) == real.peak_bytes, (n, real)
+
+
 # ------------------------------------------------------------------ performer's causal FAVOR+
 
 

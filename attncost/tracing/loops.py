@@ -38,6 +38,11 @@ FIT_LENGTHS = (8, 12, 16)
 FIT_BATCHES = (1, 2)
 #: (length, batch) traces held out of the fit, which it must reproduce exactly.
 HELD_OUT = ((20, 1), (24, 3))
+#: Where a loop's peak is another moment at the short lengths (the rest of
+#: the model's peak overtaken by the loop's past them), it is fitted again
+#: from these longer lengths, held out at LATE_HELD_OUT.
+LATE_LENGTHS = (24, 32, 40)
+LATE_HELD_OUT = ((48, 1), (56, 3))
 #: Site fields fitted per sequence (times B), and fields fitted in N alone; the
 #: others are read at the longest fitted length.  Sites are read at B=1: with
 #: the batch a number too, a recogniser could not tell it from the heads.
@@ -181,11 +186,12 @@ def _number(value, seq_len: int, batch: int) -> int:
 
 
 def fit(points: dict[tuple[int, int], int], held: dict[tuple[int, int], int],
-        batches: tuple[int, ...] = FIT_BATCHES) -> sympy.Expr | None:
-    """The polynomial in N (degree below the number of fitted lengths), and
-    linear in B when two ``batches`` are fitted, through ``points`` {(n, b):
-    value}, or None when it misses a held-out value."""
-    per_batch = {b: interpolate([(n, points[n, b]) for n in FIT_LENGTHS]) for b in batches}
+        batches: tuple[int, ...] = FIT_BATCHES,
+        lengths: tuple[int, ...] = FIT_LENGTHS) -> sympy.Expr | None:
+    """The polynomial in N (degree below the number of fitted ``lengths``),
+    and linear in B when two ``batches`` are fitted, through ``points``
+    {(n, b): value}, or None when it misses a held-out value."""
+    per_batch = {b: interpolate([(n, points[n, b]) for n in lengths]) for b in batches}
     expr = per_batch[batches[0]]
     if len(batches) == 2:
         b0, b1 = batches
@@ -202,22 +208,25 @@ def interpolate(points: list[tuple[int, int]]) -> sympy.Expr:
     return sympy.expand(sympy.interpolate(points, N))
 
 
-def _split(measured: Iterable[Measured]) -> tuple[list[Measured], list[Measured]]:
+def _split(measured: Iterable[Measured],
+           held_out=HELD_OUT) -> tuple[list[Measured], list[Measured]]:
     fitted, held = [], []
     for m in measured:
-        (held if (m.seq_len, m.batch) in HELD_OUT else fitted).append(m)
+        (held if (m.seq_len, m.batch) in held_out else fitted).append(m)
     return fitted, held
 
 
 def fit_number(measured: list[Measured], read: Callable[[Measured], int], what: str,
-               batches: tuple[int, ...] = FIT_BATCHES) -> sympy.Expr:
-    """One number read off the traces at ``batches``, fitted; FitFailed names ``what``."""
-    fitted, held = _split(measured)
+               batches: tuple[int, ...] = FIT_BATCHES,
+               lengths: tuple[int, ...] = FIT_LENGTHS, held_out=HELD_OUT) -> sympy.Expr:
+    """One number read off the traces at ``batches``, fitted through
+    ``lengths`` and checked at ``held_out``; FitFailed names ``what``."""
+    fitted, held = _split(measured, held_out)
     fitted = [m for m in fitted if m.batch in batches]
     if len(batches) == 1:  # a number per sequence: held out at that batch only
         held = [m for m in held if m.batch in batches]
     expr = fit({(m.seq_len, m.batch): read(m) for m in fitted},
-               {(m.seq_len, m.batch): read(m) for m in held}, batches)
+               {(m.seq_len, m.batch): read(m) for m in held}, batches, lengths)
     if expr is None:
         raise FitFailed(f"no polynomial in N fits its {what} at N={_lengths_text()} and "
                         f"holds at {_held_text()}")
@@ -271,9 +280,10 @@ def _count_of(expr: sympy.Expr) -> int:
 
 
 def measure_all(loaded: LoadedModel, device: str, rules, allocation_rules=None,
-                progress: Callable[[str], None] | None = None) -> list[Measured]:
-    """Every trace the fit needs, fitted lengths first."""
-    shapes = [(n, b) for b in FIT_BATCHES for n in FIT_LENGTHS] + list(HELD_OUT)
+                progress: Callable[[str], None] | None = None, shapes=None) -> list[Measured]:
+    """Every trace the fit needs (or the (length, batch) ``shapes`` given),
+    fitted lengths first."""
+    shapes = shapes or [(n, b) for b in FIT_BATCHES for n in FIT_LENGTHS] + list(HELD_OUT)
     out = []
     for n, b in shapes:
         if progress:
@@ -328,16 +338,27 @@ def check_at(fitted: FittedLoop, loaded: LoadedModel, seq_len: int, rules) -> Tr
     return None if int(flops) == value_at(fitted.flops, seq_len, 1) else traced
 
 
-def _fitted_peak(measured: list[Measured]) -> sympy.Expr:
-    """The peak fitted in N and B, or, where a CPU kernel's scratch makes it
-    the Max of two moments, each fitted apart (``_scratch_apart``)."""
+def _fitted_peak(measured: list[Measured], measure_at) -> tuple[sympy.Expr, int]:
+    """The peak fitted in N and B, and the shortest length it holds from.
+    Where a CPU kernel's scratch makes it the Max of two moments, each is
+    fitted apart (``_scratch_apart``); where the peak is another moment at
+    the short lengths (the loop's peak overtakes the rest of the model's
+    past them), it is fitted from traces at LATE_LENGTHS, which
+    ``measure_at(shapes)`` makes."""
+    read = lambda m: m.numbers["peak"]  # noqa: E731
     try:
-        return fit_number(measured, lambda m: m.numbers["peak"], "peak memory")
+        return fit_number(measured, read, "peak memory"), 1
+    except FitFailed as exc:
+        failed = exc
+    if "peak_tensors" in measured[0].numbers:
+        return sympy.Max(*(fit_number(measured, lambda m, k=k: m.numbers[k], "peak memory")
+                           for k in ("peak_tensors", "peak_scratch"))), 1
+    late = measure_at([(n, b) for b in FIT_BATCHES for n in LATE_LENGTHS] + list(LATE_HELD_OUT))
+    try:
+        return fit_number(late, read, "peak memory", lengths=LATE_LENGTHS,
+                          held_out=LATE_HELD_OUT), LATE_LENGTHS[0]
     except FitFailed:
-        if "peak_tensors" not in measured[0].numbers:
-            raise
-    return sympy.Max(*(fit_number(measured, lambda m, k=k: m.numbers[k], "peak memory")
-                       for k in ("peak_tensors", "peak_scratch")))
+        raise failed from None
 
 
 def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
@@ -349,7 +370,8 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
         raise FitFailed("its weights differ between the short lengths it was traced at")
     try:
         flops = fit_number(measured, lambda m: m.numbers["flops"], "FLOPs")
-        peak = _fitted_peak(measured)
+        peak, shortest = _fitted_peak(measured, lambda shapes: measure_all(
+            loaded, device, rules, allocation_rules, progress, shapes))
     except FitFailed as exc:
         if all(len({m.numbers["nodes"] for m in measured if m.batch == b}) == 1
                for b in {m.batch for m in measured}):
@@ -359,12 +381,17 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
         raise
     inputs = fit_number(measured, lambda m: m.numbers["input"], "input bytes")
     workspace = measured[0].numbers["workspace"]
-    note = measured_note()
+    notes = [measured_note()]
+    if shortest > 1:
+        notes.append(f"its peak memory is fitted from traces at N={LATE_LENGTHS[0]}.."
+                     f"{LATE_LENGTHS[-1]} (exact at "
+                     + ", ".join(f"N={n} (B={b})" for n, b in LATE_HELD_OUT)
+                     + f"): at shorter lengths the peak is another moment")
     memory = FittedMemory(device=device, weight_bytes=weights.pop(), input_bytes=inputs,
-                          peak_bytes=peak, workspace_bytes=workspace)
+                          peak_bytes=peak, workspace_bytes=workspace, n_range=(shortest, None))
     nodes = interpolate([(m.seq_len, m.numbers["nodes"]) for m in measured
                           if m.batch == 1][:len(FIT_LENGTHS)])
-    return FittedLoop(flops, memory.weight_bytes, peak, fitted_sites(measured), memory, [note],
+    return FittedLoop(flops, memory.weight_bytes, peak, fitted_sites(measured), memory, notes,
                       graph_nodes=nodes)
 
 
