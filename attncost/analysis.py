@@ -230,7 +230,10 @@ class Analysis:
             text = f"N >= {lo}"
         else:
             text = f"{lo} <= N <= {hi}"
-        asked = conditions_text(conditions, max(lo, 1), truth=self._residues(conditions))
+        # read on 256 lengths from the range's start, or around the traced
+        # length where it is far from there (they may hold there alone)
+        start = max(lo, 1, self.seq_len - 128)
+        asked = conditions_text(conditions, start, truth=self._residues(conditions, start))
         if asked and asked != text:  # a count of pieces fixed says the range itself
             text = "; ".join(([text] if text else []) + [asked])
         return text
@@ -240,12 +243,13 @@ class Analysis:
         return [g for g in self.guards if ("Mod" in g or "Eq(" in g or "Ne(" in g)
                 and "N" in _names(g)]
 
-    def _residues(self, conditions: list[str]) -> list[bool] | None:
-        """Where ``conditions`` hold from the range's start, read once
-        (hundreds of conditions take seconds)."""
-        key = (tuple(conditions), self.n_range[0])
+    def _residues(self, conditions: list[str], start: int | None = None) -> list[bool] | None:
+        """Where ``conditions`` hold from ``start`` (the range's start), read
+        once (hundreds of conditions take seconds)."""
+        start = max(self.n_range[0], 1) if start is None else start
+        key = (tuple(conditions), start)
         if key not in self.conditions_read:
-            self.conditions_read[key] = residues_allowed(conditions, max(self.n_range[0], 1))
+            self.conditions_read[key] = residues_allowed(conditions, start)
         return self.conditions_read[key]
 
     def multiple_of(self) -> int:

@@ -1,5 +1,7 @@
 """State space layers written as chunked scans (transformers' Mamba-2 and the
-hybrids built on it), read as what they are: causal linear attention.
+hybrids built on it), and recurrences written as a loop over chunks
+(Qwen3-Next's gated delta rule), read as what they are: causal linear
+attention.
 
 transformers' ``Mamba2Mixer.torch_forward`` (the path without the CUDA
 kernels) is the state space duality's chunked form: within each chunk of
@@ -103,3 +105,37 @@ def test_a_hybrid_reads_its_scans_beside_its_attention(write_config):
     model = _real(BAMBA).requires_grad_(False)
     ids = torch.randint(0, 128, (2, 96))
     assert a.at(a.flops, 96, 2) == count_flops(model, (), {"input_ids": ids})
+
+
+# ------------------------------------------------------------------ a loop over chunks: Qwen3-Next
+
+#: two gated delta net layers (4 value heads over 2 key heads, 16 wide), dense MLPs
+QWEN3_NEXT = dict(model_type="qwen3_next", architectures=["Qwen3NextForCausalLM"],
+                  hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=128,
+                  linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16,
+                  linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=4,
+                  num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[0, 1],
+                  full_attention_interval=4, use_cache=False)
+
+
+def test_a_loop_over_chunks_carrying_a_state_is_linear_causal(write_config):
+    """transformers' torch_chunk_gated_delta_rule: scores within each chunk of
+    64 tokens, then a Python loop over the chunks that reads the state the
+    previous chunk left (H × d_k × d_v) and leaves its own.  At N=256 the
+    loop runs 4 times: one linear causal site per layer, each token written
+    into the state and read from it (4·H·d_k·d_v FLOPs a token)."""
+    folder = write_config("qwen3_next", **QWEN3_NEXT)
+    a = attncost.analyze(folder, seq_len=256, device="cpu", attn_implementation="eager",
+                         dtype="float32")
+    assert [s.name for s in a.sites] == ["model.layers.0.linear_attn",
+                                         "model.layers.1.linear_attn"]
+    heads, d_k, d_v = 4, 16, 16
+    for site in a.sites:
+        assert (site.variant, site.causal, site.heads) == ("linear", True, heads), site
+        assert a.at(site.useful_flops, 256, 2) == 4 * heads * d_k * d_v * 256 * 2
+    assert a.holds_at(256) and not a.holds_at(320)  # the loop's count is fixed by the trace
+    model = _real(QWEN3_NEXT).requires_grad_(False)
+    for n, batch in ((256, 1), (320, 2)):
+        ids = torch.randint(0, 128, (batch, n))
+        assert a.at(a.flops, n, batch) == count_flops(model, (), {"input_ids": ids})

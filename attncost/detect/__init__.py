@@ -9,6 +9,7 @@ order they run; a later one does not claim nodes an earlier site holds:
   then the same chain with the scores weighed by exp or a squared ReLU
   instead of a softmax op (a product of Q and K that nothing weighs, a
   chunked linear form's, is left to the linear recognisers);
+* recurrent.py: a loop over chunks of the sequence carrying a state;
 * linear.py: kernelized attention through a sequence-free state;
 * scan.py: causal linear attention through a prefix sum of states;
 * recurrent.py: a loop over the positions carrying a state (at a fixed length);
@@ -29,7 +30,7 @@ from .blocks import merge_blocks, merge_pieces
 from .fused import find_fused
 from .graph import GraphContext
 from .linear import find_linear
-from .recurrent import find_recurrent
+from .recurrent import find_chunk_loops, find_recurrent
 from .scan import find_scans
 from .site import AttentionSite
 from .unfused import find_unfused, find_unweighed, find_weighed
@@ -47,6 +48,7 @@ def register_recogniser(name: str) -> Callable[[Recogniser], Recogniser]:
 register_recogniser("fused")(find_fused)
 register_recogniser("unfused")(find_unfused)
 register_recogniser("weighed")(find_weighed)
+register_recogniser("chunk loop")(find_chunk_loops)
 register_recogniser("linear")(find_linear)
 register_recogniser("scan")(find_scans)
 register_recogniser("recurrent")(find_recurrent)

@@ -23,12 +23,15 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B
+from ..expr import B, N, value_at
 from ..patterns.formulas import formula
 from ..paths import layer_or_path
 from ..rules.flops import node_flops
-from ..rules.ops import is_view, op_name
+from ..rules.ops import is_view, op_name, packet
+from .graph import is_product
 from .site import AttentionSite
+
+aten = torch.ops.aten
 
 #: Longest loop body (ops per position) looked for.
 MAX_PERIOD = 512
@@ -50,7 +53,41 @@ def find_recurrent(ctx, used: set[str]) -> list[AttentionSite]:
         states = carried_states(body, period)
         return recurrent_site(ctx, body, states, n) if states else None
 
-    return loop_bodies(ctx.traced, nodes, n, recurrence)
+    return loop_bodies(ctx.traced, nodes, (max(3, n - SHORT_BY), n), recurrence)
+
+
+def find_chunk_loops(ctx, used: set[str]) -> list[AttentionSite]:
+    """One site per loop over the chunks of the sequence that carries a
+    state from one chunk to the next (a chunked delta rule: each repetition
+    takes the next piece of the same tensors, reads the state the one
+    before it left, and leaves its own)."""
+    nodes = [x for x in ctx.traced.nodes if x.op == "call_function" and _makes_tensors(x)]
+
+    def recurrence(start: int, period: int, reps: int):
+        body = nodes[start:start + period * reps]
+        if any(x.name in used for x in body) or not _walks_pieces(ctx, body, period, reps):
+            return None
+        states = carried_states(body, period)
+        return chunk_loop_site(ctx, body, states, reps, used) if states else None
+
+    return loop_bodies(ctx.traced, nodes, (2, None), recurrence)
+
+
+def _walks_pieces(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
+    """Does repetition r take piece i0 + r of one tensor, along one axis
+    that holds ``reps`` pieces (every piece, in order)?"""
+    picks: list[set] = [set() for _ in range(reps)]
+    for i, x in enumerate(body):
+        if packet(x) is aten.select and isinstance(x.args[0], fx.Node) and \
+                isinstance(x.args[2], int):
+            picks[i // period].add((_whole(ctx, x.args[0]), x.args[1], x.args[2] - i // period))
+    shared = set.intersection(*picks) if picks else set()
+    for source, axis, first in shared:
+        shape = ctx.traced.shape(source)
+        if shape is not None and first == 0 and \
+                value_at(shape[axis], ctx.traced.seq_len_hint, ctx.traced.batch_hint) == reps:
+            return True
+    return False
 
 
 def _fixed_length(traced) -> int | None:
@@ -60,12 +97,14 @@ def _fixed_length(traced) -> int | None:
     return n if lo == hi == n and n >= 4 else None
 
 
-def loop_bodies(traced, nodes: list[fx.Node], n: int, accept: Callable) -> list:
+def loop_bodies(traced, nodes: list[fx.Node], reps: tuple[int, int | None],
+                accept: Callable) -> list:
     """``accept(start, period, repetitions)`` of each stretch of ``nodes``
-    whose (op, module) sequence repeats about once per position of the
-    length n (a stack of many layers repeats too, but not n times at every
-    n), where it is not None; the shortest period first claims its stretch."""
-    min_reps, max_reps = max(3, n - SHORT_BY), n
+    whose (op, module) sequence repeats a number of times in ``reps`` (about
+    once per position of a fixed length: a stack of many layers repeats
+    too, but not n times at every n), where it is not None; the shortest
+    period first claims its stretch."""
+    min_reps, max_reps = reps[0], reps[1] or len(nodes)
     ids: dict[tuple, int] = {}
     keys = np.array([ids.setdefault((op_name(x), traced.module_path(x)), len(ids))
                      for x in nodes], dtype=np.int64)
@@ -138,6 +177,43 @@ def recurrent_site(ctx, body: list[fx.Node], states: list[fx.Node], n: int) -> A
         useful_flops=sympy.sympify(useful), complexity=formula("linear").complexity,
         feature_dim=feature, formula="linear", mask=None, nodes=[x.name for x in body],
         notes=[f"state {'×'.join(map(str, shape))} per sequence, carried from token to token"])
+
+
+def _whole(ctx, node: fx.Node) -> fx.Node:
+    """The tensor a slice that keeps all of it (``x[:, :]``) was taken from."""
+    while packet(node) is aten.slice and isinstance(node.args[0], fx.Node) and \
+            ctx.traced.shape(node) == ctx.traced.shape(node.args[0]):
+        node = node.args[0]
+    return node
+
+
+def chunk_loop_site(ctx, body: list[fx.Node], states: list[fx.Node], chunks: int,
+                    used: set[str]) -> AttentionSite:
+    """The site of a loop over chunks: the loop's work and that of the
+    module's other products of activations (each chunk's own scores, made
+    before the loop), and, as for a loop over the positions, each token
+    written into the state and read from it."""
+    t = ctx.traced
+    n = t.seq_len_hint
+    site = recurrent_site(ctx, body, states, n)
+    module = site.name
+    inside = set(body)
+    extra = [x for x in t.nodes if is_product(x) and x not in inside and x.name not in used
+             and (t.module_path(x) or "").startswith(module) and _of_activations(ctx, x)]
+    site.flops = sympy.expand(site.flops + sum((node_flops(t, x, ctx.flop_rules) for x in extra),
+                                               sympy.Integer(0)))
+    length = N if t.replacements else sympy.Integer(n)
+    site.useful_flops = sympy.expand(site.useful_flops / n * length)
+    site.query_len = site.key_len = length
+    site.nodes = sorted(site.nodes + [x.name for x in extra],
+                        key=lambda name: ctx.order[ctx.node(name)])
+    site.notes = [note.replace("from token to token", f"from chunk to chunk ({chunks} chunks "
+                               f"at N={n:,})") for note in site.notes]
+    return site
+
+
+def _of_activations(ctx, product: fx.Node) -> bool:
+    return not any(ctx.is_weight(o) for o in ctx.product_operands(product))
 
 
 def _makes_tensors(node: fx.Node) -> bool:
