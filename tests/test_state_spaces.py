@@ -122,20 +122,50 @@ QWEN3_NEXT = dict(model_type="qwen3_next", architectures=["Qwen3NextForCausalLM"
 def test_a_loop_over_chunks_carrying_a_state_is_linear_causal(write_config):
     """transformers' torch_chunk_gated_delta_rule: scores within each chunk of
     64 tokens, then a Python loop over the chunks that reads the state the
-    previous chunk left (H × d_k × d_v) and leaves its own.  At N=256 the
-    loop runs 4 times: one linear causal site per layer, each token written
-    into the state and read from it (4·H·d_k·d_v FLOPs a token)."""
+    previous chunk left (H × d_k × d_v) and leaves its own.  At N=192 the
+    loop runs 3 times: one linear causal site per layer, each token written
+    into the state and read from it (4·H·d_k·d_v FLOPs a token).  The trace
+    holds for 3 chunks (N=129..192, a multiple of 64: N=192) only."""
     folder = write_config("qwen3_next", **QWEN3_NEXT)
-    a = attncost.analyze(folder, seq_len=256, device="cpu", attn_implementation="eager",
+    a = attncost.analyze(folder, seq_len=192, device="cpu", attn_implementation="eager",
                          dtype="float32")
     assert [s.name for s in a.sites] == ["model.layers.0.linear_attn",
                                          "model.layers.1.linear_attn"]
     heads, d_k, d_v = 4, 16, 16
     for site in a.sites:
         assert (site.variant, site.causal, site.heads) == ("linear", True, heads), site
-        assert a.at(site.useful_flops, 256, 2) == 4 * heads * d_k * d_v * 256 * 2
-    assert a.holds_at(256) and not a.holds_at(320)  # the loop's count is fixed by the trace
+        assert a.at(site.useful_flops, 192, 2) == 4 * heads * d_k * d_v * 192 * 2
+    assert a.holds_at(192) and not a.holds_at(256)  # the loop's count is fixed by the trace
     model = _real(QWEN3_NEXT).requires_grad_(False)
-    for n, batch in ((256, 1), (320, 2)):
+    for n, batch in ((192, 1), (192, 3)):
         ids = torch.randint(0, 128, (batch, n))
         assert a.at(a.flops, n, batch) == count_flops(model, (), {"input_ids": ids})
+
+
+#: lightning attention in layer 0 (blocks of 16), softmax attention in layer 1
+MINIMAX = dict(model_type="minimax", architectures=["MiniMaxForCausalLM"], hidden_size=64,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+               intermediate_size=128, vocab_size=128, num_local_experts=2,
+               num_experts_per_tok=1, layer_types=["linear_attention", "full_attention"],
+               block_size=16, use_cache=False)
+
+
+def test_a_loop_over_slices_of_the_sequence_is_one_site(write_config):
+    """MiniMax's lightning attention: a Python loop over blocks of 16 tokens,
+    each taking ``q[:, :, 16·i : 16·i + 16]``, its scores within the block
+    masked by a decay, the state Kᵀ·V of the blocks before it read by its
+    queries.  One linear causal site, not one per block; the softmax layer
+    beside it, in a trace fixed at one length, stays dense causal (its
+    keys are not picked by the router of the layer before)."""
+    folder = write_config("minimax", **MINIMAX)  # experts' grouped products run in bfloat16
+    a = attncost.analyze(folder, seq_len=64, device="cpu", attn_implementation="eager")
+    kinds = [(s.name, s.variant, s.causal, s.content_based) for s in a.sites]
+    assert kinds == [("model.layers.0.self_attn", "linear", True, False),
+                     ("model.layers.1.self_attn", "dense", True, False)], kinds
+    assert a.at(a.sites[0].useful_flops, 64, 1) == 4 * 4 * 16 * 16 * 64
+    model = _real(MINIMAX).requires_grad_(False)
+    # each token goes to one expert in each layer: gate, up and down
+    # projections, which FlopCounterMode counts as 0 (aten._grouped_mm)
+    routed = 2 * 3 * (2 * 64 * 128)
+    ids = torch.randint(0, 128, (2, 64))
+    assert a.at(a.flops, 64, 2) == count_flops(model, (), {"input_ids": ids}) + routed * 64 * 2

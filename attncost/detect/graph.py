@@ -183,9 +183,16 @@ class GraphContext:
         return False
 
     def _runs_along_sequence(self, node: fx.Node) -> bool:
+        """Has the value an axis along the sequence: one whose length grows
+        with N, or, in a trace at one fixed length n, one of length n?"""
         shape = self.traced.shape(node)
-        return shape is not None and any(N in sympy.sympify(settled(d)).free_symbols
-                                         for d in shape)
+        if shape is None:
+            return False
+        lo, hi = self.traced.n_range
+        n = self.traced.seq_len_hint
+        along = {n, n * B, n * (self.traced.batch_hint or 1)} if lo == hi == n else set()
+        return any(N in sympy.sympify(settled(d)).free_symbols or sympy.sympify(d) in along
+                   for d in shape)
 
     def ancestor_ops(self, node: fx.Node, through_products: bool = True) -> set:
         """The ops of every node ``node`` depends on; without

@@ -74,20 +74,51 @@ def find_chunk_loops(ctx, used: set[str]) -> list[AttentionSite]:
 
 
 def _walks_pieces(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
-    """Does repetition r take piece i0 + r of one tensor, along one axis
-    that holds ``reps`` pieces (every piece, in order)?"""
-    picks: list[set] = [set() for _ in range(reps)]
+    """Does repetition r take piece r of one tensor along a sequence axis
+    (index r, or the slice from r·L on), the pieces covering the axis?"""
+    taken: list[dict] = [{} for _ in range(reps)]
     for i, x in enumerate(body):
-        if packet(x) is aten.select and isinstance(x.args[0], fx.Node) and \
-                isinstance(x.args[2], int):
-            picks[i // period].add((_whole(ctx, x.args[0]), x.args[1], x.args[2] - i // period))
-    shared = set.intersection(*picks) if picks else set()
-    for source, axis, first in shared:
-        shape = ctx.traced.shape(source)
-        if shape is not None and first == 0 and \
-                value_at(shape[axis], ctx.traced.seq_len_hint, ctx.traced.batch_hint) == reps:
+        piece = _piece_taken(ctx, x)
+        if piece is not None:
+            taken[i // period].setdefault(piece[:2], piece[2])
+    for key in set.intersection(*(set(t) for t in taken)):
+        starts = [t[key] for t in taken]
+        step = starts[1] - starts[0]
+        if starts[0] != 0 or step <= 0 or starts != [r * step for r in range(reps)]:
+            continue
+        length = _sequence_axis_length(ctx, *key)
+        if length is not None and (reps - 1) * step < length <= reps * step:
             return True
     return False
+
+
+def _piece_taken(ctx, x: fx.Node) -> tuple[fx.Node, int, int] | None:
+    """(tensor, axis, start) of what ``x`` takes: one index (a select) or a
+    slice from a fixed start; None for anything else."""
+    if not (isinstance(x.args[0] if x.args else None, fx.Node) and len(x.args) >= 3):
+        return None
+    if packet(x) is aten.select and isinstance(x.args[2], int):
+        return _whole(ctx, x.args[0]), x.args[1], x.args[2]
+    if packet(x) is aten.slice and isinstance(x.args[2], int) and \
+            ctx.traced.shape(x) != ctx.traced.shape(x.args[0]):
+        return _whole(ctx, x.args[0]), x.args[1], x.args[2]
+    return None
+
+
+def _sequence_axis_length(ctx, source: fx.Node, axis: int) -> int | None:
+    """The axis' length at the traced length, where it runs along the
+    sequence: its length grows with N, or, in a trace at one length n, it
+    is n or the count of chunks before an axis of their positions."""
+    t = ctx.traced
+    shape = t.shape(source)
+    if shape is None:
+        return None
+    n, b = t.seq_len_hint, t.batch_hint
+    length = value_at(shape[axis], n, b)
+    if N in sympy.sympify(shape[axis]).free_symbols:
+        return length
+    inner = value_at(shape[axis + 1], n, b) if axis + 1 < len(shape) else 1
+    return length if n in (length, length * inner) else None
 
 
 def _fixed_length(traced) -> int | None:
