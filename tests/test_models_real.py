@@ -20,6 +20,7 @@ from attncost.rules.flops import node_flops
 from attncost.tracing import trace
 from attncost.tracing.repeat import find_repeated
 from conftest import MODELS
+from memtrack import measure as measure_live
 from oracle import count_flops, load_module
 
 transformers = pytest.importorskip("transformers")
@@ -258,6 +259,27 @@ def test_grouped_matmuls_count_the_experts_real_work(write_config, fields):
         counted = count_flops(model, (torch.randint(0, 128, (1, n)),), {"use_cache": False})
         assert routed and sum(routed) > 0
         assert a.at(a.flops, n, 1) == counted + sum(routed), n
+
+
+def test_experts_in_float32_are_traced_as_a_cpu_runs_them(write_config):
+    """torch._grouped_mm's fake kernel takes bfloat16 only (the checks of its
+    CUDA kernel) while a real CPU run takes float32 too: the trace takes
+    transformers' own loop over the experts, the same products and outputs
+    (it raised before).  Oracles: FlopCounterMode plus the experts' work read
+    off the real routing, and a live-storage tracker on the real forward."""
+    folder = write_config("mixtral", **MIXTRAL)
+    a = attncost.analyze(folder, seq_len=40, kv_cache=False, device="cpu", dtype="float32")
+    model = _real(MIXTRAL).requires_grad_(False)
+    routed: list[int] = []
+    _expert_work(model, routed)
+    for n in (40, 77):
+        routed.clear()
+        ids = torch.randint(0, 128, (2, n))
+        counted = count_flops(model, (ids,), {"use_cache": False})
+        assert a.at(a.flops, n, 2) == counted + sum(routed), n
+        with torch.no_grad():
+            real = measure_live(model, {"input_ids": ids, "use_cache": False})
+        assert a.at(a.peak_memory_bytes, n, 2) == real.peak_bytes, (n, real)
 
 
 GPT_OSS = dict(model_type="gpt_oss", architectures=["GptOssForCausalLM"], hidden_size=32,

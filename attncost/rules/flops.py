@@ -88,6 +88,21 @@ def grouped_mm_flops(a, b, *args, out_shape=None, **kwargs):
     return _grouped_flops(a, b)
 
 
+@FLOP_RULES.register("transformers::grouped_mm_fallback")
+def grouped_mm_fallback_flops(a, b, offs=None, *args, out_shape=None, **kwargs):
+    """transformers' experts loop (one mm per expert, a custom op), where
+    torch._grouped_mm does not take the dtype: the same products."""
+    return _grouped_flops(a, b)
+
+
+@FLOP_RULES.register("transformers::grouped_mm_fallback_backward")
+def grouped_mm_fallback_backward_flops(a, b, offs=None, grad=None, *args, out_shape=None,
+                                       **kwargs):
+    """Its backward: the input's gradient and each expert's weight gradient,
+    each the forward's work."""
+    return 2 * _grouped_flops(a, b)
+
+
 @FLOP_RULES.register(aten.convolution, aten._convolution, aten.cudnn_convolution,
                      aten._slow_conv2d_forward, aten.convolution_overrideable)
 def convolution_flops(x, w, _bias=None, _stride=None, _padding=None, _dilation=None,

@@ -32,10 +32,14 @@ class Registry(Generic[Rule]):
         return wrap
 
     def get(self, target) -> Rule | None:
-        """The rule of an fx node's target (overload or its packet), or None."""
+        """The rule of an fx node's target (overload or its packet, or the
+        qualified name of an op a library registers when it is imported:
+        ``"transformers::grouped_mm_fallback"``), or None."""
         rule = self._rules.get(target)
         if rule is None and hasattr(target, "overloadpacket"):
             rule = self._rules.get(target.overloadpacket)
+        if rule is None and hasattr(target, "_schema"):
+            rule = self._rules.get(target._schema.name)
         return rule
 
     def with_overrides(self, overrides: Mapping[Any, Rule] | None) -> "Registry[Rule]":

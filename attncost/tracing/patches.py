@@ -14,6 +14,11 @@ is replayed), and tells the code what real data or a real GPU would tell it:
   make_fx cannot trace; its block masks are built without the N×N element
   mask that eager ``create_block_mask`` materialises and the compiled one
   fuses away;
+* ``experts_in_loop`` (transformers, weights not in bfloat16): the
+  experts' products go through transformers' own loop over the experts (a
+  custom op with a fake kernel) instead of ``torch._grouped_mm``, whose
+  fake kernel takes bfloat16 only (the checks of its CUDA kernel), while
+  the CPU kernel a real run calls takes float32 as well: the same products;
 * ``flash_attention`` (transformers): ``flash_attention_2`` (the flash-attn
   package: CUDA-only, absent here) is modelled by aten's flash kernel,
   ``_flash_attention_forward``: no mask, the causal flag, the sliding window
@@ -171,6 +176,16 @@ def flash_attention(model: torch.nn.Module) -> Iterator[None]:
             mapping[FLASH_ATTENTION_2] = original
 
 
+def experts_in_loop(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """transformers' experts loop where torch._grouped_mm's fake kernel
+    would refuse the weights' dtype (see the module's docstring)."""
+    weight = next(model.parameters(), None)
+    if weight is None or weight.dtype == torch.bfloat16:
+        return contextlib.nullcontext()
+    return patched(_import("transformers.integrations.moe"), "_can_use_grouped_mm",
+                   lambda *args, **kwargs: False)
+
+
 def trace_context(model: torch.nn.Module, impl: str) -> Callable[[], contextlib.AbstractContextManager]:
     """The context a transformers model of implementation ``impl`` is traced in."""
     @contextlib.contextmanager
@@ -178,6 +193,7 @@ def trace_context(model: torch.nn.Module, impl: str) -> Callable[[], contextlib.
         with contextlib.ExitStack() as stack:
             stack.enter_context(flex_uncompiled())
             stack.enter_context(unpacked_sequences())
+            stack.enter_context(experts_in_loop(model))
             if impl == "flex_attention":
                 stack.enter_context(flex_without_compile())
             if impl == FLASH_ATTENTION_2:
