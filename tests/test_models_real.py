@@ -368,3 +368,33 @@ def test_alternating_layers_trace_one_period_and_replay(write_config, monkeypatc
     model = _real(fields, "eager")
     for n in (20, 70):
         assert a.at(a.flops, n, 1) == count_flops(model, (_ids(n),), {"use_cache": True})
+
+
+DEEPSEEK_V32 = dict(model_type="deepseek_v32", architectures=["DeepseekV32ForCausalLM"],
+                    hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                    vocab_size=128, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8,
+                    v_head_dim=16, qk_nope_head_dim=16, head_dim=8, n_routed_experts=4,
+                    num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=2,
+                    index_topk=16, index_head_dim=16, index_n_heads=2, use_cache=False)
+
+
+def test_a_top_k_indexer_counts_the_keys_it_keeps_at_every_length(write_config):
+    """DeepSeek-V3.2's sparse attention: an indexer scores the keys from the
+    input and keeps its top 16 per query, under the causal mask.  Which keys
+    it keeps is the input's choice (content-based); how many is not,
+    min(16, i + 1) for query i, so the useful work is a formula in N (it
+    was a density measured at N=1,024, 14x too small at N=64)."""
+    folder = write_config("deepseek_v32", **DEEPSEEK_V32)
+    a = attncost.analyze(folder, seq_len=64, device="cpu", attn_implementation="eager")
+    model = _real(DEEPSEEK_V32, impl="eager")
+    ids = torch.randint(0, 128, (1, 64))
+    with torch.no_grad():
+        weights = model(input_ids=ids, output_attentions=True).attentions
+    per_pair = 2 * (16 + 8 + 16) * 4  # Q·Kᵀ over d_qk = 16 + 8, P·V over d_v = 16; 4 heads
+    for site, w in zip(a.sites, weights):
+        assert (site.variant, site.causal, site.content_based) == ("sparse", True, True)
+        kept = int((w[0] > 0).sum()) // 4  # each head's weights that are not zero
+        assert a.at(site.useful_flops, 64, 1) == per_pair * kept
+        assert a.at(site.useful_flops, 1000, 2) == 2 * per_pair * sum(min(16, i + 1)
+                                                                     for i in range(1000))

@@ -77,14 +77,36 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, shorter:
         stable = False
     count = fit_pairs(first) if stable else None
     if count is None:
-        pattern.notes.append(f"its density ({pattern.density:.2%}) was measured at "
-                             f"N={pattern.length}; it is not a formula in N")
+        pattern.pairs = None if stable else _counted_at_lengths(allowed_at, first.shape[-1])
+        if pattern.pairs is None:
+            pattern.notes.append(f"its density ({pattern.density:.2%}) was measured at "
+                                 f"N={pattern.length}; it is not a formula in N")
+        elif seq_len < first.shape[-1] // 4:
+            pattern.notes.append(f"its pairs were counted at N={first.shape[-1] // 4:,}.."
+                                 f"{first.shape[-1]:,}; at N={seq_len} the formula is an "
+                                 "estimate")
         return
     pattern.pairs, pattern.pairs_from, pattern.reach = count.expr, count.valid_from, count.reach
     pattern.keys = count.keys
     if seq_len < count.valid_from:
         pattern.notes.append(f"its pair count is exact for N >= {count.valid_from}; at "
                              f"N={seq_len} the formula is an estimate")
+
+
+def _counted_at_lengths(allowed_at, n: int):
+    """The pairs of a pattern that is not the same at every length (which
+    keys a top-k picks among ties moves with N; how many it picks does not),
+    counted at n/4, n/2 and 3n/4, as a polynomial of degree at most 2 that
+    must give the count at n; None where it does not, or a length cannot
+    be read."""
+    lengths = [n // 4, n // 2, 3 * n // 4]
+    try:
+        counts = [int(torch.count_nonzero(_first(allowed_at(m))[0])) for m in lengths]
+    except CannotEvaluate:
+        return None
+    poly = sympy.expand(sympy.interpolate(list(zip(lengths, counts)), N))
+    whole = int(torch.count_nonzero(_first(allowed_at(n))[0]))
+    return poly if n % 4 == 0 and value_at(poly * 1, n) == whole else None
 
 
 class _MaskReader:
