@@ -398,3 +398,30 @@ def test_a_top_k_indexer_counts_the_keys_it_keeps_at_every_length(write_config):
         assert a.at(site.useful_flops, 64, 1) == per_pair * kept
         assert a.at(site.useful_flops, 1000, 2) == 2 * per_pair * sum(min(16, i + 1)
                                                                      for i in range(1000))
+
+
+DEBERTA = dict(model_type="deberta-v2", architectures=["DebertaV2ForMaskedLM"], hidden_size=64,
+               intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               vocab_size=128, relative_attention=True, position_buckets=32,
+               max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
+               max_position_embeddings=512, position_biased_input=False, type_vocab_size=0)
+
+
+def test_disentangled_position_terms_are_the_scores_work(write_config):
+    """DeBERTa adds to Q·Kᵀ the queries against 2·32 relative position keys
+    and the keys against 2·32 position queries (each gathered to N×N): the
+    site's FLOPs are all three products and ·V, derived by hand; the model's
+    total is FlopCounterMode's."""
+    folder = write_config("deberta", **DEBERTA)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", device="cpu",
+                         dtype="float32")
+    heads, d, span = 4, 16, 2 * 32
+    for n, b in ((64, 1), (200, 2)):
+        by_hand = 2 * (2 * b * heads * n * n * d) + 2 * (2 * b * heads * n * span * d)
+        assert [a.at(s.flops, n, b) for s in a.sites] == [by_hand, by_hand]
+    config = transformers.AutoConfig.for_model(**DEBERTA)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.DebertaV2ForMaskedLM(config).eval().requires_grad_(False)
+    ids = torch.randint(0, 128, (2, 200))
+    assert a.at(a.flops, 200, 2) == count_flops(model, (ids,))

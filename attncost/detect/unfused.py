@@ -18,7 +18,7 @@ from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, 
 from . import masks
 from .concatenated import read_concatenated
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
-from .graph import PROB_OPS, SCORE_OPS, copied_into, tensor_inputs
+from .graph import PROB_OPS, SCORE_OPS, copied_into, is_product, tensor_inputs
 from .heads import heads_and_queries
 from .site import AttentionSite, SiteShape, build_sites, content_based
 
@@ -210,7 +210,9 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     kv_heads = min(kv_heads, _key_heads(t, k_operand, n_keys, ratio) or kv_heads)
-    flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules))
+    terms = _score_terms(ctx, qk, mask_inputs)
+    flops = sympy.expand(sum((node_flops(t, x, ctx.flop_rules) for x in [qk, pv, *terms]),
+                             sympy.Integer(0)))
     relaid = (pv, v_operand) if _relaid(n_keys, score_path + prob_path) else None
     pattern = _site_pattern(ctx, (qk, weights, q_operand, k_operand), mask_inputs, n_keys, heads,
                             n_q, relaid)
@@ -224,10 +226,33 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
                                heads, kv_heads, as_int(width) or 0, n_q, n_keys, flops,
                                as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
     sites = build_sites(ctx, softmax, site_shape, pattern,
-                        nodes=[qk, *score_path, softmax, *prob_path, pv])
+                        nodes=[*terms, qk, *score_path, softmax, *prob_path, pv])
     for site in sites:
         site.block_masks = list(mask_inputs)
     return sites
+
+
+def _score_terms(ctx, qk: fx.Node, mask_inputs, limit: int = 24) -> list[fx.Node]:
+    """Other products of activations added to the scores in the same module
+    (DeBERTa's disentangled terms: the queries against relative position
+    keys, the keys against position queries, gathered to N×N): part of the
+    scores' work, not a mask's."""
+    module = ctx.traced.module_path(qk)
+    found: list[fx.Node] = []
+    stack = [m for m, kind in mask_inputs if kind == "additive" and isinstance(m, fx.Node)]
+    seen: set[fx.Node] = set()
+    while stack and len(seen) < limit * 8:
+        n = stack.pop()
+        if n in seen or n.op != "call_function":
+            continue
+        seen.add(n)
+        if is_product(n):
+            if ctx.traced.module_path(n) == module and \
+                    not any(ctx.is_weight(o) for o in ctx.product_operands(n)):
+                found.append(n)
+            continue
+        stack.extend(n.all_input_nodes)
+    return sorted(found, key=ctx.order.__getitem__)
 
 
 def _across_sequence(width, n_q, n_keys) -> bool:
