@@ -247,12 +247,27 @@ def _score_terms(ctx, qk: fx.Node, mask_inputs, limit: int = 24) -> list[fx.Node
             continue
         seen.add(n)
         if is_product(n):
-            if ctx.traced.module_path(n) == module and \
-                    not any(ctx.is_weight(o) for o in ctx.product_operands(n)):
+            if n is not qk and ctx.traced.module_path(n) == module and \
+                    not any(ctx.is_weight(o) for o in ctx.product_operands(n)) and \
+                    not _depends_on(n, qk):
                 found.append(n)
             continue
         stack.extend(n.all_input_nodes)
     return sorted(found, key=ctx.order.__getitem__)
+
+
+def _depends_on(node: fx.Node, earlier: fx.Node, limit: int = 256) -> bool:
+    """Is ``earlier`` among the values ``node`` is computed from (the scores
+    themselves, mixed or scaled and added back, are not another term)?"""
+    seen, stack = set(), list(node.all_input_nodes)
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if n is earlier:
+            return True
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    return False
 
 
 def _across_sequence(width, n_q, n_keys) -> bool:
