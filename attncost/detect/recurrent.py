@@ -29,6 +29,7 @@ from ..paths import layer_or_path
 from ..rules.flops import node_flops
 from ..rules.ops import is_view, op_name, packet
 from .graph import is_product
+from .linear import _contraction
 from .site import AttentionSite
 
 aten = torch.ops.aten
@@ -230,7 +231,7 @@ def chunk_loop_site(ctx, body: list[fx.Node], states: list[fx.Node], chunks: int
     module = site.name
     inside = set(body)
     extra = [x for x in t.nodes if is_product(x) and x not in inside and x.name not in used
-             and (t.module_path(x) or "").startswith(module) and _of_activations(ctx, x)]
+             and _inside(t.module_path(x), module) and _contraction(ctx, x) is not None]
     site.flops = sympy.expand(site.flops + sum((node_flops(t, x, ctx.flop_rules) for x in extra),
                                                sympy.Integer(0)))
     length = N if t.replacements else sympy.Integer(n)
@@ -243,8 +244,10 @@ def chunk_loop_site(ctx, body: list[fx.Node], states: list[fx.Node], chunks: int
     return site
 
 
-def _of_activations(ctx, product: fx.Node) -> bool:
-    return not any(ctx.is_weight(o) for o in ctx.product_operands(product))
+def _inside(path: str | None, module: str) -> bool:
+    """Is ``path`` the module or one of its submodules (not a sibling whose
+    name starts alike: layers.1 and layers.10)?"""
+    return bool(path) and (path == module or path.startswith(module + "."))
 
 
 def _makes_tensors(node: fx.Node) -> bool:

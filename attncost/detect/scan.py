@@ -13,7 +13,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, settled
+from ..expr import N, settled, simplified
 from ..rules.ops import getitem, is_view, packet
 from .evaluate import CannotEvaluate, evaluate_node
 from .graph import SCORE_OPS, is_product
@@ -125,7 +125,7 @@ def _square_over_chunks(ctx, node: fx.Node) -> bool:
     if shape is None or len(shape) < 2:
         return False
     rows, cols = (settled(x) for x in shape[-2:])
-    return N in cols.free_symbols and sympy.simplify(rows - cols) == 0
+    return N in cols.free_symbols and simplified(rows - cols) == 0
 
 
 def _chunk_state(ctx, node, limit: int = 16) -> fx.Node | None:

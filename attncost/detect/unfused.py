@@ -232,7 +232,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     return sites
 
 
-def _score_terms(ctx, qk: fx.Node, mask_inputs, limit: int = 24) -> list[fx.Node]:
+def _score_terms(ctx, qk: fx.Node, mask_inputs, limit: int = 192) -> list[fx.Node]:
     """Other products of activations added to the scores in the same module
     (DeBERTa's disentangled terms: the queries against relative position
     keys, the keys against position queries, gathered to N×N): part of the
@@ -241,7 +241,7 @@ def _score_terms(ctx, qk: fx.Node, mask_inputs, limit: int = 24) -> list[fx.Node
     found: list[fx.Node] = []
     stack = [m for m, kind in mask_inputs if kind == "additive" and isinstance(m, fx.Node)]
     seen: set[fx.Node] = set()
-    while stack and len(seen) < limit * 8:
+    while stack and len(seen) < limit:
         n = stack.pop()
         if n in seen or n.op != "call_function":
             continue
