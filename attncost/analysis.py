@@ -308,11 +308,12 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     loaded = _load(model, options)
     try:
         traced = trace(loaded, seq_len, batch, progress=progress)
-    except UnrolledLoop:
+    except UnrolledLoop as unrolled:
         if mode != "infer" or plan is not None:
             raise
         return _fitted_loop(loaded, seq_len, batch, device, options,
-                            flop_rules(flop_rules_override), allocation_rules, progress)
+                            flop_rules(flop_rules_override), allocation_rules, progress,
+                            unrolled.steps)
     rules = flop_rules(flop_rules_override)
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
     if mode == "train":
@@ -381,18 +382,27 @@ def _forward(loaded: LoadedModel, traced: TracedModel, seq_len: int, batch: int,
 
 
 def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, options: dict,
-                 rules, allocation_rules, progress) -> Analysis:
-    """A model that loops over the sequence, costed from traces at small
-    lengths and fitted in N and B (tracing/loops.py); the notes say where."""
-    from .tracing.loops import FitFailed, TraceRaised, check_at, fitted_loop
+                 rules, allocation_rules, progress, steps: int) -> Analysis:
+    """A model that loops over the sequence (``steps`` times at ``seq_len``),
+    costed from traces at small lengths and fitted in N and B
+    (tracing/loops.py); the notes say where."""
+    from .tracing.loops import FitFailed, TraceRaised, fitted_loop
 
-    try:
-        fitted = fitted_loop(loaded, device, rules, allocation_rules, progress)
-    except (TraceRaised, FitFailed) as exc:
-        # it does not run at the short lengths a fit needs, or its costs there
-        # step (a loop over chunks of a fixed size): this length alone
-        return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
-    traced = check_at(fitted, loaded, seq_len, rules)
+    fit_args = (loaded, seq_len, device, rules, allocation_rules, progress)
+    # fewer steps than tokens: a loop over chunks, whose length is about N/steps
+    fitted = _fitted_by_chunks(*fit_args, steps=steps) if steps < seq_len else None
+    traced = None
+    if fitted is None:
+        try:
+            fitted = fitted_loop(loaded, device, rules, allocation_rules, progress)
+        except TraceRaised as exc:  # it does not run at the short lengths a fit needs
+            return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
+        except FitFailed as exc:  # its costs step between them: a loop over short chunks?
+            fitted = _fitted_by_chunks(*fit_args)
+            if fitted is None:
+                return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
+        else:
+            fitted, traced = _fitted_past_one_chunk(fitted, *fit_args)
     if traced is not None:  # the fit does not hold here: this length alone, traced
         result = _forward(loaded, traced, seq_len, batch, options, rules,
                           progress or (lambda msg: None))
@@ -409,6 +419,50 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
         kv_cache=loaded.kv_cache, loaded=loaded, options=options,
         notes=list(getattr(loaded, "notes", [])) + fitted.notes,
         warnings=[beyond] if beyond else [])
+
+
+def _fitted_past_one_chunk(fitted, loaded: LoadedModel, seq_len: int, device: str, rules,
+                           allocation_rules, progress):
+    """(the fit, None) where the fit through short lengths holds at
+    ``seq_len``; where it does not because the model loops over chunks of a
+    fixed length (the short lengths all inside one), the fit in N and the
+    chunk count instead; else (the fit, a trace at ``seq_len``)."""
+    from .tracing.loops import FitDoesNotHold, check_at
+
+    try:
+        traced = check_at(fitted, loaded, seq_len, rules)
+    except FitDoesNotHold as exc:
+        traced, refused = None, exc
+    else:
+        if traced is None:
+            return fitted, None
+        refused = None
+    by_chunks = _fitted_by_chunks(loaded, seq_len, device, rules, allocation_rules, progress)
+    if by_chunks is not None:
+        return by_chunks, None
+    if refused is not None:
+        raise refused
+    return fitted, traced
+
+
+def _fitted_by_chunks(loaded: LoadedModel, seq_len: int, device: str, rules, allocation_rules,
+                      progress, steps: int | None = None):
+    """The costs of a model that loops over chunks of a fixed length, fitted
+    in N and their count (tracing/fit.py), and checked at ``seq_len`` where
+    a trace there is short enough; None for a model that does not, or whose
+    costs that fit does not hold."""
+    from .tracing.fit import FitFailed, chunked
+    from .tracing.loops import FitDoesNotHold, TraceRaised, check_at, chunk_length, fitted_loop
+
+    chunk = chunk_length(loaded, seq_len, progress, steps)
+    if chunk is None:
+        return None
+    try:
+        fitted = fitted_loop(loaded, device, rules, allocation_rules, progress,
+                             lengths=chunked(chunk))
+        return fitted if check_at(fitted, loaded, seq_len, rules) is None else None
+    except (TraceRaised, FitFailed, FitDoesNotHold):
+        return None
 
 
 #: Most torch calls a trace at the requested length may make where a model

@@ -169,3 +169,31 @@ def test_a_loop_over_slices_of_the_sequence_is_one_site(write_config):
     routed = 2 * 3 * (2 * 64 * 128)
     ids = torch.randint(0, 128, (2, 64))
     assert a.at(a.flops, 64, 2) == count_flops(model, (), {"input_ids": ids}) + routed * 64 * 2
+
+
+def test_a_loop_over_chunks_is_fitted_in_their_count(write_config):
+    """Past 64 chunks a trace would record every step of Qwen3-Next's loop
+    over chunks of 64 (5,000 tokens: 79 steps a layer), so its costs are
+    fitted from traces at two to four chunks, in N and ceiling(N/64): the
+    sequence is padded to whole chunks, each chunk costs the same.  The
+    formulas then hold at lengths never traced, in every chunk count, the
+    last chunk full or not."""
+    from memtrack import measure as measure_live
+
+    folder = write_config("qwen3_next", **QWEN3_NEXT)
+    a = attncost.analyze(folder, seq_len=5000, device="cpu", attn_implementation="eager",
+                         dtype="float32")
+    assert any("chunks of 64 tokens" in note for note in a.notes), a.notes
+    assert a.holds_at(129) and a.holds_at(100_000) and not a.holds_at(128)
+    heads, d_k, d_v = 4, 16, 16
+    assert [(s.variant, s.causal, s.heads) for s in a.sites] == [("linear", True, heads)] * 2
+    model = _real(QWEN3_NEXT).requires_grad_(False)
+    for n, batch in ((5000, 1), (700, 2)):
+        ids = torch.randint(0, 128, (batch, n))
+        assert a.at(a.flops, n, batch) == count_flops(model, (), {"input_ids": ids}), n
+        for site in a.sites:  # each token written into the state and read from it
+            assert a.at(site.useful_flops, n, batch) == 4 * heads * d_k * d_v * n * batch
+    ids = torch.randint(0, 128, (2, 700))
+    with torch.no_grad():
+        real = measure_live(model, {"input_ids": ids})
+    assert a.at(a.peak_memory_bytes, 700, 2) == real.peak_bytes

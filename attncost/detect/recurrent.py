@@ -87,7 +87,7 @@ def _walks_pieces(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
         step = starts[1] - starts[0]
         if starts[0] != 0 or step <= 0 or starts != [r * step for r in range(reps)]:
             continue
-        length = _sequence_axis_length(ctx, *key)
+        length = _sequence_axis_length(ctx, *key, step)
         if length is not None and (reps - 1) * step < length <= reps * step:
             return True
     return False
@@ -106,10 +106,11 @@ def _piece_taken(ctx, x: fx.Node) -> tuple[fx.Node, int, int] | None:
     return None
 
 
-def _sequence_axis_length(ctx, source: fx.Node, axis: int) -> int | None:
+def _sequence_axis_length(ctx, source: fx.Node, axis: int, step: int) -> int | None:
     """The axis' length at the traced length, where it runs along the
     sequence: its length grows with N, or, in a trace at one length n, it
-    is n or the count of chunks before an axis of their positions."""
+    is n or the count of chunks before an axis of their positions, the
+    sequence padded to whole pieces of ``step`` (positions or chunks)."""
     t = ctx.traced
     shape = t.shape(source)
     if shape is None:
@@ -119,7 +120,8 @@ def _sequence_axis_length(ctx, source: fx.Node, axis: int) -> int | None:
     if N in sympy.sympify(shape[axis]).free_symbols:
         return length
     inner = value_at(shape[axis + 1], n, b) if axis + 1 < len(shape) else 1
-    return length if n in (length, length * inner) else None
+    padded = n <= length < n + step or n <= length * inner < n + step * inner
+    return length if padded else None
 
 
 def _fixed_length(traced) -> int | None:
@@ -157,12 +159,13 @@ def loop_bodies(traced, nodes: list[fx.Node], reps: tuple[int, int | None],
 
 def carried_states(body: list[fx.Node], period: int) -> list[fx.Node]:
     """Values of one repetition that the next one reads (one per distinct
-    shape), taken from the middle repetition; [] when no repetition reads
-    the one before it (a run of like ops, not a recurrence)."""
+    shape), taken from the middle repetition (the first of two); [] when
+    no repetition reads the one before it (a run of like ops, not a
+    recurrence)."""
     if all(is_view(x) for x in body[:period]):
         return []  # a chain of views (unsqueezes) computes nothing
     step = {x: i // period for i, x in enumerate(body)}
-    middle = len(body) // period // 2
+    middle = (len(body) // period - 1) // 2
     carried: dict[str, fx.Node] = {}
     for x in body[middle * period:(middle + 1) * period]:
         for user in x.users:

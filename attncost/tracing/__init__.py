@@ -127,7 +127,8 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
             made = _make_graph(loaded, dims, seq_hint, batch_hint, program=program)
     except LengthSpecialized as exc:
         raise unrolled_error(exc.value,
-                             lambda n: _node_count(loaded, dims, n, batch_hint, program)) from None
+                             lambda n: _node_count(loaded, dims, n, batch_hint, program),
+                             exc.steps) from None
     gm, shape_env, replacements, kinds = made
     traced = TracedModel(gm, shape_env, replacements, kinds,
                          seq_len_hint=seq_hint, batch_hint=batch_hint)

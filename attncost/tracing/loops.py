@@ -13,6 +13,7 @@ where it was measured.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
@@ -31,28 +32,22 @@ from .fake import call_args, fake_parameters, module_state_kept
 from .graph import TracedModel
 from .fast_paths import fast_paths
 from .patches import flex_uncompiled
+from .fit import (FIT_BATCHES, LATE, MIN_CHUNK, POSITIONS, FitFailed, FitLengths, chunked,
+                  count_of, first_chunks, fit, fit_number, interpolate)
 from .unroll import quiet_shape_log
 
-#: Lengths and batches the polynomials are fitted through.
-FIT_LENGTHS = (8, 12, 16)
-FIT_BATCHES = (1, 2)
-#: (length, batch) traces held out of the fit, which it must reproduce exactly.
-HELD_OUT = ((20, 1), (24, 3))
-#: Where a loop's peak is another moment at the short lengths (the rest of
-#: the model's peak overtaken by the loop's past them), it is fitted again
-#: from these longer lengths, held out at LATE_HELD_OUT.
-LATE_LENGTHS = (24, 32, 40)
-LATE_HELD_OUT = ((48, 1), (56, 3))
+#: Lengths and batches the polynomials are fitted through, and the (length,
+#: batch) traces held out of the fit, which it must reproduce exactly.
+FIT_LENGTHS = POSITIONS.fitted
+HELD_OUT = POSITIONS.held_out
+#: Chunks a loop over chunks' peak is fitted from where it is another moment
+#: at three to five.
+LATE_CHUNKS = 6
 #: Site fields fitted per sequence (times B), and fields fitted in N alone; the
 #: others are read at the longest fitted length.  Sites are read at B=1: with
 #: the batch a number too, a recogniser could not tell it from the heads.
 SITE_PER_SEQUENCE = ("flops", "useful_flops", "allocated_bytes")
 SITE_COUNTS = ("heads", "kv_heads", "query_len", "key_len")
-
-
-class FitFailed(ModelError):
-    """The traces at small lengths do not follow one polynomial in N and B;
-    the message says why, as a clause ("its FLOPs ... follow no polynomial")."""
 
 
 @dataclass
@@ -185,107 +180,47 @@ def _number(value, seq_len: int, batch: int) -> int:
     return value_at(sympy.sympify(value), seq_len, batch)
 
 
-def fit(points: dict[tuple[int, int], int], held: dict[tuple[int, int], int],
-        batches: tuple[int, ...] = FIT_BATCHES,
-        lengths: tuple[int, ...] = FIT_LENGTHS) -> sympy.Expr | None:
-    """The polynomial in N (degree below the number of fitted ``lengths``),
-    and linear in B when two ``batches`` are fitted, through ``points``
-    {(n, b): value}, or None when it misses a held-out value."""
-    per_batch = {b: interpolate([(n, points[n, b]) for n in lengths]) for b in batches}
-    expr = per_batch[batches[0]]
-    if len(batches) == 2:
-        b0, b1 = batches
-        expr = sympy.expand(expr + (per_batch[b1] - expr) * (B - b0) / (b1 - b0))
-    if any(value_at(expr, n, b) != v for (n, b), v in held.items()):
-        return None
-    return expr
-
-
-def interpolate(points: list[tuple[int, int]]) -> sympy.Expr:
-    """The polynomial in N through (n, value) points (a constant where they agree)."""
-    if len({v for _, v in points}) == 1:
-        return sympy.Integer(points[0][1])
-    return sympy.expand(sympy.interpolate(points, N))
-
-
-def _split(measured: Iterable[Measured],
-           held_out=HELD_OUT) -> tuple[list[Measured], list[Measured]]:
-    fitted, held = [], []
-    for m in measured:
-        (held if (m.seq_len, m.batch) in held_out else fitted).append(m)
-    return fitted, held
-
-
-def fit_number(measured: list[Measured], read: Callable[[Measured], int], what: str,
-               batches: tuple[int, ...] = FIT_BATCHES,
-               lengths: tuple[int, ...] = FIT_LENGTHS, held_out=HELD_OUT) -> sympy.Expr:
-    """One number read off the traces at ``batches``, fitted through
-    ``lengths`` and checked at ``held_out``; FitFailed names ``what``."""
-    fitted, held = _split(measured, held_out)
-    fitted = [m for m in fitted if m.batch in batches]
-    if len(batches) == 1:  # a number per sequence: held out at that batch only
-        held = [m for m in held if m.batch in batches]
-    expr = fit({(m.seq_len, m.batch): read(m) for m in fitted},
-               {(m.seq_len, m.batch): read(m) for m in held}, batches, lengths)
-    if expr is None:
-        raise FitFailed(f"no polynomial in N fits its {what} at N={_lengths_text()} and "
-                        f"holds at {_held_text()}")
-    return expr
-
-
-def _lengths_text() -> str:
-    return f"{FIT_LENGTHS[0]}..{FIT_LENGTHS[-1]}"
-
-
-def _held_text() -> str:
-    return ", ".join(f"N={n} (B={b})" for n, b in HELD_OUT)
-
-
-def measured_note() -> str:
+def measured_note(lengths: FitLengths = POSITIONS) -> str:
     """Where the fitted formulas were measured."""
-    return (f"the model loops over the sequence: its formulas are fitted from traces at "
-            f"N={_lengths_text()} (B={', '.join(map(str, FIT_BATCHES))}) and are exact at "
-            f"{_held_text()}, lengths held out of the fit")
+    what = "the sequence" if lengths.chunk is None else \
+        f"chunks of {lengths.chunk} tokens: its formulas are in N and ceiling(N/{lengths.chunk})"
+    formulas = "its formulas" if lengths.chunk is None else "they"
+    return (f"the model loops over {what}: {formulas} are fitted from traces at "
+            f"N={lengths.text()} (B={', '.join(map(str, FIT_BATCHES))}) and are exact at "
+            f"{lengths.held_text()}, lengths held out of the fit")
 
 
-def fitted_sites(measured: list[Measured]) -> list:
+def fitted_sites(measured: list[Measured], lengths: FitLengths = POSITIONS) -> list:
     """The sites found at every length (at B=1), their numbers fitted."""
     single = [m for m in measured if m.batch == 1]
     common = set.intersection(*({s.name for s in m.sites} for m in single))
-    fitted, _ = _split(single)
-    last = max(fitted, key=lambda m: m.seq_len)
+    last = max((m for m in single if m.seq_len in lengths.fitted), key=lambda m: m.seq_len)
     out = []
     for site in last.sites:
         if site.name not in common:
             continue
-        values = {f: _site_number(single, site.name, f) * B for f in SITE_PER_SEQUENCE}
-        values.update({f: _site_number(single, site.name, f) for f in SITE_COUNTS})
-        values["heads"], values["kv_heads"] = (_count_of(values[f]) for f in ("heads", "kv_heads"))
+        values = {f: _site_number(single, site.name, f, lengths) * B for f in SITE_PER_SEQUENCE}
+        values.update({f: _site_number(single, site.name, f, lengths) for f in SITE_COUNTS})
+        values["heads"], values["kv_heads"] = (count_of(values[f]) for f in ("heads", "kv_heads"))
         out.append(replace(site, nodes=[], **values))
     return out
 
 
-def _site_number(single: list[Measured], name: str, f: str) -> sympy.Expr:
+def _site_number(single: list[Measured], name: str, f: str, lengths: FitLengths) -> sympy.Expr:
     def read(m: Measured) -> int:
         site = next(s for s in m.sites if s.name == name)
         return _number(getattr(site, f) or 0, m.seq_len, 1)
-    return fit_number(single, read, f"{name}'s {f.replace('_', ' ')}", batches=(1,))
-
-
-def _count_of(expr: sympy.Expr) -> int:
-    """Heads read off a trace where N and B are numbers include them as
-    factors (B·H·N rows): the count is the fitted monomial's coefficient."""
-    terms = sympy.Poly(expr, N, B).terms()
-    return int(terms[0][1]) if len(terms) == 1 else int(value_at(expr, 1, 1))
+    return fit_number(single, read, f"{name}'s {f.replace('_', ' ')}", batches=(1,),
+                      lengths=lengths)
 
 
 def measure_all(loaded: LoadedModel, device: str, rules, allocation_rules=None,
-                progress: Callable[[str], None] | None = None, shapes=None) -> list[Measured]:
-    """Every trace the fit needs (or the (length, batch) ``shapes`` given),
-    fitted lengths first."""
-    shapes = shapes or [(n, b) for b in FIT_BATCHES for n in FIT_LENGTHS] + list(HELD_OUT)
+                progress: Callable[[str], None] | None = None,
+                shapes: list[tuple[int, int]] | None = None) -> list[Measured]:
+    """Every trace a fit through POSITIONS needs (or the (length, batch)
+    ``shapes`` given), fitted lengths first."""
     out = []
-    for n, b in shapes:
+    for n, b in shapes or POSITIONS.shapes():
         if progress:
             progress(f"tracing the loop over the sequence at N={n}, B={b}")
         out.append(measure(loaded, n, b, device, rules, allocation_rules))
@@ -304,6 +239,7 @@ class FittedLoop:
     notes: list[str]
     #: ops a trace records, fitted in N (how long a trace at a length would be)
     graph_nodes: sympy.Expr = sympy.Integer(0)
+    lengths: FitLengths = POSITIONS
 
 
 #: Longest graph a trace at the requested length may record to check the fit there.
@@ -322,15 +258,16 @@ def check_at(fitted: FittedLoop, loaded: LoadedModel, seq_len: int, rules) -> Tr
     from ..rules import node_flops
 
     expected = value_at(fitted.graph_nodes, seq_len)
-    if seq_len <= max(n for n, _ in HELD_OUT) or expected > CHECK_NODES:
+    longest = max(n for n, _ in fitted.lengths.held_out)
+    if seq_len <= longest or expected > CHECK_NODES:
         return None
     budget = CHECK_CALLS_PER_NODE * max(expected, CHECK_FLOOR)
     try:
         traced = concrete_trace(loaded, seq_len, 1, max_calls=budget)
     except TraceTooLong:  # far more work than the fit says: it does not hold there
-        raise ModelError(
-            f"the model's work past the short lengths its cost was fitted at "
-            f"(N={_lengths_text()}) is not what the fit says: a trace at N={seq_len:,} "
+        raise FitDoesNotHold(
+            f"the model's work past the lengths its cost was fitted at "
+            f"(N={fitted.lengths.text()}) is not what the fit says: a trace at N={seq_len:,} "
             f"makes more than {budget:,} torch calls where the fit expects about "
             f"{expected:,} ops (chunks or buckets whose count grows with the length); try a "
             "shorter --seq-len") from None
@@ -338,61 +275,120 @@ def check_at(fitted: FittedLoop, loaded: LoadedModel, seq_len: int, rules) -> Tr
     return None if int(flops) == value_at(fitted.flops, seq_len, 1) else traced
 
 
-def _fitted_peak(measured: list[Measured], measure_at) -> tuple[sympy.Expr, int]:
-    """The peak fitted in N and B, and the shortest length it holds from.
+class FitDoesNotHold(ModelError):
+    """A trace at the requested length makes far more calls than the fit expects."""
+
+
+def chunk_length(loaded: LoadedModel, seq_len: int,
+                 progress: Callable[[str], None] | None = None,
+                 steps: int | None = None) -> int | None:
+    """The length of the chunks a loop steps over: a trace records the
+    same ops at every length inside one chunk, and others one token past
+    it, and others again one chunk later.  Where the loop ran ``steps`` times at
+    ``seq_len``, ceil(seq_len/steps) is tried first; else the first length
+    with more ops than at the shortest fitted one is found by doubling then
+    halving (up to ``seq_len``).  None where the ops do not step so (a loop
+    over the tokens, or no loop)."""
+    @functools.lru_cache(maxsize=None)
+    def nodes(n: int) -> int:
+        return len(concrete_trace(loaded, n, 1, max_calls=STEP_CALLS).graph_module.graph.nodes)
+
+    def steps_at(chunk: int) -> bool:
+        return chunk >= MIN_CHUNK and nodes(chunk) == nodes(POSITIONS.fitted[0]) and \
+            len({nodes(chunk), nodes(chunk + 1), nodes(2 * chunk + 1)}) == 3
+
+    if progress:
+        progress("finding the length the model's loop steps by")
+    try:
+        if steps and steps_at(-(-seq_len // steps)):
+            return -(-seq_len // steps)
+        base = nodes(POSITIONS.fitted[0])
+        lo, hi = POSITIONS.fitted[0], 2 * POSITIONS.fitted[0]
+        while nodes(min(hi, seq_len)) == base:
+            if hi >= seq_len:
+                return None
+            lo, hi = hi, 2 * hi
+        hi = min(hi, seq_len)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if nodes(mid) != base else (mid, hi)
+        return lo if steps_at(lo) else None
+    except (TraceTooLong, TraceRaised):
+        return None
+
+
+#: Most torch calls a trace made to find a loop's chunk length may make.
+STEP_CALLS = 200_000
+
+
+def _fitted_peak(measured: list[Measured], measure_at,
+                 lengths: FitLengths) -> tuple[sympy.Expr, FitLengths]:
+    """The peak fitted in N and B, and the lengths it was fitted through.
     Where a CPU kernel's scratch makes it the Max of two moments, each is
-    fitted apart (``_scratch_apart``); where the peak is another moment at
-    the short lengths (the loop's peak overtakes the rest of the model's
-    past them), it is fitted from traces at LATE_LENGTHS, which
-    ``measure_at(shapes)`` makes."""
+    fitted apart (``_scratch_apart``); where the peak of a loop over the
+    tokens is another moment at the short lengths (the loop's peak
+    overtakes the rest of the model's past them), it is fitted from traces
+    at LATE's lengths, which ``measure_at(shapes)`` makes."""
     read = lambda m: m.numbers["peak"]  # noqa: E731
     try:
-        return fit_number(measured, read, "peak memory"), 1
+        return fit_number(measured, read, "peak memory", lengths=lengths), lengths
     except FitFailed as exc:
         failed = exc
     if "peak_tensors" in measured[0].numbers:
-        return sympy.Max(*(fit_number(measured, lambda m, k=k: m.numbers[k], "peak memory")
-                           for k in ("peak_tensors", "peak_scratch"))), 1
-    late = measure_at([(n, b) for b in FIT_BATCHES for n in LATE_LENGTHS] + list(LATE_HELD_OUT))
+        return sympy.Max(*(fit_number(measured, lambda m, k=k: m.numbers[k], "peak memory",
+                                      lengths=lengths)
+                           for k in ("peak_tensors", "peak_scratch"))), lengths
+    if lengths is not POSITIONS and lengths.chunk is None:
+        raise failed
+    late = LATE if lengths.chunk is None else chunked(lengths.chunk, LATE_CHUNKS)
     try:
-        return fit_number(late, read, "peak memory", lengths=LATE_LENGTHS,
-                          held_out=LATE_HELD_OUT), LATE_LENGTHS[0]
+        return fit_number(measure_at(late.shapes()), read, "peak memory", lengths=late), late
     except FitFailed:
         raise failed from None
 
 
 def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
-                progress: Callable[[str], None] | None = None) -> FittedLoop:
-    """Trace ``loaded`` at small lengths and fit every cost in N and B."""
-    measured = measure_all(loaded, device, rules, allocation_rules, progress)
+                progress: Callable[[str], None] | None = None,
+                lengths: FitLengths = POSITIONS) -> FittedLoop:
+    """Trace ``loaded`` at ``lengths`` and fit every cost in N and B."""
+    def measure_at(shapes):
+        return measure_all(loaded, device, rules, allocation_rules, progress, shapes)
+
+    measured = measure_at(lengths.shapes())
     weights = {m.numbers["weights"] for m in measured}
     if len(weights) != 1:
-        raise FitFailed("its weights differ between the short lengths it was traced at")
+        raise FitFailed("its weights differ between the lengths it was traced at")
     try:
-        flops = fit_number(measured, lambda m: m.numbers["flops"], "FLOPs")
-        peak, shortest = _fitted_peak(measured, lambda shapes: measure_all(
-            loaded, device, rules, allocation_rules, progress, shapes))
+        flops = fit_number(measured, lambda m: m.numbers["flops"], "FLOPs", lengths=lengths)
+        peak, peak_lengths = _fitted_peak(measured, measure_at, lengths)
     except FitFailed as exc:
         if all(len({m.numbers["nodes"] for m in measured if m.batch == b}) == 1
                for b in {m.batch for m in measured}):
             # as many ops at every length: N fixed as a number, but no loop over it
-            raise NoLoop(f"its costs at N={FIT_LENGTHS[0]}..{HELD_OUT[-1][0]} follow no "
-                         "polynomial in N") from exc
+            raise NoLoop(f"its costs at N={lengths.fitted[0]}..{lengths.held_out[-1][0]} "
+                         "follow no polynomial in N") from exc
         raise
-    inputs = fit_number(measured, lambda m: m.numbers["input"], "input bytes")
-    workspace = measured[0].numbers["workspace"]
-    notes = [measured_note()]
-    if shortest > 1:
-        notes.append(f"its peak memory is fitted from traces at N={LATE_LENGTHS[0]}.."
-                     f"{LATE_LENGTHS[-1]} (exact at "
-                     + ", ".join(f"N={n} (B={b})" for n, b in LATE_HELD_OUT)
-                     + f"): at shorter lengths the peak is another moment")
+    inputs = fit_number(measured, lambda m: m.numbers["input"], "input bytes", lengths=lengths)
+    notes = [measured_note(lengths)]
+    if peak_lengths is not lengths:
+        notes.append(f"its peak memory is fitted from traces at N={peak_lengths.text()} (exact "
+                     f"at {peak_lengths.held_text()}): at shorter lengths the peak is another "
+                     "moment")
+    shortest = _shortest(peak_lengths)
     memory = FittedMemory(device=device, weight_bytes=weights.pop(), input_bytes=inputs,
-                          peak_bytes=peak, workspace_bytes=workspace, n_range=(shortest, None))
-    nodes = interpolate([(m.seq_len, m.numbers["nodes"]) for m in measured
-                          if m.batch == 1][:len(FIT_LENGTHS)])
-    return FittedLoop(flops, memory.weight_bytes, peak, fitted_sites(measured), memory, notes,
-                      graph_nodes=nodes)
+                          peak_bytes=peak, workspace_bytes=measured[0].numbers["workspace"],
+                          n_range=(shortest, None), lengths=lengths)
+    nodes = lengths.through([(m.seq_len, m.numbers["nodes"]) for m in measured
+                             if m.batch == 1 and m.seq_len in lengths.fitted])
+    return FittedLoop(flops, memory.weight_bytes, peak, fitted_sites(measured, lengths), memory,
+                      notes, graph_nodes=nodes, lengths=lengths)
+
+
+def _shortest(lengths: FitLengths) -> int:
+    """The shortest length a fit through ``lengths`` is said to hold at."""
+    if lengths.chunk:  # from one token past the whole chunks before the first fitted
+        return (first_chunks(lengths) - 1) * lengths.chunk + 1
+    return 1 if lengths is POSITIONS else lengths.fitted[0]
 
 
 @dataclass
@@ -408,6 +404,8 @@ class FittedMemory:
     liveness: str = "eager replay, fitted from traces at small lengths"
     n_range: tuple[int, int | None] = (1, None)
     notes: list[str] = field(default_factory=list)
+    #: where it was fitted (a loop over chunks: their length)
+    lengths: FitLengths = POSITIONS
 
     def at(self, n: int, b: int = 1) -> int:
         return value_at(self.peak_bytes, n, b)

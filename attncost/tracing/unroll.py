@@ -33,9 +33,11 @@ PROBE_LENGTHS = (8, 16)
 class LengthSpecialized(ModelError):
     """The model fixed N to a Python int above UNROLL_LIMIT."""
 
-    def __init__(self, value: int):
+    def __init__(self, value: int, steps: int | None = None):
         super().__init__(f"the model's code needs the length as a Python int (N={value})")
         self.value = value
+        #: the number the guard fixed: N itself, or a count made from it (chunks)
+        self.steps = steps if steps is not None else value
 
 
 class WatchedShapeEnv(ShapeEnv):
@@ -56,7 +58,8 @@ class WatchedShapeEnv(ShapeEnv):
             for side, other in (expr.args, expr.args[::-1]):
                 if other.is_Integer and int(other) > limit and side.free_symbols & watched:
                     hints = [self.backed_var_to_val.get(x) for x in side.free_symbols & watched]
-                    raise LengthSpecialized(max(int(h) for h in hints if h is not None))
+                    raise LengthSpecialized(max(int(h) for h in hints if h is not None),
+                                            int(other))
         return super()._maybe_guard_rel(expr)
 
     def _get_stack_summary(self, is_debug: bool = False, framework_loc=None):
@@ -95,9 +98,12 @@ class UnrolledLoop(ModelError):
     traces at two small lengths to say how the graph grows, is made only
     when it is shown."""
 
-    def __init__(self, seq_len: int, count_nodes: Callable[[int], int | None]):
+    def __init__(self, seq_len: int, count_nodes: Callable[[int], int | None],
+                 steps: int | None = None):
         super().__init__(seq_len)
         self.seq_len = seq_len
+        #: how many times the loop would run at seq_len (fewer: a loop over chunks)
+        self.steps = steps if steps is not None else seq_len
         self._count_nodes = count_nodes
         self._message: str | None = None
 
@@ -107,10 +113,12 @@ class UnrolledLoop(ModelError):
         return self._message
 
 
-def unrolled_error(seq_len: int, count_nodes: Callable[[int], int | None]) -> UnrolledLoop:
-    """The error for a model that specialised N at ``seq_len``:
-    ``count_nodes(n)`` traces at a small n and returns its node count."""
-    return UnrolledLoop(seq_len, count_nodes)
+def unrolled_error(seq_len: int, count_nodes: Callable[[int], int | None],
+                   steps: int | None = None) -> UnrolledLoop:
+    """The error for a model that specialised N at ``seq_len`` (or a count
+    made from it at ``steps``): ``count_nodes(n)`` traces at a small n and
+    returns its node count."""
+    return UnrolledLoop(seq_len, count_nodes, steps)
 
 
 def _unrolled_message(seq_len: int, count_nodes: Callable[[int], int | None]) -> str:
