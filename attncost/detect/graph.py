@@ -21,7 +21,7 @@ SCORE_OPS = frozenset(
     getattr(aten, n) for n in (
         "div", "mul", "add", "sub", "masked_fill", "where", "_to_copy", "clone", "neg",
         "tanh", "clamp", "contiguous", "masked_fill_", "add_", "div_", "mul_", "to",
-        "constant_pad_nd", "pow",
+        "constant_pad_nd", "pow", "maximum", "minimum", "clamp_min", "clamp_max",
     ) if hasattr(aten, n)
 )
 #: Ops that can take a tensor along the sequence to a fixed number of rows

@@ -245,6 +245,13 @@ GPT_NEO = dict(model_type="gpt_neo", architectures=["GPTNeoForCausalLM"], hidden
                num_heads=HEADS, num_layers=4, attention_types=[[["global", "local"], 2]],
                window_size=16, intermediate_size=64, vocab_size=128, max_position_embeddings=512)
 
+# XGLM: its own attention (no attention interface): Q·Kᵀ by bmm over B·H,
+# plus the 4-D causal mask, then clamped from below by torch.max(scores,
+# finfo.min) before the softmax.
+XGLM = dict(model_type="xglm", architectures=["XGLMForCausalLM"], d_model=HEADS * HEAD_DIM,
+            attention_heads=HEADS, ffn_dim=64, num_layers=2, vocab_size=128,
+            max_position_embeddings=512)
+
 CONFIGS = {
     "mistral_7b_32k": ConfigEntry(MISTRAL_32K, 32768, 4500,
                                   _layers("model.layers", [sliding_causal(4096)] * 2),
@@ -272,6 +279,8 @@ CONFIGS = {
         f"transformer.h.{k}.attn.attention": p for k, p in enumerate(
             [CAUSAL, sliding_causal(16)] * 2)},
         attn_implementation="eager", kv_heads=HEADS),
+    "xglm": ConfigEntry(XGLM, 64, 100, _layers("model.layers", [CAUSAL] * 2),
+                        attn_implementation="eager", kv_heads=HEADS),
 }
 
 
