@@ -313,6 +313,41 @@ def test_attention_sinks_are_read_through(write_config):
         assert a.at(a.flops, n, 1) == counted + sum(routed), n
 
 
+#: layer 0 slides (window 16, 4 heads over 2 of 8), layer 1 is global (4 heads
+#: over 1 of 16): each computes its own sink logit from the hidden state
+INKLING2 = dict(model_type="inkling2_text", architectures=["Inkling2ForCausalLM"],
+                hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=1, head_dim=16, swa_num_attention_heads=4,
+                swa_num_key_value_heads=2, swa_head_dim=8, sliding_window_size=16,
+                intermediate_size=128, vocab_size=128, max_position_embeddings=512,
+                bos_token_id=0, eos_token_id=1, pad_token_id=2,
+                layer_types=["hybrid_sliding", "hybrid"])
+
+
+def test_a_sink_projected_from_each_query_is_read_through(write_config):
+    """Inkling2's sink logit is no parameter: ``sink_proj(hidden_states)``, one
+    logit per query and head, concatenated to its score row, dropped after
+    the softmax.  A product itself, it is not the scores (no site was found)."""
+    folder = write_config("inkling2_text", **INKLING2)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", kv_cache=False,
+                         device="cpu", dtype="float32")
+    assert [(s.variant, s.causal, s.window, s.heads, s.kv_heads, s.head_dim)
+            for s in a.sites] == [("local", True, 16, 4, 2, 8), ("dense", True, None, 4, 1, 16)]
+    n = 300
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    pairs = [(int(((j <= i) & (j > i - 16)).sum()), 8), (int((j <= i).sum()), 16)]
+    for site, (count, d) in zip(a.sites, pairs):  # 2·(d + d) FLOPs per pair and head
+        assert a.at(site.useful_flops, n, 1) == 4 * 2 * (d + d) * count
+    model = _real(INKLING2, impl="eager").requires_grad_(False)
+    routed: list[int] = []
+    _expert_work(model, routed)
+    for n, batch in ((64, 1), (100, 2)):
+        routed.clear()
+        ids = torch.randint(3, 128, (batch, n))
+        counted = count_flops(model, (ids,), {"use_cache": False})
+        assert a.at(a.flops, n, batch) == counted + sum(routed), n
+
+
 LAYOUTS = {  # (a, b, offsets): the four layouts torch._grouped_mm takes
     "2d x 3d": ((24, 8), (3, 8, 16), [8, 16, 24]),
     "3d x 2d": ((3, 16, 8), (8, 24), [8, 16, 24]),

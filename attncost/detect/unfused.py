@@ -279,9 +279,10 @@ def _across_sequence(width, n_q, n_keys) -> bool:
 
 
 def _sink_free(t, scores: fx.Node, dim: int) -> fx.Node:
-    """The scores of a row that ends in learned logits no key made
-    (``cat([scores, sinks], -1)``, GPT-OSS's attention sinks, dropped after
-    the softmax): those scores; else ``scores`` itself."""
+    """The scores of a row that ends in logits no key made (``cat([scores,
+    sinks], -1)``, GPT-OSS's learned attention sinks, or one projected from
+    each query's hidden state, dropped after the softmax): those scores;
+    else ``scores`` itself."""
     row = _unstabilized(scores)  # the row less its maximum, taken with the sinks
     if packet(row) is not aten.cat or len(row.args[0]) < 2:
         return scores
@@ -289,8 +290,14 @@ def _sink_free(t, scores: fx.Node, dim: int) -> fx.Node:
     shape = t.shape(row)
     if shape is None or along % len(shape) != dim:
         return scores
-    reaching = [p for p in row.args[0] if _reaches_product(p)]
+    reaching = [p for p in row.args[0] if _reaches_product(p) and not _one_logit(t, p, dim)]
     return reaching[0] if len(reaching) == 1 else scores
+
+
+def _one_logit(t, piece: fx.Node, dim: int) -> bool:
+    """Is ``piece`` one logit per row (a sink), not scores over keys?"""
+    shape = t.shape(piece)
+    return shape is not None and len(shape) > dim and as_int(shape[dim]) == 1
 
 
 def _key_heads(t, k_operand: fx.Node, n_keys, ratio: int) -> int | None:
