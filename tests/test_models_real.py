@@ -348,6 +348,30 @@ def test_a_sink_projected_from_each_query_is_read_through(write_config):
         assert a.at(a.flops, n, batch) == counted + sum(routed), n
 
 
+#: experts sized by routing: top-2 of 8 per token, in the MLP and in the
+#: attention's query projection (a mixture of attention heads)
+JETMOE = dict(model_type="jetmoe", architectures=["JetMoeForCausalLM"], hidden_size=64,
+              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, kv_channels=16,
+              intermediate_size=128, num_local_experts=8, num_experts_per_tok=2,
+              vocab_size=128, max_position_embeddings=512)
+
+
+def test_pieces_sized_by_routing_are_equal_shares_of_what_they_split(write_config):
+    """JetMoE splits the routed rows with ``expert_size.tolist()``: sizes read
+    from values, unbacked symbols in every formula (the analysis ended in
+    'needs values for u0, u1, ...').  They cover the rows they split, and an
+    expert's work is the same per row: the FLOPs are exact at any routing."""
+    folder = write_config("jetmoe", **JETMOE)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", kv_cache=False,
+                         device="cpu", dtype="float32")
+    assert any("equal share" in note for note in a.notes), a.notes
+    assert [(s.variant, s.causal) for s in a.sites] == [("dense", True)] * 2
+    model = _real(JETMOE, impl="eager").requires_grad_(False)
+    for n, batch in ((64, 1), (96, 2), (300, 3)):
+        ids = torch.randint(0, 128, (batch, n))
+        assert a.at(a.flops, n, batch) == count_flops(model, (ids,), {"use_cache": False}), n
+
+
 LAYOUTS = {  # (a, b, offsets): the four layouts torch._grouped_mm takes
     "2d x 3d": ((24, 8), (3, 8, 16), [8, 16, 24]),
     "3d x 2d": ((3, 16, 8), (8, 24), [8, 16, 24]),

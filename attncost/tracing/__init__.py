@@ -34,6 +34,7 @@ from .fast_paths import fast_paths
 from .patches import flex_uncompiled
 from .scalars import sizes_through_tensors
 from .repeat import find_repeated, replay_layers, truncated
+from .routed import even_split_sizes, split_note
 from .unroll import UNROLL_LIMIT, LengthSpecialized, quiet_shape_log, unrolled_error
 
 __all__ = ["INFERENCE", "Program", "TracedModel", "tensor_outputs", "tensors_of", "trace"]
@@ -132,9 +133,23 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     gm, shape_env, replacements, kinds = made
     traced = TracedModel(gm, shape_env, replacements, kinds,
                          seq_len_hint=seq_hint, batch_hint=batch_hint)
+    _routed_sizes(traced, loaded)
     traced.guards, traced.n_range = _guards(traced)
     _say_fixed_values(traced, loaded)
     return traced
+
+
+def _routed_sizes(traced: TracedModel, loaded: LoadedModel) -> None:
+    """Sizes read from values that split a tensor, as equal shares of it
+    (tracing/routed.py); the notes say so."""
+    shares = even_split_sizes(TracedModel(traced.graph_module, traced.shape_env,
+                                          traced.replacements, traced.placeholder_kinds))
+    if not shares:
+        return
+    traced.replacements = {**traced.replacements, **shares}
+    notes = getattr(loaded, "notes", None)
+    if isinstance(notes, list) and split_note(len(shares)) not in notes:
+        notes.append(split_note(len(shares)))
 
 
 def _say_fixed_values(traced: TracedModel, loaded: LoadedModel) -> None:
