@@ -154,6 +154,6 @@ def model_options(formats=FORMATS):
     def wrap(fn):
         return apply_options(fn, [
             click.argument("model", type=click.Path()), SEQ_LEN, BATCH, DTYPE, DEVICE,
-            implementations_option("For transformers configs (default sdpa).", multiple=False),
+            implementations_option("For transformers configs (default sdpa; eager where transformers has no sdpa for the model).", multiple=False),
             KV_CACHE, *ANALYSIS_OPTIONS, format_option(formats)])
     return wrap

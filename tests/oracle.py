@@ -66,3 +66,15 @@ def load_module(path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def transformers_config(fields: dict):
+    """transformers' own config class of ``fields["model_type"]``, built from
+    the other fields: a package imported in the same process may have
+    registered its own class under the same type (flash-linear-attention
+    registers "mamba" and "mamba2"), which AutoConfig.for_model would build."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    cls = getattr(transformers, CONFIG_MAPPING_NAMES[fields["model_type"]])
+    return cls(**{k: v for k, v in fields.items() if k != "model_type"})

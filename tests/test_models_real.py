@@ -21,7 +21,7 @@ from attncost.tracing import trace
 from attncost.tracing.repeat import find_repeated
 from conftest import MODELS
 from memtrack import measure as measure_live
-from oracle import count_flops, load_module
+from oracle import count_flops, load_module, transformers_config
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -29,7 +29,7 @@ transformers.logging.set_verbosity_error()
 
 def _real(fields, impl="sdpa"):
     """The real model of a config, with real (random) weights."""
-    config = transformers.AutoConfig.for_model(**fields)
+    config = transformers_config(fields)
     config._attn_implementation = impl
     torch.manual_seed(0)
     return getattr(transformers, fields["architectures"][0])(config).eval()
@@ -148,13 +148,22 @@ BLOOM = dict(model_type="bloom", architectures=["BloomForCausalLM"], hidden_size
 @pytest.mark.parametrize("fields, works", [(GEMMA2, "eager, flex_attention, flash_attention_2"),
                                            (BLOOM, "eager")])
 def test_sdpa_incompatible_config_names_what_works(write_config, fields, works):
+    """sdpa asked for: refused, naming what works.  None asked for: eager, as
+    transformers builds the model when none is asked for, and said so."""
     folder = write_config(fields["model_type"], **fields)
     with pytest.raises(ModelError) as err:
-        load(folder)
+        load(folder, attn_implementation="sdpa")
     message = str(err.value)
     assert "\n" not in message and len(message) < 300
     assert f"no sdpa attention for {fields['architectures'][0]}" in message
     assert f"it builds with {works}: pass --attn-implementation eager" in message
+    loaded = load(folder)
+    assert loaded.attn_implementation == "eager"
+    assert any("analysed with eager" in note for note in loaded.notes), loaded.notes
+    config = transformers_config(fields)
+    with torch.device("meta"):
+        built = getattr(transformers, fields["architectures"][0])(config)
+    assert built.config._attn_implementation == "eager"  # transformers' own choice
 
 
 # --------------------------------------- 2. every config gets its inputs
@@ -213,6 +222,36 @@ def test_config_folder_alone_gets_the_inputs_its_forward_needs(write_config, nam
         got = [(a.at(s.query_len, n, 1), a.at(s.key_len, n, 1)) for s in a.sites]
         assert sorted(got) == sorted(lengths(n)), (name, n)
     assert all((s.heads, s.head_dim) == (4, 8) for s in a.sites)
+
+
+#: a vision tower whose 4 features per image replace image tokens of the text
+GEMMA3 = dict(model_type="gemma3", architectures=["Gemma3ForConditionalGeneration"],
+              text_config=dict(model_type="gemma3_text", hidden_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                               intermediate_size=128, vocab_size=300, sliding_window=16,
+                               max_position_embeddings=512),
+              vision_config=dict(model_type="siglip_vision_model", hidden_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 image_size=32, patch_size=8),
+              mm_tokens_per_image=4, image_token_index=260, boi_token_index=258,
+              eoi_token_index=259)
+
+
+def test_a_vision_language_config_is_its_language_model_over_text(write_config):
+    """Gemma 3's config.json is a vision-language model: pixels were built as
+    a strip of N patches, which its projector (a fixed 4 tokens per image)
+    refused ('the model raised while being traced').  Its images take the
+    place of image tokens in the text: N is the text's tokens, no image."""
+    folder = write_config("gemma3", **GEMMA3)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", kv_cache=False,
+                         device="cpu", dtype="float32")
+    assert any("text's tokens, with no image" in note for note in a.notes), a.notes
+    # Gemma3TextConfig: layers 0..4 of every 6 slide (window 16 here)
+    assert [(s.variant, s.causal, s.window) for s in a.sites] == [("local", True, 16)] * 2
+    model = _real(GEMMA3, impl="eager").requires_grad_(False)
+    for n, batch in ((64, 1), (100, 2)):
+        ids = torch.randint(0, 250, (batch, n))
+        assert a.at(a.flops, n, batch) == count_flops(model, (ids,), {"use_cache": False}), n
 
 
 # ----------------------------------------------- 3. grouped matmuls (MoE)

@@ -308,3 +308,20 @@ def test_model_that_cannot_run_at_short_lengths_is_traced_where_asked():
         for s, level in zip(sorted(a.sites, key=lambda s: -a.at(s.flops, n, 1)), range(levels)):
             pooled = n // 2 ** level
             assert a.at(s.flops, n, 1) == 2 * 2 * pooled * 16 * (16 + 16)
+
+
+def test_a_config_type_another_package_registered_is_transformers_own(write_config):
+    """flash-linear-attention, once imported (transformers' Qwen3-Next imports
+    it), registers its own "mamba" config and model with transformers' Auto
+    classes; a Mamba config.json is still transformers' Mamba (it was fla's,
+    whose Triton layer norm cannot run while tracing)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("fla.models")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    assert CONFIG_MAPPING["mamba"].__module__.startswith("fla.")  # the registration happened
+    from attncost.loader import load
+
+    loaded = load(write_config("mamba", **MAMBA))
+    assert type(loaded.config).__module__ == "transformers.models.mamba.configuration_mamba"
+    assert type(loaded.module).__module__ == "transformers.models.mamba.modeling_mamba"

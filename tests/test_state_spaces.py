@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import attncost
-from oracle import count_flops
+from oracle import count_flops, transformers_config
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -44,7 +44,7 @@ BAMBA = dict(model_type="bamba", architectures=["BambaForCausalLM"], hidden_size
 
 
 def _real(fields):
-    config = transformers.AutoConfig.for_model(**fields)
+    config = transformers_config(fields)
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     return getattr(transformers, fields["architectures"][0])(config).eval()

@@ -26,7 +26,7 @@ def _read_config(cfg_path: Path) -> dict:
 
 def _config_of(raw: dict, cfg_path: Path):
     import transformers
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
 
     kind = raw["model_type"]
     if kind not in CONFIG_MAPPING:
@@ -34,8 +34,14 @@ def _config_of(raw: dict, cfg_path: Path):
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelError(f"{cfg_path}: transformers {transformers.__version__} knows no "
                          f"model_type {kind!r}{hint}")
+    # transformers' own class for the type: a package imported in the same
+    # process may have registered its own config under the same model_type
+    # (flash-linear-attention registers "mamba", "mamba2", "bitnet", ...)
+    own = getattr(transformers, CONFIG_MAPPING_NAMES.get(kind, ""), None)
     try:
-        return transformers.AutoConfig.for_model(**raw)
+        if own is None:
+            return transformers.AutoConfig.for_model(**raw)
+        return own(**{k: v for k, v in raw.items() if k != "model_type"})
     except Exception as exc:
         raise ModelError(f"{cfg_path}: transformers cannot read this config: "
                          f"{type(exc).__name__}: {first_line(exc)}") from exc
@@ -79,7 +85,16 @@ def load_config(cfg_path: Path, given: str, dtype, attn_implementation, kv_cache
     if impl == FLASH_ATTENTION_2 and dt not in (torch.bfloat16, torch.float16):
         raise ModelError("flash_attention_2 runs in bfloat16 or float16: pass --dtype bfloat16")
     use_cache = bool(getattr(config, "use_cache", False)) if kv_cache is None else bool(kv_cache)
-    model = _build_hf(config, impl, dt, cfg_path)
+    fallback: list[str] = []
+    try:
+        model = _build_hf(config, impl, dt, cfg_path)
+    except ImplementationMissing as exc:
+        if attn_implementation is not None or "eager" not in exc.works:
+            raise
+        # as transformers does when none is asked for: eager where sdpa is not written
+        impl, model = "eager", _build_hf(config, "eager", dt, cfg_path)
+        fallback = [f"transformers has no sdpa attention for {exc.name}: analysed with eager, "
+                    "the implementation transformers builds it with when none is asked for"]
     # Imported here: attncost.tracing imports this module.
     from ..tracing.hf_inputs import hf_inputs
     from ..tracing.patches import trace_context
@@ -92,7 +107,8 @@ def load_config(cfg_path: Path, given: str, dtype, attn_implementation, kv_cache
     return LoadedModel(model, example_inputs, "config", given, dt, config=config,
                        attn_implementation=impl, kv_cache=use_cache,
                        trace_context=trace_context(model, impl),
-                       notes=_defaults_note(raw, config) + notes + _implementation_note(impl))
+                       notes=_defaults_note(raw, config) + fallback + notes +
+                       _implementation_note(impl))
 
 
 def _implementation_note(impl: str) -> list[str]:
@@ -167,6 +183,15 @@ def _try_build(config, impl: str, dtype: torch.dtype):
     return None, last_exc
 
 
+class ImplementationMissing(ModelError):
+    """transformers does not build the model with the implementation asked
+    for; ``works`` are those it builds it with."""
+
+    def __init__(self, message: str, name: str, works: list[str]):
+        super().__init__(message)
+        self.name, self.works = name, works
+
+
 def _build_hf(config, impl: str, dtype: torch.dtype, cfg_path: Path) -> torch.nn.Module:
     """The model, built with ``impl`` (``flash_attention_2``: built eager,
     the flash kernel swapped in while tracing, where transformers supports it)."""
@@ -177,8 +202,9 @@ def _build_hf(config, impl: str, dtype: torch.dtype, cfg_path: Path) -> torch.nn
     name = type(model).__name__ if model is not None else \
         (getattr(config, "architectures", None) or [config.model_type])[0]
     if works:
-        raise ModelError(f"{cfg_path}: transformers has no {impl} attention for {name}; it builds "
-                         f"with {', '.join(works)}: pass --attn-implementation {works[0]}")
+        raise ImplementationMissing(
+            f"{cfg_path}: transformers has no {impl} attention for {name}; it builds with "
+            f"{', '.join(works)}: pass --attn-implementation {works[0]}", name, works)
     reason = f": {type(exc).__name__}: {first_line(exc)}" if exc is not None else ""
     raise ModelError(f"{cfg_path}: transformers could not build a model from this config "
                      f"with attn_implementation={impl}{reason}")

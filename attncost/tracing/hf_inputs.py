@@ -10,6 +10,9 @@ Read from the forward's signature and the config:
   patches (plus the model's class token) and its pixels grow linearly in N;
   the model interpolates its position embeddings to that grid, as it does for
   any image size other than its config's;
+* a vision-language model (a vision tower whose features replace the
+  text's image tokens, ``image_token_id``): token ids alone, N the text's
+  tokens: a prompt without an image (each image adds its tokens to N);
 * input features for a speech model: Whisper pads every input to its fixed
   window (``max_source_positions`` encoder frames, 30 s), so the encoder
   reads that window and N is the decoder's tokens; a model whose encoder
@@ -73,6 +76,29 @@ def _features(config) -> tuple[Callable[[int, int], torch.Tensor], str]:
                      "not know: write a .py file with example_inputs(seq_len, batch=1)")
 
 
+def _images_among_tokens(config) -> bool:
+    """Does the model put its vision tower's features in place of image
+    tokens of the text (LLaVA, Gemma 3, Qwen2-VL), rather than read pixels
+    beside the text (CLIP)?"""
+    token = getattr(config, "image_token_id", None)
+    if token is None:
+        token = getattr(config, "image_token_index", None)
+    return token is not None and getattr(config, "vision_config", None) is not None
+
+
+def _text_ids(config) -> Callable[[int, int], torch.Tensor]:
+    """Token ids none of which is the image token."""
+    image = getattr(config, "image_token_id", None)
+    if image is None:
+        image = getattr(config, "image_token_index", None)
+    token = 1 if image == 0 else 0
+
+    def ids(n: int, b: int) -> torch.Tensor:
+        return torch.full((b, n), token, dtype=torch.long)
+
+    return ids
+
+
 def _ids(n: int, b: int) -> torch.Tensor:
     return torch.zeros(b, n, dtype=torch.long)
 
@@ -83,14 +109,17 @@ def hf_inputs(model: torch.nn.Module, config, use_cache: bool,
     params = inspect.signature(model.forward).parameters
     builders: dict[str, Callable[[int, int], Any]] = {}
     notes: list[str] = []
-    if "pixel_values" in params:
+    if "input_ids" in params and _images_among_tokens(config):
+        notes.append("N is the text's tokens, with no image: the model places each image's "
+                     "features at its image tokens, which count in N")
+    elif "pixel_values" in params:
         builders["pixel_values"], note = _pixels(config)
         notes.append(note)
     if "input_features" in params:
         builders["input_features"], note = _features(config)
         notes.append(note)
     if "input_ids" in params:
-        builders["input_ids"] = _ids
+        builders["input_ids"] = _ids if not _images_among_tokens(config) else _text_ids(config)
         if "pixel_values" in builders:
             notes.append("N is also the text's tokens")
     if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False):
