@@ -404,7 +404,10 @@ def test_pieces_sized_by_routing_are_equal_shares_of_what_they_split(write_confi
     a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", kv_cache=False,
                          device="cpu", dtype="float32")
     assert any("equal share" in note for note in a.notes), a.notes
-    assert [(s.variant, s.causal) for s in a.sites] == [("dense", True)] * 2
+    # each token's 2 experts give 2 query heads each over the layer's 2 key/value
+    # heads, which ``key.repeat(1, top_k, 1, 1)`` copies for them
+    assert [(s.variant, s.causal, s.heads, s.kv_heads) for s in a.sites] == \
+        [("dense", True, 4, 2)] * 2
     model = _real(JETMOE, impl="eager").requires_grad_(False)
     for n, batch in ((64, 1), (96, 2), (300, 3)):
         ids = torch.randint(0, 128, (batch, n))

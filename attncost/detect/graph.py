@@ -41,6 +41,11 @@ PROB_OPS = frozenset(
 )
 
 
+#: Ops that copy a tensor several times over (keys repeated for grouped heads).
+_REPEATS = frozenset(getattr(aten, n) for n in ("repeat", "repeat_interleave")
+                     if hasattr(aten, n))
+
+
 @dataclass
 class GraphContext:
     """One traced model as the recognisers see it."""
@@ -94,17 +99,19 @@ class GraphContext:
 
     def expand_ratio(self, start: fx.Node, limit: int = 12) -> sympy.Expr:
         """How many times the K (or V) operand was repeated on its way to the
-        product: the product of numel ratios of the expands it went through."""
+        product: the product of numel ratios of the expands (or repeats:
+        JetMoE's ``key.repeat(1, top_k, 1, 1)``) it went through."""
         ratio = sympy.Integer(1)
         node = start
         for _ in range(limit):
             if not isinstance(node, fx.Node) or node.op != "call_function":
                 break
-            if packet(node) is aten.expand:
+            repeats = packet(node) in _REPEATS
+            if packet(node) is aten.expand or repeats:
                 src, dst = self.traced.shape(node.args[0]), self.traced.shape(node)
                 if src is not None and dst is not None:
                     ratio *= sympy.Mul(*dst) / sympy.Mul(*src)
-            if not (is_view(node) or packet(node) in COPY_OPS):
+            if not (is_view(node) or packet(node) in COPY_OPS or repeats):
                 break
             node = node.args[0]
         return simplified(ratio)
