@@ -472,10 +472,17 @@ def test_bigbird_block_sparse_is_one_sparse_site_per_layer(write_config):
 
 
 def test_longformer_under_sdpa_names_the_implementation_that_works(write_config):
+    """sdpa asked for by name: refused, naming eager; none asked for: eager,
+    as transformers builds Longformer, said in the notes."""
+    from attncost.loader import load
+
     folder = _longformer(write_config)
     with pytest.raises(ModelError) as err:
-        attncost.analyze(folder, seq_len=256, device="cpu")
+        attncost.analyze(folder, seq_len=256, device="cpu", attn_implementation="sdpa")
     assert "\n" not in str(err.value) and "--attn-implementation eager" in str(err.value)
+    loaded = load(folder)
+    assert loaded.attn_implementation == "eager"
+    assert any("no sdpa attention" in note for note in loaded.notes)
 
 
 # ------------------------------------------------------------------ FlexAttention's memory
