@@ -6,6 +6,8 @@ thin layer over it.
 """
 from __future__ import annotations
 
+import functools
+
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -389,8 +391,9 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
     from .tracing.loops import FitFailed, TraceRaised, fitted_loop
 
     fit_args = (loaded, seq_len, device, rules, allocation_rules, progress)
+    chunks = functools.lru_cache(maxsize=None)(lambda: _fitted_by_chunks(*fit_args, steps=steps))
     # fewer steps than tokens: a loop over chunks, whose length is about N/steps
-    fitted = _fitted_by_chunks(*fit_args, steps=steps) if steps < seq_len else None
+    fitted = chunks() if steps < seq_len else None
     traced = None
     if fitted is None:
         try:
@@ -398,11 +401,11 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
         except TraceRaised as exc:  # it does not run at the short lengths a fit needs
             return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
         except FitFailed as exc:  # its costs step between them: a loop over short chunks?
-            fitted = _fitted_by_chunks(*fit_args)
+            fitted = chunks()
             if fitted is None:
                 return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
         else:
-            fitted, traced = _fitted_past_one_chunk(fitted, *fit_args)
+            fitted, traced = _fitted_past_one_chunk(fitted, loaded, seq_len, rules, chunks)
     if traced is not None:  # the fit does not hold here: this length alone, traced
         result = _forward(loaded, traced, seq_len, batch, options, rules,
                           progress or (lambda msg: None))
@@ -421,12 +424,12 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
         warnings=[beyond] if beyond else [])
 
 
-def _fitted_past_one_chunk(fitted, loaded: LoadedModel, seq_len: int, device: str, rules,
-                           allocation_rules, progress):
+def _fitted_past_one_chunk(fitted, loaded: LoadedModel, seq_len: int, rules, by_chunks):
     """(the fit, None) where the fit through short lengths holds at
     ``seq_len``; where it does not because the model loops over chunks of a
     fixed length (the short lengths all inside one), the fit in N and the
-    chunk count instead; else (the fit, a trace at ``seq_len``)."""
+    chunk count instead (``by_chunks()``); else (the fit, a trace at
+    ``seq_len``)."""
     from .tracing.loops import FitDoesNotHold, check_at
 
     try:
@@ -437,9 +440,9 @@ def _fitted_past_one_chunk(fitted, loaded: LoadedModel, seq_len: int, device: st
         if traced is None:
             return fitted, None
         refused = None
-    by_chunks = _fitted_by_chunks(loaded, seq_len, device, rules, allocation_rules, progress)
-    if by_chunks is not None:
-        return by_chunks, None
+    chunked = by_chunks()
+    if chunked is not None:
+        return chunked, None
     if refused is not None:
         raise refused
     return fitted, traced

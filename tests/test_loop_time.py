@@ -92,3 +92,25 @@ def test_mamba_prefill_equals_its_graph_at_an_untraced_length(write_config):
     ops = op_times(_Graph(traced, a.dtype), rates, exprs, Evaluator(traced, n, b))
     assert estimate.ops == len(ops)
     assert math.isclose(estimate.prefill_seconds, sum(o.seconds for o in ops), rel_tol=1e-9)
+
+
+def test_a_loop_over_chunks_launches_per_chunk(write_config):
+    """Qwen3-Next's loop over chunks of 64: its ops, fitted in N and
+    ceiling(N/64) through the lengths its costs are fitted at, are op for op
+    those of a trace at a length none of them is (700: eleven chunks, the
+    last part full); fitted inside one chunk, they were one chunk's."""
+    pytest.importorskip("transformers")
+    from collections import Counter
+
+    from attncost.questions.loop_time import _works, loop_ops
+    from attncost.tracing.fit import chunked
+    from test_state_spaces import QWEN3_NEXT
+
+    loaded = load(write_config("qwen3_next", **QWEN3_NEXT), dtype="float32",
+                  attn_implementation="eager")
+    rules = flop_rules()
+    ops = loop_ops(loaded, 1, "float32", rules, chunked(64))
+    predicted: Counter = Counter()
+    for work, count in ops.at(700):
+        predicted[work] += count
+    assert +predicted == +Counter(_works(loaded, 700, 1, "float32", rules))

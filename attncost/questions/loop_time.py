@@ -22,7 +22,8 @@ import sympy
 from ..errors import AttncostError, ModelError
 from ..expr import N, value_at
 from ..rules import node_flops
-from ..tracing.loops import FIT_LENGTHS, HELD_OUT, concrete_trace, interpolate
+from ..tracing.fit import POSITIONS, FitLengths
+from ..tracing.loops import FIT_LENGTHS, HELD_OUT, concrete_trace
 from ..units import parse_dtype
 from .decode import kv_read
 from .latency import OpTime, OpWork, op_work, timed
@@ -80,14 +81,17 @@ def _shape(w: OpWork) -> OpWork:
     return replace(w, flops=0, bytes=0, length=0)
 
 
-def loop_ops(loaded, batch: int, dtype: str, rules) -> LoopOps:
+def loop_ops(loaded, batch: int, dtype: str, rules, fit: FitLengths = POSITIONS) -> LoopOps:
     """The ops fitted from traces at TIME_LENGTHS (or, where the model does
-    not run there, the cost fit's lengths), checked at the length held out."""
+    not run there, the cost fit's lengths), checked at the length held out;
+    for a loop over chunks, at the lengths its costs were fitted through,
+    in N and the chunk count."""
     why = "it does not run at the short lengths its ops would be fitted from"
-    for lengths, held in TIME_LENGTHS:
+    sets = TIME_LENGTHS if fit.chunk is None else ((fit.fitted, fit.held_out[0][0]),)
+    for lengths, held in sets:
         try:
             works = {n: _works(loaded, n, batch, dtype, rules) for n in lengths + (held,)}
-            return _fitted(works, lengths, held)
+            return _fitted(works, lengths, held, fit)
         except (ModelError, _NotFitted) as exc:
             why = str(exc) or why
     raise AttncostError(f"no time estimate: the model loops over the sequence, and {why}")
@@ -97,7 +101,11 @@ class _NotFitted(Exception):
     """The ops traced at a set of lengths follow no fit."""
 
 
-def _fitted(works: dict[int, list[OpWork]], lengths: tuple[int, ...], held: int) -> LoopOps:
+def _fitted(works: dict[int, list[OpWork]], lengths: tuple[int, ...], held: int,
+            fit: FitLengths) -> LoopOps:
+    def interpolate(points):
+        return fit.through(points)
+
     counts = {n: Counter(works[n]) for n in lengths}
     common = set.intersection(*(set(c) for c in counts.values()))
     repeated = [(w, interpolate([(n, counts[n][w]) for n in lengths]))
@@ -145,7 +153,8 @@ class LoopTime:
 
 def loop_time(analysis, rates, n: int, batch: int, rules) -> LoopTime:
     """The ops of a looping model at N=n and one decode step, timed on ``rates``."""
-    ops = loop_ops(analysis.loaded, batch, analysis.dtype, rules)
+    ops = loop_ops(analysis.loaded, batch, analysis.dtype, rules,
+                   getattr(analysis.memory, "lengths", POSITIONS))
     ev = Evaluator(None, n, batch)
     itemsize = parse_dtype(analysis.dtype, None).itemsize
     kv = {s.name: kv_read(s, ev, itemsize)[0] for s in analysis.sites

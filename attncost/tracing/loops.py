@@ -354,7 +354,12 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
     def measure_at(shapes):
         return measure_all(loaded, device, rules, allocation_rules, progress, shapes)
 
-    measured = measure_at(lengths.shapes())
+    shapes = lengths.shapes()
+    measured = measure_at([s for s in shapes if s[1] == 1])
+    if lengths.chunk:  # a quick refusal where the FLOPs at B=1 already follow no fit
+        fit_number(measured, lambda m: m.numbers["flops"], "FLOPs", batches=(1,),
+                   lengths=lengths)
+    measured += measure_at([s for s in shapes if s[1] != 1])
     weights = {m.numbers["weights"] for m in measured}
     if len(weights) != 1:
         raise FitFailed("its weights differ between the lengths it was traced at")
