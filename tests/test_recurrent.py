@@ -325,3 +325,32 @@ def test_a_config_type_another_package_registered_is_transformers_own(write_conf
     loaded = load(write_config("mamba", **MAMBA))
     assert type(loaded.config).__module__ == "transformers.models.mamba.configuration_mamba"
     assert type(loaded.module).__module__ == "transformers.models.mamba.modeling_mamba"
+
+
+def test_a_chunked_fit_takes_whole_chunks_apart_where_padding_is_not_made():
+    """A loop over chunks of 16, the sequence padded to whole chunks: a
+    copy of the padded sequence (3 bytes a padded position) is made only
+    where the last chunk is not full.  Fitted in N and ceiling(N/16) through
+    lengths inside chunks and checked at whole ones, the two differ: the
+    formula is the Piecewise of both, exact at lengths no fit saw."""
+    from types import SimpleNamespace
+
+    from attncost.tracing.fit import FitFailed, chunked, fit_number
+
+    def truth(n, b):
+        chunks = -(-n // 16)
+        copy = 3 * b * 16 * chunks if n % 16 else 0
+        return 5 * b * n + 7 * b * chunks + 11 * chunks * chunks + copy
+
+    lengths = chunked(16)
+    measured = [SimpleNamespace(seq_len=n, batch=b, value=truth(n, b))
+                for n, b in lengths.shapes()]
+    expr = fit_number(measured, lambda m: m.value, "bytes", lengths=lengths)
+    assert isinstance(expr, sympy.Piecewise)
+    for n in (129, 144, 1000, 1024, 4097):
+        for b in (1, 3):
+            assert value_at(expr, n, b) == truth(n, b), (n, b)
+    stepped = [SimpleNamespace(seq_len=n, batch=b, value=b * n * (n // 10))
+               for n, b in lengths.shapes()]
+    with pytest.raises(FitFailed):
+        fit_number(stepped, lambda m: m.value, "FLOPs", lengths=lengths)

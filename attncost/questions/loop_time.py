@@ -103,20 +103,17 @@ class _NotFitted(Exception):
 
 def _fitted(works: dict[int, list[OpWork]], lengths: tuple[int, ...], held: int,
             fit: FitLengths) -> LoopOps:
-    def interpolate(points):
-        return fit.through(points)
-
     counts = {n: Counter(works[n]) for n in lengths}
     common = set.intersection(*(set(c) for c in counts.values()))
-    repeated = [(w, interpolate([(n, counts[n][w]) for n in lengths]))
+    repeated = [(w, fit.through([(n, counts[n][w]) for n in lengths]))
                 for w in sorted(common, key=lambda w: (w.module, w.op, w.flops, w.bytes))]
     others = {n: [w for w in works[n] if w not in common] for n in lengths}
     if len({tuple(_shape(w) for w in ws) for ws in others.values()}) != 1:
         raise _NotFitted("the ops whose size follows N differ between the lengths traced")
     sized = []
     for k, w in enumerate(others[lengths[0]]):
-        flops = interpolate([(n, others[n][k].flops) for n in lengths])
-        nbytes = interpolate([(n, others[n][k].bytes) for n in lengths])
+        flops = fit.through([(n, others[n][k].flops) for n in lengths])
+        nbytes = fit.through([(n, others[n][k].bytes) for n in lengths])
         sized.append((_shape(w), flops, nbytes))
     ops = LoopOps(repeated, sized, lengths, held)
     predicted: Counter = Counter()

@@ -137,11 +137,6 @@ def fit(points: dict[tuple[int, int], int], held: dict[tuple[int, int], int],
     return expr
 
 
-def interpolate(points: list[tuple[int, int]]) -> sympy.Expr:
-    """The polynomial in N through (n, value) points (a constant where they agree)."""
-    return POSITIONS.through(points)
-
-
 def fit_number(measured: Iterable, read: Callable, what: str,
                batches: tuple[int, ...] = FIT_BATCHES,
                lengths: FitLengths = POSITIONS) -> sympy.Expr:

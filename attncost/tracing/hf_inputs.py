@@ -80,18 +80,17 @@ def _images_among_tokens(config) -> bool:
     """Does the model put its vision tower's features in place of image
     tokens of the text (LLaVA, Gemma 3, Qwen2-VL), rather than read pixels
     beside the text (CLIP)?"""
+    return _image_token(config) is not None and getattr(config, "vision_config", None) is not None
+
+
+def _image_token(config) -> int | None:
     token = getattr(config, "image_token_id", None)
-    if token is None:
-        token = getattr(config, "image_token_index", None)
-    return token is not None and getattr(config, "vision_config", None) is not None
+    return getattr(config, "image_token_index", None) if token is None else token
 
 
 def _text_ids(config) -> Callable[[int, int], torch.Tensor]:
     """Token ids none of which is the image token."""
-    image = getattr(config, "image_token_id", None)
-    if image is None:
-        image = getattr(config, "image_token_index", None)
-    token = 1 if image == 0 else 0
+    token = 1 if _image_token(config) == 0 else 0
 
     def ids(n: int, b: int) -> torch.Tensor:
         return torch.full((b, n), token, dtype=torch.long)

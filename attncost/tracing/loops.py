@@ -33,7 +33,7 @@ from .graph import TracedModel
 from .fast_paths import fast_paths
 from .patches import flex_uncompiled
 from .fit import (FIT_BATCHES, LATE, MIN_CHUNK, POSITIONS, FitFailed, FitLengths, chunked,
-                  count_of, first_chunks, fit, fit_number, interpolate)
+                  count_of, first_chunks, fit, fit_number)
 from .unroll import quiet_shape_log
 
 #: Lengths and batches the polynomials are fitted through, and the (length,

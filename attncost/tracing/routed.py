@@ -16,6 +16,7 @@ from __future__ import annotations
 import sympy
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from ..rules.ops import packet
 
@@ -46,7 +47,8 @@ def even_split_sizes(traced) -> dict[sympy.Symbol, sympy.Expr]:
 
 
 def _unbacked(expr) -> bool:
-    return isinstance(expr, sympy.Symbol) and expr.name.startswith("u")
+    """A symbol the trace made for a value read from data (torch's unbacked int)."""
+    return isinstance(expr, sympy.Symbol) and bool(free_unbacked_symbols(expr))
 
 
 def split_note(count: int) -> str:
