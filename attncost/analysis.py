@@ -110,6 +110,8 @@ class Analysis:
     elsewhere: dict = field(default_factory=dict, repr=False)
     #: what the trace's conditions on N ask, in words (``valid_for``)
     conditions_read: dict = field(default_factory=dict, repr=False)
+    #: the batches the formulas hold for: a trace with B a plain number, that one
+    batch_range: tuple[int, int | None] = (1, None)
 
     @property
     def attention_flops(self) -> sympy.Expr:
@@ -187,7 +189,11 @@ class Analysis:
         lo, hi = self.n_range
         if n < lo or (hi is not None and n > hi):
             return False
-        return not self.failing_guards(n, self.batch if b is None else b)
+        b = self.batch if b is None else b
+        lowest, highest = self.batch_range
+        if b < lowest or (highest is not None and b > highest):
+            return False
+        return not self.failing_guards(n, b)
 
     def failing_guards(self, n: int, b: int) -> list[str]:
         """The trace's conditions on N and B that are false at (n, b).  A
@@ -380,7 +386,7 @@ def _forward(loaded: LoadedModel, traced: TracedModel, seq_len: int, batch: int,
         guards=traced.guards, source=loaded.source, attn_implementation=loaded.attn_implementation,
         kv_cache=loaded.kv_cache, quadratic=quadratic_tensors(traced, sites),
         traced=traced, loaded=loaded, notes=list(getattr(loaded, "notes", [])), options=options,
-        warnings=[beyond] if beyond else [])
+        warnings=[beyond] if beyond else [], batch_range=traced.batch_range)
 
 
 def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, options: dict,
@@ -388,7 +394,7 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
     """A model that loops over the sequence (``steps`` times at ``seq_len``),
     costed from traces at small lengths and fitted in N and B
     (tracing/loops.py); the notes say where."""
-    from .tracing.loops import FitFailed, TraceRaised, fitted_loop
+    from .tracing.loops import FitFailed, TraceRaised, concrete_trace, fitted_loop
 
     fit_args = (loaded, seq_len, device, rules, allocation_rules, progress)
     chunks = functools.lru_cache(maxsize=None)(lambda: _fitted_by_chunks(*fit_args, steps=steps))
@@ -406,12 +412,16 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
                 return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
         else:
             fitted, traced = _fitted_past_one_chunk(fitted, loaded, seq_len, rules, chunks)
+            if traced is None and fitted.lengths.chunk is None:
+                fitted = _bounded_by_one_pass(fitted, loaded, seq_len, progress)
     if traced is not None:  # the fit does not hold here: this length alone, traced
+        if traced.batch_range != (batch, batch):  # checked at B=1
+            traced = concrete_trace(loaded, seq_len, batch, max_calls=FIXED_LENGTH_CALLS)
         result = _forward(loaded, traced, seq_len, batch, options, rules,
                           progress or (lambda msg: None))
         result.notes.append(f"the model fixes the length as a number: the cost fitted from "
                             f"short traces does not hold at N={seq_len:,}, so it was traced there "
-                            "and its formulas hold at that N only")
+                            f"and its formulas hold at that N only (and B={batch})")
         return result
     beyond = beyond_limit_warning(loaded.config, seq_len)
     return Analysis(
@@ -446,6 +456,31 @@ def _fitted_past_one_chunk(fitted, loaded: LoadedModel, seq_len: int, rules, by_
     if refused is not None:
         raise refused
     return fitted, traced
+
+
+#: Longest stretch of the sequence (a chunk) a fit from short traces is
+#: checked for: past it, the ops of a trace are not compared.
+LONGEST_CHUNK = 4096
+
+
+def _bounded_by_one_pass(fitted, loaded: LoadedModel, seq_len: int, progress):
+    """A fit from short traces bounded where the model starts to run other
+    ops: a loop over chunks longer than ``seq_len`` runs once at every
+    length up to its chunk, so that fit says nothing past it."""
+    from dataclasses import replace
+
+    from .tracing.loops import same_ops_up_to
+
+    if seq_len >= LONGEST_CHUNK:
+        return fitted
+    last = same_ops_up_to(loaded, seq_len, LONGEST_CHUNK, progress)
+    if last is None:
+        return fitted
+    memory = replace(fitted.memory, n_range=(fitted.memory.n_range[0], last))
+    note = (f"the model runs the same ops at every N up to {last:,} and others past it (one "
+            f"pass of a loop over longer stretches, such as chunks of {last:,} tokens): these "
+            f"formulas hold up to N={last:,}; a longer --seq-len is analysed past it")
+    return replace(fitted, memory=memory, notes=fitted.notes + [note])
 
 
 def _fitted_by_chunks(loaded: LoadedModel, seq_len: int, device: str, rules, allocation_rules,
@@ -494,7 +529,7 @@ def _traced_here(loaded: LoadedModel, seq_len: int, batch: int, options: dict, r
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
     result.notes.append(f"the model fixes the length as a number and its cost cannot be fitted "
                         f"in N from short traces ({why}): it was traced at N={seq_len:,} and its "
-                        "formulas hold at that N only")
+                        f"formulas hold at that N only (and B={batch})")
     return result
 
 

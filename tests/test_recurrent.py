@@ -286,6 +286,10 @@ def test_a_length_fixed_as_a_number_past_the_fitted_lengths_is_traced_there(writ
     model = transformers.ReformerModel(config).eval()
     ids = torch.randint(1, REFORMER["vocab_size"], (1, n))
     assert a.at(a.flops) == count_flops(model, (ids,))
+    # traced with B a plain number too: another batch is analysed there
+    assert not a.holds_at(n, 2)
+    ids = torch.randint(1, REFORMER["vocab_size"], (2, n))
+    assert a.at(a.flops, n, 2) == count_flops(model, (ids,))
 
 
 def test_model_that_cannot_run_at_short_lengths_is_traced_where_asked():
@@ -299,6 +303,7 @@ def test_model_that_cannot_run_at_short_lengths_is_traced_where_asked():
         model = mod.build_model().eval()
         assert a.at(a.flops, n, 1) == count_flops(model, mod.example_inputs(n))
         assert a.n_range == (n, n)
+        assert a.at(a.flops, n, 2) == count_flops(model, mod.example_inputs(n, batch=2))
         assert any("holds at that N only" in note or "hold at that N only" in note
                    for note in a.notes)
         levels = int(math.log2(n // 32))

@@ -303,19 +303,19 @@ def _guards(traced: TracedModel) -> tuple[list[str], tuple[int, int | None]]:
         if expr in (sympy.true, sympy.false) or not expr.free_symbols:
             continue
         texts.append(str(expr))
-        lo, hi = _bounded(expr, lo, hi)
+        lo, hi = _bounded(expr, lo, hi, traced.seq_len_hint)
     return sorted(set(texts)), (lo, hi)
 
 
-def _bounded(guard, lo: int, hi: int | None) -> tuple[int, int | None]:
+def _bounded(guard, lo: int, hi: int | None, hint: int) -> tuple[int, int | None]:
     """(lo, hi) narrowed by a guard linear in N alone (``N + 1 <= 257``: a
     table of positions sliced to the length; ``8*N == 64``: one length), or by a count of pieces of
     the sequence fixed (``floor((N + 31)/32) == 8``: eight chunks of 32,
     225 <= N <= 256): the bounds a range can say."""
     if not isinstance(guard, sympy.core.relational.Relational) or guard.free_symbols != {N}:
         return lo, hi
-    for linear in _counted_pieces(guard):
-        lo, hi = _bounded(linear, lo, hi)
+    for linear in _counted_pieces(guard, hint):
+        lo, hi = _bounded(linear, lo, hi, hint)
     side = guard.lhs - guard.rhs
     if not side.is_polynomial(N) or sympy.degree(side, N) != 1:
         return lo, hi
@@ -335,11 +335,57 @@ def _bounded(guard, lo: int, hi: int | None) -> tuple[int, int | None]:
     return lo, hi
 
 
-def _counted_pieces(guard) -> list:
+def _counted_pieces(guard, hint: int) -> list:
     """``floor(a·N + b) == c`` (or ceiling) with a > 0, as the two linear
-    bounds on N it means; [] for any other guard."""
+    bounds on N it means; a count written otherwise (``floor(N/64 +
+    Mod(63*N, 64)/64) == 1``: the chunks of 64 padded to, ceiling(N/64)),
+    as the run of lengths around the traced one ``hint`` that it counts
+    alike; [] for any other guard."""
     if not isinstance(guard, sympy.Eq):
         return []
+    for side, value in ((guard.lhs, guard.rhs), (guard.rhs, guard.lhs)):
+        if isinstance(side, (sympy.floor, sympy.ceiling)) and value.is_Integer:
+            inner = side.args[0]
+            if inner.is_polynomial(N) and sympy.degree(inner, N) == 1 and \
+                    inner.coeff(N, 1) > 0:
+                if isinstance(side, sympy.floor):
+                    return [sympy.Ge(inner, value), sympy.Lt(inner, value + 1)]
+                return [sympy.Gt(inner, value - 1), sympy.Le(inner, value)]
+            return _counted_alike(side, int(value), hint)
+    return []
+
+
+def _counted_alike(count, value: int, hint: int) -> list:
+    """[N >= lo, N <= hi]: the lengths around ``hint`` at which ``count``
+    (a number of pieces, which grows with N) is ``value``; [] where it is
+    not so at ``hint``, does not grow so, or cannot be read at some N."""
+    at = lambda n: int(count.subs(N, n))  # noqa: E731
+    try:
+        if at(hint) != value:
+            return []
+        hi = _last_where(lambda n: at(n) <= value, hint)
+        lo = hint - _last_where(lambda k: k < hint and at(hint - k) == value, 0)
+        grows = (lo == 1 or at(lo - 1) < value) and (hi is None or at(hi + 1) > value)
+    except (TypeError, ValueError, ZeroDivisionError):  # zoo, nan: no count there
+        return []
+    if not grows:
+        return []
+    return [sympy.Ge(N, lo)] + ([sympy.Le(N, hi)] if hi is not None else [])
+
+
+def _last_where(holds, start: int) -> int | None:
+    """The largest n >= start with ``holds(n)``, ``holds`` true from start
+    up to it and false past it; None where it still holds at 2**62."""
+    step = 1
+    while holds(start + step):
+        if start + step >= 2**62:
+            return None
+        step *= 2
+    lo, hi = start + step // 2 if step > 1 else start, start + step
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    return lo
     for side, value in ((guard.lhs, guard.rhs), (guard.rhs, guard.lhs)):
         if isinstance(side, (sympy.floor, sympy.ceiling)) and value.is_Integer:
             inner = side.args[0]

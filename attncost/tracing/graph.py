@@ -60,6 +60,8 @@ class TracedModel:
     guards: list[str] = field(default_factory=list)
     #: (lowest N, highest N or None) the trace holds for
     n_range: tuple[int, int | None] = (1, None)
+    #: the batches it holds for: a trace with B a plain number, that one
+    batch_range: tuple[int, int | None] = (1, None)
     #: the N and B the graph was traced at (its shapes' hints)
     seq_len_hint: int = 0
     batch_hint: int = 0

@@ -127,7 +127,7 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
         if i < len(names):
             node.meta["attncost_param"] = names[i]
     return TracedModel(gm, ShapeEnv(), {}, placeholder_kinds, n_range=(seq_len, seq_len),
-                       seq_len_hint=seq_len, batch_hint=batch)
+                       batch_range=(batch, batch), seq_len_hint=seq_len, batch_hint=batch)
 
 
 def measure(loaded: LoadedModel, seq_len: int, batch: int, device: str, rules,
@@ -279,6 +279,36 @@ class FitDoesNotHold(ModelError):
     """A trace at the requested length makes far more calls than the fit expects."""
 
 
+def _node_counter(loaded: LoadedModel):
+    """The number of nodes of a concrete trace at (length, B=1), cached."""
+    @functools.lru_cache(maxsize=None)
+    def nodes(n: int) -> int:
+        return len(concrete_trace(loaded, n, 1, max_calls=STEP_CALLS).graph_module.graph.nodes)
+    return nodes
+
+
+def _first_longer(nodes: Callable[[int], int], up_to: int) -> tuple[int, int] | None:
+    """(lo, hi): the first doubling of the shortest fitted length, up to
+    ``up_to``, whose trace records other ops (hi), and the one before (lo);
+    None where every trace up to ``up_to`` records the same ops."""
+    base = nodes(POSITIONS.fitted[0])
+    lo, hi = POSITIONS.fitted[0], 2 * POSITIONS.fitted[0]
+    while nodes(min(hi, up_to)) == base:
+        if hi >= up_to:
+            return None
+        lo, hi = hi, 2 * hi
+    return lo, min(hi, up_to)
+
+
+def _bisect_step(nodes: Callable[[int], int], lo: int, hi: int) -> int:
+    """The longest length in [lo, hi) recording the shortest fitted length's ops."""
+    base = nodes(POSITIONS.fitted[0])
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if nodes(mid) != base else (mid, hi)
+    return lo
+
+
 def chunk_length(loaded: LoadedModel, seq_len: int,
                  progress: Callable[[str], None] | None = None,
                  steps: int | None = None) -> int | None:
@@ -289,9 +319,7 @@ def chunk_length(loaded: LoadedModel, seq_len: int,
     with more ops than at the shortest fitted one is found by doubling then
     halving (up to ``seq_len``).  None where the ops do not step so (a loop
     over the tokens, or no loop)."""
-    @functools.lru_cache(maxsize=None)
-    def nodes(n: int) -> int:
-        return len(concrete_trace(loaded, n, 1, max_calls=STEP_CALLS).graph_module.graph.nodes)
+    nodes = _node_counter(loaded)
 
     def steps_at(chunk: int) -> bool:
         return chunk >= MIN_CHUNK and nodes(chunk) == nodes(POSITIONS.fitted[0]) and \
@@ -302,17 +330,32 @@ def chunk_length(loaded: LoadedModel, seq_len: int,
     try:
         if steps and steps_at(-(-seq_len // steps)):
             return -(-seq_len // steps)
-        base = nodes(POSITIONS.fitted[0])
-        lo, hi = POSITIONS.fitted[0], 2 * POSITIONS.fitted[0]
-        while nodes(min(hi, seq_len)) == base:
-            if hi >= seq_len:
-                return None
-            lo, hi = hi, 2 * hi
-        hi = min(hi, seq_len)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if nodes(mid) != base else (mid, hi)
+        doubled = _first_longer(nodes, seq_len)
+        if doubled is None:
+            return None
+        lo = _bisect_step(nodes, *doubled)
         return lo if steps_at(lo) else None
+    except (TraceTooLong, TraceRaised):
+        return None
+
+
+def same_ops_up_to(loaded: LoadedModel, seq_len: int, up_to: int,
+                   progress: Callable[[str], None] | None = None) -> int | None:
+    """Where every trace up to ``seq_len`` records the same ops as at the
+    shortest fitted length (one chunk of a loop over chunks longer than
+    ``seq_len``), the longest length that still does, found up to ``up_to``
+    (a fit through those short lengths holds no further); None where the
+    ops step before ``seq_len``, or never up to ``up_to``."""
+    nodes = _node_counter(loaded)
+    if progress:
+        progress("finding how far the model runs the same ops")
+    try:
+        doubled = _first_longer(nodes, up_to)
+        if doubled is None or doubled[1] <= seq_len:
+            return None
+        if nodes(seq_len) != nodes(POSITIONS.fitted[0]):
+            return None
+        return _bisect_step(nodes, max(doubled[0], seq_len), doubled[1])
     except (TraceTooLong, TraceRaised):
         return None
 
