@@ -12,9 +12,12 @@ import torch.fx as fx
 from ..expr import B, N, settled, simplified
 from ..rules.flops import FLOP_RULES
 from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, FACTORY_LIKE_OPS, GATHER_OPS, MATMUL_OPS, \
-    is_view, packet
+    RANKING_OPS, SCATTER_OPS, getitem, is_view, packet
 
 aten = torch.ops.aten
+
+_INDEX_PUTS = frozenset({aten.index_put, aten.index_put_})
+_CONCATENATIONS = frozenset({aten.cat, aten.stack})
 
 #: Ops that may sit between Q·Kᵀ and the softmax (scale, mask, bias, casts).
 SCORE_OPS = frozenset(
@@ -161,10 +164,49 @@ class GraphContext:
                 stack.append(source)
             elif not is_product(n):
                 stack.extend(tensor_inputs(n))
+            elif any(self._selection_matrix(a) for a in tensor_inputs(n)):
+                return True
             elif not self._runs_along_sequence(n):
                 # a fixed number of rows projected: routed tokens, picked before
                 stack.extend(a for a in tensor_inputs(n) if not self.is_weight(a))
         return False
+
+    def _selection_matrix(self, operand: fx.Node) -> bool:
+        """Is this product operand a matrix that picks rows: written by a
+        scatter at the indices a ranking of activations returned (Sinkhorn
+        attention's top-k of bucket scores, one per row), seen through
+        views, copies and concatenation?"""
+        for n in self._through_layout(operand):
+            if packet(n) in SCATTER_OPS and len(n.args) > 2:
+                index = n.args[2] if packet(n) not in _INDEX_PUTS else n.args[1]
+                indices = index if isinstance(index, (list, tuple)) else [index]
+                if any(self._ranked(i) for i in indices if isinstance(i, fx.Node)):
+                    return True
+        return False
+
+    def _ranked(self, index: fx.Node) -> bool:
+        """Is this index what a ranking of activations returned?"""
+        for n in self._through_layout(index):
+            if n.target is getitem and n.args and isinstance(n.args[0], fx.Node):
+                rank = n.args[0]
+                if packet(rank) in RANKING_OPS and rank.args and rank.args[0] in self.activations:
+                    return True
+        return False
+
+    @staticmethod
+    def _through_layout(node: fx.Node, limit: int = 32) -> list[fx.Node]:
+        """``node`` and what it was made from through views, copies and
+        concatenation: the same values, laid out otherwise."""
+        seen, stack, out = set(), [node], []
+        while stack and len(out) < limit:
+            n = stack.pop()
+            if not isinstance(n, fx.Node) or n in seen or n.op != "call_function":
+                continue
+            seen.add(n)
+            out.append(n)
+            if is_view(n) or packet(n) in COPY_OPS or packet(n) in _CONCATENATIONS:
+                stack.extend(tensor_inputs(n))
+        return out
 
     def summarizes_sequence(self, operand: fx.Node) -> bool:
         """Is this product operand a fixed number of rows that summarize the

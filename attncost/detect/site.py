@@ -10,7 +10,7 @@ import torch.fx as fx
 from ..paths import layer_or_path
 from ..patterns import MaskPattern, classify, matches_formula, waste_factor
 from ..patterns.classify import formula_values
-from ..rules.ops import packet
+from ..rules.ops import RANKING_OPS, packet
 
 
 @dataclass
@@ -96,11 +96,6 @@ def content_based(ctx, operands, masks=()) -> bool:
     return False
 
 
-#: Ops that rank values: a mask built from their indices keeps the best-ranked.
-_RANKING = frozenset(getattr(torch.ops.aten, n) for n in ("topk", "sort", "argsort")
-                     if hasattr(torch.ops.aten, n))
-
-
 def _ranked_by_content(ctx, mask: fx.Node, limit: int = 64) -> bool:
     """Is the mask, of any dtype, built from a ranking of activations (the
     keys a top-k of scores computed from the input keeps: Doge's dynamic
@@ -111,7 +106,7 @@ def _ranked_by_content(ctx, mask: fx.Node, limit: int = 64) -> bool:
         if not isinstance(n, fx.Node) or n in seen or n.op != "call_function":
             continue
         seen.add(n)
-        if packet(n) in _RANKING and n.args and n.args[0] in ctx.activations:
+        if packet(n) in RANKING_OPS and n.args and n.args[0] in ctx.activations:
             return True
         stack.extend(n.all_input_nodes)
     return False

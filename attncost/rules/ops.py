@@ -49,6 +49,11 @@ MATMUL_OPS = frozenset({aten.bmm, aten.mm, aten.baddbmm, aten.addmm})
 BIASED_MATMUL_OPS = frozenset({aten.baddbmm, aten.addmm})
 #: Ops that pick elements by index (block-sparse attention written in PyTorch).
 GATHER_OPS = _ops("index", "gather", "index_select", "take_along_dim")
+#: Ops that rank values: indices they return keep the best-ranked.
+RANKING_OPS = _ops("topk", "sort", "argsort")
+#: Ops that write values at the positions an index names.
+SCATTER_OPS = _ops("scatter", "scatter_", "scatter_add", "scatter_add_", "index_put",
+                   "index_put_")
 #: Ops that make a tensor whose values do not depend on their tensor
 #: arguments (only its shape, dtype or device does).
 FACTORY_LIKE_OPS = _ops(

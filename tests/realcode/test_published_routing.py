@@ -68,6 +68,24 @@ def test_colt5_routed_tokens_are_chosen_by_the_input():
     assert a.at(a.flops, 320, 2) == _real_flops(model, mod, 320, 2)
 
 
+def test_sinkhorn_buckets_are_chosen_by_the_input():
+    """Each bucket of queries meets its own bucket's keys and those of the
+    2 key buckets its sort net ranks highest: a top-k of scores computed
+    from the input, scattered into a matrix that picks the buckets' keys by
+    a product.  Sparse and chosen by content, 96 keys per query."""
+    require("sinkhorn_transformer")
+    mod = load_module(HERE / "published_sinkhorn.py")
+    a = attncost.analyze(HERE / "published_sinkhorn.py", seq_len=256, device="cpu")
+    assert [(s.variant, s.causal, s.content_based, s.heads) for s in a.sites] == \
+        [("sparse", False, True, 2)] * 2
+    keys = mod.BUCKET * (mod.TOP_BUCKETS + 1)
+    for s in a.sites:  # 2 heads × N queries × 96 keys × (16 + 16)
+        assert a.at(s.useful_flops, 512, 2) == 2 * 2 * 2 * 512 * keys * (16 + 16)
+    model = mod.build_model()
+    assert a.at(a.flops, 256, 1) == _real_flops(model, mod, 256, 1)
+    assert a.at(a.flops, 512, 2) == _real_flops(model, mod, 512, 2)
+
+
 def test_xtransformers_memory_keys_every_query_sees():
     require("x_transformers")
     mod = load_module(HERE / "published_xtransformers_memory_kv.py")
