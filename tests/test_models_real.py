@@ -387,6 +387,30 @@ def test_a_sink_projected_from_each_query_is_read_through(write_config):
         assert a.at(a.flops, n, batch) == counted + sum(routed), n
 
 
+def test_a_bias_projected_from_hidden_states_leaves_the_causal_mask_readable(
+        write_config, monkeypatch):
+    """Inkling adds to its scores a position bias projected from the hidden
+    states (``r_proj``, relative logits gathered by distance) beside the
+    causal mask.  Read with weights as zeros, that bias is zeros; but behind
+    it lie every earlier layer's weights, which at a real size are more than
+    the evaluator gives (here: its limit made small).  The bias is then read
+    as the zeros it is with weights zeros, and the full layer stays causal."""
+    from attncost.detect import evaluate
+
+    monkeypatch.setattr(evaluate, "MAX_WEIGHT_BYTES", 4096)
+    fields = dict(INKLING2, model_type="inkling_text", architectures=["InklingForCausalLM"])
+    folder = write_config("inkling_text", **fields)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", kv_cache=False,
+                         device="cpu", dtype="float32")
+    assert [(s.variant, s.causal, s.window) for s in a.sites] == \
+        [("local", True, 16), ("dense", True, None)]
+    n = 300
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    pairs = [(int(((j <= i) & (j > i - 16)).sum()), 8), (int((j <= i).sum()), 16)]
+    for site, (count, d) in zip(a.sites, pairs):  # 2·(d + d) FLOPs per pair and head
+        assert a.at(site.useful_flops, n, 1) == 4 * 2 * (d + d) * count
+
+
 #: experts sized by routing: top-2 of 8 per token, in the MLP and in the
 #: attention's query projection (a mixture of attention heads)
 JETMOE = dict(model_type="jetmoe", architectures=["JetMoeForCausalLM"], hidden_size=64,

@@ -151,7 +151,13 @@ def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
     batch = 2
     given = given or {}
     needed, scalars = _needed(ctx.traced, target, (n_eval, batch), given)
-    feeds = {**_feeds(ctx, needed - set(given), n_eval, batch), **given}
+    try:
+        feeds = {**_feeds(ctx, needed - set(given), n_eval, batch), **given}
+    except CannotEvaluate:
+        zeroed = _activations_as_zeros(ctx, target, n_eval, batch, given)
+        if not zeroed:
+            raise
+        return evaluate_node(ctx, target, n_eval, {**given, **zeroed})
     env: dict[fx.Node, object] = dict(scalars)
     sub = fx.Graph()
     order = [n for n in gm.graph.nodes if n in feeds]
@@ -168,3 +174,26 @@ def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
             return module(*[feeds[n] for n in order])
     except Exception as exc:  # the mask code needs something we cannot give it
         raise CannotEvaluate(f"{type(exc).__name__}: {first_line(exc)}")
+
+
+def _activations_as_zeros(ctx, target: fx.Node, n_eval: int, batch: int,
+                          given: dict) -> dict[fx.Node, torch.Tensor]:
+    """Zeros for the floating activations nearest ``target`` (a bias
+    projected from the hidden states, added to a mask): with the weights
+    zeros they are zeros, and the weights of every layer before may be
+    too large to give."""
+    activations = getattr(ctx, "activations", None) or set()
+    zeroed: dict[fx.Node, torch.Tensor] = {}
+    seen, stack = set(), list(target.all_input_nodes)
+    while stack:
+        n = stack.pop()
+        if n in seen or n in given:
+            continue
+        seen.add(n)
+        val = n.meta.get("val")
+        if n in activations and isinstance(val, torch.Tensor) and val.is_floating_point():
+            shape = [value_at(ctx.traced.expr(d), n_eval, batch) for d in val.shape]
+            zeroed[n] = torch.zeros(shape, dtype=val.dtype)
+            continue
+        stack.extend(n.all_input_nodes)
+    return zeroed
