@@ -411,6 +411,35 @@ def test_a_bias_projected_from_hidden_states_leaves_the_causal_mask_readable(
         assert a.at(site.useful_flops, n, 1) == 4 * 2 * (d + d) * count
 
 
+#: FlauBERT (XLM's code): a mask from the ids, ``lengths = (ids != pad_index).sum(1)``
+FLAUBERT = dict(model_type="flaubert", architectures=["FlaubertWithLMHeadModel"], emb_dim=64,
+                n_layers=2, n_heads=4, vocab_size=128, max_position_embeddings=512,
+                pad_index=2, eos_index=1, unk_index=3, bos_index=0, causal=False)
+
+
+def test_a_mask_built_from_the_ids_sees_text_not_padding(write_config):
+    """XLM's code builds its mask from the token ids: the lengths of the
+    sequences are the ids that are not ``pad_index``, and a key is kept when
+    its position is below them.  Fed ids of ordinary text (none the config
+    names special), the mask is full: bidirectional dense; the lengths read
+    from data are N at every length, so the formulas hold beyond it."""
+    folder = write_config("flaubert", **FLAUBERT)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", device="cpu",
+                         dtype="float32")
+    assert [(s.variant, s.causal) for s in a.sites] == [("dense", False)] * 2
+    assert a.holds_at(100, 2)
+    n = 100  # every pair, 4 heads of 16: 2·(16 + 16) FLOPs a pair and head
+    for site in a.sites:
+        assert a.at(site.useful_flops, n, 1) == 4 * 2 * (16 + 16) * n * n
+    model = _real(FLAUBERT, impl="eager").requires_grad_(False)
+    for n, batch in ((64, 1), (100, 2)):
+        ids = torch.randint(4, 128, (batch, n))
+        assert a.at(a.flops, n, batch) == count_flops(model, (ids,)), n
+    with torch.no_grad():
+        real = measure_live(model, {"input_ids": torch.randint(4, 128, (2, 100))})
+    assert a.at(a.peak_memory_bytes, 100, 2) == real.peak_bytes
+
+
 #: experts sized by routing: top-2 of 8 per token, in the MLP and in the
 #: attention's query projection (a mixture of attention heads)
 JETMOE = dict(model_type="jetmoe", architectures=["JetMoeForCausalLM"], hidden_size=64,

@@ -155,10 +155,13 @@ def _routed_sizes(traced: TracedModel, loaded: LoadedModel) -> None:
 def _say_fixed_values(traced: TracedModel, loaded: LoadedModel) -> None:
     """Values read from data and fixed while tracing go into the loader's
     notes (the report's); one that changes with N holds the range to the
-    traced N."""
+    traced N, unless it is N itself at every length read (then it is N)."""
     fixed = traced.graph_module.meta.get("attncost_fixed") or []
     if any(f.varies for f in fixed):
         traced.n_range = (traced.seq_len_hint, traced.seq_len_hint)
+    lengths = {f.symbol: N for f in fixed if f.is_length}
+    if lengths:
+        traced.replacements = {**traced.replacements, **lengths}
     notes = getattr(loaded, "notes", None)
     if isinstance(notes, list):
         notes.extend(n for n in DataValues(fixed=fixed).notes() if n not in notes)

@@ -68,8 +68,14 @@ class FixedValue:
     at: dict[int, int | None]  # length -> the value there (None: could not be read)
 
     @property
+    def is_length(self) -> bool:
+        """Is it the length itself at every length read (the count of
+        tokens that are not padding, with none padded)?"""
+        return len(self.at) > 1 and all(v == n for n, v in self.at.items())
+
+    @property
     def varies(self) -> bool:
-        return len(set(self.at.values())) > 1 or None in self.at.values()
+        return not self.is_length and (len(set(self.at.values())) > 1 or None in self.at.values())
 
 
 @dataclass
@@ -106,7 +112,7 @@ class DataValues:
             lengths = ", ".join(f"{'unknown' if v is None else v} at N={n}"
                                 for n, v in sorted(f.at.items()))
             tail = ("; it changes with N, so the analysis holds at the traced N only"
-                    if f.varies else "")
+                    if f.varies else "; it is N at each, and read as N" if f.is_length else "")
             out.append(f"a value read from data ({f.where}) was fixed as the example inputs "
                        f"give it: {f.value} ({lengths}){tail}")
         return out

@@ -89,8 +89,12 @@ def _image_token(config) -> int | None:
 
 
 def _text_ids(config) -> Callable[[int, int], torch.Tensor]:
-    """Token ids none of which is the image token."""
-    token = 1 if _image_token(config) == 0 else 0
+    """Token ids of ordinary text: the lowest id the config names as no
+    special token (padding, bos/eos, unknown, mask, an image's place), so
+    that a mask the model builds from the ids (``ids != pad_index``:
+    XLM, FlauBERT, CPM-Ant) sees text, not padding."""
+    special = _special_ids(config)
+    token = next(i for i in range(len(special) + 1) if i not in special)
 
     def ids(n: int, b: int) -> torch.Tensor:
         return torch.full((b, n), token, dtype=torch.long)
@@ -98,8 +102,23 @@ def _text_ids(config) -> Callable[[int, int], torch.Tensor]:
     return ids
 
 
-def _ids(n: int, b: int) -> torch.Tensor:
-    return torch.zeros(b, n, dtype=torch.long)
+#: How a config names a special token's id (``pad_token_id``,
+#: ``image_token_index``, XLM's ``pad_index``, ``eos_token_ids``).
+_SPECIAL_SUFFIXES = ("_token_id", "_token_ids", "_token_index", "_index")
+
+
+def _special_ids(config) -> set[int]:
+    """Every id the config (and its text config) names as a special token."""
+    special: set[int] = set()
+    for part in (config, getattr(config, "text_config", None)):
+        if part is None:
+            continue
+        for key, value in vars(part).items():
+            if not key.endswith(_SPECIAL_SUFFIXES):
+                continue
+            values = value if isinstance(value, (list, tuple)) else [value]
+            special.update(v for v in values if isinstance(v, int) and not isinstance(v, bool))
+    return special
 
 
 def hf_inputs(model: torch.nn.Module, config, use_cache: bool,
@@ -118,11 +137,11 @@ def hf_inputs(model: torch.nn.Module, config, use_cache: bool,
         builders["input_features"], note = _features(config)
         notes.append(note)
     if "input_ids" in params:
-        builders["input_ids"] = _ids if not _images_among_tokens(config) else _text_ids(config)
+        builders["input_ids"] = _text_ids(config)
         if "pixel_values" in builders:
             notes.append("N is also the text's tokens")
     if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False):
-        builders["decoder_input_ids"] = _ids
+        builders["decoder_input_ids"] = _text_ids(config)
         if "input_ids" in builders:
             notes.append("N is both the encoder's and the decoder's tokens")
     if not builders:
