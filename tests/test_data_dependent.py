@@ -170,7 +170,7 @@ class Model(nn.Module):
         self.proj = nn.Linear(DIM, DIM, bias=False)
         self.extra = nn.Linear(DIM, DIM, bias=False)
     def forward(self, x):
-        kept = (x[0, :, 0] > -100).sum().item()  # every position: N
+        kept = (x[0, ::STEP, 0] > -100).sum().item()  # every STEP-th position: N / STEP
         y = self.proj(x)
         if kept > 50:
             y = self.extra(y)
@@ -179,12 +179,25 @@ class Model(nn.Module):
 
 
 def test_a_data_value_that_changes_with_n_holds_the_trace_to_its_length(tmp_path):
-    path = write_model(tmp_path, "count", COUNT)
-    a = attncost.analyze(path, seq_len=96, device="cpu")
-    assert a.n_range == (96, 96)
+    path = write_model(tmp_path, "count", "STEP = 2\n" + COUNT)
+    a = attncost.analyze(path, seq_len=192, device="cpu")
+    assert a.n_range == (192, 192)
     note = next(n for n in a.notes if "read from data" in n)
-    assert "96 at N=96" in note and "48 at N=48" in note and "traced N only" in note
-    assert a.at(a.flops, 96, 1) == oracle(path, 96, 1)
+    assert "96 at N=192" in note and "48 at N=96" in note and "traced N only" in note
+    assert a.at(a.flops, 192, 1) == oracle(path, 192, 1)
+
+
+def test_a_length_read_from_data_is_n_and_its_branches_bound_n(tmp_path):
+    """A count of every position is N at each length read: it is read as N,
+    and the branch taken on it (``kept > 50``, a runtime assertion on the
+    value) becomes the condition N > 50, past which the trace holds."""
+    path = write_model(tmp_path, "count", "STEP = 1\n" + COUNT)
+    a = attncost.analyze(path, seq_len=96, device="cpu")
+    assert a.n_range == (51, None)
+    note = next(n for n in a.notes if "read from data" in n)
+    assert "96 at N=96" in note and "48 at N=48" in note and "read as N" in note
+    for n, batch in ((96, 1), (300, 2), (40, 1)):  # at 40 the branch is not taken
+        assert a.at(a.flops, n, batch) == oracle(path, n, batch), n
 
 
 WEIGHTS = """

@@ -134,6 +134,7 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     traced = TracedModel(gm, shape_env, replacements, kinds,
                          seq_len_hint=seq_hint, batch_hint=batch_hint)
     _routed_sizes(traced, loaded)
+    _lengths_read_from_data(traced)
     traced.guards, traced.n_range = _guards(traced)
     _say_fixed_values(traced, loaded)
     return traced
@@ -155,16 +156,23 @@ def _routed_sizes(traced: TracedModel, loaded: LoadedModel) -> None:
 def _say_fixed_values(traced: TracedModel, loaded: LoadedModel) -> None:
     """Values read from data and fixed while tracing go into the loader's
     notes (the report's); one that changes with N holds the range to the
-    traced N, unless it is N itself at every length read (then it is N)."""
+    traced N, unless it is N itself at every length read."""
     fixed = traced.graph_module.meta.get("attncost_fixed") or []
     if any(f.varies for f in fixed):
         traced.n_range = (traced.seq_len_hint, traced.seq_len_hint)
-    lengths = {f.symbol: N for f in fixed if f.is_length}
-    if lengths:
-        traced.replacements = {**traced.replacements, **lengths}
     notes = getattr(loaded, "notes", None)
     if isinstance(notes, list):
         notes.extend(n for n in DataValues(fixed=fixed).notes() if n not in notes)
+
+
+def _lengths_read_from_data(traced: TracedModel) -> None:
+    """A value read from data that is N at every length read (the count of
+    tokens that are not padding) is N: its symbol is replaced by N, and the
+    branches decided on it (runtime assertions) become conditions on N."""
+    fixed = traced.graph_module.meta.get("attncost_fixed") or []
+    lengths = {f.symbol: N for f in fixed if f.is_length}
+    if lengths:
+        traced.replacements = {**traced.replacements, **lengths}
 
 
 def _trace_truncated(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int, block):
@@ -301,7 +309,9 @@ def _guards(traced: TracedModel) -> tuple[list[str], tuple[int, int | None]]:
         if vr.upper.is_Integer and int(vr.upper) < 2**62:
             hi = int(vr.upper) if hi is None else min(hi, int(vr.upper))
     texts = []
-    for g in env.guards:
+    read_as_length = [s for s, e in traced.replacements.items() if e == N and s.name.startswith("u")]
+    decided = [r for s in read_as_length for r in env.deferred_runtime_asserts.get(s, [])]
+    for g in list(env.guards) + decided:
         expr = traced.expr(g.expr)
         if expr in (sympy.true, sympy.false) or not expr.free_symbols:
             continue
