@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from conftest import MODELS
 from memtrack import measure as measure_live
 from oracle import count_flops, load_module
 
-REALCODE = Path(__file__).parent / "realcode"
 #: Lengths no trace of the fit sees, with batch 2.
 UNTRACED = (100, 257)
 MAMBA = dict(model_type="mamba", architectures=["MambaForCausalLM"], num_hidden_layers=2,
@@ -205,25 +203,6 @@ def test_a_loop_whose_peak_is_another_moment_at_short_lengths_is_fitted_past_the
         with torch.no_grad():
             real = measure_live(model, (ids,))
         assert a.at(a.peak_memory_bytes, n, 2) == real.peak_bytes, (n, real)
-
-
-# ------------------------------------------------------------------ performer's causal FAVOR+
-
-
-def test_performer_causal_flops_and_sites():
-    pytest.importorskip("performer_pytorch")
-    sys.path.insert(0, str(REALCODE))
-    path = REALCODE / "published_performer_causal.py"
-    a = attncost.analyze(path, seq_len=100, device="cpu")
-    mod = load_module(path)
-    model = mod.build_model().eval()
-    for n in UNTRACED:
-        torch.manual_seed(0)
-        assert a.at(a.flops, n, 2) == count_flops(model, mod.example_inputs(n, batch=2))
-    assert len(a.sites) == 2
-    for s in a.sites:
-        assert (s.variant, s.causal, s.heads, s.feature_dim, s.head_dim) == \
-            ("linear", True, 2, mod.NB_FEATURES, 16)
 
 
 # ------------------------------------------------------------------ attention + Mamba layers

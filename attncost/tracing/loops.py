@@ -301,8 +301,11 @@ def _first_longer(nodes: Callable[[int], int], up_to: int) -> tuple[int, int] | 
 
 
 def _bisect_step(nodes: Callable[[int], int], lo: int, hi: int) -> int:
-    """The longest length in [lo, hi) recording the shortest fitted length's ops."""
+    """The longest length in [lo, hi) recording the shortest fitted length's
+    ops: ``lo`` itself first, where chunks of a power of two end."""
     base = nodes(POSITIONS.fitted[0])
+    if hi - lo > 1 and nodes(lo + 1) != base:
+        return lo
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if nodes(mid) != base else (mid, hi)

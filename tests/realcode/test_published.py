@@ -424,6 +424,17 @@ def test_truth_performer_causality():
         assert _depends_on_later(attend) is (not causal)
 
 
+def test_performer_sites_name_their_feature_maps():
+    """Each causal FAVOR+ site says its random features (nb_features of the
+    package's FastAttention) and its head dim, as published_performer_causal.py
+    builds them."""
+    a = analysed("performer_causal")
+    mod = load_module(HERE / "published_performer_causal.py")
+    for s in a.sites:
+        assert (s.variant, s.causal, s.heads, s.feature_dim, s.head_dim) == \
+            ("linear", True, 2, mod.NB_FEATURES, 16)
+
+
 def _bnhd(fn):
     """fla's functions take (batch, length, heads, dim) and may return (o, state)."""
     def attend(q, k, v):
