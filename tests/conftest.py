@@ -15,3 +15,19 @@ def write_config(tmp_path):
         (folder / "config.json").write_text(json.dumps(fields))
         return folder
     return write
+
+
+#: The longest test files, run first: with ``--dist loadfile`` each file
+#: runs on one worker, and a long one started last keeps the run waiting
+#: after every other worker is done.
+LONGEST_FIRST = ("test_docs.py", "test_state_spaces.py", "test_recurrent.py",
+                 "realcode/test_published.py", "test_data_dependent.py", "test_chunk_bounds.py",
+                 "realcode/test_published_blocks.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith(name)),
+                    len(LONGEST_FIRST))
+    items.sort(key=rank)  # stable: the order within a file, and of the rest, is kept
