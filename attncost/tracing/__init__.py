@@ -399,12 +399,3 @@ def _last_where(holds, start: int) -> int | None:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if holds(mid) else (lo, mid)
     return lo
-    for side, value in ((guard.lhs, guard.rhs), (guard.rhs, guard.lhs)):
-        if isinstance(side, (sympy.floor, sympy.ceiling)) and value.is_Integer:
-            inner = side.args[0]
-            if inner.is_polynomial(N) and sympy.degree(inner, N) == 1 and \
-                    inner.coeff(N, 1) > 0:
-                if isinstance(side, sympy.floor):
-                    return [sympy.Ge(inner, value), sympy.Lt(inner, value + 1)]
-                return [sympy.Gt(inner, value - 1), sympy.Le(inner, value)]
-    return []
