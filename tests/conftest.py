@@ -20,9 +20,11 @@ def write_config(tmp_path):
 #: The longest test files, run first: with ``--dist loadfile`` each file
 #: runs on one worker, and a long one started last keeps the run waiting
 #: after every other worker is done.
-LONGEST_FIRST = ("test_docs.py", "test_state_spaces.py", "test_recurrent.py",
-                 "realcode/test_published.py", "test_data_dependent.py", "test_chunk_bounds.py",
-                 "realcode/test_published_blocks.py")
+LONGEST_FIRST = ("realcode/test_published.py", "test_docs.py", "test_recurrent.py",
+                 "test_state_spaces.py", "test_chunk_bounds.py", "test_data_dependent.py",
+                 "test_training.py", "test_models_real.py", "realcode/test_published_blocks.py",
+                 "test_fits_search.py", "realcode/test_configs.py",
+                 "realcode/test_published_summaries.py", "test_loop_time.py")
 
 
 def pytest_collection_modifyitems(items):
