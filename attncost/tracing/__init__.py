@@ -19,6 +19,7 @@ import sympy
 import torch
 import torch.fx.traceback as fx_traceback
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 
@@ -309,7 +310,9 @@ def _guards(traced: TracedModel) -> tuple[list[str], tuple[int, int | None]]:
         if vr.upper.is_Integer and int(vr.upper) < 2**62:
             hi = int(vr.upper) if hi is None else min(hi, int(vr.upper))
     texts = []
-    read_as_length = [s for s, e in traced.replacements.items() if e == N and s.name.startswith("u")]
+    # values read from data and read as N: the branches taken on them bound N
+    read_as_length = [s for s, e in traced.replacements.items()
+                      if e == N and free_unbacked_symbols(s)]
     decided = [r for s in read_as_length for r in env.deferred_runtime_asserts.get(s, [])]
     for g in list(env.guards) + decided:
         expr = traced.expr(g.expr)
