@@ -74,6 +74,10 @@ class _ExactPrinter(PythonCodePrinter):
     def _print_Half(self, expr):
         return self._print_Rational(expr)
 
+    def _print_Mod(self, expr):
+        # Python's % binds as * does: 64*Mod(N, 3) must not print as 64*N % 3
+        return "(({}) % ({}))".format(*(self._print(a) for a in expr.args))
+
 
 @functools.lru_cache(maxsize=4096)
 def _compiled(condition):

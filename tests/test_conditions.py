@@ -68,7 +68,9 @@ def test_conditions_read_fast_agree_with_sympy():
     conditions = ["Eq(Mod(N, 16), 0)", "N > 2048", "Eq(floor(N/9 + Mod(8*N, 9)/9), 8)",
                   "Ne(Mod(8*N, 9), 0)", "(N + 31)/32 >= 8", "Eq(ceiling(N/16)*16 - N, 0)",
                   "Eq(B*N, 6)", "Max(N, 5) > 7", "floor(N/3) < 4", "Ne(B, 1)",
-                  "(N > 3) & (N < 9)"]
+                  "(N > 3) & (N < 9)",
+                  # a multiple of a Mod: Python's % binds as * does
+                  "Eq(64*Max(1, N - Mod(N, 3)), 64*N - 64*Mod(N, 3))", "Eq(N - 2*Mod(N, 3), 4)"]
     for condition in conditions:
         for n in range(1, 160):
             for b in (1, 2):
