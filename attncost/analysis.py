@@ -516,6 +516,7 @@ def _traced_here(loaded: LoadedModel, seq_len: int, batch: int, options: dict, r
     tensor made from range(N)), or loops over chunks whose costs step
     between those lengths: traced at the requested length alone; its
     formulas hold at that N only."""
+    from .tracing import say_fixed_values
     from .tracing.loops import TraceTooLong, concrete_trace
 
     say = progress or (lambda msg: None)
@@ -526,6 +527,7 @@ def _traced_here(loaded: LoadedModel, seq_len: int, batch: int, options: dict, r
         raise ModelError(f"the model's cost cannot be fitted in N from short traces ({why}), "
                          f"and a trace at N={seq_len:,} is too long (a loop over the sequence); "
                          "try a shorter --seq-len") from None
+    say_fixed_values(traced, loaded)
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
     result.notes.append(f"the model fixes the length as a number and its cost cannot be fitted "
                         f"in N from short traces ({why}): it was traced at N={seq_len:,} and its "

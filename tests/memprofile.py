@@ -8,6 +8,11 @@ allocator sees its packed QKV, its scores and its copies too.
 
 peak = weights and buffers + inputs + the largest running sum of the
 allocations made during the forward.
+
+oneDNN is turned off for the run: on a CPU with bfloat16 instructions
+(avx512_bf16, AMX) it takes bfloat16 matmuls, with a scratch buffer of its
+own that depends on the CPU, and attncost models torch's kernels, which
+every CPU runs alike.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ def _unique_bytes(tensors) -> int:
 def allocation_peak(model: torch.nn.Module, inputs) -> int:
     """Peak bytes of one no-grad forward on a CPU, kernel scratch included."""
     call = (lambda: model(**inputs)) if isinstance(inputs, dict) else (lambda: model(*inputs))
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
         call()  # warm-up: one-time allocations are not the forward's
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             out = call()

@@ -200,6 +200,37 @@ def test_a_length_read_from_data_is_n_and_its_branches_bound_n(tmp_path):
         assert a.at(a.flops, n, batch) == oracle(path, n, batch), n
 
 
+LEVELS = """
+import math
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM, bias=False)
+        self.extra = nn.Linear(DIM, DIM, bias=False)
+    def forward(self, x):
+        y = self.proj(x)
+        for _ in range(int(math.log2(x.shape[1]))):  # levels: log2(N), no polynomial
+            y = y + self.proj(y)
+        if (x > 100).any().item():  # never with randn inputs
+            y = self.extra(y)
+        return y
+"""
+
+
+def test_a_branch_on_data_in_a_trace_at_one_length_is_fixed_as_the_inputs_give_it(tmp_path):
+    """A model that takes its length as a number, with costs no polynomial
+    fits (log2(N) levels), is traced at the requested length alone; a
+    branch on its input's data there is decided as in a symbolic trace."""
+    path = write_model(tmp_path, "levels", LEVELS)
+    a = attncost.analyze(path, seq_len=128, device="cpu")
+    assert a.n_range == (128, 128)
+    fixed = [note for note in a.notes if "read from data" in note]
+    assert fixed == ["a value read from data (a tensor's .item()) was fixed as the example "
+                     "inputs give it: 0 (0 at N=128)"], a.notes
+    # 1 + log2(128) projections of 2·B·N·DIM·DIM each, by hand and by the oracle
+    assert a.at(a.flops, 128, 1) == 8 * 2 * 128 * 64 * 64 == oracle(path, 128, 1)
+
+
 WEIGHTS = """
 class Model(nn.Module):
     def __init__(self):
@@ -407,6 +438,41 @@ def test_longformer_whose_positions_stop_at_510_is_probed_where_it_runs(write_co
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
     pairs = int(((i - j).abs() <= 8).sum())
     assert a.at(site.useful_flops, n, 1) == 2 * 2 * (32 + 32) * pairs
+
+
+#: Longformer's window (512 keys, 256 either side) is longer than the
+#: lengths analysed: the model pads the sequence to a multiple of it
+LONGFORMER = dict(model_type="longformer", architectures=["LongformerForMaskedLM"],
+                  hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                  intermediate_size=128, vocab_size=128, max_position_embeddings=520,
+                  attention_window=512, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+
+
+def _band_pairs(n: int, half: int) -> int:
+    """(query, key) pairs at most ``half`` positions apart, by brute force."""
+    i = torch.arange(n)
+    return int(((i[:, None] - i[None, :]).abs() <= half).sum())
+
+
+def test_a_window_longer_than_the_sequence_is_a_window(write_config):
+    """Padded to one window of 512, the sequence is as long at every N up to
+    512: a guard that says so (the padded length over its count of windows
+    is 512) fixes no length, and the trace holds for every N to 512.  The
+    site is the local window of 513 keys; what it lets through is the band
+    of 256 either side among the real tokens (the padding is masked),
+    counted by brute force, at N=64 (inside the band) and N=400 (beyond)."""
+    folder = write_config("longformer", **LONGFORMER)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", device="cpu",
+                         dtype="float32")
+    assert [(s.variant, s.causal, s.window) for s in a.sites] == [("local", False, 513)]
+    assert a.holds_at(400, 2)
+    model = _eager(folder, "LongformerForMaskedLM").requires_grad_(False)
+    for n, batch in ((64, 1), (400, 2)):
+        ids = torch.randint(4, 128, (batch, n))
+        assert a.at(a.flops, n, batch) == count_flops(model, (ids,)), n
+        per_pair = 4 * 2 * (16 + 16)  # 4 heads of 16: 2·(d + d_v) a pair and head
+        assert a.at(a.useful_attention_flops, n, batch) == \
+            batch * per_pair * _band_pairs(n, 256), n
 
 
 # ------------------------------------------------------------------ LongT5

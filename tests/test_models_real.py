@@ -579,3 +579,4 @@ def test_disentangled_position_terms_are_the_scores_work(write_config):
     model = transformers.DebertaV2ForMaskedLM(config).eval().requires_grad_(False)
     ids = torch.randint(0, 128, (2, 200))
     assert a.at(a.flops, 200, 2) == count_flops(model, (ids,))
+

@@ -56,6 +56,9 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
         elif pattern.pairs is not None:  # what the blocks and their masks let through
             c.useful_flops = sympy.expand(_per_pair(values, flops) * pattern.pairs)
             c.window = pattern.keys or c.window
+        elif c.variant == "local" and pattern.kind in ("full", "causal") and \
+                pattern.length is not None and pattern.length < c.window:
+            c.useful_flops = _wider_than_traced(pattern, values, flops, c.window)
         return c
     if keys_grow and N not in sympy.sympify(n_q).free_symbols and pattern.kind == "full":
         # a fixed number of queries over the sequence (learned latents, agent
@@ -92,12 +95,26 @@ def _window_useful(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> sym
     values[SYMBOLS["w"]] = w
     if pattern.symmetric:
         inside = formula("local_symmetric").at("useful_flops", values)
-        short = sympy.expand(_per_pair(values, flops) * N * N)
+        short = formula("dense").at("useful_flops", {**values, SYMBOLS["M"]: N})
         edge = (w + 1) // 2
     else:
         inside = formula("local").at("useful_flops", values)
         short, edge = formula("causal_dense").at("useful_flops", values), w
     return sympy.Piecewise((short, N <= edge), (inside, True))
+
+
+def _wider_than_traced(pattern: MaskPattern, values: dict, flops: sympy.Expr,
+                       window: int) -> sympy.Expr:
+    """A window of ``window`` keys per query that lets every pair (or every
+    earlier one) through at the traced length: the window is longer than
+    that sequence (Longformer's 512 at N=64, the length padded to it).  Its
+    useful work is the window's, centred on each query where the mask lets
+    later keys through, not the padded blocks' as computed."""
+    wide = MaskPattern("window", causal=pattern.causal, window=window,
+                       symmetric=not pattern.causal)
+    pattern.notes.append(f"its window ({window:,} keys) is longer than the traced sequence: "
+                         "every pair within it is let through there")
+    return _window_useful(wide, values, flops)
 
 
 def _extra_keys(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classification:

@@ -56,7 +56,7 @@ def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
     nq, nk = allowed.shape
     total = int(torch.count_nonzero(allowed))
     if total == nq * nk:
-        return MaskPattern.full()
+        return MaskPattern("full", density=1.0, length=nq)
     if nq == nk:
         i = torch.arange(nq).unsqueeze(1)
         j = torch.arange(nk).unsqueeze(0)

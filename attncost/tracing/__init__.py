@@ -38,7 +38,8 @@ from .repeat import find_repeated, replay_layers, truncated
 from .routed import even_split_sizes, split_note
 from .unroll import UNROLL_LIMIT, LengthSpecialized, quiet_shape_log, unrolled_error
 
-__all__ = ["INFERENCE", "Program", "TracedModel", "tensor_outputs", "tensors_of", "trace"]
+__all__ = ["INFERENCE", "Program", "TracedModel", "say_fixed_values", "tensor_outputs", "tensors_of",
+           "trace"]
 
 
 def _forward_function(model: torch.nn.Module, params: dict) -> Callable:
@@ -137,7 +138,7 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     _routed_sizes(traced, loaded)
     _lengths_read_from_data(traced)
     traced.guards, traced.n_range = _guards(traced)
-    _say_fixed_values(traced, loaded)
+    say_fixed_values(traced, loaded)
     return traced
 
 
@@ -154,7 +155,7 @@ def _routed_sizes(traced: TracedModel, loaded: LoadedModel) -> None:
         notes.append(split_note(len(shares)))
 
 
-def _say_fixed_values(traced: TracedModel, loaded: LoadedModel) -> None:
+def say_fixed_values(traced: TracedModel, loaded: LoadedModel) -> None:
     """Values read from data and fixed while tracing go into the loader's
     notes (the report's); one that changes with N holds the range to the
     traced N, unless it is N itself at every length read."""

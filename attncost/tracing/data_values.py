@@ -85,6 +85,8 @@ class DataValues:
     fixed: list[FixedValue] = field(default_factory=list)
     tracer: object = None
     n_params: int = 0
+    #: read at the traced length only (a trace with every size a number)
+    one_length: bool = False
 
     def seed(self, shape_env) -> None:
         for f in self.fixed:
@@ -133,7 +135,7 @@ class DataValues:
                 return False
             node, read = found
             at: dict[int, int | None] = {}
-            for n in (seq_hint, max(2, seq_hint // 2)):
+            for n in (seq_hint,) if self.one_length else (seq_hint, max(2, seq_hint // 2)):
                 try:
                     value = _run_on_inputs(graph, root, node, loaded, n, batch_hint, n_params)
                 except Exception:  # noqa: BLE001 - the branch cannot be read: the error stands

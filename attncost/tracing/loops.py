@@ -95,11 +95,44 @@ class TraceTooLong(ModelError):
 def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
                    max_calls: int | None = None) -> TracedModel:
     """The forward traced with every size a number (N = seq_len, B = batch);
-    ``max_calls`` stops it (TraceTooLong) past that many torch calls."""
+    ``max_calls`` stops it (TraceTooLong) past that many torch calls.  A
+    branch on a value read from the inputs' data is decided as the example
+    inputs decide it (tracing.data_values), as in a symbolic trace."""
+    from .data_values import DataValues, data_dependent
+
+    data = DataValues(one_length=True)
+    while True:
+        try:
+            gm, kinds, names = _concrete_once(loaded, seq_len, batch, max_calls, data)
+        except TraceRaised as exc:
+            if data_dependent(exc) is None or \
+                    not data.resolve(exc, loaded, seq_len, batch, data.n_params):
+                raise
+            continue
+        gm.meta["attncost_fixed"] = list(data.fixed)
+        break
+    placeholder_kinds = {}
+    for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        placeholder_kinds[node.name] = kinds[names[i]] if i < len(names) else "input"
+        if i < len(names):
+            node.meta["attncost_param"] = names[i]
+    return TracedModel(gm, ShapeEnv(), {}, placeholder_kinds, n_range=(seq_len, seq_len),
+                       batch_range=(batch, batch), seq_len_hint=seq_len, batch_hint=batch)
+
+
+def _concrete_once(loaded: LoadedModel, seq_len: int, batch: int, max_calls: int | None, data):
+    """One make_fx at fixed sizes, with the data values fixed so far:
+    (graph, parameter kinds, parameter names)."""
     from . import INFERENCE, _record_module_paths
+    from .data_values import DataShapeEnv
 
     model = loaded.module
-    mode = FakeTensorMode(allow_non_fake_inputs=True)  # plain tensor attributes: constants
+    shape_env = DataShapeEnv()
+    data.seed(shape_env)
+    shape_env.attncost_resolve = lambda exc: _resolved(data, exc, loaded, seq_len, batch,
+                                                       shape_env)
+    # plain tensor attributes: constants
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=shape_env, static_shapes=True)
     with FakeTensorMode(allow_non_fake_inputs=True):
         concrete = loaded.example_inputs(seq_len, batch)
     flat, spec = tree_flatten(concrete)
@@ -107,11 +140,13 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
         flat = [torch.empty(t.shape, dtype=t.dtype, device=loaded.trace_device)
                 if isinstance(t, torch.Tensor) else t for t in flat]
     params, kinds = fake_parameters(model, mode, loaded.trace_device)
+    data.n_params = len(params)
     args, kwargs = call_args(spec.unflatten(flat))
     try:
         with torch.no_grad(), _record_module_paths(model), flex_uncompiled(), \
                 module_state_kept(model), loaded.trace_context(), fast_paths(loaded.kernel_device), \
-                warnings.catch_warnings(), quiet_shape_log(), _OpBudget(max_calls):
+                warnings.catch_warnings(), quiet_shape_log(), _OpBudget(max_calls), \
+                data.watching():
             warnings.simplefilter("ignore")
             gm = make_fx(INFERENCE.build(model, params), tracing_mode="fake",
                          _allow_non_fake_inputs=True)(params, args, kwargs)
@@ -120,14 +155,13 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
     except Exception as exc:
         raise TraceRaised(f"the model raised while being traced at N={seq_len}: "
                          f"{type(exc).__name__}: {first_line(exc)}") from exc
-    names = list(params)
-    placeholder_kinds = {}
-    for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
-        placeholder_kinds[node.name] = kinds[names[i]] if i < len(names) else "input"
-        if i < len(names):
-            node.meta["attncost_param"] = names[i]
-    return TracedModel(gm, ShapeEnv(), {}, placeholder_kinds, n_range=(seq_len, seq_len),
-                       batch_range=(batch, batch), seq_len_hint=seq_len, batch_hint=batch)
+    return gm, kinds, list(params)
+
+
+def _resolved(data, exc, loaded: LoadedModel, seq_len: int, batch: int, shape_env) -> bool:
+    fixed = data.resolve(exc, loaded, seq_len, batch, data.n_params)
+    data.seed(shape_env)
+    return fixed
 
 
 def measure(loaded: LoadedModel, seq_len: int, batch: int, device: str, rules,

@@ -57,8 +57,10 @@ class WatchedShapeEnv(ShapeEnv):
         if limit is not None and isinstance(expr, sympy.Eq):
             for side, other in (expr.args, expr.args[::-1]):
                 if other.is_Integer and int(other) > limit and side.free_symbols & watched:
-                    hints = [self.backed_var_to_val.get(x) for x in side.free_symbols & watched]
-                    raise LengthSpecialized(max(int(h) for h in hints if h is not None),
+                    hints = {x: self.backed_var_to_val.get(x) for x in side.free_symbols & watched}
+                    if _holds_far_away(side, other, hints):
+                        continue
+                    raise LengthSpecialized(max(int(h) for h in hints.values() if h is not None),
                                             int(other))
         return super()._maybe_guard_rel(expr)
 
@@ -77,6 +79,23 @@ class WatchedShapeEnv(ShapeEnv):
                 int(tgt) > limit:
             raise LengthSpecialized(int(tgt))
         super()._set_replacement(a, tgt, msg)
+
+
+#: Multiples of the traced length (plus an odd offset) at which a guard that
+#: pins a function of N to a number is tried: one that holds at each fixes
+#: nothing (a length padded to blocks of 512, divided by its count of blocks).
+_FAR = (2, 5, 1000)
+
+
+def _holds_far_away(side, value, hints: dict) -> bool:
+    """Does ``side == value`` hold at lengths far from the traced one too?"""
+    if any(h is None for h in hints.values()):
+        return False
+    try:
+        return all(side.xreplace({x: sympy.Integer(int(h) * k + 3) for x, h in hints.items()})
+                   == value for k in _FAR)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return False
 
 
 @contextlib.contextmanager
