@@ -580,3 +580,33 @@ def test_disentangled_position_terms_are_the_scores_work(write_config):
     ids = torch.randint(0, 128, (2, 200))
     assert a.at(a.flops, 200, 2) == count_flops(model, (ids,))
 
+
+
+#: blocks of 16 local tokens and 4 global ones; every second encoder layer
+#: staggers its blocks by half a block
+PEGASUS_X = dict(model_type="pegasus_x", architectures=["PegasusXForConditionalGeneration"],
+                 d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                 vocab_size=128, max_position_embeddings=512, block_size=16,
+                 num_global_tokens=4, stagger_local_blocks=True, pad_token_id=0,
+                 eos_token_id=1, decoder_start_token_id=0)
+
+
+def test_local_blocks_beside_global_tokens_are_a_site(write_config):
+    """PEGASUS-X's encoder: the global tokens attend to every token, and each
+    block of local tokens to its own block and the global tokens, their
+    scores concatenated and masked under one softmax, each slice of the
+    weights applied to its own values.  Both are sites: the local one a
+    window of 16 + 4 keys per query, by hand."""
+    folder = write_config("pegasus_x", **PEGASUS_X)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", device="cpu",
+                         dtype="float32")
+    local = [s for s in a.sites if s.variant == "local"]
+    assert [(s.name, s.causal, s.window, s.heads) for s in local] == [
+        (f"model.encoder.layers.{i}.self_attn", False, 16 + 4, 4) for i in range(2)]
+    model = _real(PEGASUS_X, impl="eager").requires_grad_(False)
+    for n, batch in ((64, 1), (96, 2)):
+        ids = torch.randint(2, 128, (batch, n))
+        assert a.at(a.flops, n, batch) == count_flops(model, (ids,), {"decoder_input_ids": ids})
+        per_pair = 4 * 2 * (16 + 16)  # 4 heads of 16: 2·(d + d_v) a pair and head
+        assert a.at(local[0].useful_flops, n, batch) == batch * n * (16 + 4) * per_pair

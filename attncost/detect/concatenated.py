@@ -82,14 +82,26 @@ def _concatenation(scores: fx.Node, limit: int = 8) -> fx.Node | None:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             rank = len(pieces[0].meta["val"].shape) if pieces else 0
             return node if len(pieces) >= 2 and rank and dim % rank == rank - 1 else None
-        tensors = [a for a in node.args if isinstance(a, fx.Node)]
-        if len(tensors) != 1 or not (packet(node) in SCORE_OPS or is_view(node)):
+        if not (packet(node) in SCORE_OPS or is_view(node)):
             return None
-        node = tensors[0]
+        node = _scores_operand(node)
     return None
 
 
-def _applications(softmax: fx.Node, limit: int = 8) -> list[tuple[fx.Node, fx.Node]]:
+def _scores_operand(node: fx.Node) -> fx.Node | None:
+    """The operand of a score op that carries the scores: its only tensor,
+    or, beside a mask or bias broadcast to them (PEGASUS-X adds its padding
+    mask to the concatenation), the one tensor of the op's own shape."""
+    tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    if len(tensors) == 1:
+        return tensors[0]
+    shape = node.meta["val"].shape if "val" in node.meta else None
+    same = [a for a in tensors if shape is not None and "val" in a.meta and
+            getattr(a.meta["val"], "shape", None) == shape]
+    return same[0] if len(same) == 1 else None
+
+
+def _applications(softmax: fx.Node, limit: int = 16) -> list[tuple[fx.Node, fx.Node]]:
     """Every product that applies a slice of the weights to values: (the
     product, its values), found through slices and views of the weights."""
     found, frontier = [], [softmax]
