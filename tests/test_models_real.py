@@ -597,16 +597,23 @@ def test_local_blocks_beside_global_tokens_are_a_site(write_config):
     block of local tokens to its own block and the global tokens, their
     scores concatenated and masked under one softmax, each slice of the
     weights applied to its own values.  Both are sites: the local one a
-    window of 16 + 4 keys per query, by hand."""
+    window of 16 + 4 keys per query, by hand; the global one dense over a
+    fixed number of queries, in the second layer too, where the global
+    tokens have attended to the sequence once already and the staggered
+    blocks pad it by 16 keys that no query needs."""
     folder = write_config("pegasus_x", **PEGASUS_X)
     a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", device="cpu",
                          dtype="float32")
     local = [s for s in a.sites if s.variant == "local"]
     assert [(s.name, s.causal, s.window, s.heads) for s in local] == [
         (f"model.encoder.layers.{i}.self_attn", False, 16 + 4, 4) for i in range(2)]
+    overall = [s for s in a.sites if s.name.startswith("model.encoder") and s not in local]
+    assert [(s.variant, s.causal, s.query_len) for s in overall] == [("dense", False, 4)] * 2
     model = _real(PEGASUS_X, impl="eager").requires_grad_(False)
     for n, batch in ((64, 1), (96, 2)):
         ids = torch.randint(2, 128, (batch, n))
         assert a.at(a.flops, n, batch) == count_flops(model, (ids,), {"decoder_input_ids": ids})
         per_pair = 4 * 2 * (16 + 16)  # 4 heads of 16: 2·(d + d_v) a pair and head
         assert a.at(local[0].useful_flops, n, batch) == batch * n * (16 + 4) * per_pair
+        for site in overall:  # 4 global queries over the 4 global and N real tokens
+            assert a.at(site.useful_flops, n, batch) == batch * 4 * (4 + n) * per_pair

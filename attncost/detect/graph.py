@@ -12,7 +12,7 @@ import torch.fx as fx
 from ..expr import B, N, settled, simplified
 from ..rules.flops import FLOP_RULES
 from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, FACTORY_LIKE_OPS, GATHER_OPS, MATMUL_OPS, \
-    RANKING_OPS, SCATTER_OPS, getitem, is_view, packet
+    RANKING_OPS, SCATTER_OPS, SOFTMAX_OPS, getitem, is_view, packet
 
 aten = torch.ops.aten
 
@@ -225,6 +225,8 @@ class GraphContext:
                 continue
             seen.add(n)
             inputs = tensor_inputs(n)
+            if packet(n) in SEQUENCE_REDUCTIONS and _weighs_by_attention(n):
+                continue  # tokens that attended to the sequence: a context of their own
             if packet(n) in SEQUENCE_REDUCTIONS and not self._runs_along_sequence(n) and \
                     any(a in self.activations and self._runs_along_sequence(a) for a in inputs):
                 return True
@@ -256,6 +258,23 @@ class GraphContext:
                 if through_products or not is_product(n):
                     stack.extend(tensor_inputs(n))
         return {packet(n) for n in seen}
+
+
+def _weighs_by_attention(product: fx.Node, limit: int = 12) -> bool:
+    """Is one factor of ``product`` attention weights (a softmax's output,
+    through views and dropout)?  Its rows are the outputs of an attention:
+    global tokens or latents that attended to the sequence in an earlier
+    layer (PEGASUS-X, Perceiver), not the sequence pooled (Nyström)."""
+    stack = [(a, 0) for a in tensor_inputs(product)]
+    while stack:
+        n, depth = stack.pop()
+        if n.op != "call_function" or depth > limit:
+            continue
+        if packet(n) in SOFTMAX_OPS:
+            return True
+        if is_view(n) or packet(n) in PROB_OPS:
+            stack.extend((a, depth + 1) for a in tensor_inputs(n)[:1])
+    return False
 
 
 def tensor_inputs(node: fx.Node) -> list[fx.Node]:

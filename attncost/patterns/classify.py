@@ -60,10 +60,17 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
                 pattern.length is not None and pattern.length < c.window:
             c.useful_flops = _wider_than_traced(pattern, values, flops, c.window)
         return c
-    if keys_grow and N not in sympy.sympify(n_q).free_symbols and pattern.kind == "full":
+    if keys_grow and N not in sympy.sympify(n_q).free_symbols and \
+            (pattern.kind == "full" or pattern.same_keys):
         # a fixed number of queries over the sequence (learned latents, agent
-        # tokens): every pair computed, linear in N
-        return _fixed_context(values, flops)
+        # tokens, global tokens): every pair computed, linear in N; the keys a
+        # padding mask blocks for every query are not needed
+        c = _fixed_context(values, flops)
+        if pattern.kind != "full" and pattern.pairs is not None:
+            # a mask of keys alone (one row) is broadcast over every query
+            rows = n_q if pattern.length == 1 else 1
+            c.useful_flops = sympy.expand(_per_pair(values, flops) * pattern.pairs * rows)
+        return c
     if pattern.kind == "causal":
         f = formula("causal_dense")
         return Classification("dense", f.at("useful_flops", values), None, f.complexity,

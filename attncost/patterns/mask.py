@@ -41,6 +41,8 @@ class MaskPattern:
     #: null or sink key), and the pattern of the rest: causal, full or window
     extra_keys: int = 0
     base: str | None = None
+    #: every query lets the same keys through (a padding mask on the keys)
+    same_keys: bool = False
 
     @classmethod
     def full(cls) -> "MaskPattern":
@@ -75,7 +77,8 @@ def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
         return extra
     causal = bool(nq == nk and not allowed.triu(1).any())
     return MaskPattern("pattern", causal=causal, density=total / (nq * nk),
-                       allowed=int(total), length=nq)
+                       allowed=int(total), length=nq,
+                       same_keys=bool((allowed == allowed[:1]).all()))
 
 
 def _with_extra_keys(allowed: torch.Tensor) -> MaskPattern | None:
