@@ -200,21 +200,12 @@ def test_a_length_read_from_data_is_n_and_its_branches_bound_n(tmp_path):
         assert a.at(a.flops, n, batch) == oracle(path, n, batch), n
 
 
-LEVELS = """
-import math
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(DIM, DIM, bias=False)
-        self.extra = nn.Linear(DIM, DIM, bias=False)
-    def forward(self, x):
+#: PAD with log2(N) more projections: levels that no polynomial in N fits
+LEVELS = "import math\n" + PAD.replace("        y = self.proj(x)\n", """\
         y = self.proj(x)
-        for _ in range(int(math.log2(x.shape[1]))):  # levels: log2(N), no polynomial
+        for _ in range(int(math.log2(x.shape[1]))):
             y = y + self.proj(y)
-        if (x > 100).any().item():  # never with randn inputs
-            y = self.extra(y)
-        return y
-"""
+""")
 
 
 def test_a_branch_on_data_in_a_trace_at_one_length_is_fixed_as_the_inputs_give_it(tmp_path):
