@@ -193,6 +193,14 @@ def padded_tidied(expr: sympy.Expr) -> sympy.Expr:
     return tidy if _agree(tidy, expr, points) else expr
 
 
+def shape_text(dims) -> str:
+    """A tensor's sizes as printed: (B, 256*floor(N/256 + Mod(511*N, 512)/256))
+    -> 'B×512·ceiling(N/512)'."""
+    texts = [str(padded_tidied(sympy.sympify(d))).replace("**", "^").replace("*", "·")
+             for d in dims]
+    return "×".join(f"({t})" if " " in t else t for t in texts) or "scalar"
+
+
 def _agree(tidy: sympy.Expr, expr: sympy.Expr, points: list) -> bool:
     """Does ``tidy`` equal ``expr`` at each point where ``expr`` has a value
     (a block size written N//(N//16) has none below 16), at four at least?"""

@@ -76,3 +76,13 @@ def test_conditions_read_fast_agree_with_sympy():
             for b in (1, 2):
                 exact = _parsed(condition).xreplace({N: sympy.Integer(n), B: sympy.Integer(b)})
                 assert holds_at(condition, n, b) is bool(exact), (condition, n, b)
+
+
+def test_a_shape_says_a_padded_length_as_ceiling_and_brackets_sums():
+    from attncost.expr import shape_text
+
+    # Longformer's length padded to its window of 512, cut into chunks of 256
+    chunks = sympy.sympify("256*floor(N/256 + Mod(511*N, 512)/256)", locals={"N": N})
+    assert shape_text([B, chunks, 4, 513]) == "B×512·ceiling(N/512)×4×513"
+    assert shape_text([B, N + 1, N]) == "B×(N + 1)×N"
+    assert shape_text([]) == "scalar"

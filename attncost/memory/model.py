@@ -8,7 +8,7 @@ from typing import Any
 import sympy
 import torch.fx as fx
 
-from ..expr import B, value_at
+from ..expr import B, shape_text, value_at
 from ..paths import any_index, layer_or_path
 from ..rules.ops import op_name
 from ..tracing.graph import tensor_outputs
@@ -171,7 +171,7 @@ class MemoryModel:
             if a.output < len(outs):
                 t = outs[a.output]
                 dims = [self._traced.expr(s) for s in t.shape]
-                shape = "×".join(str(d).replace("*", "·") for d in dims) or "scalar"
+                shape = shape_text(dims)
                 dtype = short_dtype(t.dtype)
         name = a.label or (op_name(node).lstrip("_") or op_name(node) if node is not None else "tensor")
         return BreakdownEntry(name, path, layer_or_path(path), shape, dtype, nbytes, share,

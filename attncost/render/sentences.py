@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sympy
 
-from ..expr import B, N, degree, leading_term, value_at
+from ..expr import B, N, degree, leading_term, shape_text, value_at
 from ..units import human_bytes, human_flops, human_rate, human_seconds, human_tokens
 from .console import clean
 
@@ -165,7 +165,7 @@ def _hidden_quadratic_line(a) -> list[str]:
     if not hidden:
         return []
     biggest = max(hidden, key=lambda q: a.at(q.bytes))
-    shape = "×".join(str(x) for x in biggest.shape)
+    shape = shape_text(biggest.shape)
     # Not their sum: they are seldom alive at the same time.
     return [f"hidden quadratic: {len(hidden)} tensor(s) of N² size although the attention "
             f"is sub-quadratic; the largest is a {biggest.dtype} {biggest.op} of {shape} in "
