@@ -140,17 +140,19 @@ def on_multiples(expr: sympy.Expr, m: int) -> sympy.Expr:
             not expr.atoms(sympy.Function):
         return expr
     k = sympy.Symbol("k", positive=True, integer=True)
-    on_k = expr.xreplace({N: m * k})
-    # floor((16k + 16)/(k + 1)): its argument cancelled, the floor of a number
-    on_k = on_k.replace(lambda e: isinstance(e, (sympy.floor, sympy.ceiling)),
-                        lambda e: e.func(sympy.cancel(e.args[0])))
+    on_k = _floors_cancelled(expr.xreplace({N: m * k}))  # floor((16k + 16)/(k + 1)) is 16
     simpler = sympy.expand(sympy.expand(on_k).xreplace({k: N / m}))
     if simpler.count_ops() >= expr.count_ops():
         return expr
     points = [(m * j, b) for j in (1, 2, 7, 64) for b in (1, 3)]
-    if all(value_at(simpler, n, b) == value_at(expr, n, b) for n, b in points):
-        return simpler
-    return expr
+    return simpler if _agree(simpler, expr, points) else expr
+
+
+def _floors_cancelled(expr: sympy.Expr) -> sympy.Expr:
+    """Each floor and ceiling with its argument cancelled: one whose
+    argument is a number (a padded length over its count of blocks) is it."""
+    return expr.replace(lambda e: isinstance(e, (sympy.floor, sympy.ceiling)),
+                        lambda e: e.func(sympy.cancel(e.args[0])))
 
 
 def _mod_as_floor(mod: sympy.Mod) -> sympy.Expr:
@@ -184,9 +186,7 @@ def padded_tidied(expr: sympy.Expr) -> sympy.Expr:
         return expr
     tidy = expr.replace(lambda x: isinstance(x, sympy.Mod), _mod_as_floor)
     tidy = tidy.replace(lambda x: isinstance(x, sympy.floor), _floor_as_ceiling)
-    tidy = tidy.replace(lambda x: isinstance(x, (sympy.floor, sympy.ceiling)),
-                        lambda x: x.func(sympy.cancel(x.args[0])))
-    tidy = sympy.expand(tidy)
+    tidy = sympy.expand(_floors_cancelled(tidy))
     if tidy.count_ops() >= expr.count_ops():
         return expr
     points = [(n, b) for n in (1, 2, 7, 8, 9, 10, 63, 64, 65, 1000, 4097) for b in (1, 3)]

@@ -235,14 +235,7 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
     """One make_fx of ``program``, with the data values fixed so far."""
     model = loaded.module
     shape_env = DataShapeEnv(duck_shape=False)
-    data.seed(shape_env)
-
-    def resolve(exc) -> bool:
-        fixed = data.resolve(exc, loaded, seq_hint, batch_hint, data.n_params)
-        data.seed(shape_env)
-        return fixed
-
-    shape_env.attncost_resolve = resolve
+    data.resolving(shape_env, loaded, seq_hint, batch_hint)
     # A tensor kept as a plain attribute (not a parameter or buffer: a fixed
     # sin-cos table) is a constant of the graph, as it is of a real run.
     mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=True)

@@ -92,6 +92,17 @@ class DataValues:
         for f in self.fixed:
             shape_env.real_tensor_prop_unbacked_vals[f.symbol] = sympy.Integer(f.value)
 
+    def resolving(self, shape_env, loaded, seq_hint: int, batch_hint: int) -> None:
+        """Seed ``shape_env`` with the values fixed so far, and let it fix
+        the next one at the branch that reads it."""
+        def resolve(exc) -> bool:
+            fixed = self.resolve(exc, loaded, seq_hint, batch_hint, self.n_params)
+            self.seed(shape_env)
+            return fixed
+
+        self.seed(shape_env)
+        shape_env.attncost_resolve = resolve
+
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
         """Keep the tracer of the trace that runs, to read its graph after a failure."""

@@ -128,9 +128,7 @@ def _concrete_once(loaded: LoadedModel, seq_len: int, batch: int, max_calls: int
 
     model = loaded.module
     shape_env = DataShapeEnv()
-    data.seed(shape_env)
-    shape_env.attncost_resolve = lambda exc: _resolved(data, exc, loaded, seq_len, batch,
-                                                       shape_env)
+    data.resolving(shape_env, loaded, seq_len, batch)
     # plain tensor attributes: constants
     mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=shape_env, static_shapes=True)
     with FakeTensorMode(allow_non_fake_inputs=True):
@@ -156,12 +154,6 @@ def _concrete_once(loaded: LoadedModel, seq_len: int, batch: int, max_calls: int
         raise TraceRaised(f"the model raised while being traced at N={seq_len}: "
                          f"{type(exc).__name__}: {first_line(exc)}") from exc
     return gm, kinds, list(params)
-
-
-def _resolved(data, exc, loaded: LoadedModel, seq_len: int, batch: int, shape_env) -> bool:
-    fixed = data.resolve(exc, loaded, seq_len, batch, data.n_params)
-    data.seed(shape_env)
-    return fixed
 
 
 def measure(loaded: LoadedModel, seq_len: int, batch: int, device: str, rules,
