@@ -13,10 +13,12 @@ import torch
 
 import attncost
 import attncost.tracing as tracing
+from attncost.detect.evaluate import Evaluations
 from attncost.loader import load
 from attncost.rules.flops import node_flops
 from attncost.tracing import trace
 from attncost.tracing.repeat import find_repeated, period_of
+from conftest import MODELS
 from oracle import count_flops, load_module
 
 # ------------------------------------------------------------------ periods, by hand
@@ -157,3 +159,60 @@ def test_three_kinds_flops_equal_flopcountermode_where_never_traced(stack):
     model = load_module(stack).build_model().eval()
     for n, b in ((40, 1), (23, 2), (97, 1)):
         assert a.at(a.flops, n, b) == count_flops(model, (torch.zeros(b, n, dtype=torch.long),))
+
+
+# ------------------------------------------------------------------ sizes written otherwise
+
+PADDED = MODELS / "padded_blocks_stack.py"
+
+
+def test_layers_holding_their_position_and_nesting_sizes_are_replayed(monkeypatch):
+    """Each layer of the padded stack holds its own ``layer_id`` and hands
+    the next one its length written more nested: still one repeated layer,
+    and replayed (a full trace of it, each layer's sizes nested once more,
+    takes minutes: the spy stops one at once).  The replay's FLOPs are
+    checked against FlopCounterMode below."""
+    loaded = load(PADDED)
+    block = find_repeated(loaded.module)
+    assert (block.path, block.period, block.count) == ("layers", 1, 8)
+
+    def spy(*args):
+        if not real_replay(*args):
+            raise AssertionError("the traced layers were not replayed")
+        return True
+
+    real_replay = tracing.replay_layers
+    monkeypatch.setattr(tracing, "replay_layers", spy)
+    reused = trace(loaded, 64, 1, reuse_layers=True)
+    assert len(_layer_flops(reused)) == 8
+
+
+def test_padded_stack_flops_equal_flopcountermode_where_never_traced():
+    a = attncost.analyze(PADDED, seq_len=64, device="cpu")
+    assert len(a.sites) == 8 and {(s.variant, s.window) for s in a.sites} == {("local", 16)}
+    model = load_module(PADDED).build_model().eval()
+    module = load_module(PADDED)
+    for n, b in ((64, 1), (48, 2), (160, 1)):
+        assert a.at(a.flops, n, b) == count_flops(model, module.example_inputs(n, b))
+
+
+def _evaluations_run(path, monkeypatch) -> int:
+    runs = []
+    real = Evaluations.__setitem__
+    monkeypatch.setattr(Evaluations, "__setitem__",
+                        lambda self, key, value: (runs.append(key), real(self, key, value)))
+    attncost.analyze(path, seq_len=64, device="cpu")
+    return len(runs)
+
+
+def test_copied_layers_read_their_masks_from_the_layer_they_copy(tmp_path, monkeypatch):
+    """Reading which pairs a blocked site lets through runs its layer's
+    ops at several lengths; a copied layer runs the same ops on the same
+    values, so eight layers run what four do (layers 0 and 1 differ: the
+    first reads the plain length)."""
+    counts = {}
+    for layers in (4, 8):
+        path = tmp_path / f"stack{layers}.py"
+        path.write_text(PADDED.read_text().replace("LAYERS = 8", f"LAYERS = {layers}"))
+        counts[layers] = _evaluations_run(path, monkeypatch)
+    assert counts[4] > 0 and counts[8] == counts[4]

@@ -7,6 +7,8 @@ size), and any node may be given a value instead of being computed.
 """
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_flatten
@@ -60,6 +62,23 @@ def _mutated_base(node: fx.Node) -> fx.Node | None:
     return base
 
 
+def _order_and_writes(graph: fx.Graph) -> tuple[dict, dict]:
+    """Each node's position, and the in-place writes into each tensor, of
+    ``graph`` (read once per graph and length of it)."""
+    stamp = (len(graph.nodes), id(next(reversed(graph.nodes), None)))
+    known = getattr(graph, "_attncost_writes", None)
+    if known is not None and known[0] == stamp:
+        return known[1], known[2]
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    writes: dict[fx.Node, list[fx.Node]] = {}
+    for node in order:
+        base = _mutated_base(node)
+        if base is not None:
+            writes.setdefault(base, []).append(node)
+    graph._attncost_writes = (stamp, order, writes)
+    return order, writes
+
+
 def _needed(traced, target: fx.Node, sizes: tuple[int, int],
             given=()) -> tuple[set[fx.Node], dict[fx.Node, int]]:
     """The nodes ``target`` depends on, and the sizes among them (known from
@@ -68,12 +87,7 @@ def _needed(traced, target: fx.Node, sizes: tuple[int, int],
     in place (a mask built by writing into slices of zeros) needs its writes."""
     needed: set[fx.Node] = set()
     scalars: dict[fx.Node, int] = {}
-    order = {n: i for i, n in enumerate(traced.graph_module.graph.nodes)}
-    writes: dict[fx.Node, list[fx.Node]] = {}
-    for node in order:
-        base = _mutated_base(node)
-        if base is not None:
-            writes.setdefault(base, []).append(node)
+    order, writes = _order_and_writes(traced.graph_module.graph)
     stack = [target]
     while stack:
         _collect(traced, target, sizes, given, needed, scalars, stack)
@@ -158,9 +172,16 @@ def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
         if not zeroed:
             raise
         return evaluate_node(ctx, target, n_eval, {**given, **zeroed})
+    order = [n for n in gm.graph.nodes if n in feeds]
+    if ctx.evaluated is None:
+        ctx.evaluated = Evaluations()
+    key = ctx.evaluated.key(ctx, [n for n in gm.graph.nodes
+                                  if n in needed or n in scalars or n in feeds], target,
+                            feeds, given, scalars, n_eval)
+    if key in ctx.evaluated:
+        return ctx.evaluated[key]
     env: dict[fx.Node, object] = dict(scalars)
     sub = fx.Graph()
-    order = [n for n in gm.graph.nodes if n in feeds]
     for node in order:
         env[node] = sub.placeholder(node.name)
     for node in gm.graph.nodes:
@@ -171,9 +192,91 @@ def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
         # Rooted at the traced module so that constants (get_attr) resolve.
         module = fx.GraphModule(gm, sub)
         with torch.no_grad():
-            return module(*[feeds[n] for n in order])
+            result = module(*[feeds[n] for n in order])
     except Exception as exc:  # the mask code needs something we cannot give it
         raise CannotEvaluate(f"{type(exc).__name__}: {first_line(exc)}")
+    ctx.evaluated[key] = result
+    return result
+
+
+class Evaluations(dict):
+    """Results of evaluations, by what they compute: the ops in order with
+    their arguments, and the values fed in.  The layers of a stack copied
+    from a traced one (tracing/repeat.py) compute their masks and weights
+    with the same ops on the same values, and are run once.  Holds up to
+    ``MAX_BYTES`` of results."""
+
+    MAX_BYTES = 512 << 20
+
+    def __init__(self):
+        super().__init__()
+        self._fingerprints: dict[int, tuple] = {}
+        self._bytes = 0
+
+    def key(self, ctx, nodes: list[fx.Node], target: fx.Node, feeds: dict, given: dict,
+            scalars: dict, n_eval: int) -> tuple:
+        index: dict[fx.Node, int] = {}
+        parts: list = [n_eval]
+        for node in nodes:
+            if node in given:
+                part = ("given", self._fingerprint(given[node]))
+            elif node in feeds:
+                kind = ctx.traced.placeholder_kinds.get(node.name)
+                part = ("zeros", tuple(feeds[node].shape), feeds[node].dtype) \
+                    if kind == "parameter" else ("fed", node.name)
+            elif node in scalars:
+                part = ("size", scalars[node])
+            else:
+                part = (str(node.target), repr(fx.map_arg((node.args, node.kwargs),
+                                                          lambda x: _Ref(index[x]))))
+            index[node] = len(parts)
+            parts.append(part)
+        parts.append(index[target])
+        return tuple(parts)
+
+    def _fingerprint(self, value) -> tuple:
+        """What a given value is: its shape, dtype and bytes' digest (a
+        tensor given again, the same object, is digested once)."""
+        if not isinstance(value, torch.Tensor):
+            return ("value", repr(value))
+        known = self._fingerprints.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        data = value.detach().contiguous().cpu()
+        digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes()
+                                 if data.numel() else b"", digest_size=16).hexdigest()
+        fingerprint = (tuple(value.shape), value.dtype, digest)
+        self._fingerprints[id(value)] = (value, fingerprint)
+        return fingerprint
+
+    def __setitem__(self, key, result) -> None:
+        size = sum(t.numel() * t.element_size() for t in tree_flatten(result)[0]
+                   if isinstance(t, torch.Tensor))
+        if self._bytes + size > self.MAX_BYTES:
+            return
+        self._bytes += size
+        super().__setitem__(key, result)
+
+
+class _Ref:
+    """A node argument in an evaluation's key: the position of its node."""
+
+    def __init__(self, position: int):
+        self.position = position
+
+    def __repr__(self) -> str:
+        return f"@{self.position}"
+
+
+def zeros_at(ctx, node: fx.Node, n_eval: int, batch: int = 2) -> torch.Tensor:
+    """Zeros shaped as ``node``'s value at length n_eval (and ``batch``)."""
+    val = node.meta["val"]
+    return torch.zeros([value_at(ctx.traced.expr(d), n_eval, batch) for d in val.shape],
+                       dtype=val.dtype)
+
+
+def ones_at(ctx, node: fx.Node, n_eval: int, batch: int = 2) -> torch.Tensor:
+    return zeros_at(ctx, node, n_eval, batch) + 1
 
 
 def _activations_as_zeros(ctx, target: fx.Node, n_eval: int, batch: int,
@@ -192,8 +295,7 @@ def _activations_as_zeros(ctx, target: fx.Node, n_eval: int, batch: int,
         seen.add(n)
         val = n.meta.get("val")
         if n in activations and isinstance(val, torch.Tensor) and val.is_floating_point():
-            shape = [value_at(ctx.traced.expr(d), n_eval, batch) for d in val.shape]
-            zeroed[n] = torch.zeros(shape, dtype=val.dtype)
+            zeroed[n] = zeros_at(ctx, n, n_eval, batch)
             continue
         stack.extend(n.all_input_nodes)
     return zeroed

@@ -68,6 +68,8 @@ class GraphContext:
     unweighed: dict = field(default_factory=dict)
     #: operand -> does it come from a projection of the input (unfused._projected)
     projected: dict = field(default_factory=dict)
+    #: evaluations already run, by what they compute (detect/evaluate.py)
+    evaluated: object = None
     _by_name: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):

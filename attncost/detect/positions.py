@@ -21,7 +21,7 @@ import torch.fx as fx
 from ..expr import B, N, settled, simplified, value_at
 from ..patterns.mask import NEGLIGIBLE_WEIGHT
 from ..rules.ops import COPY_OPS, getitem, is_view, packet
-from .evaluate import CannotEvaluate, evaluate_node
+from .evaluate import CannotEvaluate, evaluate_node, ones_at, zeros_at
 from .graph import is_product
 from .masks import polynomial_count, read_pattern
 
@@ -158,21 +158,24 @@ def _decoded(norms: torch.Tensor) -> torch.Tensor:
     return norms / positive.min()
 
 
-def site_weights(ctx, weights: fx.Node, n: int):
-    """What a site applies to V at length n (zero weights, so every score is
-    0 or masked): the softmax, or where a function weighs the scores in its
-    place (``relu(S)**2``, whose masks may come after it), the weights that
-    reach ·V with that function read as exp: 1 where a pair passes, 0 where
-    a mask blocked it, before or after."""
-    qk = ctx.unweighed.get(weights)
-    if qk is not None:  # scores of 1 pass through the decay or mask as they are
-        scores = torch.as_tensor(evaluate_node(ctx, qk, n))
-        return evaluate_node(ctx, weights, n, {qk: torch.ones_like(scores)})
+def site_weights(ctx, weights: fx.Node, n: int, qk: fx.Node | None = None):
+    """What a site applies to V at length n, with every score 0 (what the
+    weights make of Q·Kᵀ, ``qk``, where it is known; else zero weights make
+    it so), so that only masks decide: the softmax, or where a function
+    weighs the scores in its place (``relu(S)**2``, whose masks may come
+    after it), the weights that reach ·V with that function read as exp:
+    1 where a pair passes, 0 where a mask blocked it, before or after.
+    Given as zeros, the scores need none of the layers before them."""
+    unweighed = ctx.unweighed.get(weights)
+    if unweighed is not None:  # scores of 1 pass through the decay or mask as they are
+        return evaluate_node(ctx, weights, n, {unweighed: ones_at(ctx, unweighed, n)})
+    given = {qk: zeros_at(ctx, qk, n)} if qk is not None else {}
     anchor = ctx.weighed_by.get(weights)
     if anchor is None:
-        return evaluate_node(ctx, weights, n)
-    scores = torch.as_tensor(evaluate_node(ctx, anchor.args[0], n))
-    return evaluate_node(ctx, weights, n, {anchor: torch.exp(scores.float()).to(scores.dtype)})
+        return evaluate_node(ctx, weights, n, given)
+    scores = torch.as_tensor(evaluate_node(ctx, anchor.args[0], n, given))
+    return evaluate_node(ctx, weights, n,
+                         {**given, anchor: torch.exp(scores.float()).to(scores.dtype)})
 
 
 def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, n: int,
@@ -185,7 +188,7 @@ def allowed_positions(ctx, qk: fx.Node, softmax: fx.Node, q_operand, k_operand, 
     try:
         q_pos = evaluate_node(ctx, q_operand, n, {q_src[0]: _codes(ctx, *q_src, n)})
         k_pos = evaluate_node(ctx, k_operand, n, {k_src[0]: _codes(ctx, *k_src, n)})
-        weights = site_weights(ctx, softmax, n)
+        weights = site_weights(ctx, softmax, n, qk)
         # where the source's positions came from (a roll before the projection)
         q_order, k_order = upstream_order(ctx, q_src[0], n), upstream_order(ctx, k_src[0], n)
     except CannotEvaluate:
@@ -288,7 +291,8 @@ def sequence_sink(ctx, node: fx.Node, width, limit: int = 32) -> tuple[fx.Node, 
     return None
 
 
-def allowed_by_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node, n: int):
+def allowed_by_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node, n: int,
+                      qk: fx.Node | None = None):
     """The N×N matrix of (query, key) pairs the site lets through at N=n,
     read from what its output depends on: the values replaced, a group of
     positions at a time, by one-hot vectors (position j sets feature j mod
@@ -306,7 +310,7 @@ def allowed_by_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node, n:
     if axis == len(shape) - 1 or sink is None:
         return None
     try:
-        weights = site_weights(ctx, softmax, n)
+        weights = site_weights(ctx, softmax, n, qk)
         allowed = torch.zeros(n, n, dtype=torch.bool)
         for start in range(0, n, features):
             codes = torch.zeros(shape, dtype=source.meta["val"].dtype)
@@ -324,6 +328,7 @@ def allowed_by_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node, n:
     return allowed if bool(allowed.any(dim=1).all()) else None
 
 
-def pattern_of_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node):
+def pattern_of_values(ctx, pv: fx.Node, v_operand: fx.Node, softmax: fx.Node,
+                      qk: fx.Node | None = None):
     """The site's pattern read from what its output depends on, or None."""
-    return probed_pattern(ctx, lambda n: allowed_by_values(ctx, pv, v_operand, softmax, n))
+    return probed_pattern(ctx, lambda n: allowed_by_values(ctx, pv, v_operand, softmax, n, qk))

@@ -350,7 +350,7 @@ def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q,
         return masks.pattern_of(ctx, mask_inputs, heads) if mask_inputs else MaskPattern.full()
     probed = pattern_of_positions(ctx, qk, softmax, q_operand, k_operand, heads)
     if probed is None and relaid is not None:  # diagonals: read through the values
-        probed = pattern_of_values(ctx, *relaid, softmax)
+        probed = pattern_of_values(ctx, *relaid, softmax, qk)
     if probed is not None and probed.pairs is None and probed.kind == "pattern":
         # not the same pattern at every length: its pairs counted at several
         probed.pairs = counted_positions(ctx, qk, softmax, q_operand, k_operand, heads)

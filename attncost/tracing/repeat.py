@@ -18,6 +18,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
+import sympy
 import torch
 import torch.fx as fx
 
@@ -47,11 +48,32 @@ class RepeatedBlock:
         return 2 * self.period
 
 
-def _signature(module: torch.nn.Module | None, layer_type=None) -> tuple:
+def _settings(module: torch.nn.Module) -> dict[tuple[str, str], object]:
+    """Every plain setting of a layer and its submodules, by (module, name)."""
+    found = {}
+    for name, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            if not key.startswith("_") and isinstance(value, (int, float, str, bool, type(None))):
+                found[(name, key)] = value
+    return found
+
+
+def _position_settings(layers) -> set[tuple[str, str]]:
+    """Settings that hold each layer's own position in the list (Longformer's
+    ``layer_id``): indices, whatever their name."""
+    held = [_settings(layer) if layer is not None else {} for layer in layers]
+    if not held:
+        return set()
+    return {key for key in held[0]
+            if all(type(h.get(key)) is int and h[key] == i for i, h in enumerate(held))}
+
+
+def _signature(module: torch.nn.Module | None, layer_type=None,
+               positions: set[tuple[str, str]] = frozenset()) -> tuple:
     """What makes two layers compute the same thing: class, parameter and
-    buffer shapes, and every plain setting except an index.  A ``None`` held
-    in a ModuleList (x-transformers keeps optional norms that way) is a
-    layer of its own kind."""
+    buffer shapes, and every plain setting except an index (named so, or
+    holding the layer's position).  A ``None`` held in a ModuleList
+    (x-transformers keeps optional norms that way) is a layer of its own kind."""
     if module is None:
         return ("None", layer_type)
     parts: list = [type(module).__qualname__, layer_type]
@@ -62,7 +84,7 @@ def _signature(module: torch.nn.Module | None, layer_type=None) -> tuple:
     for name, sub in module.named_modules():
         parts.append((name, type(sub).__qualname__))
         for key, value in sorted(vars(sub).items()):
-            if key.startswith("_") or "idx" in key or "index" in key:
+            if key.startswith("_") or "idx" in key or "index" in key or (name, key) in positions:
                 continue
             if isinstance(value, (int, float, str, bool, type(None))):
                 parts.append((name, key, value))
@@ -92,7 +114,8 @@ def find_repeated(model: torch.nn.Module, config=None) -> RepeatedBlock | None:
         if any(layer is None for layer in mod):
             continue  # placeholders (x-transformers' skip_combines): no layers to replay
         types = list(layer_types) if layer_types and len(layer_types) == len(mod) else [None] * len(mod)
-        period = period_of([_signature(layer, t) for layer, t in zip(mod, types)])
+        positions = _position_settings(mod)
+        period = period_of([_signature(layer, t, positions) for layer, t in zip(mod, types)])
         if period is None or len(mod) - 2 * period <= saved:
             continue
         parent_path, _, attr = path.rpartition(".")
@@ -124,13 +147,73 @@ def _is_tensor(node: fx.Node) -> bool:
         isinstance(val, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in val))
 
 
-def _same_op(a: fx.Node, b: fx.Node) -> bool:
+def _same_op(a: fx.Node, b: fx.Node, sizes: "_Sizes") -> bool:
     if a.op != b.op or (a.target != b.target and a.op != "get_attr"):
         return False
     va, vb = a.meta.get("val"), b.meta.get("val")
     if isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor):
-        return va.dtype == vb.dtype and str(va.shape) == str(vb.shape)
+        return va.dtype == vb.dtype and sizes.same_shape(va, vb)
     return True
+
+
+#: Multiples of the traced sizes at which two sizes are compared.
+_SCALES = (1, 2, 3, 4, 5, 7, 8, 16, 64)
+
+
+class _Sizes:
+    """Tells whether two layers' tensors have the same shape: sizes written
+    alike, or equal wherever the trace holds.  Code that pads to a multiple
+    of a block and cuts it into pieces hands the next layer
+    ``(P//256)·(P//(P//256))`` for P: the same size, nested once more each
+    layer.  Equality is sampled: at the traced sizes scaled by each of
+    ``_SCALES`` where the trace's guards hold (three such points at least),
+    none differing.  The replay it allows gives each copied layer its
+    template's sizes, which a full trace would write otherwise but count
+    the same."""
+
+    def __init__(self):
+        self._points: dict[frozenset, list[dict]] = {}
+
+    def same_shape(self, va: torch.Tensor, vb: torch.Tensor) -> bool:
+        if str(va.shape) == str(vb.shape):
+            return True
+        shape_env = getattr(getattr(va, "fake_mode", None), "shape_env", None)
+        return va.dim() == vb.dim() and shape_env is not None and all(
+            self._equal(_expr(x), _expr(y), shape_env) for x, y in zip(va.shape, vb.shape))
+
+    def _equal(self, x: sympy.Expr, y: sympy.Expr, shape_env) -> bool:
+        if x == y:
+            return True
+        points = self._where_traced(frozenset(x.free_symbols | y.free_symbols), shape_env)
+        try:
+            return len(points) >= 3 and all(x.xreplace(p) == y.xreplace(p) for p in points)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return False
+
+    def _where_traced(self, symbols: frozenset, shape_env) -> list[dict]:
+        if symbols not in self._points:
+            self._points[symbols] = _points_where_guards_hold(symbols, shape_env)
+        return self._points[symbols]
+
+
+def _expr(size) -> sympy.Expr:
+    return size.node.expr if isinstance(size, torch.SymInt) else sympy.Integer(size)
+
+
+def _points_where_guards_hold(symbols: frozenset, shape_env) -> list[dict]:
+    hints = {s: int(v) for s, v in shape_env.backed_var_to_val.items()}
+    if not symbols <= hints.keys():
+        return []
+    guards = [g.expr for g in shape_env.guards if g.expr.free_symbols & symbols]
+    points = []
+    for scale in _SCALES:
+        point = {**hints, **{s: hints[s] * scale for s in symbols}}
+        try:
+            if all(bool(g.xreplace(point)) for g in guards):
+                points.append(point)
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+    return points
 
 
 def _renamed_stack(stack, prefix: str, old_index: int, index: int):
@@ -190,9 +273,10 @@ def _traced_layers(nodes: list[fx.Node], block: RepeatedBlock) -> _TracedLayers 
     p = block.period
     regions = _regions(nodes, block)
     tensors = [[n for n in r if _is_tensor(n)] for r in regions]
+    sizes = _Sizes()
     for j in range(p):
         a, b = tensors[j], tensors[p + j]
-        if not a or len(a) != len(b) or not all(_same_op(x, y) for x, y in zip(a, b)):
+        if not a or len(a) != len(b) or not all(_same_op(x, y, sizes) for x, y in zip(a, b)):
             return None
     if not _in_order(nodes, regions, p):
         return None
