@@ -164,7 +164,10 @@ def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
     gm = ctx.traced.graph_module
     batch = 2
     given = given or {}
-    needed, scalars = _needed(ctx.traced, target, (n_eval, batch), given)
+    try:
+        needed, scalars = _needed(ctx.traced, target, (n_eval, batch), given)
+    except (TypeError, ValueError, ZeroDivisionError) as exc:  # a size with no value there
+        raise CannotEvaluate(f"its sizes have no value at N={n_eval}: {first_line(exc)}")
     try:
         feeds = {**_feeds(ctx, needed - set(given), n_eval, batch), **given}
     except CannotEvaluate:
@@ -271,8 +274,11 @@ class _Ref:
 def zeros_at(ctx, node: fx.Node, n_eval: int, batch: int = 2) -> torch.Tensor:
     """Zeros shaped as ``node``'s value at length n_eval (and ``batch``)."""
     val = node.meta["val"]
-    return torch.zeros([value_at(ctx.traced.expr(d), n_eval, batch) for d in val.shape],
-                       dtype=val.dtype)
+    try:
+        shape = [value_at(ctx.traced.expr(d), n_eval, batch) for d in val.shape]
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise CannotEvaluate(f"its sizes have no value at N={n_eval}: {first_line(exc)}")
+    return torch.zeros(shape, dtype=val.dtype)
 
 
 def ones_at(ctx, node: fx.Node, n_eval: int, batch: int = 2) -> torch.Tensor:

@@ -41,6 +41,8 @@ def read_fused(ctx, node: fx.Node) -> list[AttentionSite]:
     mask = schema_args(node).get("attn_mask") if impl == "sdpa" else None
     if windows:  # the pairs the mask lets through in each window, counted
         found = [(mask, "allowed")] if isinstance(mask, fx.Node) else []
+        if pattern.kind == "causal" and not found:
+            pattern.pairs = _causal_in_windows(qs, ks, heads)
         pattern = masks.windowed_pattern(ctx, pattern, found, (*qs[:-1], n_k), heads, n_q, n_k)
     pattern.content = content_based(ctx, (q, k), [mask] if isinstance(mask, fx.Node) else [])
     return build_sites(ctx, node, shape, pattern, nodes=[node])
@@ -58,6 +60,17 @@ def _lengths(qs, ks, heads: int):
     rows = settled(simplified(sympy.Mul(*qs[:-1]) / (B * heads)))
     folded = N in rows.free_symbols and N in sympy.Mul(*ks[:-1]).free_symbols
     return (rows, n_k, True) if folded else (qs[-2], ks[-2], False)
+
+
+def _causal_in_windows(qs, ks, heads: int) -> sympy.Expr | None:
+    """Pairs per head that ``is_causal`` lets through on windows folded into
+    the batch, (B·windows, H, w_q, ·) × (·, ·, w_k, ·): in each window query
+    i sees keys 0..i (the kernels align the triangle top-left)."""
+    w_q, w_k = as_int(settled(qs[-2])), as_int(settled(ks[-2]))
+    if w_q is None or w_k is None:
+        return None
+    windows = settled(simplified(sympy.Mul(*qs[:-2]) / (B * heads)))
+    return sympy.expand(windows * sum(min(i + 1, w_k) for i in range(w_q)))
 
 
 def _pattern(ctx, node: fx.Node, impl: str, heads: int) -> MaskPattern:

@@ -61,30 +61,32 @@ def read_pattern(allowed_at, seq_len: int) -> MaskPattern:
     if not same:
         pattern.notes.append("the mask differs across batch or heads; the first is shown")
     if pattern.kind == "pattern":
-        _count_pairs(pattern, first, allowed_at, shorter, seq_len)
+        _count_pairs(pattern, first, allowed_at, (n, shorter), seq_len)
         if pattern.pairs is not None:  # the density at the length asked about
             pattern.density = value_at(pattern.pairs, seq_len) / seq_len ** 2
     return pattern
 
 
-def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, shorter: int,
+def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, lengths: tuple[int, int],
                  seq_len: int) -> None:
     """Give a measured pattern its pair count as an exact formula in N, or
-    say that its density was measured at one length."""
+    say that its density was measured at one length.  ``lengths``: the
+    length ``first`` was read at (its keys may be fewer: a fixed number of
+    them), and a shorter one."""
+    n, shorter = lengths
     try:
         stable = is_prefix_stable(first, _first(allowed_at(shorter))[0])
     except CannotEvaluate:
         stable = False
     count = fit_pairs(first) if stable else None
     if count is None:
-        pattern.pairs = None if stable else _counted_at_lengths(allowed_at, first.shape[-1])
+        pattern.pairs = None if stable else _counted_at_lengths(allowed_at, n)
         if pattern.pairs is None:
             pattern.notes.append(f"its density ({pattern.density:.2%}) was measured at "
                                  f"N={pattern.length}; it is not a formula in N")
-        elif seq_len < first.shape[-1] // 4:
-            pattern.notes.append(f"its pairs were counted at N={first.shape[-1] // 4:,}.."
-                                 f"{first.shape[-1]:,}; at N={seq_len} the formula is an "
-                                 "estimate")
+        elif seq_len < n // 4:
+            pattern.notes.append(f"its pairs were counted at N={n // 4:,}..{n:,}; at "
+                                 f"N={seq_len} the formula is an estimate")
         return
     pattern.pairs, pattern.pairs_from, pattern.reach = count.expr, count.valid_from, count.reach
     pattern.keys = count.keys
@@ -102,10 +104,10 @@ def _counted_at_lengths(allowed_at, n: int):
     lengths = [n // 4, n // 2, 3 * n // 4]
     try:
         counts = [int(torch.count_nonzero(_first(allowed_at(m))[0])) for m in lengths]
+        whole = int(torch.count_nonzero(_first(allowed_at(n))[0]))
     except CannotEvaluate:
         return None
     poly = sympy.expand(sympy.interpolate(list(zip(lengths, counts)), N))
-    whole = int(torch.count_nonzero(_first(allowed_at(n))[0]))
     return poly if n % 4 == 0 and value_at(poly * 1, n) == whole else None
 
 

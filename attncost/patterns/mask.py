@@ -75,10 +75,21 @@ def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
     extra = _with_extra_keys(allowed)
     if extra is not None:
         return extra
-    causal = bool(nq == nk and not allowed.triu(1).any())
+    causal = bool(not allowed.triu(1).any()) if nq == nk else _growing_prefixes(allowed)
     return MaskPattern("pattern", causal=causal, density=total / (nq * nk),
                        allowed=int(total), length=nq,
                        same_keys=bool((allowed == allowed[:1]).all()))
+
+
+def _growing_prefixes(allowed: torch.Tensor) -> bool:
+    """Does each query see a prefix of the keys, later queries a longer one
+    (keys that summarize blocks of the sequence in order, NSA's compressed
+    keys: a query sees the blocks that end before it)?  Causal, where
+    queries and keys differ in number."""
+    seen = allowed.sum(dim=-1)
+    prefixes = torch.arange(allowed.shape[-1]).unsqueeze(0) < seen.unsqueeze(1)
+    return bool(torch.equal(allowed, prefixes) and (seen[1:] >= seen[:-1]).all()
+                and seen[0] < seen[-1])
 
 
 def _with_extra_keys(allowed: torch.Tensor) -> MaskPattern | None:

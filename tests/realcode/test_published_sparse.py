@@ -1,0 +1,84 @@
+"""Published sparse and memory attention, against the truth read from each
+package's source (written in its model file, published_<name>.py).
+
+The oracles: FlopCounterMode on a real forward (tests/oracle.py) at the
+traced length and at a length and batch never traced; useful FLOPs against
+the pairs each package's code lets through, counted here query by query ×
+heads × 2·(d_qk + d_v)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import attncost
+
+HERE = Path(__file__).parent
+for _folder in (HERE, HERE.parent):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+from oracle import count_flops, load_module  # noqa: E402
+
+_ANALYSES: dict = {}
+
+
+def _analysed(name: str, seq_len: int):
+    module = load_module(HERE / f"published_{name}.py")  # skips when the package is missing
+    if name not in _ANALYSES:
+        _ANALYSES[name] = attncost.analyze(HERE / f"published_{name}.py", seq_len=seq_len,
+                                           device="cpu")
+    return module, _ANALYSES[name]
+
+
+def _flops_equal(module, a, points):
+    torch.manual_seed(0)
+    model = module.build_model().eval()
+    for n, b in points:
+        torch.manual_seed(0)
+        assert a.at(a.flops, n, b) == count_flops(model, module.example_inputs(n, b)), (n, b)
+
+
+def _useful(a, n: int) -> int:
+    return sum(a.at(s.useful_flops, n, 1) for s in a.sites)
+
+
+def test_native_sparse_attention_three_branches():
+    """A mask built from compressed keys' positions (fewer keys than queries)
+    is causal, and its pairs are counted at the length probed, not at the
+    number of keys (which once evaluated the model at N=6 and crashed)."""
+    nsa, a = _analysed("nsa", 64)
+    assert len(a.sites) == 3 * nsa.DEPTH
+    assert all(s.causal for s in a.sites if not s.content_based)
+    per_pair = nsa.HEADS * 2 * (nsa.DIM_HEAD + nsa.DIM_HEAD)
+    for n in (64, 256):
+        pairs = sum(sum(nsa.keys_seen(q)) for q in range(n))
+        assert _useful(a, n) == nsa.DEPTH * pairs * per_pair, n
+    _flops_equal(nsa, a, [(64, 1), (96, 2)])
+
+
+def test_compressive_memories_are_keys_every_query_sees():
+    ct, a = _analysed("compressive", 64)
+    assert len(a.sites) == ct.DEPTH and all(s.causal for s in a.sites)
+    extra = ct.MEMORIES + ct.COMPRESSED
+    per_pair = ct.HEADS * 2 * (ct.DIM_HEAD + ct.DIM_HEAD)
+    for n in (64, 200):
+        pairs = sum(extra + i + 1 for i in range(n))
+        assert _useful(a, n) == ct.DEPTH * pairs * per_pair, n
+    _flops_equal(ct, a, [(64, 1), (96, 2)])
+
+
+def test_megabyte_is_causal_inside_each_patch_folded_into_the_batch():
+    """SDPA's is_causal on patches folded into the batch lets each patch's
+    triangle through, not all of its square."""
+    mb, a = _analysed("megabyte_flash", 128)
+    per_pair = mb.HEADS * 2 * (mb.DIM_HEAD + mb.DIM_HEAD)
+    for n in (128, 512):
+        patches = -(-n // mb.PATCH)
+        global_pairs = (patches + 1) * (patches + 2) // 2
+        local_pairs = patches * (mb.PATCH + 1) * (mb.PATCH + 2) // 2
+        want = (mb.DEPTH[0] * global_pairs + mb.DEPTH[1] * local_pairs) * per_pair
+        assert _useful(a, n) == want, n
+    _flops_equal(mb, a, [(128, 1), (192, 2)])
