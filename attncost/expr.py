@@ -106,7 +106,10 @@ def holds_at(condition, seq_len: int, batch: int = 1) -> bool | None:
             result = None
         if isinstance(result, bool):
             return result
-    result = _parsed(condition).xreplace({N: sympy.Integer(seq_len), B: sympy.Integer(batch)})
+    try:
+        result = _parsed(condition).xreplace({N: sympy.Integer(seq_len), B: sympy.Integer(batch)})
+    except ZeroDivisionError:  # a size the condition divides by is zero there: no trace runs
+        return False
     if result in (sympy.true, sympy.false):
         return bool(result)
     return None

@@ -86,3 +86,14 @@ def test_a_shape_says_a_padded_length_as_ceiling_and_brackets_sums():
     assert shape_text([B, chunks, 4, 513]) == "B×512·ceiling(N/512)×4×513"
     assert shape_text([B, N + 1, N]) == "B×(N + 1)×N"
     assert shape_text([]) == "scalar"
+
+
+def test_a_condition_that_divides_by_a_size_that_is_zero_does_not_hold():
+    """A guard written with N // 4 as a divisor (a pooled grid's side) asks
+    for a length where that size is not zero: at N=2 no trace runs."""
+    from attncost.expr import holds_at
+
+    condition = "Eq(Mod(N, floor(N/4)), 0)"
+    assert holds_at(condition, 2) is False
+    assert [n for n in range(4, 40) if holds_at(condition, n)] == \
+        [n for n in range(4, 40) if n % (n // 4) == 0]
