@@ -71,6 +71,12 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
             rows = n_q if pattern.length == 1 else 1
             c.useful_flops = sympy.expand(_per_pair(values, flops) * pattern.pairs * rows)
         return c
+    if pattern.kind == "causal" and _one_length(n_q, n_k) and pattern.allowed:
+        # traced at one length: the triangle read, broadcast over the scores
+        # (blocks of queries under one block's mask: h-transformer's diagonal)
+        useful = sympy.expand(flops * sympy.Rational(pattern.allowed, pattern.length ** 2))
+        return Classification("dense", useful, None, formula("causal_dense").complexity,
+                              "dense", values)
     if pattern.kind == "causal":
         f = formula("causal_dense")
         return Classification("dense", f.at("useful_flops", values), None, f.complexity,
@@ -87,6 +93,11 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
         useful = sympy.expand(flops * sympy.Rational(pattern.allowed, pattern.length ** 2))
         return Classification("sparse", useful, None, formula("sparse").complexity, "dense", values)
     return Classification("dense", flops, None, formula("dense").complexity, "dense", values)
+
+
+def _one_length(n_q, n_k) -> bool:
+    """Are the site's queries and keys plain numbers (a trace at one length)?"""
+    return not (sympy.sympify(n_q).free_symbols | sympy.sympify(n_k).free_symbols)
 
 
 def _per_pair(values: dict, flops: sympy.Expr) -> sympy.Expr:

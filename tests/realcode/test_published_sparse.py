@@ -1,4 +1,4 @@
-"""Published sparse and memory attention, against the truth read from each
+"""Published sparse, memory and hierarchical attention, against the truth read from each
 package's source (written in its model file, published_<name>.py).
 
 The oracles: FlopCounterMode on a real forward (tests/oracle.py) at the
@@ -82,3 +82,14 @@ def test_megabyte_is_causal_inside_each_patch_folded_into_the_batch():
         want = (mb.DEPTH[0] * global_pairs + mb.DEPTH[1] * local_pairs) * per_pair
         assert _useful(a, n) == want, n
     _flops_equal(mb, a, [(128, 1), (192, 2)])
+
+
+def test_h_transformer_diagonal_blocks_share_one_triangle():
+    """Traced at one length (its levels are counted with math.log2): the
+    finest level's 128 queries meet 16 keys under one 16×16 causal mask
+    broadcast over the 8 blocks, so its useful work is that triangle's."""
+    ht, a = _analysed("h_transformer_causal", 128)
+    per_pair = ht.HEADS * 2 * (ht.DIM_HEAD + ht.DIM_HEAD)
+    assert _useful(a, 128) == ht.DEPTH * ht.pairs(128) * per_pair
+    assert all(a.at(s.useful_flops, 128, 1) <= a.at(s.flops, 128, 1) for s in a.sites)
+    _flops_equal(ht, a, [(128, 1), (100, 2)])
