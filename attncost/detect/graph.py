@@ -70,6 +70,7 @@ class GraphContext:
     projected: dict = field(default_factory=dict)
     #: evaluations already run, by what they compute (detect/evaluate.py)
     evaluated: object = None
+    _sizes_of_weights: set | None = field(default=None, repr=False)
     _by_name: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -244,8 +245,18 @@ class GraphContext:
         lo, hi = self.traced.n_range
         n = self.traced.seq_len_hint
         along = {n, n * B, n * (self.traced.batch_hint or 1)} if lo == hi == n else set()
+        if along and n in self._weight_sizes():
+            shape = shape[:-1]  # n is a width too: the last axis is the features
         return any(N in sympy.sympify(settled(d)).free_symbols or sympy.sympify(d) in along
                    for d in shape)
+
+    def _weight_sizes(self) -> set[int]:
+        """Every size of every parameter's axes (widths: features, heads)."""
+        if self._sizes_of_weights is None:
+            self._sizes_of_weights = {
+                int(d) for p in self.traced.placeholders("parameter")
+                for d in getattr(p.meta.get("val"), "shape", ()) if isinstance(d, int)}
+        return self._sizes_of_weights
 
     def ancestor_ops(self, node: fx.Node, through_products: bool = True) -> set:
         """The ops of every node ``node`` depends on; without

@@ -1,4 +1,4 @@
-"""Published sparse, memory and hierarchical attention, against the truth read from each
+"""Published sparse, memory, hierarchical and latent attention, against the truth read from each
 package's source (written in its model file, published_<name>.py).
 
 The oracles: FlopCounterMode on a real forward (tests/oracle.py) at the
@@ -35,8 +35,8 @@ def _analysed(name: str, seq_len: int):
 
 def _flops_equal(module, a, points):
     torch.manual_seed(0)
-    model = module.build_model().eval()
-    for n, b in points:
+    model = module.build_model().eval().requires_grad_(False)  # FlopCounterMode's module
+    for n, b in points:                                         # tracker, under no_grad
         torch.manual_seed(0)
         assert a.at(a.flops, n, b) == count_flops(model, module.example_inputs(n, b)), (n, b)
 
@@ -93,3 +93,19 @@ def test_h_transformer_diagonal_blocks_share_one_triangle():
     assert _useful(a, 128) == ht.DEPTH * ht.pairs(128) * per_pair
     assert all(a.at(s.useful_flops, 128, 1) <= a.at(s.flops, 128, 1) for s in a.sites)
     _flops_equal(ht, a, [(128, 1), (100, 2)])
+
+
+def test_perceiver_latents_at_one_length_where_n_is_also_a_width():
+    """Traced at N=64, the one length, where 64 is also a width of the
+    model (its latents' features, its feed-forward's hidden 128 = 64·2):
+    those axes are not the sequence, and the latents are tokens, not
+    summaries of it."""
+    pc, a = _analysed("perceiver", 64)
+    assert len(a.sites) == 2 * pc.DEPTH
+    assert {s.variant for s in a.sites} == {"dense"}
+    assert all(s.implementation != "low-rank" for s in a.sites)
+    per_pair = 2 * (pc.DIM_HEAD + pc.DIM_HEAD)
+    cross = pc.LATENTS * 64 * pc.CROSS_HEADS * per_pair
+    latent = pc.LATENTS * pc.LATENTS * pc.LATENT_HEADS * per_pair
+    assert _useful(a, 64) == pc.DEPTH * (cross + latent)
+    _flops_equal(pc, a, [(64, 1), (96, 2)])
