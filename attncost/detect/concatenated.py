@@ -15,10 +15,11 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import as_int, settled
+from ..expr import B, as_int, settled, simplified
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, MATMUL_OPS, getitem, is_view, packet
+from . import masks
 from .graph import PROB_OPS, SCORE_OPS
 from .heads import heads_and_queries
 from .site import AttentionSite, SiteShape, build_sites
@@ -55,10 +56,7 @@ def read_concatenated(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list
         heads, n_q = heads_and_queries(ctx, shape, len(shape) - 1, operands[0][0])
     kinds = {_implementation(ctx, pair, n_keys, MaskPattern.full()) for pair in operands}
     implementation = "gather" if "gather" in kinds else "blocked"
-    pattern = MaskPattern.full()
-    if any(found for _, found, _ in pieces):
-        pattern.notes = ["its scores are concatenated from several products; the masks on "
-                         "them were not read: every pair it computes is counted as needed"]
+    pattern = _pattern_of_pieces(ctx, cat.args[0], pieces, heads)
     q_width = as_int(ctx.traced.shape(operands[0][0])[-1]) or 0
     v_shape = ctx.traced.shape(applied[0][0])
     ratio = as_int(ctx.expand_ratio(operands[0][1])) or 1  # keys repeated for grouped heads
@@ -68,6 +66,26 @@ def read_concatenated(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list
     nodes = [n for qk, _, path in pieces for n in (qk, *path)] + [cat, softmax] + \
         [pv for pv, _ in applied]
     return build_sites(ctx, softmax, site_shape, pattern, nodes=nodes)
+
+
+def _pattern_of_pieces(ctx, scores: list[fx.Node], pieces: list, heads: int) -> MaskPattern:
+    """What the concatenated scores let through: each piece's pairs, its
+    masks counted where it has some (a causal triangle on the local keys, a
+    segment mask on the global ones: long-short attention), all of them
+    where it has none; summed, per head.  Full where no piece is masked."""
+    if not any(found for _, found, _ in pieces):
+        return MaskPattern.full()
+    total = sympy.Integer(0)
+    for piece, (_, found, _) in zip(scores, pieces):
+        shape = ctx.traced.shape(piece)
+        count = masks.counted_pairs(ctx, found, shape, heads) if found else \
+            settled(simplified(sympy.Mul(*shape) / (B * heads)))
+        if count is None or B in sympy.sympify(count).free_symbols:
+            return MaskPattern("full", density=1.0, notes=[
+                "its scores are concatenated from several products; the masks on them could "
+                "not be counted: every pair it computes is counted as needed"])
+        total += count
+    return MaskPattern("pattern", pairs=sympy.expand(total))
 
 
 def _concatenation(scores: fx.Node, limit: int = 8) -> fx.Node | None:

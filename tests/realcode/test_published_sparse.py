@@ -109,3 +109,14 @@ def test_perceiver_latents_at_one_length_where_n_is_also_a_width():
     latent = pc.LATENTS * pc.LATENTS * pc.LATENT_HEADS * per_pair
     assert _useful(a, 64) == pc.DEPTH * (cross + latent)
     _flops_equal(pc, a, [(64, 1), (96, 2)])
+
+
+def test_long_short_masks_on_concatenated_scores_are_counted():
+    """Local and global scores concatenated, each masked on its own: the
+    pairs each mask lets through, summed, not every pair computed."""
+    ls, a = _analysed("long_short", 64)
+    assert len(a.sites) == ls.DEPTH
+    per_pair = ls.HEADS * 2 * (ls.DIM_HEAD + ls.DIM_HEAD)
+    for n in (64, 512):
+        assert _useful(a, n) == ls.DEPTH * sum(ls.keys_seen(q) for q in range(n)) * per_pair, n
+    _flops_equal(ls, a, [(64, 1), (96, 2)])
