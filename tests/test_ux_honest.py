@@ -118,3 +118,30 @@ def test_a_table_of_positions_sliced_to_the_length_bounds_the_range():
     result = CliRunner().invoke(main, ["analyze", str(path), "--seq-len", "100"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+LEARNED_BIAS = '''
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(32, 96)
+        self.bias = nn.Parameter(torch.zeros(2, 512, 512))
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        s = q @ k.transpose(-1, -2) + self.bias[:, :n, :n]
+        return (s.softmax(-1) @ v).transpose(1, 2).reshape(b, n, 32)
+def build_model():
+    return M()
+def example_inputs(n, batch=1):
+    return (torch.randn(batch, n, 32),)
+'''
+
+
+def test_an_additive_bias_is_named_with_its_own_shape(tmp_path):
+    """A learned bias, one N×N matrix a head, reads as the shape it has."""
+    path = tmp_path / "bias.py"
+    path.write_text(LEARNED_BIAS)
+    (site,) = analyze(path, seq_len=64, device="cpu").sites
+    assert "an additive bias (2×N×N) is applied to the scores" in site.notes

@@ -15,7 +15,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, value_at
+from ..expr import N, shape_text, value_at
 from ..patterns.mask import MaskPattern, allowed_pairs, classify_allowed
 from ..patterns.measure import fit_pairs, is_prefix_stable
 from .evaluate import CannotEvaluate, evaluate_node
@@ -308,7 +308,9 @@ def pattern_of(ctx, masks: list[tuple[fx.Node, str]], heads: int = 1) -> MaskPat
             read_pattern(reader, ctx.seq_len)
         additive = [m for m, p in masks if p == "additive"]
         if additive and pattern.kind == "full" and _is_float(additive[0]):
-            pattern.notes.append("an additive bias of N×N entries is applied to the scores")
+            shape = ctx.traced.shape(additive[0])
+            pattern.notes.append(f"an additive bias ({shape_text(shape)}) is applied to the "
+                                 "scores" if shape else "an additive bias is applied to the scores")
         ctx.mask_values[key] = pattern
     return copy.deepcopy(ctx.mask_values[key])
 
