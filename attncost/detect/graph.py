@@ -228,7 +228,7 @@ class GraphContext:
                 continue
             seen.add(n)
             inputs = tensor_inputs(n)
-            if packet(n) in SEQUENCE_REDUCTIONS and _weighs_by_attention(n):
+            if packet(n) in SEQUENCE_REDUCTIONS and _weighs_by_attention(self, n):
                 continue  # tokens that attended to the sequence: a context of their own
             if packet(n) in SEQUENCE_REDUCTIONS and not self._runs_along_sequence(n) and \
                     any(a in self.activations and self._runs_along_sequence(a) for a in inputs):
@@ -273,11 +273,14 @@ class GraphContext:
         return {packet(n) for n in seen}
 
 
-def _weighs_by_attention(product: fx.Node, limit: int = 12) -> bool:
+def _weighs_by_attention(ctx, product: fx.Node, limit: int = 32) -> bool:
     """Is one factor of ``product`` attention weights (a softmax's output,
-    through views and dropout)?  Its rows are the outputs of an attention:
-    global tokens or latents that attended to the sequence in an earlier
-    layer (PEGASUS-X, Perceiver), not the sequence pooled (Nyström)."""
+    through views, dropout and a mixing of the heads: CaiT's talking
+    heads)?  Its rows are the outputs of an attention: global tokens or
+    latents that attended to the sequence in an earlier layer (PEGASUS-X,
+    Perceiver, CaiT's class token), not the sequence pooled (Nyström)."""
+    from .heads import heads_mixed  # heads.py reads this module's helpers
+
     stack = [(a, 0) for a in tensor_inputs(product)]
     while stack:
         n, depth = stack.pop()
@@ -285,7 +288,10 @@ def _weighs_by_attention(product: fx.Node, limit: int = 12) -> bool:
             continue
         if packet(n) in SOFTMAX_OPS:
             return True
-        if is_view(n) or packet(n) in PROB_OPS:
+        mixed = heads_mixed(ctx, n)
+        if mixed is not None:
+            stack.append((mixed[0], depth + 1))
+        elif is_view(n) or packet(n) in PROB_OPS:
             stack.extend((a, depth + 1) for a in tensor_inputs(n)[:1])
     return False
 

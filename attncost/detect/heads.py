@@ -12,7 +12,8 @@ the query operand holds H·d per token as well, so
     H = (numel(Q operand) / numel(projection output)) · (projection width / d).
 
 The heads so read must also divide the score rows; then the query length
-is what remains of them.
+is what remains of them.  Scores or weights mixed across the heads on the
+way to ·V (talking heads, re-attention) keep their pairs: ``heads_mixed``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 import torch.fx as fx
 
 from ..expr import B, as_int, settled, simplified
-from ..rules.ops import COPY_OPS, GATHER_OPS, getitem, is_view, packet
+from ..rules.ops import COPY_OPS, GATHER_OPS, MATMUL_OPS, getitem, is_view, packet
 from .graph import is_product, split_rows
 
 aten = torch.ops.aten
@@ -30,6 +31,43 @@ aten = torch.ops.aten
 #: projection to the product (scale, rotary, casts, padding, a roll).
 _CARRY_OPS = frozenset({aten.mul, aten.div, aten.add, aten.sub, aten.neg, aten.constant_pad_nd,
                         aten.roll, aten.cat}) | COPY_OPS
+
+
+#: Norms over the last axis (DeepViT's LayerNorm over the heads of each pair).
+_NORMS = frozenset(getattr(aten, n) for n in ("native_layer_norm", "layer_norm", "rms_norm",
+                                              "_fused_rms_norm") if hasattr(aten, n))
+
+
+def heads_mixed(ctx, node: fx.Node) -> tuple[fx.Node, int] | None:
+    """(the scores or weights, k) where ``node`` mixes each (query, key)
+    pair's values across a constant axis of k, the pairs kept where they
+    are: a learned k×k matrix contracting it (talking heads, re-attention:
+    an einsum over the heads, a 1×1 convolution with the heads as its
+    channels), or a norm over it.  The site checks that k is its heads."""
+    t, pk = ctx.traced, packet(node)
+    source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    x = t.shape(source) if source is not None else None
+    if pk in _NORMS and x and len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):
+        k = as_int(sympy.Mul(*x[len(x) - len(node.args[1]):]))
+        return (source, k) if k else None
+    if pk is aten.convolution and x and len(x) > 2:
+        kernel = t.shape(node.args[1]) if isinstance(node.args[1], fx.Node) else None
+        out = t.shape(node)
+        if kernel and out and all(as_int(k) == 1 for k in kernel[2:]) and \
+                tuple(out) == tuple(x) and as_int(x[1]):
+            return source, as_int(x[1])
+        return None
+    if pk not in MATMUL_OPS:
+        return None
+    left, right = ctx.product_operands(node)
+    if ctx.is_weight(left) == ctx.is_weight(right):
+        return None
+    operand, weight = (right, left) if ctx.is_weight(left) else (left, right)
+    x, w = t.shape(operand), t.shape(weight)
+    if not x or not w or len(x) < 2 or len(w) < 2:
+        return None
+    k = as_int(x[-1] if operand is left else x[-2])
+    return (operand, k) if k and as_int(w[-1]) == as_int(w[-2]) == k else None
 
 
 def heads_and_queries(ctx, shape, dim: int, q_operand: fx.Node | None = None):

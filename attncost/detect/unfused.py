@@ -1,9 +1,13 @@
 """Unfused attention: the chain ``Q·Kᵀ -> (scale, mask, bias) -> softmax over
 keys -> ·V``: a product of two activations whose output, through
 elementwise ops only, is the input of a softmax taken over the axis that
-the next product contracts.  The masks met on the way name the pattern."""
+the next product contracts.  The masks met on the way name the pattern.
+Scores or weights mixed across heads on the way keep their pairs; one
+factor may be a learned query where the softmax runs over the sequence and
+its weights sum the tokens (attention pooling)."""
 from __future__ import annotations
 
+import functools
 import weakref
 
 import sympy
@@ -19,7 +23,7 @@ from . import masks
 from .concatenated import read_concatenated
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
 from .graph import PROB_OPS, SCORE_OPS, copied_into, is_product, tensor_inputs
-from .heads import heads_and_queries
+from .heads import heads_and_queries, heads_mixed
 from .site import AttentionSite, SiteShape, build_sites, content_based
 
 aten = torch.ops.aten
@@ -91,7 +95,7 @@ def _unweighed_weights(ctx, pv: fx.Node) -> fx.Node | None:
     for factor in pv.args[first:first + 2]:
         if not isinstance(factor, fx.Node) or packet(factor) in MATMUL_OPS:
             continue
-        qk, _, _ = _walk_back(factor)
+        qk, _, _ = _walk_back(factor, ctx)
         if qk is None:
             continue
         operands = ctx.product_operands(qk)
@@ -169,36 +173,29 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     dim = axis % len(shape)
     scores = _sink_free(t, scores, dim)
     n_keys = settled(t.shape(scores)[dim])
-    qk, mask_inputs, score_path = _walk_back(scores)
+    qk, mask_inputs, score_path = _walk_back(scores, ctx)
     if qk is None:
         return []
     if packet(qk) is aten.baddbmm and isinstance(qk.args[0], fx.Node):
         # mask + Q·Kᵀ in one op (nn.MultiheadAttention with attn_mask)
         mask_inputs.append((qk.args[0], "additive"))
-    q_operand, k_operand = ctx.product_operands(qk)
-    # Scores and values come from activations; a product with a weight is a layer.
-    if ctx.is_weight(q_operand) or ctx.is_weight(k_operand):
+    operands = _queries_and_keys(ctx, qk, n_keys)
+    if operands is None:
         return []
-    # The softmax must be over the keys: the axis the Q·Kᵀ product produced,
-    # or the keys of fixed windows the scores were padded into on the way.
+    q_operand, k_operand, pooled = operands
+    # The softmax must be over the keys: the axis the Q·Kᵀ product produced
+    # (or, pooling, the tokens its learned queries met), or the keys of
+    # fixed windows the scores were padded into on the way.
     if dim != len(shape) - 1 or (simplified(settled(t.shape(qk)[-1]) - n_keys) != 0
-                                 and not _relaid(n_keys, score_path)):
+                                 and not pooled and not _relaid(n_keys, score_path)):
         return []
-    pv, prob_path, p_side = _walk_forward(softmax)
-    if pv is None:
+    applied = _applied(ctx, softmax, n_keys, pooled)
+    if applied is None:
         return []
-    operands = ctx.product_operands(pv)
-    p_operand, v_operand = operands[p_side], operands[1 - p_side]
-    # The product contracts the keys: the weights' last axis on the left,
-    # their next-to-last on the right (V_windows @ weightsᵀ); or, where the
-    # weights of fixed windows were padded into another layout on the way
-    # (Longformer's diagonals), the keys of that layout.
-    p_shape = t.shape(p_operand)
-    if ctx.is_weight(v_operand) or p_shape is None:
-        return []
-    contracted = settled(p_shape[-1 if p_side == 0 else -2])
-    if simplified(contracted - n_keys) != 0 and not _relaid(n_keys, prob_path):
-        return []
+    pv, prob_path, p_side, p_operand, v_operand = applied
+    heads, n_q = heads_and_queries(ctx, shape, dim, q_operand)
+    if any(k != heads for k in _heads_mixed_sizes(ctx, score_path + prob_path)):
+        return []  # a learned matrix over another axis than the heads
     weights = softmax
     if softmax in ctx.unweighed:  # nothing weighs the scores: a factor 0 blocks
         mask_inputs += _scaled(score_path, softmax)
@@ -206,7 +203,6 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
         mask_inputs += _zeroed(prob_path)
         weights = p_operand
         ctx.weighed_by[p_operand] = softmax
-    heads, n_q = heads_and_queries(ctx, shape, dim, q_operand)
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     kv_heads = min(kv_heads, _key_heads(t, k_operand, n_keys, ratio) or kv_heads)
@@ -217,7 +213,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     pattern = _site_pattern(ctx, (qk, weights, q_operand, k_operand), mask_inputs, n_keys, heads,
                             n_q, relaid)
     pattern.content = content_based(ctx, (q_operand, k_operand), [m for m, _ in mask_inputs])
-    width = settled(t.shape(q_operand)[-1])
+    width = settled(t.shape(ctx.product_operands(qk)[0])[-1])  # the axis Q·Kᵀ contracts
     if _across_sequence(width, n_q, n_keys):  # features × features, tokens contracted
         site_shape = SiteShape("cross-covariance", heads, kv_heads, as_int(n_keys) or 0,
                                width, width, flops, as_int(n_keys))
@@ -230,6 +226,47 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     for site in sites:
         site.block_masks = list(mask_inputs)
     return sites
+
+
+def _queries_and_keys(ctx, qk: fx.Node, n_keys):
+    """(Q, K, pooled) of the scores' product.  Scores multiply two
+    activations; a product with a weight is a layer, unless the weight is
+    a learned query over the tokens (attention pooling: PatchMerger's
+    queries, CCT's SeqPool), told by what follows: the softmax runs over
+    the sequence, and (``_applied``) its weights sum activations over it.
+    A router's softmax runs over its experts.  None for a layer."""
+    a, b = ctx.product_operands(qk)
+    learned = ctx.is_weight(a), ctx.is_weight(b)
+    if not any(learned):
+        return a, b, False
+    tokens = b if learned[0] else a
+    shape = ctx.traced.shape(tokens)
+    if all(learned) or shape is None or N not in sympy.sympify(n_keys).free_symbols or \
+            N not in sympy.Mul(*shape).free_symbols:
+        return None
+    return (a if learned[0] else b), tokens, True
+
+
+def _applied(ctx, softmax: fx.Node, n_keys, pooled: bool):
+    """(P·V, the ops on the way, the weights' side, P, V) where the weights
+    are applied to values over the keys: the weights' last axis on the
+    left, their next-to-last on the right (V_windows @ weightsᵀ); or, where
+    the weights of fixed windows were padded into another layout on the way
+    (Longformer's diagonals), the keys of that layout.  Values are
+    activations, never a weight; pooled, they are the tokens themselves."""
+    pv, prob_path, p_side = _walk_forward(ctx, softmax)
+    if pv is None:
+        return None
+    operands = ctx.product_operands(pv)
+    p_operand, v_operand = operands[p_side], operands[1 - p_side]
+    p_shape = ctx.traced.shape(p_operand)
+    if ctx.is_weight(v_operand) or p_shape is None or \
+            (pooled and v_operand not in ctx.activations):
+        return None
+    contracted = settled(p_shape[-1 if p_side == 0 else -2])
+    if simplified(contracted - n_keys) != 0 and not _relaid(n_keys, prob_path):
+        return None
+    return pv, prob_path, p_side, p_operand, v_operand
 
 
 def _score_terms(ctx, qk: fx.Node, mask_inputs, limit: int = 192) -> list[fx.Node]:
@@ -387,9 +424,10 @@ def _implementation(ctx, operands: tuple[fx.Node, fx.Node], n_keys, pattern: Mas
     return "unfused"
 
 
-def _walk_back(start: fx.Node, limit: int = 16):
+def _walk_back(start: fx.Node, ctx=None, limit: int = 16):
     """From the softmax input back to the Q·Kᵀ product, collecting the masks
-    and biases applied on the way (with how to read them)."""
+    and biases applied on the way (with how to read them); given ``ctx``,
+    through a product that mixes scores across heads (``heads.heads_mixed``)."""
     masks_found: list[tuple[fx.Node, str]] = []
     path: list[fx.Node] = []
     node = start
@@ -397,6 +435,11 @@ def _walk_back(start: fx.Node, limit: int = 16):
         if not isinstance(node, fx.Node) or node.op != "call_function":
             return None, [], []
         pk = packet(node)
+        mixed = heads_mixed(ctx, node) if ctx is not None else None
+        if mixed is not None and _reaches_product(mixed[0]):
+            path.append(node)  # scores mixed across heads: the pairs kept
+            node = mixed[0]
+            continue
         if pk in MATMUL_OPS:
             return node, masks_found, path
         if not (pk in SCORE_OPS or is_view(node)):
@@ -476,27 +519,25 @@ def _search_product(start: fx.Node) -> bool:
     return False
 
 
-def _mixes_heads(node: fx.Node, weights: fx.Node) -> bool:
-    """A 1×1 convolution of the weights, heads as its channels (talking
-    heads): each (query, key) pair's weights mixed across heads, the pairs
-    kept where they are."""
-    if packet(node) is not aten.convolution or node.args[0] is not weights:
-        return False
-    kernel, out, inp = (n.meta.get("val") if isinstance(n, fx.Node) else None
-                        for n in (node.args[1], node, weights))
-    return all(isinstance(t, torch.Tensor) for t in (kernel, out, inp)) and \
-        all(k == 1 for k in kernel.shape[2:]) and tuple(out.shape) == tuple(inp.shape)
+def _heads_mixed_sizes(ctx, path: list[fx.Node]) -> list[int]:
+    """The axes mixed on the way between Q·Kᵀ and ·V (``heads.heads_mixed``)."""
+    return [m[1] for m in map(functools.partial(heads_mixed, ctx), path) if m is not None]
 
 
-def _walk_forward(softmax: fx.Node, limit: int = 32):
+def _walk_forward(ctx, softmax: fx.Node, limit: int = 32):
     """From the softmax to the product that applies it to V: that product,
-    the ops on the way, and which of its two factors the weights are."""
+    the ops on the way (a mixing across heads among them), and which of its
+    two factors the weights are."""
     frontier = [(softmax, [])]
     for _ in range(limit):
         nxt = []
         for node, path in frontier:
             for user in node.users:
                 pk = packet(user)
+                mixed = heads_mixed(ctx, user)
+                if mixed is not None and mixed[0] is node:
+                    nxt.append((user, path + [user]))
+                    continue
                 if pk in MATMUL_OPS:
                     first = 1 if pk in BIASED_MATMUL_OPS else 0
                     factors = user.args[first:first + 2]
@@ -504,7 +545,6 @@ def _walk_forward(softmax: fx.Node, limit: int = 32):
                         return user, path, factors.index(node)
                     continue
                 if pk in PROB_OPS or is_view(user) or user.target is getitem or \
-                        _mixes_heads(user, node) or \
                         (pk in _AFTER_WEIGHING and packet(softmax) in WEIGHING_OPS):
                     nxt.append((user, path + [user]))
         frontier = nxt
