@@ -29,7 +29,7 @@ from .patterns import subquadratic
 from .rules import DEVICES, flop_rules, node_flops
 from .rules.ops import is_view, op_name
 from .tracing import TracedModel, trace
-from .tracing.unroll import UnrolledLoop
+from .tracing.unroll import UnrolledLoop, fixed_length
 from .units import dtype_name
 
 
@@ -216,11 +216,21 @@ class Analysis:
         where = (f"where the trace needs {condition_text(failing[0], max(lo, 1))}"
                  if inside and failing else
                  f"outside {lo:,}..{f'{hi:,}' if hi else 'inf'} where they hold")
-        message = (f"formulas evaluated at N={n:,}, {where} (the model branches on the "
-                   "length)")
+        message = f"formulas evaluated at N={n:,}, {where} ({self.range_reason()})"
         if not any(w.startswith("formulas evaluated at N=") for w in self.warnings):
             self.warnings.append(message)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def range_reason(self) -> str:
+        """Why the formulas hold on ``n_range`` only, in words: a trace that
+        fixed N as a number holds there alone; a fit from short traces holds
+        where its notes say; otherwise the code branched on the length."""
+        lo, hi = self.n_range
+        if lo == hi:
+            return "the model fixes the length as a number"
+        if hasattr(self.memory, "lengths"):  # tracing.loops.FittedMemory
+            return "fitted from short traces of a loop over the length; the notes say where"
+        return "the model branches on the length"
 
     def hidden_quadratics(self) -> list[QuadraticTensor]:
         """N² tensors outside the attention computations themselves (masks,
@@ -324,6 +334,8 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
                             unrolled.steps)
     rules = flop_rules(flop_rules_override)
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
+    if fixed_length(traced.shape_env) is not None and mode == "infer" and plan is None:
+        result = _fitted_instead(result, device, allocation_rules, progress)
     if mode == "train":
         from .training import TrainingOptions, with_training
         say("tracing forward and backward")
@@ -389,13 +401,30 @@ def _forward(loaded: LoadedModel, traced: TracedModel, seq_len: int, batch: int,
         warnings=[beyond] if beyond else [], batch_range=traced.batch_range)
 
 
+def _fitted_instead(traced: Analysis, device: str, allocation_rules, progress) -> Analysis:
+    """A trace that fixed N as a number at a short length (a loop over the
+    length unrolled there) holds at that N only; the fit from short traces,
+    where one holds, holds for every N past its lengths, so it is preferred,
+    and the trace stands where none does."""
+    rules = flop_rules(traced.options["flop_rules_override"])
+    try:
+        return _fitted_loop(traced.loaded, traced.seq_len, traced.batch, device, traced.options,
+                            rules, allocation_rules, progress, traced.seq_len,
+                            here=lambda why: traced)
+    except AttncostError:
+        return traced
+
+
 def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, options: dict,
-                 rules, allocation_rules, progress, steps: int) -> Analysis:
+                 rules, allocation_rules, progress, steps: int, here=None) -> Analysis:
     """A model that loops over the sequence (``steps`` times at ``seq_len``),
     costed from traces at small lengths and fitted in N and B
-    (tracing/loops.py); the notes say where."""
+    (tracing/loops.py); the notes say where.  Where no fit holds, ``here(why)``
+    (default: a trace at ``seq_len`` alone, ``_traced_here``)."""
     from .tracing.loops import FitFailed, TraceRaised, concrete_trace, fitted_loop
 
+    here = here or functools.partial(_traced_here, loaded, seq_len, batch, options, rules,
+                                     progress)
     fit_args = (loaded, seq_len, device, rules, allocation_rules, progress)
     chunks = functools.lru_cache(maxsize=None)(lambda: _fitted_by_chunks(*fit_args, steps=steps))
     # fewer steps than tokens: a loop over chunks, whose length is about N/steps
@@ -405,11 +434,11 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
         try:
             fitted = fitted_loop(loaded, device, rules, allocation_rules, progress)
         except TraceRaised as exc:  # it does not run at the short lengths a fit needs
-            return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
+            return here(exc)
         except FitFailed as exc:  # its costs step between them: a loop over short chunks?
             fitted = chunks()
             if fitted is None:
-                return _traced_here(loaded, seq_len, batch, options, rules, progress, exc)
+                return here(exc)
         else:
             fitted, traced = _fitted_past_one_chunk(fitted, loaded, seq_len, rules, chunks)
             if traced is None and fitted.lengths.chunk is None:

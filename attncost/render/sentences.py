@@ -155,7 +155,7 @@ def _memory_lines(a) -> list[str]:
     if largest is not None and largest.share >= MIN_SHARE:
         lines.append(f"largest tensor at the peak: {breakdown_sentence(largest)}")
     if a.valid_for():
-        lines.append(f"formulas valid for {a.valid_for()} (the model branches on the length)")
+        lines.append(f"formulas valid for {a.valid_for()} ({a.range_reason()})")
     lines.extend(f"memory: {clean(note)}" for note in a.memory.notes)
     return lines
 

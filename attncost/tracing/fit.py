@@ -17,7 +17,13 @@ Two sets of lengths (``FitLengths``):
   A length that fills its last chunk needs no padding, and the copies that
   padding makes are then not made: where a cost differs there (the peak
   memory), it is fitted apart at whole chunks, and its formula is the
-  Piecewise of the two.
+  Piecewise of the two;
+* ``past_reach(w)``: where an attention's pattern reaches w positions (a
+  window of w keys) and the model builds it at each length (a mask written
+  by a Python loop over the length), the traces up to w see every pair and
+  follow another polynomial than those past it: the fit is made from one
+  token past w (and in N and ceiling(N/w), ``chunked(w, 2)``, where a
+  pattern in blocks of w makes its cost step with their count).
 """
 from __future__ import annotations
 
@@ -51,6 +57,8 @@ class FitLengths:
     #: for a loop over chunks, the lengths of whole chunks, fitted apart
     #: where a cost differs there
     aligned: "FitLengths | None" = None
+    #: the reach of an attention's pattern (a window) the lengths start past
+    past: int | None = None
 
     def terms(self) -> list[sympy.Expr]:
         if self.chunk is None:
@@ -100,7 +108,17 @@ LATE = FitLengths((24, 32, 40), ((48, 1), (56, 3)))
 MIN_CHUNK = POSITIONS.fitted[-1]
 
 
-def chunked(chunk: int, first: int = 3) -> FitLengths:
+def past_reach(reach: int) -> FitLengths:
+    """POSITIONS' spacing from one token past a pattern's ``reach`` (below
+    it a window lets every pair through): fitted at lengths of one residue
+    mod 4, held out at two others, so a cost that steps with a period of 2
+    or 4 (blocks) misses them."""
+    first = reach + 1
+    return FitLengths((first, first + 4, first + 8), ((first + 13, 1), (first + 18, 3)),
+                      past=reach)
+
+
+def chunked(chunk: int, first: int = 3, past: int | None = None) -> FitLengths:
     """Lengths for a loop over chunks of ``chunk`` tokens, from ``first``
     chunks on (the busiest moment of a short loop may be another one): two
     inside each of three chunk counts, at three offsets from its end (no
@@ -111,8 +129,8 @@ def chunked(chunk: int, first: int = 3) -> FitLengths:
     c0, c1, c2 = (first * chunk, (first + 1) * chunk, (first + 2) * chunk)
     fitted = (c0 - 1, c0 - half, c1 - half, c1 - third, c2 - 1, c2 - third)
     later = c2 + chunk
-    aligned = FitLengths((c0, c1, c2), ((later, 1), (c2, 3)))
-    return FitLengths(fitted, ((later - chunk // 4, 1), (c1 - 1, 3)), chunk, aligned)
+    aligned = FitLengths((c0, c1, c2), ((later, 1), (c2, 3)), past=past)
+    return FitLengths(fitted, ((later - chunk // 4, 1), (c1 - 1, 3)), chunk, aligned, past)
 
 
 def first_chunks(lengths: FitLengths) -> int:

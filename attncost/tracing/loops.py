@@ -33,7 +33,7 @@ from .graph import TracedModel
 from .fast_paths import fast_paths
 from .patches import flex_uncompiled
 from .fit import (FIT_BATCHES, LATE, MIN_CHUNK, POSITIONS, FitFailed, FitLengths, chunked,
-                  count_of, first_chunks, fit, fit_number)
+                  count_of, first_chunks, fit, fit_number, past_reach)
 from .unroll import quiet_shape_log
 
 #: Lengths and batches the polynomials are fitted through, and the (length,
@@ -208,10 +208,17 @@ def _number(value, seq_len: int, batch: int) -> int:
 
 def measured_note(lengths: FitLengths = POSITIONS) -> str:
     """Where the fitted formulas were measured."""
-    what = "the sequence" if lengths.chunk is None else \
-        f"chunks of {lengths.chunk} tokens: its formulas are in N and ceiling(N/{lengths.chunk})"
-    formulas = "its formulas" if lengths.chunk is None else "they"
-    return (f"the model loops over {what}: {formulas} are fitted from traces at "
+    if lengths.past:  # a window built by a loop over the length, not chunks of it
+        what = (f"the sequence, and its attention reaches {lengths.past} positions (a window "
+                f"built at each length): up to N={lengths.past} it sees every pair, so its "
+                f"formulas hold from N={lengths.past + 1}" +
+                (f", in N and ceiling(N/{lengths.chunk})" if lengths.chunk else "") + ", and")
+    elif lengths.chunk is None:
+        what = "the sequence: its formulas"
+    else:
+        what = (f"chunks of {lengths.chunk} tokens: its formulas are in N and "
+                f"ceiling(N/{lengths.chunk}), and they")
+    return (f"the model loops over {what} are fitted from traces at "
             f"N={lengths.text()} (B={', '.join(map(str, FIT_BATCHES))}) and are exact at "
             f"{lengths.held_text()}, lengths held out of the fit")
 
@@ -396,27 +403,46 @@ STEP_CALLS = 200_000
 def _fitted_peak(measured: list[Measured], measure_at,
                  lengths: FitLengths) -> tuple[sympy.Expr, FitLengths]:
     """The peak fitted in N and B, and the lengths it was fitted through.
-    Where a CPU kernel's scratch makes it the Max of two moments, each is
-    fitted apart (``_scratch_apart``); where the peak of a loop over the
-    tokens is another moment at the short lengths (the loop's peak
-    overtakes the rest of the model's past them), it is fitted from traces
-    at LATE's lengths, which ``measure_at(shapes)`` makes."""
-    read = lambda m: m.numbers["peak"]  # noqa: E731
+    Where the peak is another moment at ``lengths`` (the loop's peak
+    overtakes the rest of the model's past them, a kernel's scratch steps
+    at its blocks), it is fitted from traces at ``_later(lengths)``, which
+    ``measure_at(shapes)`` makes."""
     try:
-        return fit_number(measured, read, "peak memory", lengths=lengths), lengths
+        return _peak_through(measured, lengths), lengths
     except FitFailed as exc:
         failed = exc
-    if "peak_tensors" in measured[0].numbers:
-        return sympy.Max(*(fit_number(measured, lambda m, k=k: m.numbers[k], "peak memory",
-                                      lengths=lengths)
-                           for k in ("peak_tensors", "peak_scratch"))), lengths
-    if lengths is not POSITIONS and lengths.chunk is None:
+    late = _later(lengths)
+    if late is None:
         raise failed
-    late = LATE if lengths.chunk is None else chunked(lengths.chunk, LATE_CHUNKS)
     try:
-        return fit_number(measure_at(late.shapes()), read, "peak memory", lengths=late), late
+        return _peak_through(measure_at(late.shapes()), late), late
     except FitFailed:
         raise failed from None
+
+
+def _peak_through(measured: list[Measured], lengths: FitLengths) -> sympy.Expr:
+    """The peak fitted through ``lengths``; where a CPU kernel's scratch
+    makes it the Max of two moments, each fitted apart (``_scratch_apart``)."""
+    try:
+        return fit_number(measured, lambda m: m.numbers["peak"], "peak memory", lengths=lengths)
+    except FitFailed:
+        if "peak_tensors" not in measured[0].numbers:
+            raise
+    return sympy.Max(*(fit_number(measured, lambda m, k=k: m.numbers[k], "peak memory",
+                                  lengths=lengths)
+                       for k in ("peak_tensors", "peak_scratch")))
+
+
+def _later(lengths: FitLengths) -> FitLengths | None:
+    """Where a peak that is another moment at ``lengths`` is fitted again:
+    LATE after POSITIONS, six chunks on for a loop over chunks, past twice
+    the reach after a fit past a pattern's reach (a kernel's blocks, as
+    long as the window, may step the peak there); None after LATE."""
+    if lengths.chunk:
+        return chunked(lengths.chunk, LATE_CHUNKS)
+    if lengths.past:
+        return past_reach(2 * lengths.past)
+    return LATE if lengths is POSITIONS else None
 
 
 def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
@@ -428,6 +454,11 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
 
     shapes = lengths.shapes()
     measured = measure_at([s for s in shapes if s[1] == 1])
+    reach = _reach(measured)
+    if reach is not None and reach >= min(lengths.fitted) and \
+            (lengths.chunk is None or lengths.past):
+        return _fitted_past(reach, lambda past: fitted_loop(
+            loaded, device, rules, allocation_rules, progress, lengths=past))
     if lengths.chunk:  # a quick refusal where the FLOPs at B=1 already follow no fit
         fit_number(measured, lambda m: m.numbers["flops"], "FLOPs", batches=(1,),
                    lengths=lengths)
@@ -461,8 +492,30 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
                       notes, graph_nodes=nodes, lengths=lengths)
 
 
+def _reach(measured: list[Measured]) -> int | None:
+    """The longest window any trace's sites read: how far back the
+    attention reaches, past which its pattern no longer grows with N."""
+    return max((s.window for m in measured for s in m.sites if s.window), default=None)
+
+
+def _fitted_past(reach: int, fit_at: Callable[[FitLengths], "FittedLoop"]) -> "FittedLoop":
+    """A fit made from lengths past ``reach`` (some traces were inside it,
+    where a window lets every pair through: another polynomial), as a
+    polynomial, or else in N and the count of blocks of ``reach`` (a
+    pattern in blocks steps with it); the first failure is the one said."""
+    try:
+        return fit_at(past_reach(reach))
+    except FitFailed as exc:
+        try:
+            return fit_at(chunked(reach, 2, past=reach))
+        except FitFailed:
+            raise exc from None
+
+
 def _shortest(lengths: FitLengths) -> int:
     """The shortest length a fit through ``lengths`` is said to hold at."""
+    if lengths.past:  # one token past the pattern's reach
+        return lengths.past + 1
     if lengths.chunk:  # from one token past the whole chunks before the first fitted
         return (first_chunks(lengths) - 1) * lengths.chunk + 1
     return 1 if lengths is POSITIONS else lengths.fitted[0]

@@ -75,9 +75,12 @@ class WatchedShapeEnv(ShapeEnv):
     def _set_replacement(self, a, tgt, msg: str) -> None:
         watched = getattr(self, "_attncost_watched", frozenset())
         limit = getattr(self, "_attncost_limit", None)
-        if limit is not None and a in watched and getattr(tgt, "is_number", False) and \
-                int(tgt) > limit:
-            raise LengthSpecialized(int(tgt))
+        if a in watched and getattr(tgt, "is_number", False):
+            if limit is not None and int(tgt) > limit:
+                raise LengthSpecialized(int(tgt))
+            #: N fixed as a number at or below the limit: the trace goes on,
+            #: and holds at that N only (``fixed_length``)
+            self.attncost_fixed_length = int(tgt)
         super()._set_replacement(a, tgt, msg)
 
 
@@ -109,6 +112,12 @@ def quiet_shape_log() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def fixed_length(shape_env) -> int | None:
+    """The number a trace fixed N to at or below UNROLL_LIMIT (a loop over
+    the length unrolled there), or None where N stayed a symbol."""
+    return getattr(shape_env, "attncost_fixed_length", None)
 
 
 class UnrolledLoop(ModelError):
