@@ -11,7 +11,8 @@ trace stops, two traces at small lengths confirm that the graph grows with
 N, and the user is told so in one line, unless the analysis costs the loop
 from traces at small lengths (tracing/loops.py, which needs no message).
 At or below the limit the trace goes on: its formulas hold at that N
-only, which the range of N says.
+only, which the range of N says, unless a fit from short traces holds,
+which the analysis then prefers (``analysis._fitted_instead``).
 """
 from __future__ import annotations
 

@@ -117,7 +117,9 @@ def test_a_batch_taken_as_a_second_positional_argument_is_used(tmp_path):
 def test_a_loop_over_the_sequence_is_fitted_above_the_unroll_limit():
     """Above the unroll limit: formulas fitted from short traces (never the
     loop unrolled at N), said in the notes, within seconds, exact at a length
-    never traced; at a small length: the analysis at that length, exact."""
+    never traced; at a small length, where the loop is unrolled, the same
+    fit is preferred to formulas that hold at that length only: exact there
+    and elsewhere."""
     path = MODELS / "recurrent_loop.py"
     model = load_module(path).build_model().eval()
     start = time.monotonic()
@@ -127,5 +129,7 @@ def test_a_loop_over_the_sequence_is_fitted_above_the_unroll_limit():
     assert fitted.at(fitted.flops, 1000, 2) == count_flops(
         model, (torch.zeros(2, 1000, dtype=torch.long),))
     a = attncost.analyze(path, seq_len=16, device="cpu")
-    assert a.n_range == (16, 16)
-    assert a.at(a.flops, 16, 2) == count_flops(model, (torch.zeros(2, 16, dtype=torch.long),))
+    assert a.n_range == (1, None)
+    assert any("loops over the sequence" in note for note in a.notes)
+    for n, b in ((16, 2), (40, 2), (7, 1)):
+        assert a.at(a.flops, n, b) == count_flops(model, (torch.zeros(b, n, dtype=torch.long),))
