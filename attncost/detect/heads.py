@@ -122,6 +122,8 @@ def projection_heads(ctx, q_operand: fx.Node, limit: int = 32) -> int | None:
             return None
         if is_product(node):
             return _heads_of(ctx, node, q_shape, head_dim)
+        if _pointwise_convolution(ctx, node):  # a projection of each position (Twins)
+            return _heads_from_width(ctx, node, as_int(t.shape(node)[1]), q_shape, head_dim)
         if (packet(node) in GATHER_OPS or _pools_rows(t, node)) and \
                 isinstance(node.args[0], fx.Node):
             # rows picked (routing, sorting) or pooled (landmarks, coarser
@@ -153,11 +155,31 @@ def _heads_of(ctx, proj: fx.Node, q_shape, head_dim: int | None) -> int | None:
     width = as_int(out[-1]) if out else None
     # the weight is the right factor (x·Wᵀ), or the left one (Wx)
     weight = next((w for w in reversed(ctx.product_operands(proj)) if ctx.is_weight(w)), None)
-    if weight is None or _stored_rank(ctx, weight) != 2 or not width or not head_dim:
+    if weight is None or _stored_rank(ctx, weight) != 2:
+        return None
+    return _heads_from_width(ctx, proj, width, q_shape, head_dim)
+
+
+def _heads_from_width(ctx, proj: fx.Node, width: int | None, q_shape,
+                      head_dim: int | None) -> int | None:
+    """Heads from a projection that writes ``width`` features a position:
+    the queries hold as many values as it wrote, laid out otherwise."""
+    out = ctx.traced.shape(proj)
+    if not out or not width or not head_dim:
         return None
     ratio = settled(simplified(sympy.Mul(*q_shape) / sympy.Mul(*out)))
     heads = sympy.nsimplify(ratio * width / head_dim)
     return int(heads) if heads.is_Integer and heads > 0 else None
+
+
+def _pointwise_convolution(ctx, node: fx.Node) -> bool:
+    """A convolution with a weight whose kernel is 1 everywhere (a 1×1
+    Conv2d): a projection of each position's channels."""
+    if packet(node) is not aten.convolution or not isinstance(node.args[1], fx.Node):
+        return False
+    kernel = ctx.traced.shape(node.args[1])
+    return bool(kernel) and len(kernel) > 2 and ctx.is_weight(node.args[1]) and \
+        all(as_int(k) == 1 for k in kernel[2:])
 
 
 def _stored_rank(ctx, node: fx.Node) -> int | None:

@@ -141,3 +141,21 @@ def test_cct_sequence_pooling():
     _check_site(a, pooled, 1, lambda n: (1, 2 * n), 32)
     assert pooled.head_dim == 32
     _check_totals("vit_cct", a)
+
+
+def test_twins_heads_folded_with_windows_after_a_pointwise_convolution():
+    """Twins' queries come from a 1×1 convolution (a projection of each
+    position), their heads folded into the batch with the windows: 8 heads
+    over the 8N tokens, not 64 "heads" of N read off the batch axis."""
+    vit_module("twins_svt")
+    a = analysed("vit_twins", 8)
+    local, glob = a.sites
+    assert (local.variant, local.heads, local.window) == ("local", 8, 4)
+    assert (glob.variant, glob.heads) == ("dense", 8)
+    for n, b in ((8, 1), (12, 2)):
+        assert a.at(local.query_len, n, b) == 8 * n
+        tokens = 8 * n
+        assert a.at(local.useful_flops, n, b) == b * 8 * tokens * 4 * _pair_work(64, 64)
+        assert a.at(glob.useful_flops, n, b) == b * 8 * tokens * 2 * n * _pair_work(64, 64)
+    assert a.at(a.flops, 8, 1) == real_flops("vit_twins", 8, 1)
+    assert a.at(a.flops, 12, 2) == real_flops("vit_twins", 12, 2)
