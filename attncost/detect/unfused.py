@@ -205,7 +205,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
         ctx.weighed_by[p_operand] = softmax
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
-    kv_heads = min(kv_heads, _key_heads(t, k_operand, n_keys, ratio) or kv_heads)
+    kv_heads = min(kv_heads, _key_heads(t, k_operand, n_keys, ratio, n_q) or kv_heads)
     terms = _score_terms(ctx, qk, mask_inputs)
     flops = sympy.expand(sum((node_flops(t, x, ctx.flop_rules) for x in [qk, pv, *terms]),
                              sympy.Integer(0)))
@@ -337,15 +337,19 @@ def _one_logit(t, piece: fx.Node, dim: int) -> bool:
     return shape is not None and len(shape) > dim and as_int(shape[dim]) == 1
 
 
-def _key_heads(t, k_operand: fx.Node, n_keys, ratio: int) -> int | None:
+def _key_heads(t, k_operand: fx.Node, n_keys, ratio: int, n_q=None) -> int | None:
     """Heads the keys hold: the K operand's elements, before any repeat,
-    over B·keys·d; one for keys shared by every head without a repeat (an
-    einsum of per-head queries with head-less keys, multi-query attention)."""
+    over B·keys·d (or over B·queries·keys·d, where each query has keys
+    picked for it: NSA's selected blocks); one for keys shared
+    by every head without a repeat (an einsum of per-head queries with
+    head-less keys, multi-query attention)."""
     shape = t.shape(k_operand)
     if shape is None or len(shape) < 2:
         return None
     d = shape[-2] if simplified(settled(shape[-1]) - n_keys) == 0 else shape[-1]
     held = as_int(sympy.Mul(*shape) / ratio / (B * n_keys * d))
+    if held is None and n_q is not None:  # keys picked for each query
+        held = as_int(simplified(sympy.Mul(*map(settled, shape)) / ratio / (B * n_keys * d * n_q)))
     return held if held is not None and held >= 1 else None
 
 

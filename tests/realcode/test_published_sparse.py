@@ -52,6 +52,9 @@ def test_native_sparse_attention_three_branches():
     nsa, a = _analysed("nsa", 64)
     assert len(a.sites) == 3 * nsa.DEPTH
     assert all(s.causal for s in a.sites if not s.content_based)
+    # the compressed and the selected keys are the 2 key/value heads' (the
+    # selected ones gathered for each query: 'b h qh i d, b h i j d')
+    assert {s.kv_heads for s in a.sites if "sliding" not in s.name} == {nsa.KV_HEADS}
     per_pair = nsa.HEADS * 2 * (nsa.DIM_HEAD + nsa.DIM_HEAD)
     for n in (64, 256):
         pairs = sum(sum(nsa.keys_seen(q)) for q in range(n))
