@@ -145,3 +145,37 @@ def test_an_additive_bias_is_named_with_its_own_shape(tmp_path):
     path.write_text(LEARNED_BIAS)
     (site,) = analyze(path, seq_len=64, device="cpu").sites
     assert "an additive bias (2×N×N) is applied to the scores" in site.notes
+
+
+CALLED_TWICE = '''
+import torch, torch.nn as nn, torch.nn.functional as F
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(32, 96)
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, 32)
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = Attention()
+    def forward(self, x):
+        return self.attn(self.attn(x))
+def build_model():
+    return Twice()
+def example_inputs(n, batch=1):
+    return (torch.randn(batch, n, 32),)
+'''
+
+
+def test_a_module_called_twice_makes_two_sites_of_two_names(tmp_path):
+    """One attention module applied twice (RegionViT's, a block loop's):
+    two sites, the second named apart, both in the module's layer."""
+    path = tmp_path / "twice.py"
+    path.write_text(CALLED_TWICE)
+    a = analyze(path, seq_len=64, device="cpu")
+    assert [(s.name, s.layer) for s in a.sites] == [("attn", "attn"), ("attn#2", "attn")]
+    names = [site["name"] for site in analysis_dict(a)["sites"]]
+    assert len(set(names)) == 2

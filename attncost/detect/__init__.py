@@ -67,7 +67,20 @@ def find_sites(traced, loaded=None, seq_len: int | None = None,
         used.update(n for s in sites for n in s.nodes)
     found = merge_pieces(ctx, merge_blocks(ctx, found))
     order = {n.name: i for n, i in ctx.order.items()}
-    return sorted(found, key=lambda s: order[s.nodes[-1]])
+    return _named_apart(sorted(found, key=lambda s: order[s.nodes[-1]]))
+
+
+def _named_apart(sites: list[AttentionSite]) -> list[AttentionSite]:
+    """A module called more than once (the same attention applied to two
+    inputs, or once per block in a loop) makes a site per call: the first
+    keeps the module's path, the k-th is named ``path#k``, so that a name
+    says one site."""
+    calls: dict[str, int] = {}
+    for site in sites:
+        calls[site.name] = calls.get(site.name, 0) + 1
+        if calls[site.name] > 1:
+            site.name = f"{site.name}#{calls[site.name]}"
+    return sites
 
 
 __all__ = ["AttentionSite", "GraphContext", "RECOGNISERS", "find_sites", "register_recogniser"]
