@@ -606,7 +606,7 @@ def test_local_blocks_beside_global_tokens_are_a_site(write_config):
                          dtype="float32")
     local = [s for s in a.sites if s.variant == "local"]
     assert [(s.name, s.causal, s.window, s.heads) for s in local] == [
-        (f"model.encoder.layers.{i}.self_attn", False, 16 + 4, 4) for i in range(2)]
+        (f"model.encoder.layers.{i}.self_attn#2", False, 16 + 4, 4) for i in range(2)]
     overall = [s for s in a.sites if s.name.startswith("model.encoder") and s not in local]
     assert [(s.variant, s.causal, s.query_len) for s in overall] == [("dense", False, 4)] * 2
     model = _real(PEGASUS_X, impl="eager").requires_grad_(False)

@@ -71,10 +71,11 @@ def find_sites(traced, loaded=None, seq_len: int | None = None,
 
 
 def _named_apart(sites: list[AttentionSite]) -> list[AttentionSite]:
-    """A module called more than once (the same attention applied to two
-    inputs, or once per block in a loop) makes a site per call: the first
-    keeps the module's path, the k-th is named ``path#k``, so that a name
-    says one site."""
+    """A module with more than one site (called more than once: the same
+    attention applied to two inputs, once per block in a loop; or
+    computing two attentions: PEGASUS-X's global tokens and local blocks):
+    the first keeps the module's path, the k-th is named ``path#k``, so
+    that a name says one site."""
     calls: dict[str, int] = {}
     for site in sites:
         calls[site.name] = calls.get(site.name, 0) + 1

@@ -201,7 +201,10 @@ def _expr(size) -> sympy.Expr:
 
 
 def _points_where_guards_hold(symbols: frozenset, shape_env) -> list[dict]:
-    hints = {s: int(v) for s, v in shape_env.backed_var_to_val.items()}
+    known = getattr(shape_env, "backed_var_to_val", None)
+    if known is None:  # torch before the name changed
+        known = shape_env.var_to_val
+    hints = {s: int(v) for s, v in known.items()}
     if not symbols <= hints.keys():
         return []
     guards = [g.expr for g in shape_env.guards if g.expr.free_symbols & symbols]
