@@ -7,6 +7,7 @@ size), and any node may be given a value instead of being computed.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 
 import torch
@@ -210,10 +211,13 @@ class Evaluations(dict):
     ``MAX_BYTES`` of results."""
 
     MAX_BYTES = 512 << 20
+    RECENT = 4
 
     def __init__(self):
         super().__init__()
-        self._fingerprints: dict[int, tuple] = {}
+        #: the last few values digested (a site's weights, given for every
+        #: group of positions read), held so that their ids stay theirs
+        self._fingerprints: collections.OrderedDict[int, tuple] = collections.OrderedDict()
         self._bytes = 0
 
     def key(self, ctx, nodes: list[fx.Node], target: fx.Node, feeds: dict, given: dict,
@@ -246,10 +250,12 @@ class Evaluations(dict):
         if known is not None and known[0] is value:
             return known[1]
         data = value.detach().contiguous().cpu()
-        digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes()
+        digest = hashlib.blake2b(data.reshape(-1).view(torch.uint8).numpy().tobytes()
                                  if data.numel() else b"", digest_size=16).hexdigest()
         fingerprint = (tuple(value.shape), value.dtype, digest)
         self._fingerprints[id(value)] = (value, fingerprint)
+        if len(self._fingerprints) > self.RECENT:
+            self._fingerprints.popitem(last=False)
         return fingerprint
 
     def __setitem__(self, key, result) -> None:

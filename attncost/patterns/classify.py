@@ -74,9 +74,8 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
     if pattern.kind == "causal" and _one_length(n_q, n_k) and pattern.allowed:
         # traced at one length: the triangle read, broadcast over the scores
         # (blocks of queries under one block's mask: h-transformer's diagonal)
-        useful = sympy.expand(flops * sympy.Rational(pattern.allowed, pattern.length ** 2))
-        return Classification("dense", useful, None, formula("causal_dense").complexity,
-                              "dense", values)
+        return Classification("dense", _share_read(pattern, flops), None,
+                              formula("causal_dense").complexity, "dense", values)
     if pattern.kind == "causal":
         f = formula("causal_dense")
         return Classification("dense", f.at("useful_flops", values), None, f.complexity,
@@ -90,9 +89,15 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
         return _counted(pattern, values, flops)
     if pattern.kind == "pattern" and pattern.density is not None:
         # Measured at one length only: its density times the work, not exact in N.
-        useful = sympy.expand(flops * sympy.Rational(pattern.allowed, pattern.length ** 2))
-        return Classification("sparse", useful, None, formula("sparse").complexity, "dense", values)
+        return Classification("sparse", _share_read(pattern, flops), None,
+                              formula("sparse").complexity, "dense", values)
     return Classification("dense", flops, None, formula("dense").complexity, "dense", values)
+
+
+def _share_read(pattern: MaskPattern, flops: sympy.Expr) -> sympy.Expr:
+    """The work times the share of pairs the mask read at one length lets
+    through (its matrix broadcast over the scores, every entry as often)."""
+    return sympy.expand(flops * sympy.Rational(pattern.allowed, pattern.length ** 2))
 
 
 def _one_length(n_q, n_k) -> bool:
