@@ -291,9 +291,16 @@ def _weighs_by_attention(ctx, product: fx.Node, limit: int = 32) -> bool:
         mixed = heads_mixed(ctx, n)
         if mixed is not None:
             stack.append((mixed[0], depth + 1))
-        elif is_view(n) or packet(n) in PROB_OPS:
+        elif is_view(n) or packet(n) in PROB_OPS or adds_number(n):
             stack.extend((a, depth + 1) for a in tensor_inputs(n)[:1])
     return False
+
+
+def adds_number(node: fx.Node) -> bool:
+    """Does ``node`` add a number to a tensor (slot attention's ε, keeping
+    its weights off zero before they are renormalised)?"""
+    return packet(node) is aten.add and isinstance(node.args[0], fx.Node) and \
+        len(node.args) > 1 and not isinstance(node.args[1], fx.Node)
 
 
 def tensor_inputs(node: fx.Node) -> list[fx.Node]:

@@ -78,6 +78,10 @@ class SiteShape:
     #: the sequence folded into the batch in windows of key_len keys, each
     #: query meeting its window's (a fused call on windows): blocked
     windows: bool = False
+    #: the width each (query, key) pair's score adds beyond Q·Kᵀ's, from
+    #: other products added to the scores (Transformer-XL's position term):
+    #: a pair's work is 2·(head_dim + this + head_dim_v)
+    score_term_width: int = 0
 
 
 def content_based(ctx, operands, masks=()) -> bool:
@@ -148,8 +152,8 @@ def build_site(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,
                nodes: list[fx.Node]) -> AttentionSite:
     """A site from what a recogniser read and the pattern of its mask."""
     name = ctx.traced.module_path(node) or "<root>"
-    values = formula_values(shape.heads, shape.head_dim, shape.head_dim_v,
-                            shape.query_len, shape.key_len)
+    values = formula_values(shape.heads, shape.head_dim + shape.score_term_width,
+                            shape.head_dim_v or shape.head_dim, shape.query_len, shape.key_len)
     c = classify(pattern, "blocked" if shape.windows else shape.implementation, values,
                  shape.flops)
     site = AttentionSite(

@@ -22,7 +22,7 @@ from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, 
 from . import masks
 from .concatenated import read_concatenated
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
-from .graph import PROB_OPS, SCORE_OPS, copied_into, is_product, tensor_inputs
+from .graph import PROB_OPS, SCORE_OPS, adds_number, copied_into, is_product, tensor_inputs
 from .heads import heads_and_queries, heads_mixed
 from .site import AttentionSite, SiteShape, build_sites, content_based
 
@@ -171,6 +171,8 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if shape is None or len(shape) < 2:
         return []
     dim = axis % len(shape)
+    over_queries = dim == len(shape) - 2  # queries compete for each key
+    dim = len(shape) - 1 if over_queries else dim
     scores = _sink_free(t, scores, dim)
     n_keys = settled(t.shape(scores)[dim])
     qk, mask_inputs, score_path = _walk_back(scores, ctx)
@@ -207,8 +209,9 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     kv_heads = min(kv_heads, _key_heads(t, k_operand, n_keys, ratio, n_q) or kv_heads)
     terms = _score_terms(ctx, qk, mask_inputs)
-    flops = sympy.expand(sum((node_flops(t, x, ctx.flop_rules) for x in [qk, pv, *terms]),
-                             sympy.Integer(0)))
+    term_flops = sum((node_flops(t, x, ctx.flop_rules) for x in terms), sympy.Integer(0))
+    flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules)
+                         + term_flops)
     relaid = (pv, v_operand) if _relaid(n_keys, score_path + prob_path) else None
     pattern = _site_pattern(ctx, (qk, weights, q_operand, k_operand), mask_inputs, n_keys, heads,
                             n_q, relaid)
@@ -220,12 +223,20 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     else:
         site_shape = SiteShape(_implementation(ctx, (q_operand, k_operand), n_keys, pattern),
                                heads, kv_heads, as_int(width) or 0, n_q, n_keys, flops,
-                               as_int(t.shape(pv)[-1 if p_side == 0 else -2]))
+                               as_int(t.shape(pv)[-1 if p_side == 0 else -2]),
+                               score_term_width=_width_per_pair(term_flops, heads, n_q, n_keys))
     sites = build_sites(ctx, softmax, site_shape, pattern,
                         nodes=[*terms, qk, *score_path, softmax, *prob_path, pv])
     for site in sites:
         site.block_masks = list(mask_inputs)
+        if over_queries:
+            site.notes.append(_OVER_QUERIES)
     return sites
+
+
+#: The note of a softmax taken over the queries, not the keys.
+_OVER_QUERIES = ("softmax over the queries: they compete for each key (slot attention, "
+                 "inverted cross-attention); the weights then meet the values over the keys")
 
 
 def _queries_and_keys(ctx, qk: fx.Node, n_keys):
@@ -270,10 +281,11 @@ def _applied(ctx, softmax: fx.Node, n_keys, pooled: bool):
 
 
 def _score_terms(ctx, qk: fx.Node, mask_inputs, limit: int = 192) -> list[fx.Node]:
-    """Other products of activations added to the scores in the same module
-    (DeBERTa's disentangled terms: the queries against relative position
-    keys, the keys against position queries, gathered to N×N): part of the
-    scores' work, not a mask's."""
+    """Other products added to the scores in the same module (DeBERTa's
+    disentangled terms: the queries against relative position keys, the
+    keys against position queries, gathered to N×N; Transformer-XL's
+    queries against position keys cut to the length): part of the scores'
+    work, not a mask's."""
     module = ctx.traced.module_path(qk)
     found: list[fx.Node] = []
     stack = [m for m, kind in mask_inputs if kind == "additive" and isinstance(m, fx.Node)]
@@ -285,12 +297,33 @@ def _score_terms(ctx, qk: fx.Node, mask_inputs, limit: int = 192) -> list[fx.Nod
         seen.add(n)
         if is_product(n):
             if n is not qk and ctx.traced.module_path(n) == module and \
-                    not any(ctx.is_weight(o) for o in ctx.product_operands(n)) and \
+                    not any(_fixed_weight(ctx, o) for o in ctx.product_operands(n)) and \
                     not _depends_on(n, qk):
                 found.append(n)
             continue
         stack.extend(n.all_input_nodes)
     return sorted(found, key=ctx.order.__getitem__)
+
+
+def _fixed_weight(ctx, operand: fx.Node) -> bool:
+    """A weight of fixed size: a product with it is a layer.  A weight cut
+    to the length (a table of position keys sliced to the keys, as in
+    Transformer-XL and Music Transformer's relative attention) is the keys'
+    positions: its product with the queries is a term of the scores."""
+    if not ctx.is_weight(operand):
+        return False
+    shape = ctx.traced.shape(operand)
+    return shape is None or N not in sympy.Mul(*shape).free_symbols
+
+
+def _width_per_pair(term_flops, heads: int, n_q, n_keys) -> int:
+    """The width the score terms add to each (query, key) pair: their work
+    over 2·B·H·N_q·N_k, where that is a whole number (a term over the same
+    pairs); 0 where it is not (DeBERTa's terms over relative distances)."""
+    if term_flops == 0:
+        return 0
+    width = sympy.cancel(term_flops / (2 * B * heads * n_q * n_keys))
+    return int(width) if width.is_Integer and width > 0 else 0
 
 
 def _depends_on(node: fx.Node, earlier: fx.Node, limit: int = 256) -> bool:
@@ -549,6 +582,7 @@ def _walk_forward(ctx, softmax: fx.Node, limit: int = 32):
                         return user, path, factors.index(node)
                     continue
                 if pk in PROB_OPS or is_view(user) or user.target is getitem or \
+                        adds_number(user) or \
                         (pk in _AFTER_WEIGHING and packet(softmax) in WEIGHING_OPS):
                     nxt.append((user, path + [user]))
         frontier = nxt

@@ -3,7 +3,11 @@ forward with memories given (16 memories and 4 compressed memories a
 layer).  Each layer's queries (the N tokens) attend to the compressed
 memories and memories, all of them, and to the tokens up to their own
 (compressive_transformer_pytorch.py, SelfAttention.forward: keys
-``cat((cmem, mem, x))``, a causal mask shifted by the memories)."""
+``cat((cmem, mem, x))``, a causal mask shifted by the memories).  Each
+pair's score adds Transformer-XL's position term, the query against a
+learned position key (``einsum('bhid,hjd->bhij', q, pos_emb)``, pos_emb
+the parameter cut to the keys' length) over the same grid, before the
+mask."""
 import torch
 
 from published_support import require

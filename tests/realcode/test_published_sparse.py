@@ -66,7 +66,8 @@ def test_compressive_memories_are_keys_every_query_sees():
     ct, a = _analysed("compressive", 64)
     assert len(a.sites) == ct.DEPTH and all(s.causal for s in a.sites)
     extra = ct.MEMORIES + ct.COMPRESSED
-    per_pair = ct.HEADS * 2 * (ct.DIM_HEAD + ct.DIM_HEAD)
+    # Q·Kᵀ, the position term q·pos_embᵀ and P·V: three products of width 16
+    per_pair = ct.HEADS * 2 * (ct.DIM_HEAD + ct.DIM_HEAD + ct.DIM_HEAD)
     for n in (64, 200):
         pairs = sum(extra + i + 1 for i in range(n))
         assert _useful(a, n) == ct.DEPTH * pairs * per_pair, n
@@ -112,6 +113,21 @@ def test_perceiver_latents_at_one_length_where_n_is_also_a_width():
     latent = pc.LATENTS * pc.LATENTS * pc.LATENT_HEADS * per_pair
     assert _useful(a, 64) == pc.DEPTH * (cross + latent)
     _flops_equal(pc, a, [(64, 1), (96, 2)])
+
+
+def test_perceiver_inverted_cross_attention_softmax_over_the_latents():
+    """The latents compete for each token (a softmax over the queries):
+    still the latents' attention to the tokens, every pair computed."""
+    pc, a = _analysed("perceiver_inverted", 64)
+    cross = [s for s in a.sites if str(s.key_len) == "N"]
+    assert len(cross) == pc.DEPTH and len(a.sites) == 2 * pc.DEPTH
+    assert all(s.query_len == pc.LATENTS and s.variant == "dense" for s in cross)
+    per_pair = 2 * (pc.DIM_HEAD + pc.DIM_HEAD)
+    latent = pc.LATENTS * pc.LATENTS * pc.LATENT_HEADS * per_pair
+    for n in (64, 1000):
+        cross_pairs = pc.LATENTS * n * pc.CROSS_HEADS * per_pair
+        assert _useful(a, n) == pc.DEPTH * (cross_pairs + latent), n
+    _flops_equal(pc, a, [(64, 1), (200, 2)])
 
 
 def test_long_short_masks_on_concatenated_scores_are_counted():

@@ -1,0 +1,54 @@
+"""Attention written with its scores shaped otherwise than Q·Kᵀ -> softmax
+over the keys: a softmax over the queries (slot attention), and a second
+product added to the scores (relative position keys).  The oracles:
+FlopCounterMode on a real forward, at lengths and batches never traced, and
+the pairs counted here by hand."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import attncost
+from oracle import count_flops, load_module
+
+MODELS = Path(__file__).parent / "models"
+
+
+def _flops_equal(module, a, points):
+    torch.manual_seed(0)
+    model = module.build_model().eval().requires_grad_(False)
+    for n, b in points:
+        assert a.at(a.flops, n, b) == count_flops(model, module.example_inputs(n, b)), (n, b)
+
+
+def test_slots_compete_for_each_input():
+    """A softmax over the slots (dim=1 of slots × inputs), renormalised over
+    the inputs, then ·V over the inputs: one site per iteration, every
+    slot meeting every input."""
+    sa = load_module(MODELS / "slot_attention.py")
+    a = attncost.analyze(MODELS / "slot_attention.py", seq_len=64, device="cpu")
+    assert len(a.sites) == sa.ITERS
+    for site in a.sites:
+        assert (site.variant, site.causal, site.heads) == ("dense", False, 1)
+        assert (site.query_len, str(site.key_len)) == (sa.SLOTS, "N")
+        assert any("over the queries" in note for note in site.notes)
+    for n in (64, 300):
+        per_iteration = sa.SLOTS * n * 2 * (sa.DIM + sa.DIM_V)
+        assert sum(a.at(s.useful_flops, n, 1) for s in a.sites) == sa.ITERS * per_iteration
+    _flops_equal(sa, a, [(64, 1), (300, 2)])
+
+
+def test_a_position_term_cut_to_the_length_is_part_of_the_scores():
+    """q·R[-N:]ᵀ, a learned table sliced to the keys, added to Q·Kᵀ: the
+    site's work and its useful work are three products per pair (Q·Kᵀ,
+    the position term, P·V), under the causal mask."""
+    rp = load_module(MODELS / "relative_positions.py")
+    a = attncost.analyze(MODELS / "relative_positions.py", seq_len=64, device="cpu")
+    assert len(a.sites) == 2 and all(s.causal and s.variant == "dense" for s in a.sites)
+    per_pair = rp.HEADS * 2 * (rp.DIM_HEAD + rp.DIM_HEAD + rp.DIM_V)
+    for n in (64, 200):
+        assert a.at(a.sites[0].flops, n, 1) == n * n * per_pair
+        pairs = n * (n + 1) // 2
+        assert sum(a.at(s.useful_flops, n, 1) for s in a.sites) == 2 * pairs * per_pair, n
+    _flops_equal(rp, a, [(64, 1), (200, 2)])
