@@ -582,6 +582,29 @@ def test_disentangled_position_terms_are_the_scores_work(write_config):
 
 
 
+YOSO = dict(model_type="yoso", architectures=["YosoForMaskedLM"], hidden_size=64,
+            intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
+            max_position_embeddings=512)
+
+
+def test_scores_weighed_by_any_function_of_one_are_attention(write_config):
+    """YOSO (its default expectation form) weighs each score by
+    ``(1 - acos(q·k) / π) ** τ``, not a softmax, and applies the weights to
+    V: dense attention over every pair, 2·N²·(16 + 16) per head by hand."""
+    folder = write_config("yoso", **YOSO)
+    a = attncost.analyze(folder, seq_len=64, attn_implementation="eager", device="cpu",
+                         dtype="float32")
+    assert len(a.sites) == 2
+    assert all((s.variant, s.causal, s.heads) == ("dense", False, 4) for s in a.sites)
+    heads, d = 4, 16
+    for n, b in ((64, 1), (200, 2)):
+        by_hand = 2 * b * heads * n * n * (d + d)
+        assert [a.at(s.useful_flops, n, b) for s in a.sites] == [by_hand, by_hand]
+    model = _real(YOSO, impl="eager").requires_grad_(False)
+    ids = torch.randint(0, 128, (2, 200))
+    assert a.at(a.flops, 200, 2) == count_flops(model, (ids,))
+
+
 #: blocks of 16 local tokens and 4 global ones; every second encoder layer
 #: staggers its blocks by half a block
 PEGASUS_X = dict(model_type="pegasus_x", architectures=["PegasusXForConditionalGeneration"],

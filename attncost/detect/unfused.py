@@ -18,6 +18,7 @@ from ..expr import B, N, as_int, settled, simplified
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
+    is_function_of_one, \
     packet
 from . import masks
 from .concatenated import read_concatenated
@@ -479,7 +480,7 @@ def _walk_back(start: fx.Node, ctx=None, limit: int = 16):
             continue
         if pk in MATMUL_OPS:
             return node, masks_found, path
-        if not (pk in SCORE_OPS or is_view(node)):
+        if not (pk in SCORE_OPS or is_view(node) or is_function_of_one(node)):
             written = next((s for s in copied_into(node) if _reaches_product(s)), None)
             if written is None:
                 return None, [], []
@@ -546,7 +547,7 @@ def _search_product(start: fx.Node) -> bool:
                 continue
             if packet(node) in MATMUL_OPS:
                 return True
-            if packet(node) in SCORE_OPS or is_view(node):
+            if packet(node) in SCORE_OPS or is_view(node) or is_function_of_one(node):
                 sources = [a for a in node.args if isinstance(a, fx.Node)]
             else:
                 sources = copied_into(node)

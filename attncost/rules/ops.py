@@ -106,6 +106,14 @@ def is_view(node: fx.Node) -> bool:
     return False
 
 
+def is_function_of_one(node: fx.Node) -> bool:
+    """Is this an elementwise function of one tensor (numbers aside):
+    ``acos(x)``, ``1 - x``, ``x ** 2``?  Applied to scores, it weighs them."""
+    tags = getattr(node.target, "tags", ())
+    return node.op == "call_function" and torch.Tag.pointwise in tags and \
+        sum(isinstance(a, fx.Node) for a in (*node.args, *node.kwargs.values())) == 1
+
+
 def writes_input(node: fx.Node) -> bool:
     """Does this op return (a view of) one of its inputs, in place?"""
     schema = getattr(node.target, "_schema", None)
