@@ -64,9 +64,16 @@ class _OpBudget(torch.overrides.TorchFunctionMode):
     """Stops a trace after ``limit`` torch calls: a loop over a long sequence
     would record one step after another for minutes."""
 
+    #: the budget of the trace running now
+    current: "_OpBudget | None" = None
+
     def __init__(self, limit: int | None):
         super().__init__()
         self.limit, self.calls = limit, 0
+
+    def __enter__(self):
+        _OpBudget.current = self
+        return super().__enter__()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.calls += 1
@@ -146,8 +153,10 @@ def _concrete_once(loaded: LoadedModel, seq_len: int, batch: int, max_calls: int
                 warnings.catch_warnings(), quiet_shape_log(), _OpBudget(max_calls), \
                 data.watching():
             warnings.simplefilter("ignore")
+            budget = _OpBudget.current
             gm = make_fx(INFERENCE.build(model, params), tracing_mode="fake",
                          _allow_non_fake_inputs=True)(params, args, kwargs)
+        gm.meta["attncost_calls"] = budget.calls
     except ModelError:
         raise
     except Exception as exc:
@@ -172,7 +181,8 @@ def measure(loaded: LoadedModel, seq_len: int, batch: int, device: str, rules,
     flops = sum((node_flops(traced, node, rules) for node in traced.nodes), sympy.Integer(0))
     numbers = {"flops": flops, "peak": memory.at(seq_len, batch),
                "input": memory.input_bytes, "weights": memory.weight_bytes,
-               "workspace": memory.workspace_bytes, "nodes": len(traced.graph_module.graph.nodes)}
+               "workspace": memory.workspace_bytes, "nodes": len(traced.graph_module.graph.nodes),
+               "calls": traced.graph_module.meta.get("attncost_calls", 0)}
     numbers.update(_scratch_apart(traced, loaded, device, allocation_rules, seq_len, batch))
     return Measured(seq_len, batch, {k: _number(v, seq_len, batch) for k, v in numbers.items()},
                     sites)
@@ -206,8 +216,15 @@ def _number(value, seq_len: int, batch: int) -> int:
     return value_at(sympy.sympify(value), seq_len, batch)
 
 
-def measured_note(lengths: FitLengths = POSITIONS) -> str:
-    """Where the fitted formulas were measured."""
+def measured_note(lengths: FitLengths = POSITIONS, looped: bool = True) -> str:
+    """Where the fitted formulas were measured; ``looped`` False where every
+    length recorded as many ops (the length written into the code as a
+    number, an interpolation's size, not a loop over it)."""
+    if not looped and not lengths.past and lengths.chunk is None:
+        return (f"the model writes the length into its code as a number (the same ops at "
+                f"every length): its formulas are fitted from traces at N={lengths.text()} "
+                f"(B={', '.join(map(str, FIT_BATCHES))}) and are exact at "
+                f"{lengths.held_text()}, lengths held out of the fit")
     if lengths.past:  # a window built by a loop over the length, not chunks of it
         what = (f"the sequence, and its attention reaches {lengths.past} positions (a window "
                 f"built at each length): up to N={lengths.past} it sees every pair, so its "
@@ -273,6 +290,9 @@ class FittedLoop:
     #: ops a trace records, fitted in N (how long a trace at a length would be)
     graph_nodes: sympy.Expr = sympy.Integer(0)
     lengths: FitLengths = POSITIONS
+    #: the most torch calls the model's Python made per op recorded, at the
+    #: lengths fitted (attribute reads, shape queries: many per op in some code)
+    calls_per_node: float = 1.0
 
 
 #: Longest graph a trace at the requested length may record to check the fit there.
@@ -294,7 +314,7 @@ def check_at(fitted: FittedLoop, loaded: LoadedModel, seq_len: int, rules) -> Tr
     longest = max(n for n, _ in fitted.lengths.held_out)
     if seq_len <= longest or expected > CHECK_NODES:
         return None
-    budget = CHECK_CALLS_PER_NODE * max(expected, CHECK_FLOOR)
+    budget = int(CHECK_CALLS_PER_NODE * max(expected, CHECK_FLOOR) * fitted.calls_per_node)
     try:
         traced = concrete_trace(loaded, seq_len, 1, max_calls=budget)
     except TraceTooLong:  # far more work than the fit says: it does not hold there
@@ -477,7 +497,8 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
                          "follow no polynomial in N") from exc
         raise
     inputs = fit_number(measured, lambda m: m.numbers["input"], "input bytes", lengths=lengths)
-    notes = [measured_note(lengths)]
+    looped = len({m.numbers["nodes"] for m in measured if m.batch == 1}) > 1
+    notes = [measured_note(lengths, looped)]
     if peak_lengths is not lengths:
         notes.append(f"its peak memory is fitted from traces at N={peak_lengths.text()} (exact "
                      f"at {peak_lengths.held_text()}): at shorter lengths the peak is another "
@@ -488,8 +509,10 @@ def fitted_loop(loaded: LoadedModel, device: str, rules, allocation_rules=None,
                           n_range=(shortest, None), lengths=lengths)
     nodes = lengths.through([(m.seq_len, m.numbers["nodes"]) for m in measured
                              if m.batch == 1 and m.seq_len in lengths.fitted])
+    per_node = max((m.numbers["calls"] / m.numbers["nodes"] for m in measured
+                    if m.numbers["nodes"]), default=1.0)
     return FittedLoop(flops, memory.weight_bytes, peak, fitted_sites(measured, lengths), memory,
-                      notes, graph_nodes=nodes, lengths=lengths)
+                      notes, graph_nodes=nodes, lengths=lengths, calls_per_node=max(per_node, 1.0))
 
 
 def _reach(measured: list[Measured]) -> int | None:

@@ -1,0 +1,33 @@
+"""timm's VisionTransformer with ``dynamic_img_size``: the length is a
+number in its code (the position embeddings resampled to the grid), so it
+is traced at fixed lengths and its costs are fitted in N.  Checked against
+FlopCounterMode on a real forward at lengths and batches never traced."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import attncost
+
+HERE = Path(__file__).parent
+for _folder in (HERE, HERE.parent):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+from corpus import real_flops  # noqa: E402
+from oracle import load_module  # noqa: E402
+
+
+def test_a_deep_model_that_reads_many_shapes_is_fitted_not_refused():
+    """Eight blocks whose Python makes about 26 torch calls (attribute and
+    shape reads) per op recorded: the check of the fit at the asked length
+    budgets calls as the short traces made them, so the fit is not refused
+    as "more work past the lengths fitted" where the work is the same."""
+    vit = load_module(HERE / "published_timm_vit_deep.py")
+    a = attncost.analyze(HERE / "published_timm_vit_deep.py", seq_len=64)
+    assert a.n_range[1] is None and a.n_range[0] <= 8
+    assert len(a.sites) == vit.DEPTH and {s.variant for s in a.sites} == {"dense"}
+    assert any("writes the length into its code as a number" in note for note in a.notes)
+    assert not any("loops over" in note for note in a.notes)
+    for n, b in ((64, 1), (40, 2), (150, 2)):
+        assert a.at(a.flops, n, b) == real_flops("timm_vit_deep", n, b), (n, b)
