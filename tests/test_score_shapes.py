@@ -52,3 +52,32 @@ def test_a_position_term_cut_to_the_length_is_part_of_the_scores():
         pairs = n * (n + 1) // 2
         assert sum(a.at(s.useful_flops, n, 1) for s in a.sites) == 2 * pairs * per_pair, n
     _flops_equal(rp, a, [(64, 1), (200, 2)])
+
+
+def test_a_bias_cached_from_the_weights_is_read_as_zeros():
+    """A bias the module computed from its parameters and cached during the
+    trace is a constant with no values in the graph; read as zeros (as the
+    weights are), the causal mask beside it is read."""
+    cb = load_module(MODELS / "cached_bias.py")
+    a = attncost.analyze(MODELS / "cached_bias.py", seq_len=64, device="cpu")
+    assert len(a.sites) == 2 and all(s.causal and s.variant == "dense" for s in a.sites)
+    per_pair = cb.HEADS * 2 * (cb.DIM_HEAD + cb.DIM_HEAD)
+    for n in (64, 200):
+        assert sum(a.at(s.useful_flops, n, 1) for s in a.sites) == 2 * n * (n + 1) // 2 * per_pair
+    _flops_equal(cb, a, [(64, 1), (200, 2)])
+
+
+def test_a_cache_filled_in_place_is_emptied_after_a_trace():
+    """A dict the module fills on first use holds the trace's fake tensor
+    afterwards unless its entries are put back (the cause of the above)."""
+    from attncost.tracing.fake import module_state_kept
+
+    cb = load_module(MODELS / "cached_bias.py")
+    model = cb.build_model().eval()
+    layer = model[0]
+    kept = {"before": torch.zeros(1)}
+    layer.cache = kept
+    with module_state_kept(model):
+        layer.biases(torch.device("cpu"))
+        assert set(layer.cache) == {"before", "cpu"}
+    assert layer.cache is kept and set(kept) == {"before"}

@@ -176,6 +176,7 @@ def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
         if not zeroed:
             raise
         return evaluate_node(ctx, target, n_eval, {**given, **zeroed})
+    feeds.update(_fake_constants(gm, needed))
     order = [n for n in gm.graph.nodes if n in feeds]
     if ctx.evaluated is None:
         ctx.evaluated = Evaluations()
@@ -201,6 +202,23 @@ def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
         raise CannotEvaluate(f"{type(exc).__name__}: {first_line(exc)}")
     ctx.evaluated[key] = result
     return result
+
+
+def _fake_constants(gm: fx.GraphModule, needed: set[fx.Node]) -> dict[fx.Node, torch.Tensor]:
+    """Constants the trace made from the weights (a module that caches a
+    tensor computed from its parameters, as LeViT's attention biases are
+    cached in eval mode): they hold no values, and are read as zeros, as
+    the weights are."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    out = {}
+    for node in needed:
+        if node.op != "get_attr":
+            continue
+        value = getattr(gm, str(node.target), None)
+        if isinstance(value, FakeTensor) and all(isinstance(d, int) for d in value.shape):
+            out[node] = torch.zeros(tuple(value.shape), dtype=value.dtype)
+    return out
 
 
 class Evaluations(dict):

@@ -59,11 +59,25 @@ def module_state_kept(module: torch.nn.Module) -> Iterator[None]:
     were."""
     saved = [(m, dict(m._buffers), dict(m._parameters), dict(m._modules), dict(vars(m)))
              for m in module.modules()]
+    caches = _caches(saved)
     try:
         yield
     finally:
         for entry in saved:
             _restore(*entry)
+        for cache, before in caches:
+            if cache.keys() != before.keys() or any(cache[k] is not v for k, v in before.items()):
+                cache.clear()
+                cache.update(before)
+
+
+def _caches(saved) -> list[tuple[dict, dict]]:
+    """Each plain dict a module holds as an attribute, with its entries:
+    a cache filled in place on first use (timm's LeViT keeps its attention
+    biases in one, by device), which would keep a fake tensor."""
+    return [(value, dict(value)) for _, _, _, _, attributes in saved
+            for key, value in attributes.items()
+            if key not in _OWN_STORES and type(value) is dict]
 
 
 _OWN_STORES = ("_buffers", "_parameters", "_modules")

@@ -104,15 +104,20 @@ def _holds_far_away(side, value, hints: dict) -> bool:
 
 @contextlib.contextmanager
 def quiet_shape_log() -> Iterator[None]:
-    """torch logs a warning when a guard raises (LengthSpecialized does):
-    the error that follows says it better."""
-    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """torch logs a warning when a guard raises (LengthSpecialized does),
+    and an error with a traceback when a fake tensor's shape check raises
+    (the model's own error at a length it does not take): the error that
+    follows says it better."""
+    loggers = {logging.getLogger("torch.fx.experimental.symbolic_shapes"): logging.ERROR,
+               logging.getLogger("torch._subclasses.fake_tensor"): logging.CRITICAL}
+    levels = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in levels.items():
+            logger.setLevel(level)
 
 
 def fixed_length(shape_env) -> int | None:
