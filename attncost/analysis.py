@@ -28,7 +28,7 @@ from .paths import layer_or_path
 from .patterns import subquadratic
 from .rules import DEVICES, flop_rules, node_flops
 from .rules.ops import is_view, op_name
-from .tracing import TracedModel, trace
+from .tracing import SymbolicTraceRaised, TracedModel, trace
 from .tracing.unroll import UnrolledLoop, fixed_length
 from .units import dtype_name
 
@@ -332,6 +332,17 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
         return _fitted_loop(loaded, seq_len, batch, device, options,
                             flop_rules(flop_rules_override), allocation_rules, progress,
                             unrolled.steps)
+    except SymbolicTraceRaised as raised:
+        if mode != "infer" or plan is not None or not _runs_at(loaded, seq_len):
+            raise
+        result = _fitted_loop(loaded, seq_len, batch, device, options,
+                              flop_rules(flop_rules_override), allocation_rules, progress,
+                              seq_len)
+        why = str(raised).removeprefix("the model raised while being traced: ")
+        why = why if len(why) <= 100 else why[:99] + "…"
+        result.notes.insert(0, f"the model's code does not run with the length a symbol "
+                               f"({why}): it was traced at fixed lengths")
+        return result
     rules = flop_rules(flop_rules_override)
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
     if fixed_length(traced.shape_env) is not None and mode == "infer" and plan is None:
@@ -413,6 +424,17 @@ def _fitted_instead(traced: Analysis, device: str, allocation_rules, progress) -
                             here=lambda why: traced)
     except AttncostError:
         return traced
+
+
+def _runs_at(loaded: LoadedModel, seq_len: int) -> bool:
+    """Does the model run traced at this length as a number?"""
+    from .tracing.loops import TraceRaised, TraceTooLong, concrete_trace
+
+    try:
+        concrete_trace(loaded, seq_len, 1, max_calls=FIXED_LENGTH_CALLS)
+    except (TraceRaised, TraceTooLong):
+        return False
+    return True
 
 
 def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, options: dict,

@@ -81,3 +81,15 @@ def test_a_cache_filled_in_place_is_emptied_after_a_trace():
         layer.biases(torch.device("cpu"))
         assert set(layer.cache) == {"before", "cpu"}
     assert layer.cache is kept and set(kept) == {"before"}
+
+
+def test_a_model_that_rejects_a_symbolic_length_is_traced_at_numbers():
+    """Its code raises with the length a symbol (an int check): it is costed
+    from traces at fixed lengths, as a model that writes the length as a
+    number is, and the note says why."""
+    ic = load_module(MODELS / "int_checked_length.py")
+    a = attncost.analyze(MODELS / "int_checked_length.py", seq_len=64, device="cpu")
+    assert any("does not run with the length a symbol" in note and "TypeError" in note
+               for note in a.notes)
+    assert len(a.sites) == 1 and a.sites[0].causal and a.n_range[1] is None
+    _flops_equal(ic, a, [(64, 1), (100, 2), (300, 2)])

@@ -266,8 +266,8 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
     except ModelError:
         raise
     except Exception as exc:  # the user's model raised while being traced
-        raise ModelError(f"the model raised while being traced: {type(exc).__name__}: "
-                         f"{first_line(exc)}") from exc
+        raise SymbolicTraceRaised(f"the model raised while being traced: "
+                                  f"{type(exc).__name__}: {first_line(exc)}") from exc
 
     # Placeholders come in the order of the flattened (params, args, kwargs).
     placeholder_kinds = {}
@@ -277,6 +277,11 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
         if i < len(names):
             node.meta["attncost_param"] = names[i]
     return gm, shape_env, replacements, placeholder_kinds
+
+
+class SymbolicTraceRaised(ModelError):
+    """The model's own code raised with the length a symbol (it may check
+    that a size is an int, as a type-checked signature does)."""
 
 
 def _lazy_code() -> ContextManager:
