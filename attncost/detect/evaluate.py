@@ -163,7 +163,7 @@ def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
     concrete inputs (B=2), with the ``given`` nodes' values replaced;
     weights it reads are zeros, up to a size."""
     gm = ctx.traced.graph_module
-    batch = 2
+    batch = evaluation_batch(ctx.traced)
     given = given or {}
     try:
         needed, scalars = _needed(ctx.traced, target, (n_eval, batch), given)
@@ -295,8 +295,17 @@ class _Ref:
         return f"@{self.position}"
 
 
-def zeros_at(ctx, node: fx.Node, n_eval: int, batch: int = 2) -> torch.Tensor:
+def evaluation_batch(traced) -> int:
+    """The batch evaluations run at: 2 where the trace's batch is a symbol
+    (copies of one matrix tell what a batch of one cannot), else the
+    trace's own, which its sizes fix."""
+    low, high = traced.batch_range
+    return low if low == high else 2
+
+
+def zeros_at(ctx, node: fx.Node, n_eval: int, batch: int | None = None) -> torch.Tensor:
     """Zeros shaped as ``node``'s value at length n_eval (and ``batch``)."""
+    batch = evaluation_batch(ctx.traced) if batch is None else batch
     val = node.meta["val"]
     try:
         shape = [value_at(ctx.traced.expr(d), n_eval, batch) for d in val.shape]
@@ -305,7 +314,7 @@ def zeros_at(ctx, node: fx.Node, n_eval: int, batch: int = 2) -> torch.Tensor:
     return torch.zeros(shape, dtype=val.dtype)
 
 
-def ones_at(ctx, node: fx.Node, n_eval: int, batch: int = 2) -> torch.Tensor:
+def ones_at(ctx, node: fx.Node, n_eval: int, batch: int | None = None) -> torch.Tensor:
     return zeros_at(ctx, node, n_eval, batch) + 1
 
 

@@ -12,7 +12,7 @@ import torch.fx as fx
 from ..expr import B, N, settled, simplified
 from ..rules.flops import FLOP_RULES
 from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, FACTORY_LIKE_OPS, GATHER_OPS, MATMUL_OPS, \
-    RANKING_OPS, SCATTER_OPS, SOFTMAX_OPS, getitem, is_view, packet
+    RANKING_OPS, SCATTER_OPS, SOFTMAX_OPS, getitem, is_view, packet, writes_input
 
 aten = torch.ops.aten
 
@@ -315,18 +315,26 @@ def copied_into(node: fx.Node) -> list[fx.Node]:
     (scores written into slices of a zero tensor, as Longformer lays out its
     diagonals); not what is computed from ``node`` itself and written back
     (a mask applied in place)."""
-    views, sources, stack = {node}, [], [node]
+    views, writes = views_and_writes(node)
+    sources = [w.args[1] for w in writes
+               if packet(w) is aten.copy_ and isinstance(w.args[1], fx.Node)]
+    return [s for s in sources if not _reads(s, views)]
+
+
+def views_and_writes(node: fx.Node) -> tuple[set[fx.Node], list[fx.Node]]:
+    """``node`` and its views, and the ops that write in place into any of
+    them (a copy_ into a slice, ``scores[:, i, j] = value``)."""
+    views, writes, stack = {node}, [], [node]
     while stack:
         for user in stack.pop().users:
-            if user.op != "call_function":
+            if user.op != "call_function" or not user.args or user.args[0] not in views:
                 continue
-            if is_view(user) and user.args and user.args[0] in views:
+            if is_view(user):
                 views.add(user)
                 stack.append(user)
-            elif packet(user) is aten.copy_ and user.args[0] in views and \
-                    isinstance(user.args[1], fx.Node):
-                sources.append(user.args[1])
-    return [s for s in sources if not _reads(s, views)]
+            elif writes_input(user):
+                writes.append(user)
+    return views, writes
 
 
 def _reads(node: fx.Node, targets: set, limit: int = 16) -> bool:

@@ -23,7 +23,8 @@ from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, 
 from . import masks
 from .concatenated import read_concatenated
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
-from .graph import PROB_OPS, SCORE_OPS, adds_number, copied_into, is_product, tensor_inputs
+from .graph import PROB_OPS, SCORE_OPS, adds_number, copied_into, is_product, tensor_inputs, \
+    views_and_writes
 from .heads import heads_and_queries, heads_mixed
 from .site import AttentionSite, SiteShape, build_sites, content_based
 
@@ -480,6 +481,12 @@ def _walk_back(start: fx.Node, ctx=None, limit: int = 16):
             continue
         if pk in MATMUL_OPS:
             return node, masks_found, path
+        masks_found += [(w, "additive") for w in views_and_writes(node)[1] if _writes_number(w)]
+        if _writes_number(node):  # scores[:, i, j] = -big: the scores as written, a mask
+            masks_found.append((node, "additive"))
+            path.append(node)
+            node = node.args[0]
+            continue
         if not (pk in SCORE_OPS or is_view(node) or is_function_of_one(node)):
             written = next((s for s in copied_into(node) if _reaches_product(s)), None)
             if written is None:
@@ -492,6 +499,15 @@ def _walk_back(start: fx.Node, ctx=None, limit: int = 16):
         if node is None:
             return None, [], []
     return None, [], []
+
+
+def _writes_number(node: fx.Node) -> bool:
+    """Does ``node`` write a value that is no score into chosen entries of
+    the scores (``scores[:, i, j] = -5e4``, index assignment: Reformer's
+    causal and self masks)?  Read as the scores it leaves, weights as zeros:
+    the written entries stand out as an additive mask's."""
+    return packet(node) in (aten.index_put, aten.index_put_) and len(node.args) > 2 and \
+        not _reaches_product(node.args[2]) and _reaches_product(node.args[0])
 
 
 def _score_operand(node: fx.Node, masks_found: list) -> fx.Node | None:
@@ -549,6 +565,8 @@ def _search_product(start: fx.Node) -> bool:
                 return True
             if packet(node) in SCORE_OPS or is_view(node) or is_function_of_one(node):
                 sources = [a for a in node.args if isinstance(a, fx.Node)]
+            elif packet(node) in (aten.index_put, aten.index_put_):
+                sources = node.args[:1]  # entries written into the scores
             else:
                 sources = copied_into(node)
             nxt += [s for s in sources if s not in seen]

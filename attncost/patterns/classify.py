@@ -89,8 +89,10 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
         return _counted(pattern, values, flops)
     if pattern.kind == "pattern" and pattern.density is not None:
         # Measured at one length only: its density times the work, not exact in N.
-        return Classification("sparse", _share_read(pattern, flops), None,
-                              formula("sparse").complexity, "dense", values)
+        variant = "dense" if _all_earlier_keys(pattern) else "sparse"
+        return Classification(variant, _share_read(pattern, flops), None,
+                              formula("causal_dense" if variant == "dense" else
+                                      "sparse").complexity, "dense", values)
     return Classification("dense", flops, None, formula("dense").complexity, "dense", values)
 
 
@@ -159,9 +161,19 @@ def _counted(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classific
     query reaches a bounded span of keys and the pairs grow as N, else sparse."""
     useful = sympy.expand(_per_pair(values, flops) * pattern.pairs)
     local = pattern.reach is not None and degree(pattern.pairs, N) <= 1
-    variant = "local" if local else "sparse"
+    variant = "local" if local else "dense" if _all_earlier_keys(pattern) else "sparse"
+    name = "causal_dense" if variant == "dense" else variant
     return Classification(variant, useful, pattern.keys if local else None,
-                          formula(variant).complexity, "dense", values)
+                          formula(name).complexity, "dense", values)
+
+
+def _all_earlier_keys(pattern: MaskPattern) -> bool:
+    """A causal pattern that lets through at least every strictly earlier
+    key of each query (a causal mask that also hides a query's own key, as
+    Reformer's shared query-key attention does): dense, not sparse."""
+    n = pattern.length
+    return bool(pattern.causal and n and pattern.allowed is not None and
+                pattern.allowed >= n * (n - 1) // 2)
 
 
 def _content_based(pattern: MaskPattern, impl: str, values: dict,

@@ -139,12 +139,15 @@ SOFTMAX_UNDERFLOW = -math.log(NEGLIGIBLE_WEIGHT)
 
 
 def _underflows(value: torch.Tensor) -> torch.Tensor | None:
-    """Where a two-level additive mask blocks: every entry is either the
-    largest or at least SOFTMAX_UNDERFLOW below it (Swin's -100 beside 0).
-    A bias that varies by degrees (ALiBi's distances) is not a mask: None."""
+    """Where a two-level additive mask blocks: every entry of a row is either
+    the row's largest or at least SOFTMAX_UNDERFLOW below it (Swin's -100
+    beside 0).  The softmax is taken per row: a row whose every key is
+    pushed down (Reformer's first query, its own key at -5e4, later keys
+    lower still) weighs its largest.  A bias that varies by degrees
+    (ALiBi's distances) is not a mask: None."""
     if not value.numel():
         return None
-    top = value.max()
-    far = value <= top - SOFTMAX_UNDERFLOW
-    at_top = int(torch.count_nonzero(value == top))
-    return far if int(torch.count_nonzero(far)) + at_top == value.numel() else None
+    top = value.amax(-1, keepdim=True) if value.dim() else value
+    far = value <= top - SOFTMAX_UNDERFLOW  # a row all -inf: every entry
+    at_top = (value == top) & ~far
+    return far if bool((far | at_top).all()) else None

@@ -139,3 +139,16 @@ def test_long_short_masks_on_concatenated_scores_are_counted():
     for n in (64, 512):
         assert _useful(a, n) == ls.DEPTH * sum(ls.keys_seen(q) for q in range(n)) * per_pair, n
     _flops_equal(ls, a, [(64, 1), (96, 2)])
+
+
+def test_reformer_masks_written_by_index_assignment_are_read():
+    """``dot[:, i, j] = value`` writes the causal and self masks into the
+    scores: read as the scores they leave, a causal site whose pairs are
+    the earlier keys (and the first query's own), counted as the softmax
+    weighs them row by row."""
+    rf, a = _analysed("reformer_full", 64)
+    assert len(a.sites) == rf.DEPTH
+    assert all(s.causal and s.variant == "dense" for s in a.sites)
+    per_pair = rf.HEADS * 2 * (rf.DIM_HEAD + rf.DIM_HEAD)
+    assert _useful(a, 64) == rf.DEPTH * rf.pairs(64) * per_pair
+    _flops_equal(rf, a, [(64, 1), (96, 2)])
