@@ -370,7 +370,9 @@ def _on_multiples(a: Analysis) -> None:
 
 
 def _rewrite(a: Analysis, rewritten: Callable[[sympy.Expr], sympy.Expr]) -> None:
-    """Every formula of ``a`` (totals, and each site's) through ``rewritten``."""
+    """Every formula of ``a`` (totals, and each site's) through ``rewritten``,
+    each distinct formula once (the layers of a stack share theirs)."""
+    rewritten = functools.lru_cache(maxsize=None)(rewritten)
     a.flops = rewritten(a.flops)
     a.peak_memory_bytes = rewritten(a.peak_memory_bytes)
     for name in ("forward_flops", "backward_flops"):

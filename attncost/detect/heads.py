@@ -30,7 +30,7 @@ aten = torch.ops.aten
 #: Ops that keep each token's features together on the way from the
 #: projection to the product (scale, rotary, casts, padding, a roll).
 _CARRY_OPS = frozenset({aten.mul, aten.div, aten.add, aten.sub, aten.neg, aten.constant_pad_nd,
-                        aten.roll, aten.cat}) | COPY_OPS
+                        aten.roll, aten.cat, aten.mul_, aten.div_, aten.add_, aten.sub_}) | COPY_OPS
 
 
 #: Norms over the last axis (DeepViT's LayerNorm over the heads of each pair).

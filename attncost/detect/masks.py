@@ -342,7 +342,9 @@ def windowed_pattern(ctx, pattern: MaskPattern, masks: list[tuple[fx.Node, str]]
     """``pattern`` of a site whose queries each meet a fixed number of keys
     (windows, blocks), with the pairs its masks let through counted, and
     their density over the pairs computed."""
-    if masks and pattern.pairs is None:
+    if masks and (pattern.pairs is None or _fewer_than_queries(pattern.pairs, n_q)):
+        # a count read on the first window's matrix alone (a mask of keys per
+        # block, different at the edges) holds for that window, not the site
         pattern.pairs = counted_pairs(ctx, masks, scores_shape, heads)
     if pattern.pairs is not None:
         pattern.notes = []
@@ -351,6 +353,12 @@ def windowed_pattern(ctx, pattern: MaskPattern, masks: list[tuple[fx.Node, str]]
         if pattern.kind == "full" and pattern.density < 1:  # the first block is not all
             pattern.kind = "pattern"
     return pattern
+
+
+def _fewer_than_queries(pairs, n_q) -> bool:
+    """Does a count of pairs stay fixed while the queries grow with N (each
+    query weighs at least one key)?"""
+    return N not in sympy.sympify(pairs).free_symbols and N in sympy.sympify(n_q).free_symbols
 
 
 def polynomial_count(ctx, count_at):

@@ -152,3 +152,23 @@ def test_reformer_masks_written_by_index_assignment_are_read():
     per_pair = rf.HEADS * 2 * (rf.DIM_HEAD + rf.DIM_HEAD)
     assert _useful(a, 64) == rf.DEPTH * rf.pairs(64) * per_pair
     _flops_equal(rf, a, [(64, 1), (96, 2)])
+
+
+def test_halo_blocks_count_the_keys_inside_the_image():
+    """Blocks of 16 queries folded into the batch with the heads, each
+    meeting its 6×6 window of keys under a mask of the keys inside the
+    image, which differs at the edge blocks: the pairs are counted over
+    every block, not read on the first, and the heads are the projection's."""
+    hn, a = _analysed("halonet", 64)
+    assert len(a.sites) == hn.DEPTH
+    assert all(s.variant == "local" and s.heads == hn.HEADS for s in a.sites)
+    assert all(str(s.query_len) == "4*N" for s in a.sites)
+    per_pair = hn.HEADS * 2 * (hn.DIM_HEAD + hn.DIM_HEAD)
+    for n in (64, 200):
+        blocks = n // hn.BLOCK
+        # 4 rows of keys inside the strip; 4 columns of the block, and the
+        # halo column on each side that is inside the image
+        columns = [4 + (i > 0) + (i < blocks - 1) for i in range(blocks)]
+        pairs = sum(16 * 4 * c for c in columns)
+        assert _useful(a, n) == hn.DEPTH * pairs * per_pair, n
+    _flops_equal(hn, a, [(64, 1), (96, 2)])
