@@ -6,7 +6,7 @@ from __future__ import annotations
 import sympy
 import torch.fx as fx
 
-from ..expr import N, as_int
+from ..expr import N, as_int, value_at
 from ..patterns.classify import classify_linear, matches_formula
 from ..patterns.formulas import formula
 from ..paths import layer_or_path
@@ -77,6 +77,8 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
     if scan:
         useful = sympy.expand(node_flops(t, state, ctx.flop_rules)
                               + node_flops(t, apply, ctx.flop_rules))
+    elif value_at(useful, ctx.seq_len) > value_at(flops, ctx.seq_len):
+        useful = flops  # no normalizer computed: nothing masked, all of it is needed
     name = module or "<root>"
     return AttentionSite(
         name=name, layer=layer_or_path(name), variant="linear", implementation=implementation,

@@ -25,7 +25,8 @@ aten = torch.ops.aten
 
 #: Ops a running state may pass through between the scan and its use.
 _STATE_OPS = frozenset({aten.cat, aten.slice, aten.zeros_like, aten.add, aten.sub, aten.mul,
-                        aten.div, aten._to_copy, aten.clone, aten.contiguous})
+                        aten.div, aten._to_copy, aten.clone, aten.contiguous,
+                        aten.constant_pad_nd})
 
 
 def find_scans(ctx, used: set[str]) -> list[AttentionSite]:

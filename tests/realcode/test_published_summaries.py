@@ -307,3 +307,35 @@ def test_based_is_causal_on_the_package():
     out = naive.naive_parallel_based(q, k, torch.eye(12)[None, None], use_norm=False)
     # query i reaches keys 0..i: the truth, on the package
     assert torch.equal(out[0, 0] != 0, torch.tril(torch.ones(12, 12, dtype=torch.bool)))
+
+
+# ------------------------------------------------- chunked causal linear
+
+
+def test_chunked_causal_linear_state_shifted_by_a_pad_is_a_scan():
+    """The states' prefix sum padded by one chunk and cut (each chunk reads
+    the chunks before it) is still the scan's state: a causal linear site
+    beside the local heads' site in every layer."""
+    a = analysed("lat_chunked", 64)
+    mod = load_module(HERE / "published_lat_chunked.py")
+    layers = _per_layer(a)
+    assert len(layers) == mod.DEPTH
+    for sites in layers.values():
+        assert sorted((s.variant, s.causal) for s in sites) == [("linear", True), ("local", True)]
+    for n, b in ((64, 1), (96, 2)):
+        assert a.at(a.flops, n, b) == real_flops("lat_chunked", n, b), (n, b)
+
+
+def test_linear_attention_without_a_normalizer_needs_what_it_computes():
+    """K's softmax over the sequence stands for the normalizer: the two
+    products, the state Kᵀ·V and Q·state, 2·(2·N·d·d) per head by hand,
+    are all the work, none of it masked."""
+    a = analysed("lat_bidirectional", 64)
+    mod = load_module(HERE / "published_lat_bidirectional.py")
+    linear = [s for s in a.sites if s.variant == "linear"]
+    assert len(linear) == mod.DEPTH
+    heads = mod.HEADS - mod.LOCAL_HEADS
+    for n in (64, 200):
+        by_hand = heads * 2 * (2 * n * mod.DIM_HEAD * mod.DIM_HEAD)
+        assert [a.at(s.useful_flops, n, 1) for s in linear] == [by_hand] * mod.DEPTH
+        assert all(a.at(s.flops, n, 1) == by_hand for s in linear)
