@@ -454,9 +454,11 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
     # fewer steps than tokens: a loop over chunks, whose length is about N/steps
     fitted = chunks() if steps < seq_len else None
     traced = None
+    multiple = 1
     if fitted is None:
         try:
-            fitted = fitted_loop(loaded, device, rules, allocation_rules, progress)
+            fitted, multiple = _fitted_where_it_runs(loaded, seq_len, device, rules,
+                                                     allocation_rules, progress)
         except TraceRaised as exc:  # it does not run at the short lengths a fit needs
             return here(exc)
         except FitFailed as exc:  # its costs step between them: a loop over short chunks?
@@ -477,14 +479,47 @@ def _fitted_loop(loaded: LoadedModel, seq_len: int, batch: int, device: str, opt
                             f"and its formulas hold at that N only (and B={batch})")
         return result
     beyond = beyond_limit_warning(loaded.config, seq_len)
+    notes = list(getattr(loaded, "notes", [])) + fitted.notes
+    if multiple > 1:
+        notes.append(f"the model runs only where N is a multiple of {multiple} (it raised at "
+                     f"shorter lengths): it was fitted at such lengths, and its formulas hold "
+                     f"there")
     return Analysis(
         model=str(loaded.path), seq_len=seq_len, batch=batch, dtype=dtype_name(loaded.dtype),
         device=device, sites=fitted.sites, flops=fitted.flops, weight_bytes=fitted.weight_bytes,
         peak_memory_bytes=fitted.peak_bytes, n_range=fitted.memory.n_range, memory=fitted.memory,
         source=loaded.source, attn_implementation=loaded.attn_implementation,
-        kv_cache=loaded.kv_cache, loaded=loaded, options=options,
-        notes=list(getattr(loaded, "notes", [])) + fitted.notes,
+        kv_cache=loaded.kv_cache, loaded=loaded, options=options, notes=notes,
+        guards=[f"Eq(Mod(N, {multiple}), 0)"] if multiple > 1 else [],
         warnings=[beyond] if beyond else [])
+
+
+#: Largest bucket a model that runs at multiples of it only is fitted for.
+MAX_MULTIPLE = 64
+
+
+def _fitted_where_it_runs(loaded: LoadedModel, seq_len: int, device: str, rules,
+                          allocation_rules, progress):
+    """(the fit from short traces, 1); where the model raises at those
+    lengths, the fit at multiples of the smallest m it runs at (a bucket
+    it asserts the length divides into: Reformer's LSH), m dividing the
+    length asked; the first error where none runs."""
+    from .tracing.fit import multiples
+    from .tracing.loops import TraceRaised, fitted_loop
+
+    try:
+        return fitted_loop(loaded, device, rules, allocation_rules, progress), 1
+    except TraceRaised as first:
+        m = 2
+        while m <= min(MAX_MULTIPLE, seq_len):
+            if seq_len % m == 0:
+                try:
+                    return fitted_loop(loaded, device, rules, allocation_rules, progress,
+                                       lengths=multiples(m)), m
+                except TraceRaised:
+                    pass
+            m *= 2
+        raise first
 
 
 def _fitted_past_one_chunk(fitted, loaded: LoadedModel, seq_len: int, rules, by_chunks):

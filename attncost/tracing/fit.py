@@ -108,6 +108,12 @@ LATE = FitLengths((24, 32, 40), ((48, 1), (56, 3)))
 MIN_CHUNK = POSITIONS.fitted[-1]
 
 
+def multiples(m: int) -> FitLengths:
+    """POSITIONS' pattern at multiples of m, for a model that runs only at
+    such lengths (it asserts the length divides into buckets of m)."""
+    return FitLengths((m, 2 * m, 3 * m), ((4 * m, 1), (5 * m, 3)))
+
+
 def past_reach(reach: int) -> FitLengths:
     """POSITIONS' spacing from one token past a pattern's ``reach`` (below
     it a window lets every pair through): fitted at lengths of one residue
