@@ -15,7 +15,7 @@ for _folder in (HERE, HERE.parent):
         sys.path.insert(0, str(_folder))
 
 from corpus import real_flops  # noqa: E402
-from oracle import load_module  # noqa: E402
+from oracle import count_flops, load_module  # noqa: E402
 
 
 def test_a_deep_model_that_reads_many_shapes_is_fitted_not_refused():
@@ -31,3 +31,19 @@ def test_a_deep_model_that_reads_many_shapes_is_fitted_not_refused():
     assert not any("loops over" in note for note in a.notes)
     for n, b in ((64, 1), (40, 2), (150, 2)):
         assert a.at(a.flops, n, b) == real_flops("timm_vit_deep", n, b), (n, b)
+
+
+def test_heads_mixed_by_a_linear_layer_with_a_bias_keep_the_site():
+    """timm's CaiT mixes the weights across heads with a Linear that has a
+    bias: the bias added to the weights on their way to ·V is passed, and
+    each talking-heads block is a dense site over the 64 patches."""
+    cait = load_module(HERE / "published_timm_cait.py")
+    a = attncost.analyze(HERE / "published_timm_cait.py", seq_len=64, device="cpu")
+    talking = [s for s in a.sites if s.name.startswith("blocks.")]
+    assert len(talking) == cait.DEPTH and len(a.sites) == cait.DEPTH + 1
+    n = cait.PATCHES
+    per_pair = cait.HEADS * 2 * (cait.DIM_HEAD + cait.DIM_HEAD)
+    assert [a.at(s.useful_flops, n, 1) for s in talking] == [n * n * per_pair] * cait.DEPTH
+    assert all((s.variant, s.heads) == ("dense", cait.HEADS) for s in talking)
+    model = cait.build_model().eval().requires_grad_(False)  # FlopCounterMode's module
+    assert a.at(a.flops, n, 1) == count_flops(model, cait.example_inputs(n))  # tracker
