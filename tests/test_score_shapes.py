@@ -98,12 +98,15 @@ def test_a_model_that_rejects_a_symbolic_length_is_traced_at_numbers():
 def test_a_model_that_runs_at_multiples_only_is_fitted_at_multiples():
     """It asserts the length divides into pairs of buckets: traces at 8, 12
     and 16 raise, so it is fitted at multiples of 32, where its formulas
-    hold (a length between them is not claimed)."""
+    hold (a length between them is not claimed).  Each trace is at one
+    length, where the keys, a row for each token cut into buckets, are
+    read as windows, not a context of their own."""
     bl = load_module(MODELS / "bucketed_length.py")
     a = attncost.analyze(MODELS / "bucketed_length.py", seq_len=64, device="cpu")
     assert a.multiple_of() == 32 and a.holds_at(96) and not a.holds_at(80)
     assert any("multiple of 32" in note for note in a.notes)
-    assert len(a.sites) == 1 and a.sites[0].key_len == bl.BUCKET
+    site = a.sites[0]
+    assert len(a.sites) == 1 and (site.variant, site.window) == ("local", bl.BUCKET)
     per_pair = bl.HEADS * 2 * (bl.DIM_HEAD + bl.DIM_HEAD)
     assert a.at(a.sites[0].useful_flops, 320, 1) == 320 * bl.BUCKET * per_pair
     _flops_equal(bl, a, [(64, 1), (96, 2), (320, 2)])

@@ -223,7 +223,8 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
         site_shape = SiteShape("cross-covariance", heads, kv_heads, as_int(n_keys) or 0,
                                width, width, flops, as_int(n_keys))
     else:
-        site_shape = SiteShape(_implementation(ctx, (q_operand, k_operand), n_keys, pattern),
+        site_shape = SiteShape(_implementation(ctx, (q_operand, k_operand), n_keys, pattern,
+                                               kv_heads),
                                heads, kv_heads, as_int(width) or 0, n_q, n_keys, flops,
                                as_int(t.shape(pv)[-1 if p_side == 0 else -2]),
                                score_term_width=_width_per_pair(term_flops, heads, n_q, n_keys))
@@ -439,7 +440,22 @@ def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q,
                                   n_q, n_keys)
 
 
-def _implementation(ctx, operands: tuple[fx.Node, fx.Node], n_keys, pattern: MaskPattern) -> str:
+def _keys_of_every_token(ctx, k_shape, heads: int | None, n_keys) -> bool:
+    """In a trace at one length n (every size a number), do the keys hold a
+    row for each of the n tokens, per head and batch, each query meeting
+    fewer than n of them (the sequence cut into windows of a few keys:
+    Swin's), not a context of their own?"""
+    t = ctx.traced
+    lo, hi = t.n_range
+    if t.replacements or lo != hi or not heads or len(k_shape) < 2 or \
+            not (as_int(n_keys) or lo) < lo:
+        return False
+    rows = as_int(sympy.Mul(*k_shape[:-1]))
+    return rows is not None and rows == lo * (t.batch_hint or 1) * heads
+
+
+def _implementation(ctx, operands: tuple[fx.Node, fx.Node], n_keys, pattern: MaskPattern,
+                    heads: int | None = None) -> str:
     """How the keys reach the product: cut out by unfold (a window), picked
     by index (blocks), summaries of the whole sequence on one side (low-rank:
     keys projected or pooled along it), the sequence cut into blocks by a
@@ -456,7 +472,8 @@ def _implementation(ctx, operands: tuple[fx.Node, fx.Node], n_keys, pattern: Mas
     if any(ctx.summarizes_sequence(o) for o in operands):
         return "low-rank"
     k_shape = ctx.traced.shape(k_operand)
-    if fixed_keys and k_shape is not None and N in sympy.Mul(*k_shape).free_symbols:
+    if fixed_keys and k_shape is not None and (N in sympy.Mul(*k_shape).free_symbols or
+                                               _keys_of_every_token(ctx, k_shape, heads, n_keys)):
         return "blocked"
     if pattern.kind in ("pattern", "window"):
         return "masked"

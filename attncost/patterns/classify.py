@@ -49,7 +49,8 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
     keys_grow = N in sympy.sympify(n_k).free_symbols
     if impl == "low-rank":
         return _low_rank(values, flops, keys_grow)
-    if not keys_grow and N in sympy.sympify(n_q).free_symbols:
+    windows = impl in ("unfold", "blocked") and _one_length(n_q, n_k)  # read at one length
+    if not keys_grow and (N in sympy.sympify(n_q).free_symbols or windows):
         c = _fixed_keys(impl, values, flops)
         if pattern.kind == "window" and pattern.window:  # read in sequence positions
             c.useful_flops, c.window = _window_useful(pattern, values, flops), pattern.window

@@ -226,29 +226,35 @@ def test_simple_gla_decay_is_causal_on_the_package():
 
 def test_retention_decay_in_an_einsum_layout_is_causal():
     # the decay multiplies scores laid out (b, h, q, k, 1) by the einsum: its
-    # pairs are read on the (q, k) axes, not on (k, 1); the trace holds at the
-    # traced N only (range(seq_len)), so the work is counted there
+    # pairs are read on the (q, k) axes, not on (k, 1); the model takes the
+    # length as a number (range(seq_len)) and runs at multiples of its chunk
+    # of 32 only, so it is fitted at such lengths and holds there
     a = analysed("fla_retention", 128)
     assert len(a.sites) == 2, [(s.name, s.variant) for s in a.sites]
+    assert a.multiple_of() == 32 and not a.holds_at(100)
     for s in a.sites:
         assert (s.variant, s.causal, s.heads, s.window) == ("dense", True, HEADS, None)
-        assert a.at(s.useful_flops, 128, 1) == HEADS * 128 * 129 // 2 * 2 * (16 + 16)
-    assert a.n_range == (128, 128)
-    assert a.at(a.flops, 128, 1) == real_flops("fla_retention", 128, 1)
+        for n in (128, 256):
+            assert a.at(s.useful_flops, n, 1) == HEADS * n * (n + 1) // 2 * 2 * (16 + 16)
+    for n, b in ((128, 1), (64, 2), (256, 2)):
+        assert a.at(a.flops, n, b) == real_flops("fla_retention", n, b), (n, b)
 
 
-def test_mega_single_head_traced_at_one_length():
-    # every size a number (the trace holds at the traced N only): the rows of
-    # (B, N, N) scores are the batch's queries, not 256 heads of one query
+def test_mega_single_head_traced_at_fixed_lengths():
+    # every size a number in each trace (the model runs at multiples of 16
+    # only, and is fitted at such lengths): the rows of (B, N, N) scores are
+    # the batch's queries, not N heads of one query
     a = analysed("mega", 256)
     assert len(a.sites) == 2, [(s.name, s.variant) for s in a.sites]
+    assert a.multiple_of() == 16 and not a.holds_at(100)
     for s in a.sites:
         assert (s.variant, s.causal, s.heads, s.head_dim) == ("dense", True, 1, 16)
-        # causal pairs, each 2·d_qk for Q·Kᵀ and 2·d_v for P·V, d_v = 64
-        assert a.at(s.useful_flops, 256, 1) == 256 * 257 // 2 * (2 * 16 + 2 * 64)
-        assert a.at(s.flops, 256, 1) == 256 * 256 * (2 * 16 + 2 * 64)
-    assert a.n_range == (256, 256)
-    assert a.at(a.flops, 256, 1) == real_flops("mega", 256, 1)
+        for n in (256, 512):
+            # causal pairs, each 2·d_qk for Q·Kᵀ and 2·d_v for P·V, d_v = 64
+            assert a.at(s.useful_flops, n, 1) == n * (n + 1) // 2 * (2 * 16 + 2 * 64)
+            assert a.at(s.flops, n, 1) == n * n * (2 * 16 + 2 * 64)
+    for n, b in ((256, 1), (64, 2), (512, 2)):
+        assert a.at(a.flops, n, b) == real_flops("mega", n, b), (n, b)
 
 
 def test_beit_fixed_image_size_holds_at_one_length():
