@@ -505,20 +505,21 @@ def _fitted_where_it_runs(loaded: LoadedModel, seq_len: int, device: str, rules,
     it asserts the length divides into: Reformer's LSH), m dividing the
     length asked; the first error where none runs."""
     from .tracing.fit import multiples
-    from .tracing.loops import TraceRaised, fitted_loop
+    from .tracing.loops import NoLoop, TraceRaised, fitted_loop
 
     try:
         return fitted_loop(loaded, device, rules, allocation_rules, progress), 1
     except TraceRaised as first:
-        m = 2
-        while m <= min(MAX_MULTIPLE, seq_len):
-            if seq_len % m == 0:
-                try:
-                    return fitted_loop(loaded, device, rules, allocation_rules, progress,
-                                       lengths=multiples(m)), m
-                except TraceRaised:
-                    pass
-            m *= 2
+        divisors = [2 ** k for k in range(1, MAX_MULTIPLE.bit_length())
+                    if seq_len % 2 ** k == 0]
+        # where it ran at 8..24 but followed no fit there, multiples of 2 and
+        # 4 would say the same: from 8 (chunks of a fixed length pad to them)
+        for m in [m for m in divisors if m >= 8] if isinstance(first, NoLoop) else divisors:
+            try:
+                return fitted_loop(loaded, device, rules, allocation_rules, progress,
+                                   lengths=multiples(m)), m
+            except TraceRaised:  # raised there, or its costs follow no fit there
+                continue
         raise first
 
 
