@@ -291,16 +291,21 @@ def _weighs_by_attention(ctx, product: fx.Node, limit: int = 32) -> bool:
         mixed = heads_mixed(ctx, n)
         if mixed is not None:
             stack.append((mixed[0], depth + 1))
-        elif is_view(n) or packet(n) in PROB_OPS or adds_number(n):
+        elif is_view(n) or packet(n) in PROB_OPS or adds_constant(ctx, n):
             stack.extend((a, depth + 1) for a in tensor_inputs(n)[:1])
     return False
 
 
-def adds_number(node: fx.Node) -> bool:
-    """Does ``node`` add a number to a tensor (slot attention's ε, keeping
-    its weights off zero before they are renormalised)?"""
-    return packet(node) is aten.add and isinstance(node.args[0], fx.Node) and \
-        len(node.args) > 1 and not isinstance(node.args[1], fx.Node)
+def adds_constant(ctx, node: fx.Node) -> bool:
+    """Does ``node`` add to its first input something that is no
+    activation: a number (slot attention's ε, keeping its weights off zero
+    before they are renormalised) or a learned bias (the bias of a Linear
+    that mixed the heads: timm's CaiT)?"""
+    if packet(node) is not aten.add or len(node.args) < 2 or \
+            not isinstance(node.args[0], fx.Node):
+        return False
+    other = node.args[1]
+    return not isinstance(other, fx.Node) or ctx.is_weight(other)
 
 
 def tensor_inputs(node: fx.Node) -> list[fx.Node]:

@@ -23,7 +23,7 @@ from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, 
 from . import masks
 from .concatenated import read_concatenated
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
-from .graph import PROB_OPS, SCORE_OPS, adds_number, copied_into, is_product, tensor_inputs, \
+from .graph import PROB_OPS, SCORE_OPS, adds_constant, copied_into, is_product, tensor_inputs, \
     views_and_writes
 from .heads import heads_and_queries, heads_mixed
 from .site import AttentionSite, SiteShape, build_sites, content_based
@@ -592,15 +592,6 @@ def _search_product(start: fx.Node) -> bool:
     return False
 
 
-def _adds_bias(ctx, user: fx.Node, node: fx.Node) -> bool:
-    """Does ``user`` add a learned bias to the weights (the bias of the
-    linear layer that mixed the heads: timm's CaiT, ``proj_w``)?"""
-    if packet(user) is not aten.add or len(user.args) < 2:
-        return False
-    other = user.args[1] if user.args[0] is node else user.args[0]
-    return isinstance(other, fx.Node) and ctx.is_weight(other)
-
-
 def _heads_mixed_sizes(ctx, path: list[fx.Node]) -> list[int]:
     """The axes mixed on the way between Q·Kᵀ and ·V (``heads.heads_mixed``)."""
     return [m[1] for m in map(functools.partial(heads_mixed, ctx), path) if m is not None]
@@ -627,7 +618,7 @@ def _walk_forward(ctx, softmax: fx.Node, limit: int = 32):
                         return user, path, factors.index(node)
                     continue
                 if pk in PROB_OPS or is_view(user) or user.target is getitem or \
-                        adds_number(user) or _adds_bias(ctx, user, node) or \
+                        adds_constant(ctx, user) or \
                         (pk in _AFTER_WEIGHING and packet(softmax) in WEIGHING_OPS):
                     nxt.append((user, path + [user]))
         frontier = nxt

@@ -64,16 +64,9 @@ class _OpBudget(torch.overrides.TorchFunctionMode):
     """Stops a trace after ``limit`` torch calls: a loop over a long sequence
     would record one step after another for minutes."""
 
-    #: the budget of the trace running now
-    current: "_OpBudget | None" = None
-
     def __init__(self, limit: int | None):
         super().__init__()
         self.limit, self.calls = limit, 0
-
-    def __enter__(self):
-        _OpBudget.current = self
-        return super().__enter__()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.calls += 1
@@ -147,13 +140,13 @@ def _concrete_once(loaded: LoadedModel, seq_len: int, batch: int, max_calls: int
     params, kinds = fake_parameters(model, mode, loaded.trace_device)
     data.n_params = len(params)
     args, kwargs = call_args(spec.unflatten(flat))
+    budget = _OpBudget(max_calls)
     try:
         with torch.no_grad(), _record_module_paths(model), flex_uncompiled(), \
                 module_state_kept(model), loaded.trace_context(), fast_paths(loaded.kernel_device), \
-                warnings.catch_warnings(), quiet_shape_log(), _OpBudget(max_calls), \
+                warnings.catch_warnings(), quiet_shape_log(), budget, \
                 data.watching():
             warnings.simplefilter("ignore")
-            budget = _OpBudget.current
             gm = make_fx(INFERENCE.build(model, params), tracing_mode="fake",
                          _allow_non_fake_inputs=True)(params, args, kwargs)
         gm.meta["attncost_calls"] = budget.calls
