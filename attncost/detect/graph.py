@@ -16,7 +16,7 @@ from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, FACTORY_LIKE_OPS, GATHER_OP
 
 aten = torch.ops.aten
 
-_INDEX_PUTS = frozenset({aten.index_put, aten.index_put_})
+INDEX_PUTS = frozenset({aten.index_put, aten.index_put_})
 _CONCATENATIONS = frozenset({aten.cat, aten.stack})
 
 #: Ops that may sit between Q·Kᵀ and the softmax (scale, mask, bias, casts).
@@ -181,7 +181,7 @@ class GraphContext:
         views, copies and concatenation?"""
         for n in self._through_layout(operand):
             if packet(n) in SCATTER_OPS and len(n.args) > 2:
-                index = n.args[2] if packet(n) not in _INDEX_PUTS else n.args[1]
+                index = n.args[2] if packet(n) not in INDEX_PUTS else n.args[1]
                 indices = index if isinstance(index, (list, tuple)) else [index]
                 if any(self._ranked(i) for i in indices if isinstance(i, fx.Node)):
                     return True

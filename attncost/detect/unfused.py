@@ -23,7 +23,7 @@ from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, 
 from . import masks
 from .concatenated import read_concatenated
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
-from .graph import PROB_OPS, SCORE_OPS, adds_constant, copied_into, is_product, tensor_inputs, \
+from .graph import INDEX_PUTS, PROB_OPS, SCORE_OPS, adds_constant, copied_into, is_product, tensor_inputs, \
     views_and_writes
 from .heads import heads_and_queries, heads_mixed
 from .site import AttentionSite, SiteShape, build_sites, content_based
@@ -523,7 +523,7 @@ def _writes_number(node: fx.Node) -> bool:
     the scores (``scores[:, i, j] = -5e4``, index assignment: Reformer's
     causal and self masks)?  Read as the scores it leaves, weights as zeros:
     the written entries stand out as an additive mask's."""
-    return packet(node) in (aten.index_put, aten.index_put_) and len(node.args) > 2 and \
+    return packet(node) in INDEX_PUTS and len(node.args) > 2 and \
         not _reaches_product(node.args[2]) and _reaches_product(node.args[0])
 
 
@@ -582,7 +582,7 @@ def _search_product(start: fx.Node) -> bool:
                 return True
             if packet(node) in SCORE_OPS or is_view(node) or is_function_of_one(node):
                 sources = [a for a in node.args if isinstance(a, fx.Node)]
-            elif packet(node) in (aten.index_put, aten.index_put_):
+            elif packet(node) in INDEX_PUTS:
                 sources = node.args[:1]  # entries written into the scores
             else:
                 sources = copied_into(node)
