@@ -241,3 +241,25 @@ def test_plain_tensor_attributes_are_constants_of_the_graph():
     model = mod.build_model().eval()
     for n, b in ((300, 1), (77, 2)):
         assert a.at(a.flops, n, b) == count_flops(model, mod.example_inputs(n, b))
+
+
+def test_factorized_attention_at_one_length_is_linear():
+    """CoaT's factorized attention (softmax of K over the tokens, Kᵀ·V, then
+    Q·state) in a model that runs at one length only: every size is a
+    number, yet the product summing the tokens into a features × features
+    state is the linear form, not scores of 16 "queries" against 24 "keys"."""
+    fx_model = load_module(MODELS / "factorized_fixed_length.py")
+    n = fx_model.LENGTH
+    a = attncost.analyze(MODELS / "factorized_fixed_length.py", seq_len=n, device="cpu")
+    assert a.n_range == (n, n) and len(a.sites) == 2
+    tokens = n + 1  # the class token
+    for s in a.sites:
+        assert (s.variant, s.heads, s.query_len, s.key_len) == ("linear", fx_model.HEADS,
+                                                                tokens, tokens)
+        assert (s.feature_dim, s.head_dim) == (fx_model.DIM_QK, fx_model.DIM_V)
+        # Kᵀ·V and Q·state, 2·T·d_qk·d_v each per head; no normalizer
+        per_head = 2 * 2 * tokens * fx_model.DIM_QK * fx_model.DIM_V
+        assert a.at(s.useful_flops, n, 1) == fx_model.HEADS * per_head
+    torch.manual_seed(0)
+    model = fx_model.build_model().eval().requires_grad_(False)
+    assert a.at(a.flops, n, 1) == count_flops(model, fx_model.example_inputs(n, 1))

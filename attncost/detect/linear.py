@@ -13,6 +13,7 @@ from ..paths import layer_or_path
 from ..rules.flops import node_flops
 from ..rules.ops import MATMUL_OPS, is_view, packet
 from .graph import SCORE_OPS, is_product, split_rows
+from .heads import heads_and_queries
 from .site import AttentionSite
 
 
@@ -43,9 +44,12 @@ def _has_n(exprs) -> bool:
 def read_linear(ctx, state_mm: fx.Node, used: set[str]) -> AttentionSite | None:
     t = ctx.traced
     k_len, out = _contraction(ctx, state_mm), t.shape(state_mm)
-    if k_len is None or out is None or N not in k_len.free_symbols or _has_n(out):
+    if k_len is None or out is None or _has_n(out):
         return None
-    apply_mm = _state_consumer(ctx, state_mm)
+    tokens = _tokens_at_one_length(ctx, k_len, out)
+    if N not in k_len.free_symbols and tokens is None:
+        return None
+    apply_mm = _state_consumer(ctx, state_mm, tokens)
     if apply_mm is None:
         return None
     if _contraction(ctx, apply_mm) is None or t.shape(apply_mm) is None:
@@ -64,7 +68,9 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
     t = ctx.traced
     out = t.shape(apply)
     r, d = as_int(_contraction(ctx, apply)) or 0, as_int(out[-1]) or 0
-    heads, n_q = split_rows(sympy.Mul(*out[:-1]))
+    # a trace at one length: its rows tell batch, heads and queries apart by shape
+    heads, n_q = split_rows(sympy.Mul(*out[:-1])) if _has_n(out) else \
+        heads_and_queries(ctx, out, len(out) - 1)
     module = t.module_path(apply)
     site_nodes = [state, apply] + [
         node for node in t.nodes
@@ -89,8 +95,23 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
         feature_dim=r, formula="linear", matches_formula=matches_formula(flops, "linear", values))
 
 
-def _state_consumer(ctx, state_mm: fx.Node, limit: int = 16) -> fx.Node | None:
-    """The product that applies a sequence-free state to every query."""
+def _tokens_at_one_length(ctx, k_len, out) -> int | None:
+    """In a trace at one length (every size a number), the tokens a product
+    sums over into a state: a contraction longer than both of the state's
+    axes (features × features, as kernelized attention's φ(K)ᵀV is; Q·Kᵀ
+    contracts the features, P·V keeps the queries).  None otherwise."""
+    lo, hi = ctx.traced.n_range
+    length, sizes = as_int(k_len), [as_int(x) for x in out[-2:]]
+    if lo != hi or not length or len(sizes) < 2 or \
+            not all(sizes) or length <= max(sizes):
+        return None
+    return length
+
+
+def _state_consumer(ctx, state_mm: fx.Node, tokens: int | None = None,
+                    limit: int = 16) -> fx.Node | None:
+    """The product that applies a sequence-free state to every query: its
+    output runs along the sequence (at one length, a row per token)."""
     frontier = [state_mm]
     for _ in range(limit):
         nxt = []
@@ -98,7 +119,8 @@ def _state_consumer(ctx, state_mm: fx.Node, limit: int = 16) -> fx.Node | None:
             for user in node.users:
                 if packet(user) in MATMUL_OPS:
                     out = ctx.traced.shape(user)
-                    if out and _has_n(out):
+                    if out and (_has_n(out) if tokens is None else
+                                len(out) >= 2 and as_int(out[-2]) == tokens):
                         return user
                     continue
                 if is_view(user) or packet(user) in SCORE_OPS:
