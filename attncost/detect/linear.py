@@ -6,14 +6,14 @@ from __future__ import annotations
 import sympy
 import torch.fx as fx
 
-from ..expr import N, as_int, value_at
+from ..expr import B, N, as_int, settled, simplified
 from ..patterns.classify import classify_linear, matches_formula
 from ..patterns.formulas import formula
 from ..paths import layer_or_path
 from ..rules.flops import node_flops
 from ..rules.ops import MATMUL_OPS, is_view, packet
 from .graph import SCORE_OPS, is_product, split_rows
-from .heads import heads_and_queries
+from .heads import heads_and_queries, projection_heads
 from .site import AttentionSite
 
 
@@ -68,9 +68,7 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
     t = ctx.traced
     out = t.shape(apply)
     r, d = as_int(_contraction(ctx, apply)) or 0, as_int(out[-1]) or 0
-    # a trace at one length: its rows tell batch, heads and queries apart by shape
-    heads, n_q = split_rows(sympy.Mul(*out[:-1])) if _has_n(out) else \
-        heads_and_queries(ctx, out, len(out) - 1)
+    heads, n_q = _heads_and_queries(ctx, apply, out, key_len)
     module = t.module_path(apply)
     site_nodes = [state, apply] + [
         node for node in t.nodes
@@ -83,8 +81,8 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
     if scan:
         useful = sympy.expand(node_flops(t, state, ctx.flop_rules)
                               + node_flops(t, apply, ctx.flop_rules))
-    elif value_at(useful, ctx.seq_len) > value_at(flops, ctx.seq_len):
-        useful = flops  # no normalizer computed: nothing masked, all of it is needed
+    else:  # no mask drops a pair: all its products compute is needed (a state
+        useful = flops  # the heads share is built once, not once per head)
     name = module or "<root>"
     return AttentionSite(
         name=name, layer=layer_or_path(name), variant="linear", implementation=implementation,
@@ -106,6 +104,27 @@ def _tokens_at_one_length(ctx, k_len, out) -> int | None:
             not all(sizes) or length <= max(sizes):
         return None
     return length
+
+
+def _heads_and_queries(ctx, apply: fx.Node, out, key_len) -> tuple[int, sympy.Expr]:
+    """Heads and queries of the rows a state is applied to.  In a trace at
+    one length the rows tell them apart by shape; rows that merge heads
+    and tokens into one axis (a lambda layer's queries, ``b h k n``, against
+    one state the heads share) split as the queries' projection says, or
+    into as many queries as keys where that divides them."""
+    if not _has_n(out):
+        return heads_and_queries(ctx, out, len(out) - 1)
+    heads, n_q = split_rows(sympy.Mul(*out[:-1]))
+    if key_len is None or not _has_n([key_len]) or simplified(n_q - key_len) == 0:
+        return heads, n_q
+    per_batch = settled(simplified(sympy.Mul(*out[:-1]) / B))
+    q_operand = next((o for o in ctx.product_operands(apply)
+                      if _has_n(ctx.traced.shape(o) or ())), None)
+    for split in (projection_heads(ctx, q_operand) if q_operand is not None else None,
+                  as_int(simplified(per_batch / key_len))):
+        if split and split > 0 and as_int(sympy.factor(per_batch).as_coeff_Mul()[0]) % split == 0:
+            return split, settled(simplified(per_batch / split))
+    return heads, n_q
 
 
 def _state_consumer(ctx, state_mm: fx.Node, tokens: int | None = None,

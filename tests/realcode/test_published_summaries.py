@@ -345,3 +345,24 @@ def test_linear_attention_without_a_normalizer_needs_what_it_computes():
         by_hand = heads * 2 * (2 * n * mod.DIM_HEAD * mod.DIM_HEAD)
         assert [a.at(s.useful_flops, n, 1) for s in linear] == [by_hand] * mod.DEPTH
         assert all(a.at(s.flops, n, 1) == by_hand for s in linear)
+
+
+def test_lambda_layer_heads_share_one_state():
+    """A lambda layer sums its 4·N positions into one dim_k × dim_v state the
+    four heads of queries share, and applies position lambdas to the same
+    queries: a linear site of 4 heads over 4·N queries, whose products are
+    all needed (no mask): Kᵀ·V once, the state and the position lambdas
+    applied per head, 2·dim_k·dim_v per position each."""
+    a = analysed("lambda", 64)
+    mod = load_module(HERE / "published_lambda.py")
+    assert len(a.sites) == mod.DEPTH
+    for s in a.sites:
+        assert (s.variant, s.heads, str(s.query_len), str(s.key_len)) == \
+            ("linear", mod.HEADS, "4*N", "4*N")
+    for n in (64, 200):
+        positions = mod.HEIGHT * n
+        per_product = 2 * positions * mod.DIM_K * mod.DIM_V
+        by_hand = per_product * (1 + mod.HEADS + mod.HEADS)
+        assert [a.at(s.useful_flops, n, 1) for s in a.sites] == [by_hand] * mod.DEPTH
+    for n, b in ((64, 1), (96, 2)):
+        assert a.at(a.flops, n, b) == real_flops("lambda", n, b), (n, b)
