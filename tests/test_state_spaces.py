@@ -197,3 +197,18 @@ def test_a_loop_over_chunks_is_fitted_in_their_count(write_config):
     with torch.no_grad():
         real = measure_live(model, {"input_ids": ids})
     assert a.at(a.peak_memory_bytes, 700, 2) == real.peak_bytes
+
+
+def test_a_config_saved_by_transformers_with_an_infinite_limit_is_read(tmp_path):
+    """transformers writes a float JSON has no literal for as
+    ``{"__float__": "Infinity"}`` (Bamba's ``time_step_limit = (0.0, inf)``);
+    its own reader decodes it, and so must attncost's, not refuse the file."""
+    from attncost.loader import load
+
+    config = transformers.BambaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      num_key_value_heads=2, attn_layer_indices=[1],
+                                      vocab_size=64, mamba_d_head=8, mamba_n_heads=8)
+    config.save_pretrained(tmp_path)
+    assert '"__float__": "Infinity"' in (tmp_path / "config.json").read_text()
+    loaded = load(tmp_path)
+    assert list(loaded.config.time_step_limit) == [0.0, float("inf")]

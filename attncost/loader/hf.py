@@ -21,7 +21,23 @@ def _read_config(cfg_path: Path) -> dict:
         raise ModelError(f"{cfg_path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise ModelError(f"{cfg_path}: not a transformers config (no \"model_type\" field)")
-    return raw
+    return _special_floats(raw)
+
+
+#: How transformers writes a float JSON has no literal for (``save_pretrained``).
+_FLOAT_TAGS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _special_floats(value):
+    """``{"__float__": "Infinity"}`` read back as the float transformers wrote
+    (Mamba-2 hybrids' ``time_step_limit = (0.0, inf)``)."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in _FLOAT_TAGS:
+            return _FLOAT_TAGS[value["__float__"]]
+        return {k: _special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_special_floats(v) for v in value]
+    return value
 
 
 def _config_of(raw: dict, cfg_path: Path):
