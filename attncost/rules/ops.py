@@ -106,11 +106,22 @@ def is_view(node: fx.Node) -> bool:
     return False
 
 
+#: Elementwise functions whose aten op returns a buffer beside the output
+#: (``F.logsigmoid``: output and buffer), so that torch tags them no pointwise.
+POINTWISE_WITH_BUFFER = frozenset(getattr(aten, n) for n in ("log_sigmoid_forward",)
+                                  if hasattr(aten, n))
+
+
 def is_function_of_one(node: fx.Node) -> bool:
     """Is this an elementwise function of one tensor (numbers aside):
-    ``acos(x)``, ``1 - x``, ``x ** 2``?  Applied to scores, it weighs them."""
+    ``acos(x)``, ``1 - x``, ``x ** 2``, ``logsigmoid(x)`` (its op, then the
+    output taken from it)?  Applied to scores, it weighs them."""
+    if node.op != "call_function":
+        return False
+    if node.target is getitem and node.args[1] == 0 and isinstance(node.args[0], fx.Node):
+        return packet(node.args[0]) in POINTWISE_WITH_BUFFER
     tags = getattr(node.target, "tags", ())
-    return node.op == "call_function" and torch.Tag.pointwise in tags and \
+    return (torch.Tag.pointwise in tags or packet(node) in POINTWISE_WITH_BUFFER) and \
         sum(isinstance(a, fx.Node) for a in (*node.args, *node.kwargs.values())) == 1
 
 

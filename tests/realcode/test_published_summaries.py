@@ -366,3 +366,26 @@ def test_lambda_layer_heads_share_one_state():
         assert [a.at(s.useful_flops, n, 1) for s in a.sites] == [by_hand] * mod.DEPTH
     for n, b in ((64, 1), (96, 2)):
         assert a.at(a.flops, n, b) == real_flops("lambda", n, b), (n, b)
+
+
+def test_stick_breaking_weights_from_log_sigmoids_are_strictly_causal():
+    """Weights built from ``F.logsigmoid`` of the scores (an op with a buffer
+    beside its output, which torch does not tag pointwise) and a reversed
+    cumulative sum, exp'd: the chain from ·V back to Q·Kᵀ passes them; each
+    query meets the keys before it, not its own (the truth read on the
+    package: with V the identity, output row i is nonzero at j < i)."""
+    from published_support import fla_naive
+
+    naive = fla_naive("stickbreaking_attn")
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 12, 1, 16), torch.randn(1, 12, 1, 16)
+    out, _ = naive.naive_stickbreaking_attn(q, k, torch.eye(12)[None, :, None, :])
+    assert torch.equal(out[0, :, 0] != 0, torch.tril(torch.ones(12, 12, dtype=torch.bool), -1))
+    a = analysed("fla_stickbreaking", 64)
+    assert [(s.variant, s.causal, s.heads) for s in a.sites] == [("dense", True, HEADS)] * 2
+    for n in (64, 200):
+        pairs = n * (n - 1) // 2
+        assert sum(a.at(s.useful_flops, n, 1) for s in a.sites) == \
+            2 * HEADS * pairs * 2 * (DIM_HEAD + DIM_HEAD)
+    for n, b in ((64, 1), (96, 2)):
+        assert a.at(a.flops, n, b) == real_flops("fla_stickbreaking", n, b), (n, b)
