@@ -263,3 +263,20 @@ def test_factorized_attention_at_one_length_is_linear():
     torch.manual_seed(0)
     model = fx_model.build_model().eval().requires_grad_(False)
     assert a.at(a.flops, n, 1) == count_flops(model, fx_model.example_inputs(n, 1))
+
+
+def test_a_prefix_seen_both_ways_is_dense_not_sparse():
+    """A prefix-LM's mask (a prefix seen both ways, the rest causal): every
+    query meets every earlier key, the prefix's queries later prefix keys
+    too.  Dense and not causal, its useful work the pairs counted here."""
+    plm = load_module(MODELS / "prefix_lm.py")
+    a = analyze("prefix_lm", 64)
+    assert [(s.variant, s.causal) for s in a.sites] == [("dense", False)] * 2
+    assert all(any("prefix" in note for note in site_notes(s)) for s in a.sites)
+    per_pair = plm.HEADS * 2 * (plm.DIM_QK + plm.DIM_V)
+    for n in (64, 300):
+        t = plm.PREFIX + n
+        pairs = plm.PREFIX ** 2 + sum(i + 1 for i in range(plm.PREFIX, t))
+        assert a.at(a.sites[0].useful_flops, n, 1) == pairs * per_pair, n
+    for n, b in ((64, 1), (100, 2)):
+        assert a.at(a.flops, n, b) == oracle("prefix_lm", n, b), (n, b)

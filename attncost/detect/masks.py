@@ -9,6 +9,7 @@ to patterns.mask, which names it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 
 import sympy
@@ -62,8 +63,6 @@ def read_pattern(allowed_at, seq_len: int) -> MaskPattern:
         pattern.notes.append("the mask differs across batch or heads; the first is shown")
     if pattern.kind == "pattern":
         _count_pairs(pattern, first, allowed_at, (n, shorter), seq_len)
-        if pattern.pairs is not None:  # the density at the length asked about
-            pattern.density = value_at(pattern.pairs, seq_len) / seq_len ** 2
     return pattern
 
 
@@ -75,10 +74,16 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, lengths:
     them), and a shorter one."""
     n, shorter = lengths
     try:
-        stable = is_prefix_stable(first, _first(allowed_at(shorter))[0])
+        short = _first(allowed_at(shorter))[0]
+        stable = is_prefix_stable(first, short)
     except CannotEvaluate:
         stable = False
     count = fit_pairs(first) if stable else None
+    side = N  # the matrix's side, in the sequence length
+    if count is not None:
+        side = _side(((n, first.shape[-2]), (shorter, short.shape[-2])))
+        count = dataclasses.replace(count, expr=sympy.expand(count.expr.subs(N, side)),
+                                    valid_from=_first_length(side, count.valid_from))
     if count is None:
         pattern.pairs = None if stable else _counted_at_lengths(allowed_at, n)
         if pattern.pairs is None:
@@ -90,9 +95,27 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, lengths:
         return
     pattern.pairs, pattern.pairs_from, pattern.reach = count.expr, count.valid_from, count.reach
     pattern.keys = count.keys
+    pattern.density = value_at(pattern.pairs, seq_len) / value_at(side, seq_len) ** 2
     if seq_len < count.valid_from:
         pattern.notes.append(f"its pair count is exact for N >= {count.valid_from}; at "
                              f"N={seq_len} the formula is an estimate")
+
+
+def _side(read: tuple[tuple[int, int], ...]) -> sympy.Expr:
+    """The side of a mask's matrix as a function of N, from (length, side)
+    read at two lengths: N, or N + c where c tokens come before the
+    sequence (a prefix of learned or image tokens), or a·N + c."""
+    (n, side), (m, short) = read
+    if n == m or (side, short) == (n, m) or side <= short:
+        return N
+    a = sympy.Rational(side - short, n - m)
+    return a * N + (side - a * n)
+
+
+def _first_length(side: sympy.Expr, valid_side: int) -> int:
+    """The first N whose matrix is at least ``valid_side`` on a side."""
+    a, c = side.as_coefficients_dict()[N], side.subs(N, 0)
+    return max(1, int(sympy.ceiling((valid_side - c) / a)))
 
 
 def _counted_at_lengths(allowed_at, n: int):

@@ -165,19 +165,27 @@ def _counted(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classific
     query reaches a bounded span of keys and the pairs grow as N, else sparse."""
     useful = sympy.expand(_per_pair(values, flops) * pattern.pairs)
     local = pattern.reach is not None and degree(pattern.pairs, N) <= 1
+    if pattern.earlier_keys and _PREFIX not in pattern.notes:
+        pattern.notes.append(_PREFIX)
     variant = "local" if local else "dense" if _all_earlier_keys(pattern) else "sparse"
     name = "causal_dense" if variant == "dense" else variant
     return Classification(variant, useful, pattern.keys if local else None,
                           formula(name).complexity, "dense", values)
 
 
+#: The note of a pattern that lets every earlier key through and more.
+_PREFIX = "each query meets every earlier key, and some meet later ones (a prefix seen both ways)"
+
+
 def _all_earlier_keys(pattern: MaskPattern) -> bool:
-    """A causal pattern that lets through at least every strictly earlier
-    key of each query (a causal mask that also hides a query's own key, as
-    Reformer's shared query-key attention does): dense, not sparse."""
+    """A pattern that lets through at least every strictly earlier key of
+    each query: causal (a causal mask that also hides a query's own key, as
+    Reformer's shared query-key attention does), or with later keys as well
+    (a prefix seen both ways, a prefix-LM's: GIT's image tokens, PaliGemma's
+    prefix): dense, not sparse."""
     n = pattern.length
-    return bool(pattern.causal and n and pattern.allowed is not None and
-                pattern.allowed >= n * (n - 1) // 2)
+    return bool(pattern.earlier_keys or pattern.causal and n and pattern.allowed is not None
+                and pattern.allowed >= n * (n - 1) // 2)
 
 
 def _content_based(pattern: MaskPattern, impl: str, values: dict,

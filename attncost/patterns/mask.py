@@ -43,6 +43,9 @@ class MaskPattern:
     base: str | None = None
     #: every query lets the same keys through (a padding mask on the keys)
     same_keys: bool = False
+    #: every query lets every earlier key through, and some later ones too
+    #: (a causal mask with a prefix seen both ways: a prefix-LM's)
+    earlier_keys: bool = False
 
     @classmethod
     def full(cls) -> "MaskPattern":
@@ -76,8 +79,9 @@ def classify_allowed(allowed: torch.Tensor) -> MaskPattern:
     if extra is not None:
         return extra
     causal = bool(not allowed.triu(1).any()) if nq == nk else _growing_prefixes(allowed)
+    earlier = nq == nk and not causal and bool(allowed.tril(-1).sum() == nq * (nq - 1) // 2)
     return MaskPattern("pattern", causal=causal, density=total / (nq * nk),
-                       allowed=int(total), length=nq,
+                       allowed=int(total), length=nq, earlier_keys=earlier,
                        same_keys=bool((allowed == allowed[:1]).all()))
 
 
