@@ -25,6 +25,7 @@ from attncost.loader import load
 from attncost.patterns.mask import allowed_pairs
 from attncost.rules.ops import SOFTMAX_OPS, packet
 from attncost.tracing import trace
+from conftest import MODELS
 from oracle import count_flops, load_module
 
 WINDOW, HEADS, DIM = 8, 2, 32
@@ -380,3 +381,23 @@ def test_a_mask_written_in_place_is_read(tmp_path, blocked):
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
     pairs = int((~((i < n // 2) & (j >= n // 2))).sum())
     assert a.at(site.useful_flops, n, 1) == HEADS * PER_PAIR * pairs
+
+
+def test_a_causal_mask_on_groups_folded_into_the_batch_is_each_groups_triangle():
+    """Groups of the sequence folded into the batch, each under its own
+    causal mask: the site's queries are the N tokens, its keys one group's
+    N/G; the useful work is G triangles of N/G, not one of N (which would be
+    more than the site computes)."""
+    cg = load_module(MODELS / "causal_groups.py")
+    a = attncost.analyze(MODELS / "causal_groups.py", seq_len=64, device="cpu")
+    assert [(s.variant, s.causal) for s in a.sites] == [("dense", True)] * 2
+    per_pair = cg.HEADS * 2 * (cg.DIM_QK + cg.DIM_V)
+    for n in (64, 200):
+        m = n // cg.GROUPS
+        for s in a.sites:
+            assert a.at(s.useful_flops, n, 1) == cg.GROUPS * m * (m + 1) // 2 * per_pair, n
+            assert a.at(s.useful_flops, n, 1) <= a.at(s.flops, n, 1)
+    torch.manual_seed(0)
+    model = cg.build_model().eval().requires_grad_(False)
+    for n, b in ((64, 1), (200, 2)):
+        assert a.at(a.flops, n, b) == count_flops(model, cg.example_inputs(n, b)), (n, b)
