@@ -401,3 +401,22 @@ def test_a_causal_mask_on_groups_folded_into_the_batch_is_each_groups_triangle()
     model = cg.build_model().eval().requires_grad_(False)
     for n, b in ((64, 1), (200, 2)):
         assert a.at(a.flops, n, b) == count_flops(model, cg.example_inputs(n, b)), (n, b)
+
+
+def test_a_blocks_mask_is_read_at_a_length_where_the_trace_runs():
+    """A trace whose range (64..71) holds more lengths than its conditions
+    allow (N a multiple of 16): the mask, made from each block's positions,
+    is read at a length where the trace runs (64, not 71, where the graph's
+    reshape into blocks fails), and each block's triangle is the useful work."""
+    pb = load_module(MODELS / "pinned_blocks.py")
+    a = attncost.analyze(MODELS / "pinned_blocks.py", seq_len=64, device="cpu")
+    (s,) = a.sites
+    assert (s.variant, s.causal, s.window) == ("local", True, pb.BLOCK)
+    assert not any("not evaluated" in note for note in s.notes), s.notes
+    triangle = pb.BLOCK * (pb.BLOCK + 1) // 2
+    per_pair = pb.HEADS * 2 * (pb.DIM_HEAD + pb.DIM_HEAD)
+    assert a.at(s.useful_flops, 64, 1) == 64 // pb.BLOCK * triangle * per_pair
+    torch.manual_seed(0)
+    model = pb.build_model().eval().requires_grad_(False)
+    for b in (1, 2):
+        assert a.at(a.flops, 64, b) == count_flops(model, pb.example_inputs(64, b)), b

@@ -16,7 +16,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, shape_text, value_at
+from ..expr import N, holds_at, shape_text, value_at
 from ..patterns.mask import MaskPattern, allowed_pairs, classify_allowed
 from ..patterns.measure import fit_pairs, is_prefix_stable
 from .evaluate import CannotEvaluate, evaluate_node
@@ -36,7 +36,26 @@ def _probe_lengths(ctx) -> tuple[int, int]:
     n = max(n, lo, 2)
     if hi is not None:
         n = min(n, hi)
-    return n, max(n // 2, lo, 1)
+    n = _where_the_trace_holds(ctx, n, lo) or n
+    return n, _where_the_trace_holds(ctx, max(n // 2, lo, 1), lo) or max(n // 2, lo, 1)
+
+
+def _where_the_trace_holds(ctx, n: int, lo: int) -> int | None:
+    """The longest length from ``n`` down to ``lo`` where the trace's
+    conditions on N hold (a length padded to blocks: ``Eq(Mod(N, 16), 0)``
+    inside a range that allows 128..135), None if none does."""
+    conditions = [g for g in ctx.traced.guards if "Mod" in g or "Eq(" in g]
+    for m in range(n, max(lo, 1) - 1, -1):
+        if not any(_fails(c, m) for c in conditions):
+            return m
+    return None
+
+
+def _fails(condition: str, n: int) -> bool:
+    try:
+        return holds_at(condition, n, 2) is False
+    except (TypeError, ValueError, ZeroDivisionError, sympy.SympifyError):
+        return False
 
 
 def _first(allowed: torch.Tensor) -> tuple[torch.Tensor, bool]:

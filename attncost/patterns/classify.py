@@ -60,8 +60,10 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
         elif c.variant == "local" and pattern.kind in ("full", "causal") and \
                 pattern.length is not None and pattern.length < c.window:
             c.useful_flops = _wider_than_traced(pattern, values, flops, c.window)
-        elif windows and pattern.allowed is not None and pattern.length:
-            # one window's mask, read at one length, broadcast over them all
+        elif (windows or pattern.kind == "causal" and pattern.length == as_int(n_k)) and \
+                pattern.allowed is not None and pattern.length:
+            # one window's mask (read at one length, or a triangle as wide as
+            # a block's keys), broadcast over them all
             c.useful_flops = _share_read(pattern, flops)
         return c
     if keys_grow and N not in sympy.sympify(n_q).free_symbols and \
