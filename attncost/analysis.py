@@ -18,8 +18,8 @@ import torch
 
 from .detect import AttentionSite, find_sites
 from .errors import AttncostError, ModelError
-from .expr import N, condition_text, conditions_text, degree, holds_at, multiple_asked, \
-    on_multiples, padded_tidied, residues_allowed, value_at
+from .expr import N, condition_text, conditions_text, degree, holds_at, length_conditions, \
+    multiple_asked, on_multiples, padded_tidied, residues_allowed, value_at
 from .loader import LoadedModel, load, with_quantization
 from .loader.positions import beyond_limit_warning
 from .memory import MemoryModel, peak_memory
@@ -64,11 +64,6 @@ def quadratic_tensors(traced: TracedModel, sites: list[AttentionSite]) -> list[Q
             shape=traced.shape(node), dtype=dtype_name(val.dtype), bytes=size,
             in_site=node.name in site_nodes))
     return out
-
-
-def _names(condition: str) -> set[str]:
-    """The symbols a condition's text names."""
-    return {s.name for s in sympy.sympify(condition, locals={"N": N}).free_symbols}
 
 
 @dataclass
@@ -258,8 +253,7 @@ class Analysis:
 
     def _length_conditions(self) -> list[str]:
         """The trace's conditions on N other than its range (a residue, an equality)."""
-        return [g for g in self.guards if ("Mod" in g or "Eq(" in g or "Ne(" in g)
-                and "N" in _names(g)]
+        return length_conditions(self.guards)
 
     def _residues(self, conditions: list[str], start: int | None = None) -> list[bool] | None:
         """Where ``conditions`` hold from ``start`` (the range's start), read

@@ -115,6 +115,22 @@ def holds_at(condition, seq_len: int, batch: int = 1) -> bool | None:
     return None
 
 
+def length_conditions(guards: list[str]) -> list[str]:
+    """A trace's conditions on N other than its range: a residue, an
+    equality (``Eq(Mod(N, 16), 0)``: a length padded to blocks)."""
+    return [g for g in guards if ("Mod" in g or "Eq(" in g or "Ne(" in g)
+            and N in sympy.sympify(g, locals={"N": N}).free_symbols]
+
+
+def fails_at(condition: str, seq_len: int, batch: int = 1) -> bool:
+    """Is ``condition`` false at N=seq_len, B=batch (one that cannot be
+    read there asks nothing)?"""
+    try:
+        return holds_at(condition, seq_len, batch) is False
+    except (TypeError, ValueError, ZeroDivisionError, sympy.SympifyError):
+        return False
+
+
 def _residue_text(truth: list[bool], start: int) -> str | None:
     """Which residues of N modulo some m <= 64 make ``truth`` (at N = start,
     start + 1, ...) true, in words; None when it has no such period."""

@@ -9,17 +9,16 @@ to patterns.mask, which names it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 
 import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import N, holds_at, shape_text, value_at
+from ..expr import N, fails_at, length_conditions, shape_text, value_at
 from ..patterns.mask import MaskPattern, allowed_pairs, classify_allowed
 from ..patterns.measure import fit_pairs, is_prefix_stable
-from .evaluate import CannotEvaluate, evaluate_node
+from .evaluate import CannotEvaluate, evaluate_node, evaluation_batch
 
 #: Longest length at which a mask is evaluated (its N×N entries are built):
 #: a window longer than this looks causal.
@@ -44,18 +43,11 @@ def _where_the_trace_holds(ctx, n: int, lo: int) -> int | None:
     """The longest length from ``n`` down to ``lo`` where the trace's
     conditions on N hold (a length padded to blocks: ``Eq(Mod(N, 16), 0)``
     inside a range that allows 128..135), None if none does."""
-    conditions = [g for g in ctx.traced.guards if "Mod" in g or "Eq(" in g]
+    conditions, batch = length_conditions(ctx.traced.guards), evaluation_batch(ctx.traced)
     for m in range(n, max(lo, 1) - 1, -1):
-        if not any(_fails(c, m) for c in conditions):
+        if not any(fails_at(c, m, batch) for c in conditions):
             return m
     return None
-
-
-def _fails(condition: str, n: int) -> bool:
-    try:
-        return holds_at(condition, n, 2) is False
-    except (TypeError, ValueError, ZeroDivisionError, sympy.SympifyError):
-        return False
 
 
 def _first(allowed: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -95,14 +87,10 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, lengths:
     try:
         short = _first(allowed_at(shorter))[0]
         stable = is_prefix_stable(first, short)
-    except CannotEvaluate:
-        stable = False
-    count = fit_pairs(first) if stable else None
-    side = N  # the matrix's side, in the sequence length
-    if count is not None:
         side = _side(((n, first.shape[-2]), (shorter, short.shape[-2])))
-        count = dataclasses.replace(count, expr=sympy.expand(count.expr.subs(N, side)),
-                                    valid_from=_first_length(side, count.valid_from))
+    except CannotEvaluate:
+        stable, side = False, N
+    count = fit_pairs(first) if stable else None
     if count is None:
         pattern.pairs = None if stable else _counted_at_lengths(allowed_at, n)
         if pattern.pairs is None:
@@ -111,13 +99,15 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, lengths:
         elif seq_len < n // 4:
             pattern.notes.append(f"its pairs were counted at N={n // 4:,}..{n:,}; at "
                                  f"N={seq_len} the formula is an estimate")
-        return
-    pattern.pairs, pattern.pairs_from, pattern.reach = count.expr, count.valid_from, count.reach
-    pattern.keys = count.keys
-    pattern.density = value_at(pattern.pairs, seq_len) / value_at(side, seq_len) ** 2
-    if seq_len < count.valid_from:
-        pattern.notes.append(f"its pair count is exact for N >= {count.valid_from}; at "
-                             f"N={seq_len} the formula is an estimate")
+    else:  # fitted in the matrix's side: put back in N
+        pattern.pairs = sympy.expand(count.expr.subs(N, side))
+        pattern.pairs_from = _first_length(side, count.valid_from)
+        pattern.reach, pattern.keys = count.reach, count.keys
+        if seq_len < pattern.pairs_from:
+            pattern.notes.append(f"its pair count is exact for N >= {pattern.pairs_from}; at "
+                                 f"N={seq_len} the formula is an estimate")
+    if pattern.pairs is not None:  # the density at the length asked about
+        pattern.density = value_at(pattern.pairs, seq_len) / value_at(side, seq_len) ** 2
 
 
 def _side(read: tuple[tuple[int, int], ...]) -> sympy.Expr:
