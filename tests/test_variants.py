@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attncost
-from attncost.expr import degree
+from attncost.expr import N, degree
 from attncost.render.sentences import site_notes
 from conftest import MODELS
 from oracle import count_flops, load_module
@@ -263,6 +263,23 @@ def test_factorized_attention_at_one_length_is_linear():
     torch.manual_seed(0)
     model = fx_model.build_model().eval().requires_grad_(False)
     assert a.at(a.flops, n, 1) == count_flops(model, fx_model.example_inputs(n, 1))
+
+
+def test_a_state_applied_to_tokens_as_columns_is_linear_over_every_token():
+    """Channels-first linear attention (Sana's ``b h d n``): the state is
+    applied from the left, its output a column per token.  It is still H
+    heads over N queries, not H·d_v heads of one query."""
+    lin = load_module(MODELS / "linear_tokens_as_columns.py")
+    a = analyze("linear_tokens_as_columns", 64)
+    assert len(a.sites) == 2
+    for s in a.sites:
+        assert (s.variant, s.heads, s.query_len, s.key_len) == ("linear", lin.HEADS, N, N)
+        assert (s.feature_dim, s.head_dim) == (lin.DIM_QK, lin.DIM_V)
+        for n in (64, 300):  # V·φ(K)ᵀ, S·φ(Q) and the normalizer z·φ(Q), per head
+            per_head = 2 * 2 * n * lin.DIM_QK * lin.DIM_V + 2 * n * lin.DIM_QK
+            assert a.at(s.useful_flops, n, 1) == lin.HEADS * per_head, n
+    for n, b in ((64, 1), (100, 2)):
+        assert a.at(a.flops, n, b) == oracle("linear_tokens_as_columns", n, b), (n, b)
 
 
 def test_a_prefix_seen_both_ways_is_dense_not_sparse():

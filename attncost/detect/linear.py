@@ -66,7 +66,7 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
     states built and applied, 4·B·H·N·r·d_v: a chunked scan's scores within
     each chunk (half of them masked) are its way of computing the same."""
     t = ctx.traced
-    out = t.shape(apply)
+    out = _a_row_per_token(t.shape(apply), key_len)
     r, d = as_int(_contraction(ctx, apply)) or 0, as_int(out[-1]) or 0
     heads, n_q = _heads_and_queries(ctx, apply, out, key_len)
     module = t.module_path(apply)
@@ -91,6 +91,22 @@ def linear_site(ctx, state: fx.Node, apply: fx.Node, extra: list[fx.Node], used:
         useful_flops=useful, complexity=formula("linear").complexity,
         mask=None, nodes=[n.name for n in sorted(site_nodes + extra, key=ctx.order.__getitem__)],
         feature_dim=r, formula="linear", matches_formula=matches_formula(flops, "linear", values))
+
+
+def _a_row_per_token(out, key_len) -> tuple:
+    """The shape of what a state applied to the queries gives, read as a
+    row per token.  A state applied from the left (S·φ(Q) with the tokens
+    as columns: Sana's ``b h d n``) gives the transpose; the tokens are the
+    axis that runs along the sequence (at one length: as long as the keys)."""
+    if len(out) < 2:
+        return tuple(out)
+    if _has_n(out):
+        along = lambda x: _has_n([x])  # noqa: E731
+    else:
+        along = lambda x: key_len is not None and simplified(x - key_len) == 0  # noqa: E731
+    if along(out[-1]) and not along(out[-2]):
+        return (*out[:-2], out[-1], out[-2])
+    return tuple(out)
 
 
 def _tokens_at_one_length(ctx, k_len, out) -> int | None:
@@ -139,7 +155,7 @@ def _state_consumer(ctx, state_mm: fx.Node, tokens: int | None = None,
                 if packet(user) in MATMUL_OPS:
                     out = ctx.traced.shape(user)
                     if out and (_has_n(out) if tokens is None else
-                                len(out) >= 2 and as_int(out[-2]) == tokens):
+                                tokens in (as_int(x) for x in out[-2:])):
                         return user
                     continue
                 if is_view(user) or packet(user) in SCORE_OPS:
