@@ -28,6 +28,18 @@ def layer_or_path(path: str) -> str:
     return layer_of(path) or path
 
 
+def enclosing(paths) -> str:
+    """The innermost module holding every one of ``paths`` ('' for the root):
+    ``layers.0`` for ``layers.0`` and ``layers.0.softmax``."""
+    split = [p.split(".") if p else [] for p in paths]
+    common: list[str] = []
+    for parts in zip(*split):
+        if any(part != parts[0] for part in parts):
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
 def any_index(path: str) -> str:
     """``model.layers.3.self_attn`` -> ``model.layers.*.self_attn``: the same
     module in every layer, for grouping like things."""

@@ -7,6 +7,7 @@ import attncost
 from attncost.expr import N, degree
 from attncost.render.sentences import site_notes
 from conftest import MODELS
+from memprofile import allocation_peak
 from oracle import count_flops, load_module
 
 
@@ -280,6 +281,59 @@ def test_a_state_applied_to_tokens_as_columns_is_linear_over_every_token():
             assert a.at(s.useful_flops, n, 1) == lin.HEADS * per_head, n
     for n, b in ((64, 1), (100, 2)):
         assert a.at(a.flops, n, b) == oracle("linear_tokens_as_columns", n, b), (n, b)
+
+
+def test_scores_laid_out_sequence_first_are_read_through_their_axes():
+    """Scores (queries, keys, batch, heads) from a sequence-first einsum, the
+    softmax over dim 1 in an ``nn.Softmax`` child: one site per attention
+    module (named for it), its mask read with the queries and keys where
+    the einsum put them: causal, a window of 8."""
+    sf = load_module(MODELS / "sequence_first.py")
+    a = analyze("sequence_first", 64)
+    assert [s.name for s in a.sites] == ["layers.0", "layers.1"]
+    per_pair = sf.HEADS * 2 * (sf.DIM_QK + sf.DIM_V)
+    for s in a.sites:
+        assert (s.variant, s.causal, s.window, s.heads) == ("local", True, sf.WINDOW, sf.HEADS)
+        assert (s.head_dim, s.query_len, s.key_len) == (sf.DIM_QK, N, N)
+        for n in (64, 300):
+            pairs = sum(min(i + 1, sf.WINDOW) for i in range(n))
+            assert a.at(s.useful_flops, n, 1) == pairs * per_pair, n
+    for n, b in ((64, 1), (100, 2)):
+        assert a.at(a.flops, n, b) == oracle("sequence_first", n, b), (n, b)
+
+
+def test_keys_read_back_from_a_cache_written_in_place_are_activations():
+    """Keys and values written into registered buffers and read back from
+    them (a KV cache, forward under ``torch.inference_mode``) are the
+    input's, not weights: one causal site per layer, 4 query heads sharing
+    2 key heads."""
+    kv = load_module(MODELS / "kv_cache_buffers.py")
+    a = analyze("kv_cache_buffers", 64)
+    assert len(a.sites) == 2
+    for s in a.sites:
+        assert (s.variant, s.causal, s.heads, s.kv_heads) == ("dense", True, kv.HEADS,
+                                                              kv.KV_HEADS)
+        for n in (64, 500):
+            pairs = n * (n + 1) // 2
+            assert a.at(s.useful_flops, n, 1) == \
+                pairs * kv.HEADS * 2 * (kv.DIM_QK + kv.DIM_V), n
+    torch.manual_seed(0)
+    model = kv.build_model().eval()
+    for n, b in ((64, 1), (100, 2)):
+        assert a.at(a.flops, n, b) == oracle("kv_cache_buffers", n, b), (n, b)
+        assert a.at(a.peak_memory_bytes, n, b) == \
+            allocation_peak(model, kv.example_inputs(n, b)), (n, b)
+
+
+def test_a_model_that_fixes_the_batch_it_ran_with_is_traced_at_the_batch_asked():
+    """``torch.tensor([0] * batch)`` fixes B at the traced batch (a guard
+    ``Eq(B, 2)``; B=1 is traced as B=2): the formulas hold at that batch
+    only, so the batch asked is traced, and every other batch again."""
+    a = analyze("batch_as_a_list", 64)
+    assert a.batch_range == (1, 1)
+    for n, b in ((64, 1), (100, 2), (80, 3)):
+        assert a.at(a.flops, n, b) == oracle("batch_as_a_list", n, b), (n, b)
+    assert not a.warnings
 
 
 def test_a_prefix_seen_both_ways_is_dense_not_sparse():

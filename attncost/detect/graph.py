@@ -66,11 +66,15 @@ class GraphContext:
     weighed_by: dict = field(default_factory=dict)
     #: the weights a site applies to V -> its Q·Kᵀ, where nothing weighs the scores
     unweighed: dict = field(default_factory=dict)
+    #: mask -> (rank, queries axis, keys axis) of the scores it is applied
+    #: to, where those are not the last two (unfused._score_layout)
+    mask_layouts: dict = field(default_factory=dict)
     #: operand -> does it come from a projection of the input (unfused._projected)
     projected: dict = field(default_factory=dict)
     #: evaluations already run, by what they compute (detect/evaluate.py)
     evaluated: object = None
     _sizes_of_weights: set | None = field(default=None, repr=False)
+    _written: dict = field(default_factory=dict, repr=False)
     _by_name: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -80,9 +84,11 @@ class GraphContext:
         self.order = {n: i for i, n in enumerate(self.traced.nodes)}
 
     def is_weight(self, node, limit: int = 12) -> bool:
-        """Is this operand a parameter or buffer (seen through views)?"""
+        """Is this operand a parameter or buffer (seen through views)?  Not
+        a buffer the model writes activations into (a KV cache, written in
+        place before its keys are read back)."""
         for _ in range(limit):
-            if not isinstance(node, fx.Node):
+            if not isinstance(node, fx.Node) or self._holds_activations(node):
                 return False
             if node.op == "placeholder":
                 return self.traced.placeholder_kinds.get(node.name) in ("parameter", "buffer")
@@ -91,6 +97,16 @@ class GraphContext:
                 return False
             node = node.args[0]
         return False
+
+    def _holds_activations(self, node: fx.Node) -> bool:
+        """Does the model write activations in place into this tensor or its views?"""
+        if is_view(node):
+            return False  # asked of the tensor it views
+        if node not in self._written:
+            _, writes = views_and_writes(node)
+            self._written[node] = any(isinstance(a, fx.Node) and a in self.activations
+                                      for w in writes for a in w.args[1:])
+        return self._written[node]
 
     def node(self, name: str) -> fx.Node | None:
         """The graph's node of this name."""

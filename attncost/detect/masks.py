@@ -157,7 +157,7 @@ class _MaskReader:
             value = _evaluated(self.ctx, mask, n, decay_free=polarity == "scale")
             if value is None:
                 return None
-            value = _without_singleton_tail(torch.as_tensor(value), _singleton_tail(mask))
+            value = _queries_by_keys(torch.as_tensor(value), mask, self.ctx.mask_layouts)
             value, one = _allowed(value, polarity)
             if bool(one.all()):  # a bias (weights read as zeros) blocks nothing
                 everything = value
@@ -184,6 +184,19 @@ def block_allowed(ctx, masks: list[tuple[fx.Node, str]], n: int, rows: int,
     if tuple(first.shape) != (rows, cols):
         raise CannotEvaluate("a block's mask does not line up with its scores")
     return first
+
+
+def _queries_by_keys(value: torch.Tensor, mask: fx.Node, layouts: dict) -> torch.Tensor:
+    """A mask's value with its (queries × keys) matrix last: moved there where
+    the scores it meets lay them out elsewhere (sequence first: (q, k, b, h)),
+    else its trailing axes of size 1 dropped."""
+    if mask not in layouts:
+        return _without_singleton_tail(value, _singleton_tail(mask))
+    rank, q_axis, k_axis = layouts[mask]
+    if value.dim() > rank:
+        return _without_singleton_tail(value, _singleton_tail(mask))
+    value = value.reshape((1,) * (rank - value.dim()) + tuple(value.shape))
+    return value.movedim((q_axis, k_axis), (-2, -1))
 
 
 def _singleton_tail(mask: fx.Node) -> int:

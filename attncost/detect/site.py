@@ -7,10 +7,10 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..paths import layer_or_path
+from ..paths import enclosing, layer_or_path
 from ..patterns import MaskPattern, classify, matches_formula, waste_factor
 from ..patterns.classify import formula_values
-from ..rules.ops import RANKING_OPS, packet
+from ..rules.ops import MATMUL_OPS, RANKING_OPS, packet
 
 
 @dataclass
@@ -148,10 +148,19 @@ def _ranges(indices: list[int]) -> str:
     return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
+def _site_module(ctx, node: fx.Node, nodes: list[fx.Node]) -> str:
+    """The module a site is named for: the one that runs its softmax (or
+    what weighs its scores), or, where that is a module of its own (an
+    ``nn.Softmax`` child), the one around it that runs its products too."""
+    path = ctx.traced.module_path
+    return enclosing([path(node)] + [path(n) for n in nodes
+                                     if n.op == "call_function" and packet(n) in MATMUL_OPS])
+
+
 def build_site(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,
                nodes: list[fx.Node]) -> AttentionSite:
     """A site from what a recogniser read and the pattern of its mask."""
-    name = ctx.traced.module_path(node) or "<root>"
+    name = _site_module(ctx, node, nodes) or "<root>"
     values = formula_values(shape.heads, shape.head_dim + shape.score_term_width,
                             shape.head_dim_v or shape.head_dim, shape.query_len, shape.key_len)
     c = classify(pattern, "blocked" if shape.windows else shape.implementation, values,

@@ -21,6 +21,7 @@ from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, 
     is_function_of_one, \
     packet
 from . import masks
+from .axes import follow_axes
 from .concatenated import read_concatenated
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
 from .graph import INDEX_PUTS, PROB_OPS, SCORE_OPS, adds_constant, copied_into, is_product, tensor_inputs, \
@@ -173,13 +174,19 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if shape is None or len(shape) < 2:
         return []
     dim = axis % len(shape)
-    over_queries = dim == len(shape) - 2  # queries compete for each key
-    dim = len(shape) - 1 if over_queries else dim
+    layout = _score_layout(ctx, _sink_free(t, scores, dim))
+    if layout is not None and dim not in layout:
+        return []  # a softmax over the heads or the batch
+    over_queries = dim == (layout[0] if layout else len(shape) - 2)  # queries compete
+    dim = (layout[1] if layout else len(shape) - 1) if over_queries else dim
     scores = _sink_free(t, scores, dim)
     n_keys = settled(t.shape(scores)[dim])
     qk, mask_inputs, score_path = _walk_back(scores, ctx)
     if qk is None:
         return []
+    if layout is not None and layout != (len(shape) - 2, len(shape) - 1):
+        shape, dim = _queries_and_keys_last(shape, layout), len(shape) - 1
+        _note_mask_layouts(ctx, qk, score_path, mask_inputs)
     if packet(qk) is aten.baddbmm and isinstance(qk.args[0], fx.Node):
         # mask + Q·Kᵀ in one op (nn.MultiheadAttention with attn_mask)
         mask_inputs.append((qk.args[0], "additive"))
@@ -240,6 +247,34 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
 #: The note of a softmax taken over the queries, not the keys.
 _OVER_QUERIES = ("softmax over the queries: they compete for each key (slot attention, "
                  "inverted cross-attention); the weights then meet the values over the keys")
+
+
+def _score_layout(ctx, scores: fx.Node) -> tuple[int, int] | None:
+    """(queries axis, keys axis) of ``scores``, followed from Q·Kᵀ's last two
+    (axes.follow_axes); None where they cannot be followed."""
+    qk, _, path = _walk_back(scores, ctx)
+    rank = len(ctx.traced.shape(qk) or ()) if qk is not None else 0
+    if rank < 2:
+        return None
+    return follow_axes(path[::-1], qk, (rank - 2, rank - 1))
+
+
+def _queries_and_keys_last(shape, layout: tuple[int, int]) -> tuple:
+    """``shape`` with its queries and keys axes moved to the end, in that order."""
+    rest = [s for i, s in enumerate(shape) if i not in layout]
+    return (*rest, shape[layout[0]], shape[layout[1]])
+
+
+def _note_mask_layouts(ctx, qk: fx.Node, score_path: list[fx.Node], mask_inputs) -> None:
+    """For each mask applied on the way from Q·Kᵀ, where the scores it meets
+    keep their queries and keys (ctx.mask_layouts, read by masks.py)."""
+    rank = len(ctx.traced.shape(qk))
+    forward = score_path[::-1]
+    for mask, _ in mask_inputs:
+        at = next((i for i, node in enumerate(forward) if mask in node.all_input_nodes), None)
+        axes = follow_axes(forward[:at + 1], qk, (rank - 2, rank - 1)) if at is not None else None
+        if axes is not None:
+            ctx.mask_layouts[mask] = (len(ctx.traced.shape(forward[at])), *axes)
 
 
 def _queries_and_keys(ctx, qk: fx.Node, n_keys):

@@ -104,7 +104,7 @@ def _record_module_paths(model: torch.nn.Module) -> Iterator[None]:
 
 def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
           progress: Callable[[str], None] | None = None, reuse_layers: bool = True,
-          program: Program = INFERENCE) -> TracedModel:
+          program: Program = INFERENCE, batch_as_asked: bool = False) -> TracedModel:
     """Trace ``loaded`` once; the graph holds for every N in ``n_range``.
 
     With ``reuse_layers``, a stack of repeated layers is traced two periods
@@ -118,7 +118,7 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     _check_batch(dims, batch)
     # A batch of 1 would be specialized to the constant 1; trace with 2 and
     # keep B symbolic (nothing is allocated, so the size is free).
-    batch_hint = batch if batch >= 2 else 2
+    batch_hint = batch if batch >= 2 or batch_as_asked else 2
     seq_hint = seq_len if seq_len >= 2 else 2
     block = find_repeated(loaded.module, loaded.config) \
         if reuse_layers and not program.grad else None
@@ -138,8 +138,25 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     _routed_sizes(traced, loaded)
     _lengths_read_from_data(traced)
     traced.guards, traced.n_range = _guards(traced)
+    if batch_as_asked or pins_batch(traced.guards):
+        # the model fixes the batch it was traced at (a tensor made of the
+        # batch size): its formulas hold there only, so trace the batch asked
+        if batch_hint != batch:
+            return trace(loaded, seq_len, batch, progress, reuse_layers, program,
+                         batch_as_asked=True)
+        traced.batch_range = (batch, batch)
     say_fixed_values(traced, loaded)
     return traced
+
+
+def pins_batch(guards: list[str]) -> bool:
+    """Does a condition of the trace fix B to one value (``Eq(B, 2)``)?"""
+    for text in guards:
+        guard = sympy.sympify(text, locals={"N": N, "B": B})
+        if isinstance(guard, sympy.Eq) and guard.free_symbols == {B}:
+            return True
+    return False
+
 
 
 def _routed_sizes(traced: TracedModel, loaded: LoadedModel) -> None:

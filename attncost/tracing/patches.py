@@ -7,6 +7,11 @@ is replayed), and tells the code what real data or a real GPU would tell it:
   HOP directly instead of through ``torch.compile`` (its eager path), which
   make_fx records as one op; through dynamo a second trace in the same
   process fails on dynamo's cache;
+* ``inference_mode_as_no_grad`` (every model): ``torch.inference_mode``,
+  entered inside the model (Meta's reference Llama decorates its
+  ``forward``), makes inference tensors below the tracer: their ops are
+  not recorded and the batch loses its symbol.  ``no_grad`` runs the same
+  ops where the trace sees them;
 * ``unpacked_sequences`` (transformers): no packed sequences, so SDPA runs
   its causal kernel with no mask;
 * ``flex_without_compile`` (transformers): ``flex_attention`` is called
@@ -60,6 +65,25 @@ def flex_uncompiled():
     """FlexAttention's HOP called directly (see the module's docstring)."""
     return patched(_import("torch.nn.attention.flex_attention"),
                     "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG", True)
+
+
+def _enter_as_no_grad(self) -> None:
+    self._inference_mode_context = torch.no_grad() if self.mode else contextlib.nullcontext()
+    self._inference_mode_context.__enter__()
+
+
+def inference_mode_as_no_grad():
+    """``torch.inference_mode`` (a reference model's decorated ``forward``)
+    entered as ``torch.no_grad``: the same ops, on tensors the tracer can
+    still see (see the module's docstring)."""
+    return patched(torch.autograd.grad_mode.inference_mode, "__enter__", _enter_as_no_grad)
+
+
+@contextlib.contextmanager
+def any_model() -> Iterator[None]:
+    """What every model is traced in, a file's or a config's."""
+    with flex_uncompiled(), inference_mode_as_no_grad():
+        yield
 
 
 def unpacked_sequences():
@@ -191,7 +215,7 @@ def trace_context(model: torch.nn.Module, impl: str) -> Callable[[], contextlib.
     @contextlib.contextmanager
     def context() -> Iterator[None]:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(flex_uncompiled())
+            stack.enter_context(any_model())
             stack.enter_context(unpacked_sequences())
             stack.enter_context(experts_in_loop(model))
             if impl == "flex_attention":

@@ -198,6 +198,10 @@ ENTRIES = {
     # traces at small lengths.
     "fla_recurrent": Entry(fla_linear_attn_naive, 96, 150, 2, "linear", True,
                            _linear(16, normalized=False)),
+    # labml_nn 0.5.1: sequence first, scores einsum'd to (queries, keys,
+    # batch, heads), softmax over dim 1, causal by subsequent_mask (mha.py).
+    "labml_gpt": Entry(_package("labml_nn.transformers.mha"), 128, 200, 2, "dense", True,
+                       _pairs(causal_pairs, causal_pairs)),
 }
 
 # ------------------------------------------------------------------ where attncost stands
@@ -372,6 +376,23 @@ def test_truth_xtransformers_patterns(name, past):
         assert m.shape[1] == HEADS
         for head in m[0]:
             assert _count(head != 0) == count(n)
+
+
+def test_truth_labml_causal_weights():
+    """labml's MultiHeadAttention keeps its weights, (queries, keys, batch,
+    heads): each head's nonzero pairs are the causal ones."""
+    require("labml_nn.transformers.mha")
+    mod = load_module(HERE / "published_labml_gpt.py")
+    torch.manual_seed(0)
+    model = mod.build_model().eval()
+    n = 48
+    with torch.no_grad():
+        model(*mod.example_inputs(n))
+    for layer in model.layers:
+        weights = layer.self_attn.attn
+        assert tuple(weights.shape) == (n, n, 1, HEADS)
+        for h in range(HEADS):
+            assert _count(weights[:, :, 0, h] != 0) == causal_pairs(n)
 
 
 @pytest.mark.parametrize("causal, back, forward", [(True, 1, 0), (False, 1, 1)])
