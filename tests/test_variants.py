@@ -336,6 +336,22 @@ def test_a_model_that_fixes_the_batch_it_ran_with_is_traced_at_the_batch_asked()
     assert not a.warnings
 
 
+def test_a_site_with_no_batch_axis_needs_its_pairs_once():
+    """Tokens with no batch axis (packed sequences): the site computes its
+    pairs once whatever B, and so needs them once: N(N+1)/2 causal pairs
+    per head, never more than it computes."""
+    nb = load_module(MODELS / "no_batch_axis.py")
+    a = analyze("no_batch_axis", 64)
+    assert [(s.variant, s.causal, s.heads) for s in a.sites] == [("dense", True, nb.HEADS)] * 2
+    for s in a.sites:
+        for n, b in ((64, 1), (300, 2), (300, 5)):
+            by_hand = n * (n + 1) // 2 * nb.HEADS * 2 * (2 * nb.DIM_HEAD)
+            assert a.at(s.useful_flops, n, b) == by_hand, (n, b)
+            assert a.at(s.useful_flops, n, b) <= a.at(s.flops, n, b)
+    for n, b in ((64, 1), (100, 2)):
+        assert a.at(a.flops, n, b) == oracle("no_batch_axis", n, b), (n, b)
+
+
 def test_a_prefix_seen_both_ways_is_dense_not_sparse():
     """A prefix-LM's mask (a prefix seen both ways, the rest causal): every
     query meets every earlier key, the prefix's queries later prefix keys

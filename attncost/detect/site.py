@@ -7,6 +7,7 @@ import sympy
 import torch
 import torch.fx as fx
 
+from ..expr import B
 from ..paths import enclosing, layer_or_path
 from ..patterns import MaskPattern, classify, matches_formula, waste_factor
 from ..patterns.classify import formula_values
@@ -162,7 +163,8 @@ def build_site(ctx, node: fx.Node, shape: SiteShape, pattern: MaskPattern,
     """A site from what a recogniser read and the pattern of its mask."""
     name = _site_module(ctx, node, nodes) or "<root>"
     values = formula_values(shape.heads, shape.head_dim + shape.score_term_width,
-                            shape.head_dim_v or shape.head_dim, shape.query_len, shape.key_len)
+                            shape.head_dim_v or shape.head_dim, shape.query_len, shape.key_len,
+                            batched=B in sympy.sympify(shape.flops).free_symbols)
     c = classify(pattern, "blocked" if shape.windows else shape.implementation, values,
                  shape.flops)
     site = AttentionSite(

@@ -28,10 +28,13 @@ class Classification:
     values: dict
 
 
-def formula_values(heads: int, head_dim: int, head_dim_v: int | None, n_q, n_k) -> dict:
-    """A site's values of the canonical formulas' symbols."""
-    values = {SYMBOLS["B"]: B, SYMBOLS["H"]: heads, SYMBOLS["N"]: n_q, SYMBOLS["M"]: n_k,
-              SYMBOLS["d"]: head_dim}
+def formula_values(heads: int, head_dim: int, head_dim_v: int | None, n_q, n_k,
+                   batched: bool = True) -> dict:
+    """A site's values of the canonical formulas' symbols.  A site whose
+    work has no B (packed sequences, an input with no batch axis) runs once
+    whatever the batch: its B is 1."""
+    values = {SYMBOLS["B"]: B if batched else 1, SYMBOLS["H"]: heads, SYMBOLS["N"]: n_q,
+              SYMBOLS["M"]: n_k, SYMBOLS["d"]: head_dim}
     if head_dim_v is not None:
         values[SYMBOLS["d_v"]] = head_dim_v
     return values
