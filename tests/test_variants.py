@@ -352,6 +352,19 @@ def test_a_site_with_no_batch_axis_needs_its_pairs_once():
         assert a.at(a.flops, n, b) == oracle("no_batch_axis", n, b), (n, b)
 
 
+def test_a_count_of_frames_given_as_a_number_follows_n():
+    """``num_frames=N`` beside hidden states of B·N rows: the number follows
+    the length as the tensor's rows do, so the frames' attention is over N
+    keys at every length, not over the N it was first called with."""
+    fr = load_module(MODELS / "frames_as_a_number.py")
+    a = analyze("frames_as_a_number", 64)
+    assert [(s.variant, s.heads, s.query_len, s.key_len) for s in a.sites] == \
+        [("dense", fr.HEADS, N, N)] * 2
+    for n, b in ((64, 1), (100, 2)):
+        assert a.at(a.flops, n, b) == oracle("frames_as_a_number", n, b), (n, b)
+        assert a.at(a.sites[0].useful_flops, n, b) == b * fr.HEADS * n * n * 2 * 2 * fr.DIM_HEAD
+
+
 def test_a_prefix_seen_both_ways_is_dense_not_sparse():
     """A prefix-LM's mask (a prefix seen both ways, the rest causal): every
     query meets every earlier key, the prefix's queries later prefix keys

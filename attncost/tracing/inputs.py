@@ -29,6 +29,9 @@ def probe_dims(loaded: LoadedModel) -> Any:
         raise ModelError("example_inputs returns a different structure for different lengths")
     dims = []
     for a, b in zip(flat0, flat1):
+        if _is_count(a) and _is_count(b):  # a number given beside the tensors (num_frames=N)
+            dims.append([_count_expr(a, b)])
+            continue
         if not isinstance(a, torch.Tensor):
             dims.append(None)
             continue
@@ -36,6 +39,20 @@ def probe_dims(loaded: LoadedModel) -> Any:
             raise ModelError("example_inputs returns tensors whose rank depends on the length")
         dims.append([_dim_expr(int(x), int(y)) for x, y in zip(a.shape, b.shape)])
     return dims
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count_expr(x: int, y: int) -> sympy.Expr | None:
+    """A number among the inputs that follows N or B (frames folded into the
+    batch, and their count given: ``num_frames=N``) is traced as that; any
+    other number stays the number it is."""
+    try:
+        return _dim_expr(x, y)
+    except ModelError:
+        return None
 
 
 def _dim_expr(x: int, y: int) -> sympy.Expr | None:
@@ -72,7 +89,17 @@ def symbolic_inputs(loaded: LoadedModel, mode: FakeTensorMode, seq_len: int, bat
     # `attncost validate` chooses the interpreter.
     from torch._dynamo.source import ConstantSource
 
+    def symbolic(dexpr, hint: int, name: str) -> torch.SymInt:
+        if dexpr not in made:
+            sym = shape_env.create_symbol(hint, ConstantSource(name))
+            made[dexpr] = shape_env.create_symintnode(sym, hint=hint)
+            replacements[sym] = dexpr
+        return made[dexpr]
+
     for idx, (t, tdims) in enumerate(zip(flat, dims)):
+        if _is_count(t) and tdims and tdims[0] is not None:
+            out.append(symbolic(tdims[0], t, f"attncost_in{idx}"))
+            continue
         if not isinstance(t, torch.Tensor):
             out.append(t)
             continue
@@ -81,12 +108,7 @@ def symbolic_inputs(loaded: LoadedModel, mode: FakeTensorMode, seq_len: int, bat
             if dexpr is None:
                 sizes.append(int(size))
                 continue
-            if dexpr not in made:
-                hint = int(size)
-                sym = shape_env.create_symbol(hint, ConstantSource(f"attncost_in{idx}_{j}"))
-                made[dexpr] = shape_env.create_symintnode(sym, hint=hint)
-                replacements[sym] = dexpr
-            sizes.append(made[dexpr])
+            sizes.append(symbolic(dexpr, int(size), f"attncost_in{idx}_{j}"))
         with mode:
             out.append(torch.empty(sizes, dtype=t.dtype, device=loaded.trace_device))
     return spec.unflatten(out) if hasattr(spec, "unflatten") else out, replacements
