@@ -67,9 +67,15 @@ def axis_through(node: fx.Node, source: fx.Node, axis: int) -> int | None:
         return axis + 1 if axis >= at else axis
     if pk in _FLAT_VIEWS or (pk is aten.squeeze and len(out) != len(src)):
         return _through_view(src, out, axis)
-    if len(out) >= len(src):  # elementwise, expand: broadcast from the right
-        return axis + len(out) - len(src)
+    if len(out) == len(src):  # elementwise, a slice, a pad, a gather: the axes stay
+        return axis
+    if len(out) > len(src) and (pk is aten.expand or _pointwise(node)):  # broadcast
+        return axis + len(out) - len(src)  # from the right
     return None
+
+
+def _pointwise(node: fx.Node) -> bool:
+    return torch.Tag.pointwise in getattr(node.target, "tags", ())
 
 
 def follow_axes(path: list[fx.Node], start: fx.Node, axes: tuple[int, ...]) -> tuple | None:
