@@ -43,11 +43,12 @@ def _real_flops(name: str, n: int, batch: int) -> int:
     return count_flops(mod.build_model().eval(), (), mod.example_inputs(n, batch))
 
 
-@pytest.mark.parametrize("name,sites", [("sd3", 2), ("flux", 2)])
+@pytest.mark.parametrize("name,sites", [("sd3", 2), ("flux", 2), ("chroma", 2)])
 def test_joint_attention_runs_over_image_and_text_tokens(name, sites):
-    """SD3 and Flux attend over the N image tokens and the 8 text tokens
-    together: dense, bidirectional, N + 8 queries and keys, each pair's
-    Q·Kᵀ and P·V 2·(16 + 16) per head."""
+    """SD3, Flux and Chroma attend over the N image tokens and the 8 text
+    tokens together: dense, bidirectional, N + 8 queries and keys, each
+    pair's Q·Kᵀ and P·V 2·(16 + 16) per head.  Chroma fixes the batch it is
+    traced at: its FLOPs are checked at three batches."""
     mod = _model_file(name)
     a = _analysed(name)
     assert len(a.sites) == sites
@@ -59,7 +60,7 @@ def test_joint_attention_runs_over_image_and_text_tokens(name, sites):
         for n in (64, 300):
             pairs = (n + mod.TEXT) ** 2
             assert a.at(s.useful_flops, n, 1) == mod.HEADS * pairs * 2 * 2 * mod.DIM_HEAD, n
-    for n, b in ((64, 1), (96, 2)):
+    for n, b in ((64, 1), (96, 2), (80, 3)):
         assert a.at(a.flops, n, b) == _real_flops(name, n, b), (n, b)
 
 
