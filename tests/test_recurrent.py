@@ -338,3 +338,25 @@ def test_a_chunked_fit_takes_whole_chunks_apart_where_padding_is_not_made():
                for n, b in lengths.shapes()]
     with pytest.raises(FitFailed):
         fit_number(stepped, lambda m: m.value, "FLOPs", lengths=lengths)
+
+
+def test_a_scan_from_the_last_position_back_is_not_causal():
+    """A bidirectional recurrence: the scan from the first position is
+    causal; the scans from the last back (positions in reverse order, or a
+    flipped sequence scanned forward) reach the later tokens, and say so.
+    Each writes every token into its heads' d_k × d_v state and reads it
+    there: 4·d_k·d_v per token and head."""
+    bs = load_module(MODELS / "backward_scans.py")
+    a = attncost.analyze(MODELS / "backward_scans.py", seq_len=24, device="cpu")
+    assert [(s.variant, s.implementation, s.causal) for s in a.sites] == \
+        [("linear", "recurrent", True), ("linear", "recurrent", False),
+         ("linear", "recurrent", False)]
+    assert [any("last position back" in note for note in s.notes) for s in a.sites] == \
+        [False, True, True]
+    for s in a.sites:
+        for n, b in ((24, 1), (100, 2)):
+            assert a.at(s.useful_flops, n, b) == b * n * bs.HEADS * 4 * bs.DIM_K * bs.DIM_V
+    torch.manual_seed(0)
+    model = bs.build_model().eval()
+    for n in UNTRACED:
+        assert a.at(a.flops, n, 2) == count_flops(model, bs.example_inputs(n, 2)), n

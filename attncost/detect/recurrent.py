@@ -25,7 +25,7 @@ import torch.fx as fx
 
 from ..expr import B, N, value_at
 from ..patterns.formulas import formula
-from ..paths import layer_or_path
+from ..paths import enclosing, layer_or_path
 from ..rules.flops import node_flops
 from ..rules.ops import is_view, op_name, packet
 from .graph import is_product
@@ -52,7 +52,8 @@ def find_recurrent(ctx, used: set[str]) -> list[AttentionSite]:
         if any(x.name in used for x in body):
             return None
         states = carried_states(body, period)
-        return recurrent_site(ctx, body, states, n) if states else None
+        return recurrent_site(ctx, body, states, n, runs_backward(ctx, body, period, reps)) \
+            if states else None
 
     return loop_bodies(ctx.traced, nodes, (max(3, n - SHORT_BY), n), recurrence)
 
@@ -69,7 +70,8 @@ def find_chunk_loops(ctx, used: set[str]) -> list[AttentionSite]:
         if any(x.name in used for x in body) or not _walks_pieces(ctx, body, period, reps):
             return None
         states = carried_states(body, period)
-        return chunk_loop_site(ctx, body, states, reps, used) if states else None
+        return chunk_loop_site(ctx, body, states, reps, used,
+                               runs_backward(ctx, body, period, reps)) if states else None
 
     return loop_bodies(ctx.traced, nodes, (2, None), recurrence)
 
@@ -77,11 +79,7 @@ def find_chunk_loops(ctx, used: set[str]) -> list[AttentionSite]:
 def _walks_pieces(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
     """Does repetition r take piece r of one tensor along a sequence axis
     (index r, or the slice from r·L on), the pieces covering the axis?"""
-    taken: list[dict] = [{} for _ in range(reps)]
-    for i, x in enumerate(body):
-        piece = _piece_taken(ctx, x)
-        if piece is not None:
-            taken[i // period].setdefault(piece[:2], piece[2])
+    taken = _pieces_by_repetition(ctx, body, period, reps)
     for key in set.intersection(*(set(t) for t in taken)):
         starts = [t[key] for t in taken]
         step = starts[1] - starts[0]
@@ -90,6 +88,45 @@ def _walks_pieces(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
         length = _sequence_axis_length(ctx, *key, step)
         if length is not None and (reps - 1) * step < length <= reps * step:
             return True
+    return False
+
+
+def _pieces_by_repetition(ctx, body: list[fx.Node], period: int, reps: int) -> list[dict]:
+    """For each repetition, {(tensor, axis): start} of the pieces it takes."""
+    taken: list[dict] = [{} for _ in range(reps)]
+    for i, x in enumerate(body):
+        piece = _piece_taken(ctx, x)
+        if piece is not None:
+            taken[i // period].setdefault(piece[:2], piece[2])
+    return taken
+
+
+def runs_backward(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
+    """Does the loop walk the sequence from its end back: its pieces taken
+    at falling starts (``reversed(range(N))``), or in order from tensors
+    flipped along the sequence (``x.flip(1)`` scanned forward)?  Each token
+    then reaches the later ones, not the earlier."""
+    taken = _pieces_by_repetition(ctx, body, period, reps)
+    walked = set.intersection(*(set(t) for t in taken)) if taken else set()
+    for key in walked:
+        starts = [t[key] for t in taken]
+        if all(a > b for a, b in zip(starts, starts[1:])):
+            return True
+    return bool(walked) and all(_flipped(source) for source, _ in walked)
+
+
+def _flipped(node: fx.Node, limit: int = 12) -> bool:
+    """Is ``node`` made from a flip through ops of that one tensor (views,
+    copies, a pad: a flipped sequence shifted by one)?"""
+    for _ in range(limit):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            return False
+        if packet(node) is aten.flip:
+            return True
+        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        if len(inputs) != 1:
+            return False
+        node = inputs[0]
     return False
 
 
@@ -190,9 +227,11 @@ def state_dims(traced, node: fx.Node) -> list[int]:
     return dims
 
 
-def recurrent_site(ctx, body: list[fx.Node], states: list[fx.Node], n: int) -> AttentionSite:
+def recurrent_site(ctx, body: list[fx.Node], states: list[fx.Node], n: int,
+                   backward: bool = False) -> AttentionSite:
     """The site of one loop: its FLOPs at this length, heads and state from
-    the largest carried state, and the work the recurrence needs."""
+    the largest carried state, and the work the recurrence needs.  A loop
+    that runs ``backward`` is not causal: each token reaches the later ones."""
     t = ctx.traced
     dims = {s: state_dims(t, s) for s in states}
     main = max(states, key=lambda s: int(np.prod(dims[s] or [1])))
@@ -204,14 +243,22 @@ def recurrent_site(ctx, body: list[fx.Node], states: list[fx.Node], n: int) -> A
     batch = B if any(B in sympy.sympify(d).free_symbols for d in t.shape(main) or ()) \
         else t.batch_hint
     useful = batch * n * per_token
-    name = _common_path([t.module_path(x) for x in body]) or "<root>"
+    name = enclosing([t.module_path(x) for x in body]) or "<root>"
+    notes = [f"state {'×'.join(map(str, shape))} per sequence, carried from token to token"]
+    if backward:
+        notes.append(_BACKWARD)
     return AttentionSite(
         name=name, layer=layer_or_path(name), variant="linear", implementation="recurrent",
-        causal=True, heads=heads, kv_heads=heads, head_dim=head_dim, window=None,
+        causal=not backward, heads=heads, kv_heads=heads, head_dim=head_dim, window=None,
         query_len=sympy.Integer(n), key_len=sympy.Integer(n), flops=flops,
         useful_flops=sympy.sympify(useful), complexity=formula("linear").complexity,
         feature_dim=feature, formula="linear", mask=None, nodes=[x.name for x in body],
-        notes=[f"state {'×'.join(map(str, shape))} per sequence, carried from token to token"])
+        notes=notes)
+
+
+#: The note of a loop from the last position back.
+_BACKWARD = ("the loop runs from the last position back: each token reaches the later ones "
+             "(with a forward loop beside it, the layer sees both ways)")
 
 
 def _whole(ctx, node: fx.Node) -> fx.Node:
@@ -223,14 +270,14 @@ def _whole(ctx, node: fx.Node) -> fx.Node:
 
 
 def chunk_loop_site(ctx, body: list[fx.Node], states: list[fx.Node], chunks: int,
-                    used: set[str]) -> AttentionSite:
+                    used: set[str], backward: bool = False) -> AttentionSite:
     """The site of a loop over chunks: the loop's work and that of the
     module's other products of activations (each chunk's own scores, made
     before the loop), and, as for a loop over the positions, each token
     written into the state and read from it."""
     t = ctx.traced
     n = t.seq_len_hint
-    site = recurrent_site(ctx, body, states, n)
+    site = recurrent_site(ctx, body, states, n, backward)
     module = site.name
     inside = set(body)
     extra = [x for x in t.nodes if is_product(x) and x not in inside and x.name not in used
@@ -258,14 +305,3 @@ def _makes_tensors(node: fx.Node) -> bool:
     val = node.meta.get("val")
     return isinstance(val, torch.Tensor) or (
         isinstance(val, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in val))
-
-
-def _common_path(paths: list[str]) -> str:
-    """The innermost module that every path is inside."""
-    parts = [p.split(".") if p else [] for p in paths]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    return ".".join(common)
