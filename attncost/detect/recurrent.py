@@ -112,18 +112,19 @@ def runs_backward(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
         starts = [t[key] for t in taken]
         if all(a > b for a, b in zip(starts, starts[1:])):
             return True
-    return bool(walked) and all(_flipped(source) for source, _ in walked)
+    return bool(walked) and all(_flipped(ctx, source) for source, _ in walked)
 
 
-def _flipped(node: fx.Node, limit: int = 12) -> bool:
+def _flipped(ctx, node: fx.Node, limit: int = 12) -> bool:
     """Is ``node`` made from a flip through ops of that one tensor (views,
-    copies, a pad: a flipped sequence shifted by one)?"""
+    copies, a pad or a constant put before it: a flipped sequence shifted
+    by one step)?"""
     for _ in range(limit):
         if not isinstance(node, fx.Node) or node.op != "call_function":
             return False
         if packet(node) is aten.flip:
             return True
-        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        inputs = [a for a in node.all_input_nodes if a in ctx.activations]
         if len(inputs) != 1:
             return False
         node = inputs[0]

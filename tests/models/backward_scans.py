@@ -2,8 +2,8 @@
 space models write it: one scan from the first position on (a state
 S_t = S_{t-1} + k_t v_tᵀ, read by q_t), one from the last position back,
 written two ways: positions taken in reverse order (``reversed(range(N))``)
-and a forward scan over the sequence flipped (``x.flip(1)``), its output
-flipped back.  Each token reaches the earlier ones through the first scan
+and a forward scan over the sequence flipped (``x.flip(1)``; its keys and
+values shifted one step, zeros first), its output flipped back.  Each token reaches the earlier ones through the first scan
 and the later ones through the others."""
 import torch
 import torch.nn as nn
@@ -22,6 +22,16 @@ def scan(q, k, v, order):
     return torch.stack(out, dim=2)
 
 
+def shifted(*tensors):
+    """Each tensor flipped along the sequence and shifted one step (zeros
+    first): the scan from the end back reaches the later tokens only."""
+    out = []
+    for x in tensors:
+        pad = torch.zeros_like(x[:, :, :1])
+        out.append(torch.cat([pad, x.flip(2)[:, :, :-1]], dim=2))
+    return out
+
+
 class Bidirectional(nn.Module):
     def __init__(self):
         super().__init__()
@@ -34,7 +44,7 @@ class Bidirectional(nn.Module):
             [DIM_K, DIM_K, DIM_V], dim=-1)
         ahead = scan(q, k, v, range(n))
         back = scan(q, k, v, reversed(range(n)))
-        flipped = scan(q.flip(2), k.flip(2), v.flip(2), range(n)).flip(2)
+        flipped = scan(q.flip(2), *shifted(k, v), range(n)).flip(2)
         y = (ahead + back + flipped).transpose(1, 2).reshape(b, n, HEADS * DIM_V)
         return x + self.out(y)
 
