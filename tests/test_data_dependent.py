@@ -20,6 +20,7 @@ from attncost.memory.liveness import graph_allocations
 from attncost.rules.ops import FLEX_ATTENTION
 from attncost.tracing import trace
 from attncost.tracing.einx_sizes import _size_expression
+from conftest import MODELS
 from memtrack import measure
 from oracle import count_flops, load_module
 
@@ -596,3 +597,26 @@ def test_flex_memory_is_what_the_kernel_allocates(tmp_path):
 
 
 HEADS_D = 2 * 16
+
+
+def test_sizes_read_from_a_mask_that_no_branch_decides_are_fixed_from_the_inputs():
+    """A prompt's valid tokens put before its padding (``text[:, mask]``,
+    ``text[:, ~mask]``): two sizes read from the mask's values, used only as
+    sizes, never branched on.  They are what the example inputs give (5 and
+    3), so the joint attention runs over N + 8 tokens."""
+    from attncost.expr import N
+
+    path = MODELS / "valid_tokens_first.py"
+    mod = load_module(path)
+    a = attncost.analyze(path, seq_len=64, device="cpu")
+    assert [(s.variant, s.query_len, s.key_len) for s in a.sites] == \
+        [("dense", N + mod.TEXT, N + mod.TEXT)] * 2
+    assert sum("fixed as the example inputs give it: 5" in note or
+               "fixed as the example inputs give it: 3" in note for note in a.notes) == 2
+    for n in (64, 500):
+        by_hand = mod.HEADS * (n + mod.TEXT) ** 2 * 2 * 2 * mod.DIM_HEAD
+        assert a.at(a.sites[0].useful_flops, n, 1) == by_hand
+    torch.manual_seed(0)
+    model = mod.build_model().eval()
+    for n, b in ((64, 1), (96, 2)):
+        assert a.at(a.flops, n, b) == count_flops(model, mod.example_inputs(n, b)), (n, b)

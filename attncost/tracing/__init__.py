@@ -189,7 +189,8 @@ def _lengths_read_from_data(traced: TracedModel) -> None:
     tokens that are not padding) is N: its symbol is replaced by N, and the
     branches decided on it (runtime assertions) become conditions on N."""
     fixed = traced.graph_module.meta.get("attncost_fixed") or []
-    lengths = {f.symbol: N for f in fixed if f.is_length}
+    lengths = {f.symbol: N if f.is_length else sympy.Integer(f.value)
+               for f in fixed if f.is_length or f.value is not None}
     if lengths:
         traced.replacements = {**traced.replacements, **lengths}
 
@@ -243,6 +244,7 @@ def _make_graph(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
                     not data.resolve(exc, loaded, seq_hint, batch_hint, data.n_params):
                 raise
             continue
+        data.fix_sizes(made[0], loaded, seq_hint, batch_hint)
         made[0].meta["attncost_fixed"] = list(data.fixed)
         return made
 

@@ -11,7 +11,9 @@ the traced length and at half it, and the value becomes the symbol's
 (torch's ``real_tensor_prop_unbacked_vals``: each branch on it is decided
 by that value, as a runtime assertion); the trace goes on (or, where the
 branch was not taken through the shape environment, starts again with the
-value known).  Every value so fixed is said in the notes; one that differs
+value known).  A size read from data that no branch decides (how many
+tokens a mask keeps, used as a size only) is fixed the same way once the
+trace ends.  Every value so fixed is said in the notes; one that differs
 between the two lengths (or cannot be read at the second) makes the
 analysis hold at the traced N only.  A value that depends on the weights
 cannot be read (there are none): the error says so in one line.  A
@@ -137,9 +139,25 @@ class DataValues:
         known = {f.symbol for f in self.fixed}
         symbols = sorted((s for s in dde.cond.free_symbols
                           if s.name.startswith("u") and s not in known), key=str)
-        if not symbols or self.tracer is None or len(self.fixed) + len(symbols) > MAX_FIXED:
+        if self.tracer is None:
             return False
-        graph, root = self.tracer.graph, self.tracer.root
+        return self._fix(symbols, self.tracer.graph, self.tracer.root, loaded, seq_hint,
+                         batch_hint, n_params)
+
+    def fix_sizes(self, gm: fx.GraphModule, loaded, seq_hint: int, batch_hint: int) -> None:
+        """Sizes read from data that no branch fixed (how many tokens a mask
+        keeps, used as a size only), fixed as the example inputs give them,
+        as a branch on them would have: the costs hold for those inputs."""
+        known = {f.symbol for f in self.fixed}
+        symbols = sorted(_sizes_from_data(gm.graph) - known, key=str)
+        self._fix(symbols, gm.graph, gm, loaded, seq_hint, batch_hint, self.n_params)
+
+    def _fix(self, symbols: list, graph: fx.Graph, root, loaded, seq_hint: int,
+             batch_hint: int, n_params: int) -> bool:
+        """Each of ``symbols`` run for real on the example inputs (at the
+        traced length and at half it) and fixed; False where one cannot be."""
+        if not symbols or len(self.fixed) + len(symbols) > MAX_FIXED:
+            return False
         for symbol in symbols:
             found = _producer(graph, symbol)
             if found is None:
@@ -158,6 +176,18 @@ class DataValues:
                 at[n] = None if value is None else int(read(value))
             self.fixed.append(FixedValue(symbol, at[seq_hint], _where(node), at))
         return True
+
+
+def _sizes_from_data(graph: fx.Graph) -> set:
+    """The unknown values (unbacked symbols) the graph's tensors are sized by."""
+    found = set()
+    for node in graph.nodes:
+        for t in tree_flatten(node.meta.get("val"))[0]:
+            if isinstance(t, torch.Tensor):
+                for d in t.shape:
+                    if isinstance(d, torch.SymInt):
+                        found |= {u for u in d.node.expr.free_symbols if u.name.startswith("u")}
+    return found
 
 
 def data_dependent(exc: BaseException | None) -> GuardOnDataDependentSymNode | None:
@@ -208,8 +238,9 @@ def _elements(node: fx.Node) -> int:
     total = 0
     for v in vals:
         if isinstance(v, torch.Tensor):
-            total += int(v.numel().node.hint if isinstance(v.numel(), torch.SymInt)
-                         else v.numel())
+            numel = v.numel()
+            hint = numel.node.hint if isinstance(numel, torch.SymInt) else numel
+            total += int(hint or 0)  # no hint: sized by a value read from data
     return total
 
 
