@@ -365,6 +365,16 @@ def test_a_count_of_frames_given_as_a_number_follows_n():
         assert a.at(a.sites[0].useful_flops, n, b) == b * fr.HEADS * n * n * 2 * 2 * fr.DIM_HEAD
 
 
+def test_inputs_with_a_list_as_long_as_the_batch_are_traced_at_the_batch_asked():
+    """Per-sample entries in a list (a pipeline's image shapes): the
+    inputs' structure follows the batch, so B is no symbol: the batch
+    asked is traced, and every other batch again."""
+    a = analyze("per_sample_shapes", 64)
+    assert a.batch_range == (1, 1) and len(a.sites) == 2
+    for n, b in ((64, 1), (100, 2), (80, 3)):
+        assert a.at(a.flops, n, b) == oracle("per_sample_shapes", n, b), (n, b)
+
+
 def test_a_prefix_seen_both_ways_is_dense_not_sparse():
     """A prefix-LM's mask (a prefix seen both ways, the rest causal): every
     query meets every earlier key, the prefix's queries later prefix keys

@@ -114,8 +114,11 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     traced (default: one forward without gradients); a program with
     gradients is traced in full (the replay copies forward layers only).
     """
-    dims = probe_dims(loaded)
-    _check_batch(dims, batch)
+    dims = probe_dims(loaded, batch)
+    if dims.batch_in_structure:
+        batch_as_asked = True
+    else:
+        _check_batch(dims, batch)
     # A batch of 1 would be specialized to the constant 1; trace with 2 and
     # keep B symbolic (nothing is allocated, so the size is free).
     batch_hint = batch if batch >= 2 or batch_as_asked else 2

@@ -16,28 +16,43 @@ from ..loader import LoadedModel
 _PROBES = ((11, 3), (13, 5))
 
 
-def probe_dims(loaded: LoadedModel) -> Any:
+class InputDims(list):
+    """For each flattened input, its dims' expressions in N and B (None for
+    a constant).  ``batch_in_structure``: the inputs hold a list as long as
+    the batch (a pipeline's per-sample image shapes), so B cannot be a
+    symbol: the dims were read at the batch asked, which is traced as it is."""
+
+    batch_in_structure: bool = False
+
+
+def _probe(loaded: LoadedModel, seq: int, batch: int):
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        return tree_flatten(loaded.example_inputs(seq, batch))
+
+
+def probe_dims(loaded: LoadedModel, batch: int = 1) -> InputDims:
     """Which input dims follow N and which B, found by calling the input
     builder at two small sizes under a fake mode (nothing is allocated)."""
-    outs = []
-    for seq, batch in _PROBES:
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            outs.append(loaded.example_inputs(seq, batch))
-    flat0, spec0 = tree_flatten(outs[0])
-    flat1, spec1 = tree_flatten(outs[1])
-    if spec0 != spec1 or len(flat0) != len(flat1):
-        raise ModelError("example_inputs returns a different structure for different lengths")
-    dims = []
+    probes = _PROBES
+    (flat0, spec0), (flat1, spec1) = (_probe(loaded, *p) for p in probes)
+    per_sample = spec0 != spec1 or len(flat0) != len(flat1)
+    if per_sample:  # a structure that follows the batch: read at the batch asked
+        probes = tuple((seq, batch) for seq, _ in _PROBES)
+        (flat0, spec0), (flat1, spec1) = (_probe(loaded, *p) for p in probes)
+        if spec0 != spec1 or len(flat0) != len(flat1):
+            raise ModelError("example_inputs returns a different structure for different lengths")
+    dims = InputDims()
+    dims.batch_in_structure = per_sample
     for a, b in zip(flat0, flat1):
         if _is_count(a) and _is_count(b):  # a number given beside the tensors (num_frames=N)
-            dims.append([_count_expr(a, b)])
+            dims.append([_count_expr(a, b, probes)])
             continue
         if not isinstance(a, torch.Tensor):
             dims.append(None)
             continue
         if a.dim() != b.dim():
             raise ModelError("example_inputs returns tensors whose rank depends on the length")
-        dims.append([_dim_expr(int(x), int(y)) for x, y in zip(a.shape, b.shape)])
+        dims.append([_dim_expr(int(x), int(y), probes) for x, y in zip(a.shape, b.shape)])
     return dims
 
 
@@ -45,23 +60,23 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _count_expr(x: int, y: int) -> sympy.Expr | None:
+def _count_expr(x: int, y: int, probes=_PROBES) -> sympy.Expr | None:
     """A number among the inputs that follows N or B (frames folded into the
     batch, and their count given: ``num_frames=N``) is traced as that; any
     other number stays the number it is."""
     try:
-        return _dim_expr(x, y)
+        return _dim_expr(x, y, probes)
     except ModelError:
         return None
 
 
-def _dim_expr(x: int, y: int) -> sympy.Expr | None:
+def _dim_expr(x: int, y: int, probes=_PROBES) -> sympy.Expr | None:
     """The expression in N and B of an input dim seen as x at the first probe
     and y at the second; None for a constant dim."""
-    (n0, b0), (n1, b1) = _PROBES
+    (n0, b0), (n1, b1) = probes
     if x == y:
         return None
-    for cand in (N, B, N * B):
+    for cand in (N, B, N * B) if b0 != b1 else (N,):
         if value_at(cand, n0, b0) == x and value_at(cand, n1, b1) == y:
             return cand
     # c*N + e (for example N + 1 tokens, or 2*N)
