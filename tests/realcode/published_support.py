@@ -40,6 +40,8 @@ PINNED = {
     "performer_pytorch": "1.1.4",
     "timm": "1.0.31",
     "fla": "0.6.0",
+    "labml_nn": "0.5.1",
+    "diffusers": "0.42.1",
 }
 
 
