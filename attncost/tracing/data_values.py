@@ -13,7 +13,8 @@ by that value, as a runtime assertion); the trace goes on (or, where the
 branch was not taken through the shape environment, starts again with the
 value known).  A size read from data that no branch decides (how many
 tokens a mask keeps, used as a size only) is fixed the same way once the
-trace ends.  Every value so fixed is said in the notes; one that differs
+trace ends; the rows a boolean mask picks are counted on the mask alone,
+whatever the values kept (a projection's, made from the weights).  Every value so fixed is said in the notes; one that differs
 between the two lengths (or cannot be read at the second) makes the
 analysis hold at the traced N only.  A value that depends on the weights
 cannot be read (there are none): the error says so in one line.  A
@@ -38,8 +39,9 @@ from ..errors import ModelError
 from .fake import call_args
 from .unroll import WatchedShapeEnv
 
-#: Most values one model may have fixed.
+#: Most values one model may have fixed at branches, and as sizes no branch decides.
 MAX_FIXED = 8
+MAX_SIZES = 32
 #: Most elements the real run of a value's subgraph may hold (at the traced length).
 MAX_ELEMENTS = 1 << 28
 _NEEDS_WEIGHTS = object()
@@ -150,19 +152,21 @@ class DataValues:
         as a branch on them would have: the costs hold for those inputs."""
         known = {f.symbol for f in self.fixed}
         symbols = sorted(_sizes_from_data(gm.graph) - known, key=str)
-        self._fix(symbols, gm.graph, gm, loaded, seq_hint, batch_hint, self.n_params)
+        self._fix(symbols, gm.graph, gm, loaded, seq_hint, batch_hint, self.n_params,
+                  MAX_FIXED + MAX_SIZES, as_size=True)
 
     def _fix(self, symbols: list, graph: fx.Graph, root, loaded, seq_hint: int,
-             batch_hint: int, n_params: int) -> bool:
+             batch_hint: int, n_params: int, most: int = MAX_FIXED,
+             as_size: bool = False) -> bool:
         """Each of ``symbols`` run for real on the example inputs (at the
         traced length and at half it) and fixed; False where one cannot be."""
-        if not symbols or len(self.fixed) + len(symbols) > MAX_FIXED:
+        if not symbols or len(self.fixed) + len(symbols) > most:
             return False
         for symbol in symbols:
             found = _producer(graph, symbol)
             if found is None:
                 return False
-            node, read = found
+            node, read = _by_its_mask(*found)
             at: dict[int, int | None] = {}
             for n in (seq_hint,) if self.one_length else (seq_hint, max(2, seq_hint // 2)):
                 try:
@@ -172,10 +176,23 @@ class DataValues:
                         return False
                     value = None  # not at the second length: taken as changing with N
                 if value is _NEEDS_WEIGHTS:
-                    raise ModelError(weights_error(node))
+                    raise ModelError(weights_error(node, as_size))
                 at[n] = None if value is None else int(read(value))
             self.fixed.append(FixedValue(symbol, at[seq_hint], _where(node), at))
         return True
+
+
+def _by_its_mask(node: fx.Node, read):
+    """Where ``node`` keeps the rows a boolean mask picks (``x[mask]``), its
+    size is the mask's count, whatever the values kept (a projection's, made
+    from the weights): the mask, and how to count it; else as given."""
+    if getattr(node.target, "overloadpacket", None) is torch.ops.aten.index and \
+            len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):
+        picks = [i for i in node.args[1] if isinstance(i, fx.Node)]
+        val = picks[0].meta.get("val") if len(picks) == 1 else None
+        if isinstance(val, torch.Tensor) and val.dtype == torch.bool:
+            return picks[0], lambda mask: int(mask.sum())
+    return node, read
 
 
 def _sizes_from_data(graph: fx.Graph) -> set:
@@ -209,7 +226,11 @@ def _where(node: fx.Node) -> str:
     return f"{op} in {path}" if path else op
 
 
-def weights_error(node: fx.Node) -> str:
+def weights_error(node: fx.Node, as_size: bool = False) -> str:
+    if as_size:
+        return (f"a tensor of the model is sized by a value computed from its weights "
+                f"({_where(node)}): attncost traces without weights, so that size is "
+                "unknown; make it depend on the inputs or on sizes only")
     return (f"the model branches on a value computed from its weights ({_where(node)}): "
             "attncost traces without weights, so that value is unknown; make the branch "
             "depend on the inputs or on sizes only")

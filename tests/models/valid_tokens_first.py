@@ -1,8 +1,9 @@
-"""Context tokens reordered by a mask of the valid ones, as video models
-put a prompt's real tokens before its padding (``text[:, mask]`` then
-``text[:, ~mask]``: sizes read from the mask's values, which fake tensors do
-not have), then joint attention over the N image tokens and those 8
-context tokens, 2 heads of 16."""
+"""Context tokens projected, then reordered by a mask of the valid ones, as
+video models put a prompt's real tokens before its padding (``text[:,
+mask]`` then ``text[:, ~mask]``: sizes read from the mask's values, which
+fake tensors do not have; the values kept are the projection's), then
+joint attention over the N image tokens and those 8 context tokens, 2
+heads of 16."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,9 +27,11 @@ class Joint(nn.Module):
 class Model(nn.Module):
     def __init__(self):
         super().__init__()
+        self.project = nn.Linear(DIM, DIM)
         self.layers = nn.ModuleList(Joint() for _ in range(2))
 
     def forward(self, image, text, text_mask):
+        text = self.project(text)
         valid = text_mask.bool()
         context = torch.cat([text[:, valid], text[:, ~valid]], dim=1)
         x = torch.cat([image, context], dim=1)
