@@ -118,16 +118,35 @@ def runs_backward(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
 def _flipped(ctx, node: fx.Node, limit: int = 12) -> bool:
     """Is ``node`` made from a flip through ops of that one tensor (views,
     copies, a pad or a constant put before it: a flipped sequence shifted
-    by one step)?"""
+    by one step; a norm of it, x / ‖x‖, whose other operand is made from
+    the same tensor)?"""
     for _ in range(limit):
         if not isinstance(node, fx.Node) or node.op != "call_function":
             return False
         if packet(node) is aten.flip:
             return True
         inputs = [a for a in node.all_input_nodes if a in ctx.activations]
-        if len(inputs) != 1:
+        node = _source_of_all(inputs)
+        if node is None:
             return False
-        node = inputs[0]
+    return False
+
+
+def _source_of_all(inputs: list[fx.Node], depth: int = 8) -> fx.Node | None:
+    """The one of ``inputs`` the others are made from (within ``depth``
+    ops), or None."""
+    for candidate in inputs:
+        if all(other is candidate or _made_from(other, candidate, depth) for other in inputs):
+            return candidate
+    return None
+
+
+def _made_from(node: fx.Node, source: fx.Node, depth: int) -> bool:
+    frontier = [node]
+    for _ in range(depth):
+        frontier = [a for n in frontier for a in n.all_input_nodes]
+        if source in frontier:
+            return True
     return False
 
 

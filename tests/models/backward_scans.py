@@ -2,11 +2,13 @@
 space models write it: one scan from the first position on (a state
 S_t = S_{t-1} + k_t v_tᵀ, read by q_t), one from the last position back,
 written two ways: positions taken in reverse order (``reversed(range(N))``)
-and a forward scan over the sequence flipped (``x.flip(1)``; its keys and
-values shifted one step, zeros first), its output flipped back.  Each token reaches the earlier ones through the first scan
+and a forward scan over the sequence flipped (``x.flip(1)``; its queries
+normalized, its keys and values shifted one step, zeros first), its output
+flipped back.  Each token reaches the earlier ones through the first scan
 and the later ones through the others."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 HEADS, DIM_K, DIM_V, DIM = 2, 8, 12, 32
 
@@ -44,7 +46,7 @@ class Bidirectional(nn.Module):
             [DIM_K, DIM_K, DIM_V], dim=-1)
         ahead = scan(q, k, v, range(n))
         back = scan(q, k, v, reversed(range(n)))
-        flipped = scan(q.flip(2), *shifted(k, v), range(n)).flip(2)
+        flipped = scan(F.normalize(q.flip(2), dim=-1), *shifted(k, v), range(n)).flip(2)
         y = (ahead + back + flipped).transpose(1, 2).reshape(b, n, HEADS * DIM_V)
         return x + self.out(y)
 
