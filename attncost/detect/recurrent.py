@@ -115,39 +115,20 @@ def runs_backward(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
     return bool(walked) and all(_flipped(ctx, source) for source, _ in walked)
 
 
-def _flipped(ctx, node: fx.Node, limit: int = 12) -> bool:
-    """Is ``node`` made from a flip through ops of that one tensor (views,
-    copies, a pad or a constant put before it: a flipped sequence shifted
-    by one step; a norm of it, x / ‖x‖, whose other operand is made from
-    the same tensor)?"""
-    for _ in range(limit):
-        if not isinstance(node, fx.Node) or node.op != "call_function":
-            return False
-        if packet(node) is aten.flip:
-            return True
-        inputs = [a for a in node.all_input_nodes if a in ctx.activations]
-        node = _source_of_all(inputs)
-        if node is None:
-            return False
-    return False
-
-
-def _source_of_all(inputs: list[fx.Node], depth: int = 8) -> fx.Node | None:
-    """The one of ``inputs`` the others are made from (within ``depth``
-    ops), or None."""
-    for candidate in inputs:
-        if all(other is candidate or _made_from(other, candidate, depth) for other in inputs):
-            return candidate
-    return None
-
-
-def _made_from(node: fx.Node, source: fx.Node, depth: int) -> bool:
-    frontier = [node]
-    for _ in range(depth):
-        frontier = [a for n in frontier for a in n.all_input_nodes]
-        if source in frontier:
-            return True
-    return False
+def _flipped(ctx, node: fx.Node, limit: int = 48, seen: dict | None = None) -> bool:
+    """Is ``node`` made from flipped tensors only: every activation on its
+    way back is a flip within ``limit`` ops (views, copies, a pad or a
+    constant put before it, a norm, a product of two flipped tensors)?"""
+    seen = {} if seen is None else seen
+    if (node, limit) in seen:
+        return seen[node, limit]
+    if limit == 0 or not isinstance(node, fx.Node) or node.op != "call_function":
+        return False
+    if packet(node) is aten.flip:
+        return True
+    inputs = [a for a in node.all_input_nodes if a in ctx.activations]
+    seen[node, limit] = bool(inputs) and all(_flipped(ctx, a, limit - 1, seen) for a in inputs)
+    return seen[node, limit]
 
 
 def _piece_taken(ctx, x: fx.Node) -> tuple[fx.Node, int, int] | None:
