@@ -159,27 +159,43 @@ class DataValues:
              batch_hint: int, n_params: int, most: int = MAX_FIXED,
              as_size: bool = False) -> bool:
         """Each of ``symbols`` run for real on the example inputs (at the
-        traced length and at half it) and fixed; False where one cannot be."""
+        traced length and at half it) and fixed; False where one cannot be.
+        ``as_size``: sizes no branch decides, each fixed where it can be and
+        the rest left (a router's counts, made from the weights, are shared
+        out evenly later: tracing/routed.py)."""
         if not symbols or len(self.fixed) + len(symbols) > most:
             return False
         for symbol in symbols:
-            found = _producer(graph, symbol)
-            if found is None:
+            fixed = self._read(symbol, graph, root, loaded, seq_hint, batch_hint, n_params)
+            if fixed is _NEEDS_WEIGHTS and not as_size:
+                raise ModelError(weights_error(_producer(graph, symbol)[0]))
+            if not isinstance(fixed, FixedValue):
+                if as_size:
+                    continue
                 return False
-            node, read = _by_its_mask(*found)
-            at: dict[int, int | None] = {}
-            for n in (seq_hint,) if self.one_length else (seq_hint, max(2, seq_hint // 2)):
-                try:
-                    value = _run_on_inputs(graph, root, node, loaded, n, batch_hint, n_params)
-                except Exception:  # noqa: BLE001 - the branch cannot be read: the error stands
-                    if n == seq_hint:
-                        return False
-                    value = None  # not at the second length: taken as changing with N
-                if value is _NEEDS_WEIGHTS:
-                    raise ModelError(weights_error(node, as_size))
-                at[n] = None if value is None else int(read(value))
-            self.fixed.append(FixedValue(symbol, at[seq_hint], _where(node), at))
+            self.fixed.append(fixed)
         return True
+
+    def _read(self, symbol, graph: fx.Graph, root, loaded, seq_hint: int, batch_hint: int,
+              n_params: int):
+        """``symbol``'s value on the example inputs, a FixedValue; None where
+        it cannot be read, _NEEDS_WEIGHTS where it is made from the weights."""
+        found = _producer(graph, symbol)
+        if found is None:
+            return None
+        node, read = _by_its_mask(*found)
+        at: dict[int, int | None] = {}
+        for n in (seq_hint,) if self.one_length else (seq_hint, max(2, seq_hint // 2)):
+            try:
+                value = _run_on_inputs(graph, root, node, loaded, n, batch_hint, n_params)
+            except Exception:  # noqa: BLE001 - the value cannot be read: the error stands
+                if n == seq_hint:
+                    return None
+                value = None  # not at the second length: taken as changing with N
+            if value is _NEEDS_WEIGHTS:
+                return _NEEDS_WEIGHTS
+            at[n] = None if value is None else int(read(value))
+        return FixedValue(symbol, at[seq_hint], _where(node), at)
 
 
 def _by_its_mask(node: fx.Node, read):
@@ -226,11 +242,7 @@ def _where(node: fx.Node) -> str:
     return f"{op} in {path}" if path else op
 
 
-def weights_error(node: fx.Node, as_size: bool = False) -> str:
-    if as_size:
-        return (f"a tensor of the model is sized by a value computed from its weights "
-                f"({_where(node)}): attncost traces without weights, so that size is "
-                "unknown; make it depend on the inputs or on sizes only")
+def weights_error(node: fx.Node) -> str:
     return (f"the model branches on a value computed from its weights ({_where(node)}): "
             "attncost traces without weights, so that value is unknown; make the branch "
             "depend on the inputs or on sizes only")
