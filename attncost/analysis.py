@@ -193,14 +193,13 @@ class Analysis:
     def failing_guards(self, n: int, b: int) -> list[str]:
         """The trace's conditions on N and B that are false at (n, b).  A
         batch of 1 is traced as B=2: a condition false at B=1 only (a size-1
-        axis telling itself apart, with the same ops) asks nothing of B=1;
-        one that fixes B at 2 (``Eq(B, 2)``) does."""
+        axis telling itself apart, with the same ops) asks nothing of B=1
+        (one that fixes B holds the trace to its batch: ``batch_range``)."""
         out = []
         for guard in self.guards:
             try:
                 if holds_at(guard, n, b) is False and \
-                        not (b == 1 and holds_at(guard, n, 2) is True
-                             and holds_at(guard, n, 3) is True):
+                        not (b == 1 and holds_at(guard, n, 2) is True):
                     out.append(guard)
             except (TypeError, ValueError, sympy.SympifyError):
                 continue

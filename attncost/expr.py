@@ -122,6 +122,13 @@ def length_conditions(guards: list[str]) -> list[str]:
             and N in sympy.sympify(g, locals={"N": N}).free_symbols]
 
 
+def pins_batch(condition: str) -> bool:
+    """Does ``condition`` fix B to one value (``Eq(B, 2)``: a tensor built
+    from a list as long as the batch)?"""
+    guard = _parsed(condition)
+    return isinstance(guard, sympy.Eq) and guard.free_symbols == {B}
+
+
 def fails_at(condition: str, seq_len: int, batch: int = 1) -> bool:
     """Is ``condition`` false at N=seq_len, B=batch (one that cannot be
     read there asks nothing)?"""

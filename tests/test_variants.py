@@ -334,6 +334,9 @@ def test_a_model_that_fixes_the_batch_it_ran_with_is_traced_at_the_batch_asked()
     for n, b in ((64, 1), (100, 2), (80, 3)):
         assert a.at(a.flops, n, b) == oracle("batch_as_a_list", n, b), (n, b)
     assert not a.warnings
+    at_two = analyze("batch_as_a_list", 64, batch=2)  # traced at B=2, asked at B=1
+    assert at_two.batch_range == (2, 2)
+    assert at_two.at(at_two.flops, 64, 1) == oracle("batch_as_a_list", 64, 1)
 
 
 def test_a_site_with_no_batch_axis_needs_its_pairs_once():

@@ -23,6 +23,11 @@ _FLAT_VIEWS = frozenset(getattr(aten, n) for n in ("view", "_unsafe_view", "resh
                                                     "_reshape_alias", "unflatten", "flatten")
                         if hasattr(aten, n))
 
+#: Views that read the memory in another layout (diagonals, windows): an
+#: axis there is no axis of the input.
+_RELAYING = frozenset(getattr(aten, n) for n in ("as_strided", "diagonal", "unfold")
+                      if hasattr(aten, n))
+
 
 def _shape(node) -> tuple | None:
     val = node.meta.get("val") if isinstance(node, fx.Node) else None
@@ -67,6 +72,8 @@ def axis_through(node: fx.Node, source: fx.Node, axis: int) -> int | None:
         return axis + 1 if axis >= at else axis
     if pk in _FLAT_VIEWS or (pk is aten.squeeze and len(out) != len(src)):
         return _through_view(src, out, axis)
+    if pk in _RELAYING:
+        return None
     if len(out) == len(src):  # elementwise, a slice, a pad, a gather: the axes stay
         return axis
     if len(out) > len(src) and (pk is aten.expand or _pointwise(node)):  # broadcast

@@ -103,32 +103,42 @@ def _pieces_by_repetition(ctx, body: list[fx.Node], period: int, reps: int) -> l
 
 def runs_backward(ctx, body: list[fx.Node], period: int, reps: int) -> bool:
     """Does the loop walk the sequence from its end back: its pieces taken
-    at falling starts (``reversed(range(N))``), or in order from tensors
-    flipped along the sequence (``x.flip(1)`` scanned forward)?  Each token
-    then reaches the later ones, not the earlier."""
+    at falling starts (``reversed(range(N))``), or in order from tensors its
+    own module flipped along the sequence (``x.flip(1)`` scanned forward)?
+    Each token then reaches the later ones, not the earlier.  A sequence
+    flipped before the module (a model that reads from the right) is the
+    order the module reads: its scan is causal in it."""
     taken = _pieces_by_repetition(ctx, body, period, reps)
     walked = set.intersection(*(set(t) for t in taken)) if taken else set()
     for key in walked:
         starts = [t[key] for t in taken]
         if all(a > b for a, b in zip(starts, starts[1:])):
             return True
-    return bool(walked) and all(_flipped(ctx, source) for source, _ in walked)
+    module = enclosing([ctx.traced.module_path(x) for x in body])
+    return bool(walked) and all(_flipped_in(ctx, source, module) for source, _ in walked)
 
 
-def _flipped(ctx, node: fx.Node, limit: int = 48, seen: dict | None = None) -> bool:
-    """Is ``node`` made from flipped tensors only: every activation on its
-    way back is a flip within ``limit`` ops (views, copies, a pad or a
-    constant put before it, a norm, a product of two flipped tensors)?"""
-    seen = {} if seen is None else seen
-    if (node, limit) in seen:
-        return seen[node, limit]
-    if limit == 0 or not isinstance(node, fx.Node) or node.op != "call_function":
-        return False
-    if packet(node) is aten.flip:
-        return True
-    inputs = [a for a in node.all_input_nodes if a in ctx.activations]
-    seen[node, limit] = bool(inputs) and all(_flipped(ctx, a, limit - 1, seen) for a in inputs)
-    return seen[node, limit]
+def _flipped_in(ctx, source: fx.Node, module: str) -> bool:
+    """Is ``source`` made from flipped tensors only, every activation on its
+    way back meeting a flip before it leaves ``module`` (through views,
+    copies, a pad or a constant put before it, a norm, products of flipped
+    tensors)?"""
+    stack, seen = [source], set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        path = ctx.traced.module_path(node)
+        if node.op != "call_function" or not (module == "" or _inside(path, module)):
+            return False
+        if packet(node) is aten.flip:
+            continue
+        inputs = [a for a in node.all_input_nodes if a in ctx.activations]
+        if not inputs:
+            return False
+        stack.extend(inputs)
+    return True
 
 
 def _piece_taken(ctx, x: fx.Node) -> tuple[fx.Node, int, int] | None:

@@ -24,7 +24,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 
 from ..errors import ModelError, first_line
-from ..expr import B, N
+from ..expr import B, N, pins_batch
 from ..loader import LoadedModel
 from .fake import call_args, fake_parameters, module_state_kept
 from .graph import TracedModel, tensor_outputs, tensors_of
@@ -141,7 +141,7 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     _routed_sizes(traced, loaded)
     _lengths_read_from_data(traced)
     traced.guards, traced.n_range = _guards(traced)
-    if batch_as_asked or pins_batch(traced.guards):
+    if batch_as_asked or any(pins_batch(g) for g in traced.guards):
         # the model fixes the batch it was traced at (a tensor made of the
         # batch size): its formulas hold there only, so trace the batch asked
         if batch_hint != batch:
@@ -150,16 +150,6 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
         traced.batch_range = (batch, batch)
     say_fixed_values(traced, loaded)
     return traced
-
-
-def pins_batch(guards: list[str]) -> bool:
-    """Does a condition of the trace fix B to one value (``Eq(B, 2)``)?"""
-    for text in guards:
-        guard = sympy.sympify(text, locals={"N": N, "B": B})
-        if isinstance(guard, sympy.Eq) and guard.free_symbols == {B}:
-            return True
-    return False
-
 
 
 def _routed_sizes(traced: TracedModel, loaded: LoadedModel) -> None:
@@ -190,7 +180,8 @@ def say_fixed_values(traced: TracedModel, loaded: LoadedModel) -> None:
 def _lengths_read_from_data(traced: TracedModel) -> None:
     """A value read from data that is N at every length read (the count of
     tokens that are not padding) is N: its symbol is replaced by N, and the
-    branches decided on it (runtime assertions) become conditions on N."""
+    branches decided on it (runtime assertions) become conditions on N.
+    Any other value fixed is the number the example inputs gave."""
     fixed = traced.graph_module.meta.get("attncost_fixed") or []
     lengths = {f.symbol: N if f.is_length else sympy.Integer(f.value)
                for f in fixed if f.is_length or f.value is not None}

@@ -14,9 +14,10 @@ branch was not taken through the shape environment, starts again with the
 value known).  A size read from data that no branch decides (how many
 tokens a mask keeps, used as a size only) is fixed the same way once the
 trace ends; the rows a boolean mask picks are counted on the mask alone,
-whatever the values kept (a projection's, made from the weights).  Every value so fixed is said in the notes; one that differs
-between the two lengths (or cannot be read at the second) makes the
-analysis hold at the traced N only.  A value that depends on the weights
+whatever the values kept (a projection's, made from the weights).  Every
+value so fixed is said in the notes; one that differs between the two
+lengths (or cannot be read at the second) makes the analysis hold at the
+traced N only.  A value that depends on the weights
 cannot be read (there are none): the error says so in one line.  A
 subgraph too large to run for real (``MAX_ELEMENTS``) leaves the error as
 torch raised it.

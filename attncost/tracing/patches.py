@@ -9,9 +9,10 @@ is replayed), and tells the code what real data or a real GPU would tell it:
   process fails on dynamo's cache;
 * ``inference_mode_as_no_grad`` (every model): ``torch.inference_mode``,
   entered inside the model (Meta's reference Llama decorates its
-  ``forward``), makes inference tensors below the tracer: their ops are
-  not recorded and the batch loses its symbol.  ``no_grad`` runs the same
-  ops where the trace sees them;
+  ``forward``), runs composite ops (``aten.linear``) whole below autograd,
+  so the eager replay of the memory model meets ops the graph has
+  decomposed and cannot match them.  ``no_grad`` runs the same kernels,
+  decomposed as the graph has them;
 * ``unpacked_sequences`` (transformers): no packed sequences, so SDPA runs
   its causal kernel with no mask;
 * ``flex_without_compile`` (transformers): ``flex_attention`` is called
@@ -74,8 +75,8 @@ def _enter_as_no_grad(self) -> None:
 
 def inference_mode_as_no_grad():
     """``torch.inference_mode`` (a reference model's decorated ``forward``)
-    entered as ``torch.no_grad``: the same ops, on tensors the tracer can
-    still see (see the module's docstring)."""
+    entered as ``torch.no_grad``: the same kernels, decomposed as the graph
+    has them (see the module's docstring)."""
     return patched(torch.autograd.grad_mode.inference_mode, "__enter__", _enter_as_no_grad)
 
 

@@ -5,7 +5,9 @@ written two ways: positions taken in reverse order (``reversed(range(N))``)
 and a forward scan over the sequence flipped (``x.flip(1)``; its queries
 normalized, its keys and values shifted one step, zeros first), its output
 flipped back.  Each token reaches the earlier ones through the first scan
-and the later ones through the others."""
+and the later ones through the others.  The model reads the sequence from
+the right (flipped before the mixer): that is the order its scans are
+causal or not in."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,8 +53,20 @@ class Bidirectional(nn.Module):
         return x + self.out(y)
 
 
+class RightToLeft(nn.Module):
+    """The sequence read from its end: flipped before the mixer, which scans
+    it in that order, and flipped back after."""
+
+    def __init__(self):
+        super().__init__()
+        self.mixer = Bidirectional()
+
+    def forward(self, x):
+        return self.mixer(x.flip(1)).flip(1)
+
+
 def build_model():
-    return Bidirectional()
+    return RightToLeft()
 
 
 def example_inputs(seq_len, batch=1):
