@@ -245,9 +245,39 @@ def _agree(tidy: sympy.Expr, expr: sympy.Expr, points: list) -> bool:
     return compared >= 4
 
 
+def excluded_length(condition) -> int | None:
+    """The one length ``condition`` rules out (``Ne(2*N - 1, 31)``: a table
+    the code resizes at every length but the one it was built for); None
+    for any other condition."""
+    guard = _parsed(condition)
+    if not isinstance(guard, sympy.Ne) or guard.free_symbols != {N}:
+        return None
+    side = sympy.expand(guard.lhs - guard.rhs)
+    if not side.is_polynomial(N) or sympy.degree(side, N) != 1:
+        return None
+    root = -side.coeff(N, 0) / side.coeff(N, 1)
+    return int(root) if root.is_Integer and root > 0 else None
+
+
+def _lengths_left_out(conditions: list, start: int, batch: int) -> dict[str, int]:
+    """The conditions that rule out one length past the first the others
+    allow (condition: that length): said apart, "N ≠ 16", where the lengths
+    around it follow a pattern; one at the start says where the run begins."""
+    out = {c: n for c in conditions if (n := excluded_length(c)) is not None}
+    others = [c for c in conditions if c not in out]
+    allowed = lambda n: not any(fails_at(c, n, batch) for c in others)  # noqa: E731
+    first = next((n for n in range(start, start + 256) if allowed(n) and n not in out.values()),
+                 None)
+    return {c: n for c, n in out.items() if first is not None and first < n and allowed(n)}
+
+
 def residues_allowed(conditions: list, start: int = 1, batch: int = 2) -> list[bool] | None:
     """Whether all ``conditions`` hold at N = start .. start + 255 (a
-    condition that cannot be read at some N is left out; None when none can)."""
+    condition that cannot be read at some N is left out; None when none can).
+    A condition that rules out one length inside the run is left out too
+    (``conditions_text`` names that length)."""
+    left_out = _lengths_left_out(conditions, start, batch)
+    conditions = [c for c in conditions if c not in left_out]
     span = range(start, start + 256)
     truth, read = [True] * len(span), 0
     for c in conditions:
@@ -298,14 +328,16 @@ def conditions_text(conditions: list, start: int = 1, batch: int = 2,
     None when they ask nothing there."""
     if not conditions:
         return None
+    but = ", ".join(f"N ≠ {n}" for n in sorted(set(
+        _lengths_left_out(conditions, start, batch).values()))) or None
     truth = truth if truth is not None else residues_allowed(conditions, start, batch)
     if truth is not None and all(truth):
-        return None
+        return but
     text = _residue_text(truth, start) if truth is not None and any(truth) else None
     if text is None and truth is not None and any(truth):
         text = _interval_text(truth, start)
     if text is not None:
-        return text
+        return f"{text}, {but}" if but else text
     shown = [condition_text(c, start) for c in conditions[:SHOWN_CONDITIONS]]
     more = len(conditions) - len(shown)
     return "; ".join(shown) + (f" and {more} more conditions on N" if more > 0 else "")

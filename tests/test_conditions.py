@@ -97,3 +97,27 @@ def test_a_condition_that_divides_by_a_size_that_is_zero_does_not_hold():
     assert holds_at(condition, 2) is False
     assert [n for n in range(4, 40) if holds_at(condition, n)] == \
         [n for n in range(4, 40) if n % (n // 4) == 0]
+
+
+def test_a_length_ruled_out_inside_the_run_is_named():
+    # a table built for 16 tokens is resized at every other length
+    # (Ne(2·N - 1, 31)): multiples of 4 but 16, said as such
+    conditions = ["Eq(Mod(N, 4), 0)", "Ne(2*N - 1, 31)"]
+    assert conditions_text(conditions, start=1) == "N a multiple of 4, N ≠ 16"
+    # one at the start of the run says where it begins instead
+    assert conditions_text(conditions + ["Ne(N, 4)"], start=1) == \
+        "N >= 8, N a multiple of 4, N ≠ 16"
+
+
+def test_a_count_that_does_not_grow_with_n_bounds_nothing():
+    # floor(N/ceiling(N/4)) is 4 at every multiple of 4 and 3 or less
+    # between them: the guard that it is 4 asks a residue, not a run of lengths
+    from attncost.tracing import _bounded
+
+    ceiling_quarter = sympy.floor(N / 4 + sympy.Mod(3 * N, 4) / 4)
+    guard = sympy.Eq(sympy.floor(N / ceiling_quarter), 4)
+    assert [n for n in range(60, 70) if guard.subs(N, n)] == [60, 64, 68]
+    assert _bounded(guard, 1, None, 64) == (1, None)
+    # a count of chunks that grows with N does bound it: 8 chunks of 32
+    chunks = sympy.floor(N / 32 + sympy.Mod(31 * N, 32) / 32)
+    assert _bounded(sympy.Eq(chunks, 8), 1, None, 250) == (225, 256)

@@ -420,3 +420,24 @@ def test_a_blocks_mask_is_read_at_a_length_where_the_trace_runs():
     model = pb.build_model().eval().requires_grad_(False)
     for b in (1, 2):
         assert a.at(a.flops, 64, b) == count_flops(model, pb.example_inputs(64, b)), b
+
+
+def test_a_size_made_a_python_int_stays_a_size():
+    # int(2·n − 1) sizes a relative-position table (segment-anything's
+    # get_rel_pos): torch.compile reads int() of a size as torch.sym_int, and
+    # so does the trace, which then holds at every multiple of 4 but 16 (the
+    # table is not resized there); the windows of 4 are read as windows
+    rt = load_module(MODELS / "resized_position_table.py")
+    a = attncost.analyze(MODELS / "resized_position_table.py", seq_len=64, device="cpu")
+    assert [(s.variant, s.causal, s.window) for s in a.sites] == \
+        [("local", False, rt.WINDOW), ("dense", False, None)]
+    assert a.n_range[1] is None and a.n_range[0] <= rt.WINDOW
+    assert a.valid_for().endswith(f"N a multiple of {rt.WINDOW}, N ≠ {rt.TABLE_LEN}")
+    assert not a.notes, a.notes
+    local = a.sites[0]
+    per_pair = rt.HEADS * 2 * (rt.DIM_HEAD + rt.DIM_HEAD)
+    torch.manual_seed(0)
+    model = rt.build_model().eval().requires_grad_(False)
+    for n, b in ((64, 1), (96, 2)):
+        assert a.at(local.useful_flops, n, b) == b * n * rt.WINDOW * per_pair
+        assert a.at(a.flops, n, b) == count_flops(model, rt.example_inputs(n, b)), (n, b)

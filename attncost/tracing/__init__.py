@@ -33,6 +33,7 @@ from .data_values import DataShapeEnv, DataValues, data_dependent
 from .einx_sizes import einx_symbolic
 from .fast_paths import fast_paths
 from .patches import flex_uncompiled
+from .python_numbers import numbers_kept_symbolic
 from .scalars import sizes_through_tensors
 from .repeat import find_repeated, replay_layers, truncated
 from .routed import even_split_sizes, split_note
@@ -270,7 +271,7 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
                 module_state_kept(model), loaded.trace_context(), program.context(), \
                 fast_paths(loaded.kernel_device), \
                 warnings.catch_warnings(), quiet_shape_log(), sizes_through_tensors(), \
-                data.watching():
+                numbers_kept_symbolic(model), data.watching():
             # Warnings about running eagerly on fake data concern the trace, not the model.
             warnings.simplefilter("ignore")
             with _lazy_code():
@@ -394,11 +395,21 @@ def _counted_alike(count, value: int, hint: int) -> list:
         hi = _last_where(lambda n: at(n) <= value, hint)
         lo = hint - _last_where(lambda k: k < hint and at(hint - k) == value, 0)
         grows = (lo == 1 or at(lo - 1) < value) and (hi is None or at(hi + 1) > value)
+        # a count is ``value`` all along its run (floor(N/ceiling(N/4)) is 4
+        # at multiples of 4 only: a condition on N, not a run of lengths)
+        grows = grows and all(at(n) == value for n in _inside(lo, hi, hint))
     except (TypeError, ValueError, ZeroDivisionError):  # zoo, nan: no count there
         return []
     if not grows:
         return []
     return [sympy.Ge(N, lo)] + ([sympy.Le(N, hi)] if hi is not None else [])
+
+
+def _inside(lo: int, hi: int | None, hint: int) -> set[int]:
+    """Lengths of the run lo..hi (hi None: no end) a count is checked at."""
+    top = hi if hi is not None else 16 * hint + 3
+    picks = {lo, top, hint - 1, hint + 1, (lo + top) // 2, (hint + top) // 2, 2 * hint + 1}
+    return {n for n in picks if lo <= n <= top}
 
 
 def _last_where(holds, start: int) -> int | None:
