@@ -248,27 +248,45 @@ REFORMER = dict(model_type="reformer", architectures=["ReformerModel"], hidden_s
                 pad_token_id=0)
 
 
-def test_a_length_fixed_as_a_number_past_the_fitted_lengths_is_traced_there(write_config):
-    """Reformer turns the length into a Python int (an assert on the buckets'
-    shape), so its cost is fitted from traces at N=8..24; but past its chunk
-    length of 32 it works in chunks, and the fit does not hold: attncost
-    traces it at the requested length and says the formulas hold there only."""
+def test_a_length_fixed_as_a_number_past_the_fitted_lengths_is_traced_there():
+    """dense_then_levels.py reads the length through math.log2 (a number of
+    levels), so its cost is fitted from traces at N=8..24, all dense; past 32
+    it attends over levels of blocks, and neither that fit nor one in a count
+    of chunks holds: attncost traces it at the requested length and says the
+    formulas hold there only."""
+    path = MODELS / "dense_then_levels.py"
+    mod = load_module(path)
+    n = 512
+    a = attncost.analyze(path, seq_len=n, device="cpu")
+    assert a.n_range == (n, n)
+    assert any(f"does not hold at N={n}" in note for note in a.notes), a.notes
+    torch.manual_seed(0)
+    model = mod.build_model().eval()
+    assert a.at(a.flops) == count_flops(model, mod.example_inputs(n))
+    # traced with B a plain number too: another batch is analysed there
+    assert not a.holds_at(n, 2)
+    assert a.at(a.flops, n, 2) == count_flops(model, mod.example_inputs(n, batch=2))
+
+
+def test_reformer_sizes_made_python_ints_stay_symbolic(write_config):
+    """Reformer checks its buckets' shape with ``int(buckets.shape[-1])``:
+    read as torch.compile reads it (torch.sym_int), the length stays a
+    symbol, and one trace holds from 64 to max_position_embeddings at the
+    multiples of its chunk of 32: FLOPs equal FlopCounterMode at lengths and
+    batches never traced."""
     transformers = pytest.importorskip("transformers")
     folder = write_config("reformer", **REFORMER)
-    n = 512
-    a = attncost.analyze(folder, seq_len=n, attn_implementation="eager", device="cpu")
-    assert a.n_range == (n, n)
-    assert any("does not hold at N=512" in note for note in a.notes), a.notes
+    a = attncost.analyze(folder, seq_len=512, attn_implementation="eager", device="cpu")
+    assert a.n_range == (64, REFORMER["max_position_embeddings"])
+    assert a.multiple_of() == REFORMER["lsh_attn_chunk_length"]
+    assert not any("fixes the length" in note for note in a.notes), a.notes
     config = transformers.AutoConfig.for_model(**REFORMER)
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     model = transformers.ReformerModel(config).eval()
-    ids = torch.randint(1, REFORMER["vocab_size"], (1, n))
-    assert a.at(a.flops) == count_flops(model, (ids,))
-    # traced with B a plain number too: another batch is analysed there
-    assert not a.holds_at(n, 2)
-    ids = torch.randint(1, REFORMER["vocab_size"], (2, n))
-    assert a.at(a.flops, n, 2) == count_flops(model, (ids,))
+    for n, b in ((512, 1), (256, 2), (1024, 1)):
+        ids = torch.randint(1, REFORMER["vocab_size"], (b, n))
+        assert a.at(a.flops, n, b) == count_flops(model, (ids,)), (n, b)
 
 
 def test_model_that_cannot_run_at_short_lengths_is_traced_where_asked():

@@ -302,6 +302,26 @@ def test_scores_laid_out_sequence_first_are_read_through_their_axes():
         assert a.at(a.flops, n, b) == oracle("sequence_first", n, b), (n, b)
 
 
+def test_scores_written_keys_first_are_read_by_the_softmax_axis():
+    """K·Qᵀ with the softmax over its rows, the weights transposed onto the
+    values: the rows are the keys (they are summed with the values), not
+    queries competing as in slot attention.  A causal window of 8, and
+    cross-attention to 8 context tokens with d_v ≠ d_qk."""
+    kf = load_module(MODELS / "keys_first.py")
+    a = analyze("keys_first", 64)
+    window, cross = a.sites
+    assert (window.variant, window.causal, window.window) == ("local", True, kf.WINDOW)
+    assert (cross.variant, cross.causal, cross.key_len, cross.query_len) == \
+        ("dense", False, kf.CONTEXT, N)
+    assert not window.notes and not cross.notes
+    per_pair = kf.HEADS * 2 * (kf.D_QK + kf.D_V)
+    for n, b in ((64, 1), (100, 2)):
+        pairs = sum(min(i + 1, kf.WINDOW) for i in range(n))
+        assert a.at(window.useful_flops, n, b) == b * pairs * per_pair, n
+        assert a.at(cross.useful_flops, n, b) == b * n * kf.CONTEXT * per_pair, n
+        assert a.at(a.flops, n, b) == oracle("keys_first", n, b), (n, b)
+
+
 def test_keys_read_back_from_a_cache_written_in_place_are_activations():
     """Keys and values written into registered buffers and read back from
     them (a KV cache, forward under ``torch.inference_mode``) are the

@@ -178,6 +178,10 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if layout is not None and dim not in layout:
         return []  # a softmax over the heads or the batch
     over_queries = dim == (layout[0] if layout else len(shape) - 2)  # queries compete
+    keys_first = over_queries and _sums_values_over(ctx, softmax, dim)
+    if keys_first:  # K·Qᵀ: the rows the softmax runs over are the keys
+        layout = (layout[1], layout[0]) if layout else (len(shape) - 1, len(shape) - 2)
+        over_queries = False
     dim = (layout[1] if layout else len(shape) - 1) if over_queries else dim
     scores = _sink_free(t, scores, dim)
     n_keys = settled(t.shape(scores)[dim])
@@ -186,7 +190,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
         return []
     if layout is not None and layout != (len(shape) - 2, len(shape) - 1):
         shape, dim = _queries_and_keys_last(shape, layout), len(shape) - 1
-        _note_mask_layouts(ctx, qk, score_path, mask_inputs)
+        _note_mask_layouts(ctx, qk, score_path, mask_inputs, keys_first)
     if packet(qk) is aten.baddbmm and isinstance(qk.args[0], fx.Node):
         # mask + Q·Kᵀ in one op (nn.MultiheadAttention with attn_mask)
         mask_inputs.append((qk.args[0], "additive"))
@@ -194,10 +198,13 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if operands is None:
         return []
     q_operand, k_operand, pooled = operands
+    if keys_first:
+        q_operand, k_operand = k_operand, q_operand
     # The softmax must be over the keys: the axis the Q·Kᵀ product produced
     # (or, pooling, the tokens its learned queries met), or the keys of
     # fixed windows the scores were padded into on the way.
-    if dim != len(shape) - 1 or (simplified(settled(t.shape(qk)[-1]) - n_keys) != 0
+    if dim != len(shape) - 1 or (simplified(settled(t.shape(qk)[-2 if keys_first else -1])
+                                            - n_keys) != 0
                                  and not pooled and not _relaid(n_keys, score_path)):
         return []
     applied = _applied(ctx, softmax, n_keys, pooled)
@@ -265,16 +272,32 @@ def _queries_and_keys_last(shape, layout: tuple[int, int]) -> tuple:
     return (*rest, shape[layout[0]], shape[layout[1]])
 
 
-def _note_mask_layouts(ctx, qk: fx.Node, score_path: list[fx.Node], mask_inputs) -> None:
-    """For each mask applied on the way from Q·Kᵀ, where the scores it meets
-    keep their queries and keys (ctx.mask_layouts, read by masks.py)."""
+def _note_mask_layouts(ctx, qk: fx.Node, score_path: list[fx.Node], mask_inputs,
+                       keys_first: bool = False) -> None:
+    """For each mask applied on the way from Q·Kᵀ (K·Qᵀ, ``keys_first``),
+    where the scores it meets keep their queries and keys (ctx.mask_layouts,
+    read by masks.py)."""
     rank = len(ctx.traced.shape(qk))
     forward = score_path[::-1]
     for mask, _ in mask_inputs:
         at = next((i for i, node in enumerate(forward) if mask in node.all_input_nodes), None)
         axes = follow_axes(forward[:at + 1], qk, (rank - 2, rank - 1)) if at is not None else None
         if axes is not None:
-            ctx.mask_layouts[mask] = (len(ctx.traced.shape(forward[at])), *axes)
+            ctx.mask_layouts[mask] = (len(ctx.traced.shape(forward[at])),
+                                      *(axes[::-1] if keys_first else axes))
+
+
+def _sums_values_over(ctx, softmax: fx.Node, dim: int) -> bool:
+    """Do the weights meet the values over the axis the softmax normalised?
+    Then that axis holds the keys, whatever the product's order (K·Qᵀ with
+    its softmax over the rows); slot attention normalises over the queries
+    and sums the values over the other axis."""
+    pv, prob_path, p_side = _walk_forward(ctx, softmax)
+    if pv is None:
+        return False
+    axes = follow_axes(prob_path, softmax, (dim,))
+    rank = len(ctx.traced.shape(prob_path[-1] if prob_path else softmax) or ())
+    return axes is not None and axes[0] == (rank - 1 if p_side == 0 else rank - 2)
 
 
 def _queries_and_keys(ctx, qk: fx.Node, n_keys):

@@ -1,6 +1,8 @@
-"""Attention within buckets of 16 tokens, in a model that takes the length
-as a Python int and asserts that it divides into pairs of buckets (as
-Reformer's LSH attention does): it runs only at multiples of 32."""
+"""Attention within buckets of 16 tokens, in a model that reads the length
+as a Python number (numpy numbers its positions) and asserts that it
+divides into pairs of buckets (as Reformer's LSH attention does): it runs
+only at multiples of 32."""
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -14,9 +16,10 @@ class Model(nn.Module):
         self.out = nn.Linear(HEADS * DIM_HEAD, dim)
 
     def forward(self, x):
-        b, n = x.shape[0], int(x.shape[1])
+        b, n = x.shape[0], x.shape[1]
         assert n % (2 * BUCKET) == 0, f"length {n} must divide into pairs of buckets of {BUCKET}"
-        blocks = n // BUCKET
+        positions = np.arange(n)
+        blocks = len(positions) // BUCKET
         q, k, v = self.qkv(x).view(b, blocks, BUCKET, 3, HEADS, DIM_HEAD).permute(3, 0, 4, 1, 2, 5)
         weights = (q @ k.transpose(-1, -2) * DIM_HEAD ** -0.5).softmax(-1)
         out = (weights @ v).permute(0, 2, 3, 1, 4).reshape(b, n, -1)

@@ -1,8 +1,9 @@
 """Attention over a hierarchy of levels (as h-transformer-1d computes it):
 the sequence, cut into blocks of 16, is attended within each block at the
 finest level; each coarser level averages pairs of positions first.  The
-code takes N as a Python int (its number of levels, log2(N / 32), is one)
-and asserts that N is a multiple of 64: it does not run at short lengths."""
+code takes N as a Python number (its number of levels, ``math.log2`` of the
+length less 5) and asserts that N is a multiple of 64: it does not run at
+short lengths."""
 import math
 
 import torch
@@ -18,11 +19,11 @@ class Levels(nn.Module):
         self.out = nn.Linear(DIM, DIM, bias=False)
 
     def forward(self, x):
-        b, n = x.shape[0], int(x.shape[1])
+        b, n = x.shape[0], x.shape[1]
         assert n % 64 == 0, "the length must be a multiple of 64"
         q, k, v = self.qkv(x).view(b, n, 3, HEADS, DIM // HEADS).permute(2, 0, 3, 1, 4)
         y = torch.zeros_like(v)
-        for level in range(int(math.log2(n // 32))):
+        for level in range(int(math.log2(n)) - 5):
             width = 2 ** level
             qs, ks, vs = (t.reshape(b, HEADS, n // width, width, -1).mean(dim=3) for t in (q, k, v))
             blocks = n // width // BLOCK
