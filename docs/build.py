@@ -60,10 +60,10 @@ CORPUS_MODULES = ("tests/realcode/test_published.py", "tests/realcode/test_confi
 _PUNCTUATION = ":,;()[]"
 
 
-#: Runs one command at several widths in one process: the command line is
-#: run once per width, and an analysis asked for twice with the same
-#: arguments is made once (the output at each width is what a fresh process
-#: prints; the trace is the slow part, not the printing).
+#: Runs commands at several widths in one process: each command line is run
+#: once per width, and an analysis asked for twice with the same arguments
+#: (by one command or by two) is made once: the output at each width is what
+#: a fresh process prints; the trace is the slow part, not the printing.
 _AT_WIDTHS = r"""
 import contextlib, io, json, os, sys
 import attncost, attncost.analysis as analysis
@@ -76,43 +76,53 @@ def analyze(model, seq_len, *args, **kwargs):
     return made[key]
 analysis.analyze = attncost.analyze = analyze
 from attncost.cli import main
-out = {}
-for columns in json.loads(sys.argv[1]):
-    os.environ["COLUMNS"] = str(columns)
-    printed, code = io.StringIO(), 0
-    with contextlib.redirect_stdout(printed):
-        try:
-            main(sys.argv[2:], prog_name="attncost")
-        except SystemExit as exc:
-            code = exc.code or 0
-    out[columns] = [printed.getvalue(), code]
+widths, commands = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+out = []
+for argv in commands:
+    out.append({})
+    for columns in widths:
+        os.environ["COLUMNS"] = str(columns)
+        printed, code = io.StringIO(), 0
+        with contextlib.redirect_stdout(printed):
+            try:
+                main(argv, prog_name="attncost")
+            except SystemExit as exc:
+                code = exc.code or 0
+        out[-1][columns] = [printed.getvalue(), code]
 sys.__stdout__.write(json.dumps(out))
 """
 
 
 def run_command(command: str, columns: int = WIDE) -> str:
     """What ``command`` (an `attncost ...` line) prints at ``columns``, as a guide shows it."""
-    return run_at_widths(command, (columns,))[columns]
+    return run_at_widths([command], (columns,))[0][columns]
 
 
-def run_at_widths(command: str, widths) -> dict[int, str]:
-    """What ``command`` prints at each width, from one process."""
-    argv = shlex.split(command)
-    if argv[0] != "attncost":
-        raise SystemExit(f"docs/build.py: only attncost commands can run: {command}")
+def run_at_widths(commands: list[str], widths) -> list[dict[int, str]]:
+    """What each of ``commands`` prints at each width, from one process."""
+    argvs = [shlex.split(command) for command in commands]
+    for command, argv in zip(commands, argvs):
+        if argv[0] != "attncost":
+            raise SystemExit(f"docs/build.py: only attncost commands can run: {command}")
     env = dict(os.environ, PYTHONHASHSEED="0", TERM="dumb")
     env.pop("FORCE_COLOR", None)
     done = subprocess.run([sys.executable, "-c", _AT_WIDTHS, json.dumps(list(widths)),
-                           *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           json.dumps([argv[1:] for argv in argvs])], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
     try:
         printed = json.loads(done.stdout)
     except json.JSONDecodeError:
-        raise SystemExit(f"docs/build.py: `{command}` failed:\n{done.stderr}") from None
+        raise SystemExit(f"docs/build.py: `{commands}` failed:\n{done.stderr}") from None
+    return [_shown_outputs(command, outputs, done.stderr)
+            for command, outputs in zip(commands, printed)]
+
+
+def _shown_outputs(command: str, printed: dict, stderr: str) -> dict[int, str]:
+    """Each width's output as a guide shows it (exit status 2 is a failure)."""
     out = {}
     for width, (text, code) in printed.items():
         if code == 2:
-            raise SystemExit(f"docs/build.py: `{command}` failed:\n{done.stderr}")
+            raise SystemExit(f"docs/build.py: `{command}` failed:\n{stderr}")
         # Rich pads table lines to the terminal width; the padding is noise in a guide.
         lines = [line.rstrip() for line in text.rstrip("\n").splitlines()]
         if code:
@@ -152,11 +162,21 @@ def block_for(command: str, output: str, width: int | None = None) -> str:
 def _run_all(commands: list[str], images: list[str], corpus: bool, jobs: int):
     """Every command at both widths (and every image command once), and the
     corpus's rows when a guide shows them (started first: the longest job)."""
+    # one process per job, each running the commands of one model (they share
+    # its analyses), the models dealt out round the jobs
+    by_model: dict[str, list[str]] = {}
+    for command in commands:
+        by_model.setdefault(shlex.split(command)[2], []).append(command)
+    groups: list[list[str]] = [[] for _ in range(jobs)]
+    for same in sorted(by_model.values(), key=len, reverse=True):
+        min(groups, key=len).extend(same)
+    groups = [g for g in groups if g]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         rows = [pool.submit(run_corpus, m) for m in (CORPUS_MODULES if corpus else ())]
-        printed = list(pool.map(lambda c: run_at_widths(c, (WIDE, NARROW)), commands))
+        done = list(pool.map(lambda group: run_at_widths(group, (WIDE, NARROW)), groups))
         list(pool.map(run_command, images))
-        return dict(zip(commands, printed)), [r.result() for r in rows]
+    printed = {c: out for group, outs in zip(groups, done) for c, out in zip(group, outs)}
+    return printed, [r.result() for r in rows]
 
 
 # ------------------------------------------------------------------ the corpus table

@@ -199,6 +199,31 @@ def test_a_loop_over_chunks_is_fitted_in_their_count(write_config):
     assert a.at(a.peak_memory_bytes, 700, 2) == real.peak_bytes
 
 
+def test_a_loop_over_chunks_padded_only_when_short_is_fitted_in_their_count():
+    """torchscale's chunkwise RetNet pads the length to whole chunks of 16
+    only where the last one is short: a length that fills it runs two ops
+    fewer than the lengths inside a chunk, and the chunk is still read as 16
+    (one token past it the loop runs once more).  Past 64 chunks its costs
+    are fitted in N and ceiling(N/16) and hold at lengths never traced."""
+    from conftest import MODELS
+    from memtrack import measure as measure_live
+    from oracle import load_module
+
+    path = MODELS / "padded_chunk_loop.py"
+    pc = load_module(path)
+    a = attncost.analyze(path, seq_len=1100, device="cpu")
+    assert any(f"chunks of {pc.CHUNK} tokens" in note for note in a.notes), a.notes
+    assert a.holds_at(1100) and a.holds_at(4096) and a.n_range[1] is None
+    assert [(s.variant, s.causal) for s in a.sites] == [("linear", True)] * 2
+    torch.manual_seed(0)
+    model = pc.build_model().eval().requires_grad_(False)
+    for n, batch in ((1100, 1), (2048, 2), (100, 3)):
+        assert a.at(a.flops, n, batch) == count_flops(model, pc.example_inputs(n, batch)), n
+    with torch.no_grad():
+        real = measure_live(model, pc.example_inputs(700, 2))
+    assert a.at(a.peak_memory_bytes, 700, 2) == real.peak_bytes
+
+
 def test_a_config_saved_by_transformers_with_an_infinite_limit_is_read(tmp_path):
     """transformers writes a float JSON has no literal for as
     ``{"__float__": "Infinity"}`` (Bamba's ``time_step_limit = (0.0, inf)``);

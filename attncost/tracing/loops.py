@@ -333,28 +333,40 @@ def _node_counter(loaded: LoadedModel):
     return nodes
 
 
-def _first_longer(nodes: Callable[[int], int], up_to: int) -> tuple[int, int] | None:
+def _other(count: int, base: int) -> bool:
+    return count != base
+
+
+def _more(count: int, base: int) -> bool:
+    return count > base
+
+
+def _first_longer(nodes: Callable[[int], int], up_to: int,
+                  differs: Callable[[int, int], bool] = _other) -> tuple[int, int] | None:
     """(lo, hi): the first doubling of the shortest fitted length, up to
-    ``up_to``, whose trace records other ops (hi), and the one before (lo);
-    None where every trace up to ``up_to`` records the same ops."""
+    ``up_to``, whose trace records other ops (``differs`` from its count:
+    other, or more) (hi), and the one before (lo); None where every trace up
+    to ``up_to`` records the same ops."""
     base = nodes(POSITIONS.fitted[0])
     lo, hi = POSITIONS.fitted[0], 2 * POSITIONS.fitted[0]
-    while nodes(min(hi, up_to)) == base:
+    while not differs(nodes(min(hi, up_to)), base):
         if hi >= up_to:
             return None
         lo, hi = hi, 2 * hi
     return lo, min(hi, up_to)
 
 
-def _bisect_step(nodes: Callable[[int], int], lo: int, hi: int) -> int:
-    """The longest length in [lo, hi) recording the shortest fitted length's
-    ops: ``lo`` itself first, where chunks of a power of two end."""
+def _bisect_step(nodes: Callable[[int], int], lo: int, hi: int,
+                 differs: Callable[[int, int], bool] = _other) -> int:
+    """The longest length in [lo, hi) whose ops do not differ from the
+    shortest fitted length's: ``lo`` itself first, where chunks of a power
+    of two end."""
     base = nodes(POSITIONS.fitted[0])
-    if hi - lo > 1 and nodes(lo + 1) != base:
+    if hi - lo > 1 and differs(nodes(lo + 1), base):
         return lo
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if nodes(mid) != base else (mid, hi)
+        lo, hi = (lo, mid) if differs(nodes(mid), base) else (mid, hi)
     return lo
 
 
@@ -369,20 +381,24 @@ def chunk_length(loaded: LoadedModel, seq_len: int,
     halving (up to ``seq_len``).  None where the ops do not step so (a loop
     over the tokens, or no loop)."""
     nodes = _node_counter(loaded)
+    base = POSITIONS.fitted[0]
 
     def steps_at(chunk: int) -> bool:
-        return chunk >= MIN_CHUNK and nodes(chunk) == nodes(POSITIONS.fitted[0]) and \
-            len({nodes(chunk), nodes(chunk + 1), nodes(2 * chunk + 1)}) == 3
+        # a length that fills its last chunk may skip the padding the others
+        # add (fewer ops): the chunk's ops are read one token short of it
+        inside = nodes(chunk) if nodes(chunk) == nodes(base) else nodes(chunk - 1)
+        return chunk >= MIN_CHUNK and inside == nodes(base) and nodes(chunk) <= nodes(base) \
+            and nodes(base) < nodes(chunk + 1) < nodes(2 * chunk + 1)
 
     if progress:
         progress("finding the length the model's loop steps by")
     try:
         if steps and steps_at(-(-seq_len // steps)):
             return -(-seq_len // steps)
-        doubled = _first_longer(nodes, seq_len)
+        doubled = _first_longer(nodes, seq_len, _more)
         if doubled is None:
             return None
-        lo = _bisect_step(nodes, *doubled)
+        lo = _bisect_step(nodes, *doubled, _more)
         return lo if steps_at(lo) else None
     except (TraceTooLong, TraceRaised):
         return None
