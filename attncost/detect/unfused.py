@@ -178,7 +178,8 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if layout is not None and dim not in layout:
         return []  # a softmax over the heads or the batch
     over_queries = dim == (layout[0] if layout else len(shape) - 2)  # queries compete
-    keys_first = over_queries and _sums_values_over(ctx, softmax, dim)
+    keys_first = over_queries and _sums_values_over(ctx, softmax, dim) and \
+        _of_two_activations(ctx, _sink_free(t, scores, dim))
     if keys_first:  # K·Qᵀ: the rows the softmax runs over are the keys
         layout = (layout[1], layout[0]) if layout else (len(shape) - 1, len(shape) - 2)
         over_queries = False
@@ -285,6 +286,13 @@ def _note_mask_layouts(ctx, qk: fx.Node, score_path: list[fx.Node], mask_inputs,
         if axes is not None:
             ctx.mask_layouts[mask] = (len(ctx.traced.shape(forward[at])),
                                       *(axes[::-1] if keys_first else axes))
+
+
+def _of_two_activations(ctx, scores: fx.Node) -> bool:
+    """Are the scores a product of two activations (K·Qᵀ, not K's own
+    softmax over the sequence in linear attention, nor learned queries)?"""
+    qk = _walk_back(scores, ctx)[0]
+    return qk is not None and not any(ctx.is_weight(x) for x in ctx.product_operands(qk))
 
 
 def _sums_values_over(ctx, softmax: fx.Node, dim: int) -> bool:
