@@ -155,8 +155,11 @@ def test_a_loop_over_slices_of_the_sequence_is_one_site(write_config):
     each taking ``q[:, :, 16·i : 16·i + 16]``, its scores within the block
     masked by a decay, the state Kᵀ·V of the blocks before it read by its
     queries.  One linear causal site, not one per block; the softmax layer
-    beside it, in a trace fixed at one length, stays dense causal (its
-    keys are not picked by the router of the layer before)."""
+    beside it, in traces at fixed lengths, stays dense causal (its keys are
+    not picked by the router of the layer before).  The loop's costs are
+    fitted in N and its count of blocks, and hold at lengths never traced
+    (the site named as a trace of whole blocks reads it: a short last block
+    is sliced apart)."""
     folder = write_config("minimax", **MINIMAX)  # experts' grouped products run in bfloat16
     a = attncost.analyze(folder, seq_len=64, device="cpu", attn_implementation="eager")
     kinds = [(s.name, s.variant, s.causal, s.content_based) for s in a.sites]
@@ -167,8 +170,10 @@ def test_a_loop_over_slices_of_the_sequence_is_one_site(write_config):
     # each token goes to one expert in each layer: gate, up and down
     # projections, which FlopCounterMode counts as 0 (aten._grouped_mm)
     routed = 2 * 3 * (2 * 64 * 128)
-    ids = torch.randint(0, 128, (2, 64))
-    assert a.at(a.flops, 64, 2) == count_flops(model, (), {"input_ids": ids}) + routed * 64 * 2
+    for n, b in ((64, 2), (100, 1)):
+        ids = torch.randint(0, 128, (b, n))
+        assert a.at(a.flops, n, b) == count_flops(model, (), {"input_ids": ids}) + routed * n * b
+    assert a.holds_at(100) and a.n_range[1] is None
 
 
 def test_a_loop_over_chunks_is_fitted_in_their_count(write_config):

@@ -234,10 +234,14 @@ def measured_note(lengths: FitLengths = POSITIONS, looped: bool = True) -> str:
 
 
 def fitted_sites(measured: list[Measured], lengths: FitLengths = POSITIONS) -> list:
-    """The sites found at every length (at B=1), their numbers fitted."""
+    """The sites found at every length (at B=1), their numbers fitted; each
+    named as the longest trace reads it, one of whole chunks where the loop
+    steps over chunks (a short last chunk, sliced otherwise, hides the loop's
+    repetition: MiniMax's lightning attention)."""
     single = [m for m in measured if m.batch == 1]
     common = set.intersection(*({s.name for s in m.sites} for m in single))
-    last = max((m for m in single if m.seq_len in lengths.fitted), key=lambda m: m.seq_len)
+    named_at = lengths.aligned.fitted if lengths.aligned else lengths.fitted
+    last = max((m for m in single if m.seq_len in named_at), key=lambda m: m.seq_len)
     out = []
     for site in last.sites:
         if site.name not in common:
