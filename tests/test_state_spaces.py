@@ -209,7 +209,10 @@ def test_a_loop_over_chunks_padded_only_when_short_is_fitted_in_their_count():
     only where the last one is short: a length that fills it runs two ops
     fewer than the lengths inside a chunk, and the chunk is still read as 16
     (one token past it the loop runs once more).  Past 64 chunks its costs
-    are fitted in N and ceiling(N/16) and hold at lengths never traced."""
+    are fitted in N and ceiling(N/16) and hold at lengths never traced; the
+    traces at fixed lengths read the loop as one linear causal site, its
+    state's pieces taken from Kᵀ·V per chunk (no axis of positions after
+    the chunks)."""
     from conftest import MODELS
     from memtrack import measure as measure_live
     from oracle import load_module

@@ -169,7 +169,37 @@ def _sequence_axis_length(ctx, source: fx.Node, axis: int, step: int) -> int | N
         return length
     inner = value_at(shape[axis + 1], n, b) if axis + 1 < len(shape) else 1
     padded = n <= length < n + step or n <= length * inner < n + step * inner
-    return length if padded else None
+    return length if padded or _chunks_of_sequence(ctx, source, axis) else None
+
+
+def _chunks_of_sequence(ctx, source: fx.Node, axis: int) -> bool:
+    """In a trace at one length n, is ``axis`` of ``source`` as long as the
+    count of chunks a view of the same module cut the sequence into (an axis
+    n to n + one chunk long, the sequence padded to whole chunks, made
+    (chunks, chunk))?  The pieces a loop takes may come from a product over
+    the chunks' positions (K·Vᵀ per chunk: torchscale's chunkwise RetNet),
+    whose chunk axis no longer sits before an axis of positions."""
+    t = ctx.traced
+    n = t.seq_len_hint
+    chunks = _shape_of(source)[axis]
+    module = t.module_path(source)
+    for view in t.nodes:
+        if view.op != "call_function" or not is_view(view) or t.module_path(view) != module:
+            continue
+        src, out = _shape_of(view.all_input_nodes[0]) if view.all_input_nodes else None, \
+            _shape_of(view)
+        if src is None or out is None:
+            continue
+        for k in range(len(out) - 1):
+            if out[k] == chunks and n <= chunks * out[k + 1] < n + out[k + 1] and \
+                    chunks * out[k + 1] in src and chunks * out[k + 1] not in out:
+                return True
+    return False
+
+
+def _shape_of(node) -> tuple | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
 def _fixed_length(traced) -> int | None:

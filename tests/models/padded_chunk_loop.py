@@ -2,7 +2,9 @@
 chunkwise (``chunk_recurrent_forward``): the length is padded to whole
 chunks only where it does not fill the last one; inside a chunk, Q·Kᵀ
 masked by a causal decay is applied to V; across chunks, a state Kᵀ·V is
-carried by a Python loop over the chunks and read by each chunk's queries.
+carried by a Python loop over the chunks and read by each chunk's queries;
+the state's pieces are taken from Kᵀ·V per chunk, laid out (batch, chunks,
+heads, d, d): no axis of positions follows the chunks.
 As in torchscale's RetNetDecoder, the padding is added once before the
 layers and cut off after them."""
 import torch
@@ -24,16 +26,17 @@ class ChunkwiseRetention(nn.Module):
     def forward(self, x):
         b, n, _ = x.shape
         chunks = n // CHUNK
-        q, k, v = self.qkv(x).view(b, chunks, CHUNK, 3, HEADS, DIM_HEAD).permute(3, 0, 4, 1, 2, 5)
+        # (b, chunks, heads, positions, d): the chunks before the heads
+        q, k, v = self.qkv(x).view(b, chunks, CHUNK, 3, HEADS, DIM_HEAD).permute(3, 0, 1, 4, 2, 5)
         inner = (q @ k.transpose(-1, -2) * self.decay) @ v
-        kv = k.transpose(-1, -2) @ v  # (b, heads, chunks, d, d)
+        kv = k.transpose(-1, -2) @ v  # (b, chunks, heads, d, d): the positions summed
         state = torch.zeros(b, HEADS, DIM_HEAD, DIM_HEAD)
         across = []
         for c in range(chunks):
-            across.append(q[:, :, c] @ state)
-            state = 0.5 * state + kv[:, :, c]
-        out = inner + torch.stack(across, dim=2)
-        return self.out(out.permute(0, 2, 3, 1, 4).reshape(b, n, HEADS * DIM_HEAD))
+            across.append(q[:, c] @ state)
+            state = 0.5 * state + kv[:, c]
+        out = inner + torch.stack(across, dim=1)
+        return self.out(out.transpose(2, 3).reshape(b, n, HEADS * DIM_HEAD))
 
 
 class PaddedToChunks(nn.Module):
