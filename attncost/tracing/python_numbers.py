@@ -116,20 +116,20 @@ def numbers_kept_symbolic(model: torch.nn.Module) -> Iterator[None]:
     kept symbolic (see the module's docstring)."""
     swapped: list[tuple[types.FunctionType, types.CodeType]] = []
     helpers: list[tuple[types.ModuleType, str]] = []
-    for module in _model_code(model):
-        codes = _recompiled(module)
-        if not codes:
-            continue
-        for name, helper in _HELPERS.items():
-            if name not in vars(module):
-                setattr(module, name, helper)
-                helpers.append((module, name))
-        for f in set(_functions(module)):
-            new = codes.get((f.__code__.co_qualname, f.__code__.co_firstlineno))
-            if new is not None and new.co_freevars == f.__code__.co_freevars:
-                swapped.append((f, f.__code__))
-                f.__code__ = new
     try:
+        for module in _model_code(model):
+            codes = _recompiled(module)
+            if not codes:
+                continue
+            for name, helper in _HELPERS.items():
+                if name not in vars(module):
+                    setattr(module, name, helper)
+                    helpers.append((module, name))
+            for f in set(_functions(module)):
+                new = codes.get((f.__code__.co_qualname, f.__code__.co_firstlineno))
+                if new is not None and new.co_freevars == f.__code__.co_freevars:
+                    swapped.append((f, f.__code__))
+                    f.__code__ = new
         yield
     finally:
         for f, code in swapped:

@@ -16,7 +16,8 @@ def relative_bias(table, n):
     rows = int(2 * n - 1)
     if table.shape[0] != rows:
         table = F.interpolate(table.t()[None], size=rows, mode="linear")[0].t()
-    offsets = torch.arange(n)[:, None] - torch.arange(n)[None, :] + (n - 1)
+    positions = torch.arange(n, dtype=int)  # int as a dtype: the name keeps its meaning
+    offsets = positions[:, None] - positions[None, :] + (n - 1)
     return table[offsets].permute(2, 0, 1)  # heads, queries, keys
 
 
