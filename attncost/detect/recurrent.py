@@ -178,28 +178,35 @@ def _chunks_of_sequence(ctx, source: fx.Node, axis: int) -> bool:
     n to n + one chunk long, the sequence padded to whole chunks, made
     (chunks, chunk))?  The pieces a loop takes may come from a product over
     the chunks' positions (K·Vᵀ per chunk: torchscale's chunkwise RetNet),
-    whose chunk axis no longer sits before an axis of positions."""
+    whose chunk axis no longer sits before an axis of positions.  Sizes are
+    read as numbers only (a symbolic size is never compared: that would add
+    a guard to the trace)."""
     t = ctx.traced
     n = t.seq_len_hint
-    chunks = _shape_of(source)[axis]
+    chunks = _sizes(t, source)[axis] if _sizes(t, source) else None
+    if chunks is None:
+        return False
     module = t.module_path(source)
     for view in t.nodes:
-        if view.op != "call_function" or not is_view(view) or t.module_path(view) != module:
+        if view.op != "call_function" or not is_view(view) or not view.all_input_nodes or \
+                t.module_path(view) != module:
             continue
-        src, out = _shape_of(view.all_input_nodes[0]) if view.all_input_nodes else None, \
-            _shape_of(view)
+        src, out = _sizes(t, view.all_input_nodes[0]), _sizes(t, view)
         if src is None or out is None:
             continue
         for k in range(len(out) - 1):
-            if out[k] == chunks and n <= chunks * out[k + 1] < n + out[k + 1] and \
-                    chunks * out[k + 1] in src and chunks * out[k + 1] not in out:
+            cut = chunks * out[k + 1]
+            if out[k] == chunks and n <= cut < n + out[k + 1] and cut in src and cut not in out:
                 return True
     return False
 
 
-def _shape_of(node) -> tuple | None:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+def _sizes(traced, node) -> tuple[int, ...] | None:
+    """``node``'s sizes where every one is a number, else None."""
+    shape = traced.shape(node) if isinstance(node, fx.Node) else None
+    if shape is None or not all(sympy.sympify(s).is_Integer for s in shape):
+        return None
+    return tuple(int(s) for s in shape)
 
 
 def _fixed_length(traced) -> int | None:
