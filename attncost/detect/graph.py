@@ -9,7 +9,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B, N, settled, simplified
+from ..expr import B, N, as_int, settled, simplified
 from ..rules.flops import FLOP_RULES
 from ..rules.ops import BIASED_MATMUL_OPS, COPY_OPS, FACTORY_LIKE_OPS, GATHER_OPS, MATMUL_OPS, \
     RANKING_OPS, SCATTER_OPS, SOFTMAX_OPS, getitem, is_view, packet, writes_input
@@ -137,6 +137,32 @@ class GraphContext:
                 break
             node = node.args[0]
         return simplified(ratio)
+
+    def number_sizes(self, node) -> tuple[int, ...] | None:
+        """``node``'s sizes where every one is a number, else None (a
+        symbolic size is never compared here: that would add a guard)."""
+        shape = self.traced.shape(node) if isinstance(node, fx.Node) else None
+        sizes = [as_int(s) for s in shape] if shape is not None else None
+        return tuple(sizes) if sizes is not None and None not in sizes else None
+
+    @functools.cached_property
+    def sequence_cuts(self) -> set[tuple[str, int]]:
+        """(module, count of chunks) of every view that cuts an axis n to
+        n + one chunk long (the sequence padded to whole chunks) into
+        (chunks, chunk), in a trace at one length n."""
+        t, cuts = self.traced, set()
+        n = t.seq_len_hint
+        for view in t.nodes:
+            if view.op != "call_function" or not is_view(view) or not view.all_input_nodes:
+                continue
+            src, out = self.number_sizes(view.all_input_nodes[0]), self.number_sizes(view)
+            if src is None or out is None:
+                continue
+            for k in range(len(out) - 1):
+                cut = out[k] * out[k + 1]
+                if n <= cut < n + out[k + 1] and cut in src and cut not in out:
+                    cuts.add((t.module_path(view), out[k]))
+        return cuts
 
     @functools.cached_property
     def activations(self) -> set[fx.Node]:

@@ -181,40 +181,9 @@ def _chunks_of_sequence(ctx, source: fx.Node, axis: int) -> bool:
     whose chunk axis no longer sits before an axis of positions.  Sizes are
     read as numbers only (a symbolic size is never compared: that would add
     a guard to the trace)."""
-    sizes = _sizes(ctx.traced, source)
+    sizes = ctx.number_sizes(source)
     return sizes is not None and \
-        (ctx.traced.module_path(source), sizes[axis]) in _sequence_cuts(ctx)
-
-
-def _sequence_cuts(ctx) -> set[tuple[str, int]]:
-    """(module, count of chunks) of every view that cuts an axis n to n +
-    one chunk long (the padded sequence) into (chunks, chunk), read once per
-    graph."""
-    cuts = getattr(ctx, "_sequence_cuts", None)
-    if cuts is not None:
-        return cuts
-    t, cuts = ctx.traced, set()
-    n = t.seq_len_hint
-    for view in t.nodes:
-        if view.op != "call_function" or not is_view(view) or not view.all_input_nodes:
-            continue
-        src, out = _sizes(t, view.all_input_nodes[0]), _sizes(t, view)
-        if src is None or out is None:
-            continue
-        for k in range(len(out) - 1):
-            cut = out[k] * out[k + 1]
-            if n <= cut < n + out[k + 1] and cut in src and cut not in out:
-                cuts.add((t.module_path(view), out[k]))
-    ctx._sequence_cuts = cuts
-    return cuts
-
-
-def _sizes(traced, node) -> tuple[int, ...] | None:
-    """``node``'s sizes where every one is a number, else None."""
-    shape = traced.shape(node) if isinstance(node, fx.Node) else None
-    if shape is None or not all(sympy.sympify(s).is_Integer for s in shape):
-        return None
-    return tuple(int(s) for s in shape)
+        (ctx.traced.module_path(source), sizes[axis]) in ctx.sequence_cuts
 
 
 def _fixed_length(traced) -> int | None:
