@@ -277,6 +277,8 @@ def residues_allowed(conditions: list, start: int = 1, batch: int = 2) -> list[b
     A condition that rules out one length inside the run is left out too
     (``conditions_text`` names that length)."""
     left_out = _lengths_left_out(conditions, start, batch)
+    if left_out and len(left_out) == len(conditions) <= 3:
+        return [True] * 256  # nothing asked but a few lengths left out
     conditions = [c for c in conditions if c not in left_out]
     span = range(start, start + 256)
     truth, read = [True] * len(span), 0

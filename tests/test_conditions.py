@@ -121,3 +121,8 @@ def test_a_count_that_does_not_grow_with_n_bounds_nothing():
     # a count of chunks that grows with N does bound it: 8 chunks of 32
     chunks = sympy.floor(N / 32 + sympy.Mod(31 * N, 32) / 32)
     assert _bounded(sympy.Eq(chunks, 8), 1, None, 250) == (225, 256)
+
+
+def test_one_length_ruled_out_and_nothing_else_is_named():
+    # a trace whose one condition is that two sizes differ (2N − 64 ≠ N)
+    assert conditions_text(["Ne(2*N - 64, N)"]) == "N ≠ 64"

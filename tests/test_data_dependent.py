@@ -620,3 +620,41 @@ def test_sizes_read_from_a_mask_that_no_branch_decides_are_fixed_from_the_inputs
     model = mod.build_model().eval()
     for n, b in ((64, 1), (96, 2)):
         assert a.at(a.flops, n, b) == count_flops(model, mod.example_inputs(n, b)), (n, b)
+
+
+def test_sizes_kept_in_a_set_and_a_cache_stay_symbolic():
+    """Lumina2's packing: each sample's length (text read from its mask, +
+    N) goes into ``set()``, rotary angles into a cache keyed by the length,
+    and the tokens into a zeroed buffer.  torch refuses to hash a size; the
+    trace hashes it by its value and holds for every N."""
+    from attncost.expr import N
+
+    path = MODELS / "packed_text_and_image.py"
+    mod = load_module(path)
+    a = attncost.analyze(path, seq_len=64, device="cpu")
+    assert [(s.variant, s.causal, s.query_len, s.key_len) for s in a.sites] == \
+        [("dense", False, N + mod.TEXT, N + mod.TEXT)] * 2
+    assert a.n_range == (1, None) and a.valid_for() is None
+    torch.manual_seed(0)
+    model = mod.build_model().eval()
+    for n, b in ((64, 1), (100, 2)):
+        by_hand = b * mod.HEADS * (n + mod.TEXT) ** 2 * 2 * 2 * mod.DIM_HEAD
+        assert a.at(a.sites[0].useful_flops, n, b) == by_hand
+        assert a.at(a.flops, n, b) == count_flops(model, mod.example_inputs(n, b)), (n, b)
+
+
+def test_two_sizes_that_meet_at_one_length_rule_it_out(tmp_path):
+    """``len({n, 2n − 64})`` is 2 at the traced length and 1 at N = 64: the
+    trace must not assume they differ everywhere."""
+    path = write_model(tmp_path, "sizes_in_a_set", """
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(DIM, DIM)
+        def forward(self, x):
+            n = x.shape[1]
+            kinds = len({n, 2 * n - 64})
+            return self.proj(x) * kinds
+    """)
+    a = attncost.analyze(path, seq_len=128, device="cpu")
+    assert a.valid_for() is not None and "N ≠ 64" in a.valid_for(), a.valid_for()

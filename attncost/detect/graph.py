@@ -83,12 +83,13 @@ class GraphContext:
             self.flop_rules = FLOP_RULES
         self.order = {n: i for i, n in enumerate(self.traced.nodes)}
 
-    def is_weight(self, node, limit: int = 12) -> bool:
+    def is_weight(self, node, limit: int = 12, content: set | None = None) -> bool:
         """Is this operand a parameter or buffer (seen through views)?  Not
         a buffer the model writes activations into (a KV cache, written in
-        place before its keys are read back)."""
+        place before its keys are read back); ``content``: the activations
+        known so far, while they are being found."""
         for _ in range(limit):
-            if not isinstance(node, fx.Node) or self._holds_activations(node):
+            if not isinstance(node, fx.Node) or self._holds_activations(node, content):
                 return False
             if node.op == "placeholder":
                 return self.traced.placeholder_kinds.get(node.name) in ("parameter", "buffer")
@@ -98,10 +99,15 @@ class GraphContext:
             node = node.args[0]
         return False
 
-    def _holds_activations(self, node: fx.Node) -> bool:
-        """Does the model write activations in place into this tensor or its views?"""
+    def _holds_activations(self, node: fx.Node, content: set | None = None) -> bool:
+        """Does the model write activations in place into this tensor or its
+        views?  (Of ``content`` where given: a buffer filled from the input
+        before it is read, as Lumina2 packs text and image tokens.)"""
         if is_view(node):
             return False  # asked of the tensor it views
+        if content is not None:
+            _, writes = views_and_writes(node)
+            return any(isinstance(a, fx.Node) and a in content for w in writes for a in w.args[1:])
         if node not in self._written:
             _, writes = views_and_writes(node)
             self._written[node] = any(isinstance(a, fx.Node) and a in self.activations
@@ -186,7 +192,8 @@ class GraphContext:
             args = node.all_input_nodes
             if any(a in from_input for a in args):
                 from_input.add(node)
-                if any(a in content for a in args) or any(self.is_weight(a) for a in args):
+                if any(a in content for a in args) or \
+                        any(self.is_weight(a, content=content) for a in args):
                     content.add(node)
         return content
 

@@ -33,7 +33,7 @@ from .data_values import DataShapeEnv, DataValues, data_dependent
 from .einx_sizes import einx_symbolic
 from .fast_paths import fast_paths
 from .patches import flex_uncompiled
-from .python_numbers import numbers_kept_symbolic
+from .python_numbers import numbers_kept_symbolic, sizes_hashable
 from .scalars import sizes_through_tensors
 from .repeat import find_repeated, replay_layers, truncated
 from .routed import even_split_sizes, split_note
@@ -271,7 +271,7 @@ def _make_graph_once(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int,
                 module_state_kept(model), loaded.trace_context(), program.context(), \
                 fast_paths(loaded.kernel_device), \
                 warnings.catch_warnings(), quiet_shape_log(), sizes_through_tensors(), \
-                numbers_kept_symbolic(model), data.watching():
+                numbers_kept_symbolic(model), sizes_hashable(), data.watching():
             # Warnings about running eagerly on fake data concern the trace, not the model.
             warnings.simplefilter("ignore")
             with _lazy_code():

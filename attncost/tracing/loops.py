@@ -34,6 +34,7 @@ from .fast_paths import fast_paths
 from .patches import flex_uncompiled
 from .fit import (FIT_BATCHES, LATE, MIN_CHUNK, POSITIONS, FitFailed, FitLengths, chunked,
                   count_of, first_chunks, fit, fit_number, past_reach)
+from .python_numbers import sizes_hashable
 from .unroll import quiet_shape_log
 
 #: Lengths and batches the polynomials are fitted through, and the (length,
@@ -144,7 +145,7 @@ def _concrete_once(loaded: LoadedModel, seq_len: int, batch: int, max_calls: int
     try:
         with torch.no_grad(), _record_module_paths(model), flex_uncompiled(), \
                 module_state_kept(model), loaded.trace_context(), fast_paths(loaded.kernel_device), \
-                warnings.catch_warnings(), quiet_shape_log(), budget, \
+                warnings.catch_warnings(), quiet_shape_log(), budget, sizes_hashable(), \
                 data.watching():
             warnings.simplefilter("ignore")
             gm = make_fx(INFERENCE.build(model, params), tracing_mode="fake",

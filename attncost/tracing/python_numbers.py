@@ -16,6 +16,14 @@ through ``sym_int`` and ``sym_float``; the names themselves are untouched,
 so ``dtype=int`` and ``isinstance(x, int)`` mean what they meant.  A number
 made from data (``tensor.item()``) is not a symbolic size, and is read as
 before.
+
+``sizes_hashable()`` lets a size be a key: Lumina2 asks ``len(set(lengths))``
+of each sample's length, and caches (``functools.lru_cache``) take sizes
+as arguments; torch refuses to hash a SymInt.  While a model is traced, a
+size hashes by its value at the traced length, within that trace only, so
+two sizes meet (and are compared, which guards the trace) where they are
+equal there; two that differ there are compared at once, so that a length
+where they would meet is ruled out by a guard rather than assumed away.
 """
 from __future__ import annotations
 
@@ -23,10 +31,12 @@ import ast
 import contextlib
 import functools
 import inspect
+import itertools
 import types
 from typing import Iterator
 
 import torch
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 _CALLS = {"int": "__attncost_sym_int__", "float": "__attncost_sym_float__"}
 _SYMBOLIC = (torch.SymInt, torch.SymFloat)
@@ -136,3 +146,47 @@ def numbers_kept_symbolic(model: torch.nn.Module) -> Iterator[None]:
             f.__code__ = code
         for module, name in helpers:
             delattr(module, name)
+
+
+_TRACES = itertools.count()
+
+
+def _hint(node) -> int | None:
+    """A size's value at the traced length; a value read from data in it
+    is fixed first, as a branch on it would fix it (tracing.data_values)."""
+    if node.hint is not None:
+        return node.hint
+    env = node.shape_env
+    for symbol in free_unbacked_symbols(node.expr):
+        env.evaluate_expr(symbol)
+    return env.size_hint(node.expr, allow_none=True)
+
+
+@contextlib.contextmanager
+def sizes_hashable() -> Iterator[None]:
+    """SymInts hashable for the duration (see the module's docstring).  A
+    cache filled in this trace is never hit by another: the hash names it."""
+    trace = next(_TRACES)
+    hashed: dict[object, torch.SymInt] = {}  # by expression
+    unhashable = torch.SymInt.__hash__
+
+    def __hash__(self: torch.SymInt) -> int:
+        node = self.node
+        value = node.maybe_as_int()
+        if value is not None:
+            return hash(value)
+        hint = None if node.is_nested_int() else _hint(node)
+        if hint is None:
+            return unhashable(self)
+        if node.expr not in hashed:
+            for other in list(hashed.values()):
+                if _hint(other.node) != hint and other.node.shape_env is node.shape_env:
+                    bool(self != other)  # a guard where they would be equal
+            hashed[node.expr] = self
+        return hash(("size in trace", trace, hint))
+
+    torch.SymInt.__hash__ = __hash__
+    try:
+        yield
+    finally:
+        torch.SymInt.__hash__ = unhashable
