@@ -117,9 +117,19 @@ def holds_at(condition, seq_len: int, batch: int = 1) -> bool | None:
 
 def length_conditions(guards: list[str]) -> list[str]:
     """A trace's conditions on N other than its range: a residue, an
-    equality (``Eq(Mod(N, 16), 0)``: a length padded to blocks)."""
-    return [g for g in guards if ("Mod" in g or "Eq(" in g or "Ne(" in g)
+    equality (``Eq(Mod(N, 16), 0)``: a length padded to blocks), or an
+    inequality that is not a bound on N (``2*floor(N/2) >= N``: N even)."""
+    return [g for g in guards if ("Mod" in g or "Eq(" in g or "Ne(" in g or _not_a_bound(g))
             and N in sympy.sympify(g, locals={"N": N}).free_symbols]
+
+
+def _not_a_bound(condition: str) -> bool:
+    """An inequality in N alone whose sides differ by more than a line in N."""
+    guard = _parsed(condition)
+    if not isinstance(guard, sympy.core.relational.Relational) or guard.free_symbols != {N}:
+        return False
+    side = sympy.expand(guard.lhs - guard.rhs)
+    return not (side.is_polynomial(N) and sympy.degree(side, N) <= 1)
 
 
 def pins_batch(condition: str) -> bool:

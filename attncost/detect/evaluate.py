@@ -200,8 +200,20 @@ def evaluate_node(ctx, target: fx.Node, n_eval: int, given: dict | None = None):
             result = module(*[feeds[n] for n in order])
     except Exception as exc:  # the mask code needs something we cannot give it
         raise CannotEvaluate(f"{type(exc).__name__}: {first_line(exc)}")
+    if _not_a_number(result):
+        # weights read as zeros divided by their norm (a weight-normalised
+        # convolution: wav2vec 2.0's positional embedding) make the hidden
+        # states 0/0: read again with the activations nearest as zeros
+        zeroed = _activations_as_zeros(ctx, target, n_eval, batch, given)
+        if zeroed:
+            result = evaluate_node(ctx, target, n_eval, {**given, **zeroed})
     ctx.evaluated[key] = result
     return result
+
+
+def _not_a_number(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and \
+        bool(torch.isnan(value).any())
 
 
 def _fake_constants(gm: fx.GraphModule, needed: set[fx.Node]) -> dict[fx.Node, torch.Tensor]:

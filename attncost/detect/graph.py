@@ -35,11 +35,12 @@ SEQUENCE_REDUCTIONS = frozenset(
         "avg_pool2d", "adaptive_avg_pool1d", "_adaptive_avg_pool2d", "convolution",
     ) if hasattr(aten, n)
 )
-#: Ops that may sit between the softmax and ·V (dropout, casts).
+#: Ops that may sit between the softmax and ·V (dropout, casts; a mask's
+#: rows zeroed in place, as DeBERTa's XSoftmax does).
 PROB_OPS = frozenset(
     getattr(aten, n) for n in (
         "_to_copy", "clone", "native_dropout", "dropout", "mul", "div", "masked_fill",
-        "where", "contiguous", "to", "constant_pad_nd",
+        "masked_fill_", "mul_", "div_", "where", "contiguous", "to", "constant_pad_nd",
     ) if hasattr(aten, n)
 )
 

@@ -16,7 +16,11 @@ Read from the forward's signature and the config:
 * input features for a speech model: Whisper pads every input to its fixed
   window (``max_source_positions`` encoder frames, 30 s), so the encoder
   reads that window and N is the decoder's tokens; a model whose encoder
-  takes any length (Speech2Text) reads N feature frames.
+  takes any length (Speech2Text) reads N feature frames;
+* a raw waveform for a speech encoder that cuts it into frames with a
+  stack of strided convolutions (wav2vec 2.0, HuBERT, WavLM): the fewest
+  samples that make N frames, S·(N − 1) + R (S the strides' product, R the
+  stack's receptive field), so N is the frames the transformer reads.
 
 Each case adds a line to the notes that says what N means.
 """
@@ -74,6 +78,25 @@ def _features(config) -> tuple[Callable[[int, int], torch.Tensor], str]:
         return frames_of, "N is the input's feature frames (and the decoder's tokens)"
     raise ModelError(f"{type(config).__name__} takes input_features of a layout attncost does "
                      "not know: write a .py file with example_inputs(seq_len, batch=1)")
+
+
+def _waveform(config) -> tuple[Callable[[int, int], torch.Tensor], str]:
+    kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+    if not kernels or not strides or len(kernels) != len(strides):
+        raise ModelError(f"{type(config).__name__} takes input_values but its config has no "
+                         "conv_kernel and conv_stride: write a .py file with "
+                         "example_inputs(seq_len, batch=1)")
+    stride, field = 1, 1
+    for k, s in zip(kernels, strides):
+        field += (int(k) - 1) * stride
+        stride *= int(s)
+    rate = getattr(config, "sampling_rate", None) or 16000
+
+    def samples(n: int, b: int) -> torch.Tensor:
+        return torch.zeros(b, stride * (n - 1) + field)
+
+    return samples, (f"N is the audio's frames: input_values of {stride}·(N − 1) + {field} "
+                     f"samples ({stride / rate * 1000:g} ms a frame at {rate} Hz)")
 
 
 def _images_among_tokens(config) -> bool:
@@ -136,6 +159,9 @@ def hf_inputs(model: torch.nn.Module, config, use_cache: bool,
     if "input_features" in params:
         builders["input_features"], note = _features(config)
         notes.append(note)
+    elif "input_values" in params:
+        builders["input_values"], note = _waveform(config)
+        notes.append(note)
     if "input_ids" in params:
         builders["input_ids"] = _text_ids(config)
         if "pixel_values" in builders:
@@ -146,7 +172,7 @@ def hf_inputs(model: torch.nn.Module, config, use_cache: bool,
             notes.append("N is both the encoder's and the decoder's tokens")
     if not builders:
         raise ModelError(f"{type(model).__name__}.forward takes none of input_ids, pixel_values, "
-                         "input_features: write a .py file with example_inputs(seq_len, batch=1)")
+                         "input_features, input_values: write a .py file with example_inputs(seq_len, batch=1)")
     fixed: dict[str, Any] = {}
     if "use_cache" in params:
         fixed["use_cache"] = use_cache
