@@ -19,7 +19,7 @@ import torch
 from .detect import AttentionSite, find_sites
 from .errors import AttncostError, ModelError
 from .expr import N, condition_text, conditions_text, degree, holds_at, length_conditions, \
-    multiple_asked, on_multiples, padded_tidied, residues_allowed, value_at
+    excluded_length, multiple_asked, on_multiples, padded_tidied, residues_allowed, value_at
 from .loader import LoadedModel, load, with_quantization
 from .loader.positions import beyond_limit_warning
 from .memory import MemoryModel, peak_memory
@@ -324,6 +324,14 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     except UnrolledLoop as unrolled:
         if mode != "infer" or plan is not None:
             raise
+        here = functools.partial(_traced_at, loaded, seq_len, batch, options,
+                                 flop_rules(flop_rules_override), say)
+        across = _across_a_branch_on(loaded, seq_len, batch, options,
+                                     flop_rules(flop_rules_override), say, here) \
+            if unrolled.steps == seq_len else None
+        if across is not None:
+            _on_multiples(across)
+            return across
         return _fitted_loop(loaded, seq_len, batch, device, options,
                             flop_rules(flop_rules_override), allocation_rules, progress,
                             unrolled.steps)
@@ -340,7 +348,11 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
         return result
     rules = flop_rules(flop_rules_override)
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
-    if fixed_length(traced.shape_env) is not None and mode == "infer" and plan is None:
+    if fixed_length(traced.shape_env) == seq_len and mode == "infer" and plan is None:
+        result = _across_a_branch_on(loaded, seq_len, batch, options, rules, say,
+                                     lambda: result) or \
+            _fitted_instead(result, device, allocation_rules, progress)
+    elif fixed_length(traced.shape_env) is not None and mode == "infer" and plan is None:
         result = _fitted_instead(result, device, allocation_rules, progress)
     if mode == "train":
         from .training import TrainingOptions, with_training
@@ -421,6 +433,61 @@ def _fitted_instead(traced: Analysis, device: str, allocation_rules, progress) -
                             here=lambda why: traced)
     except AttncostError:
         return traced
+
+
+def _across_a_branch_on(loaded: LoadedModel, seq_len: int, batch: int, options: dict, rules,
+                        say, here: Callable[[], Analysis | None]) -> Analysis | None:
+    """A trace that fixed N at the requested length may have met a branch
+    on it (CLIP's ``num_patches == num_positions``: N is the config's own
+    grid of patches), not a loop: the model is traced a step away, and
+    where that trace holds at every length but this one and its formulas
+    give, here, the costs of the model traced here (``here()``), they hold
+    here too and are the answer.  None where they do not."""
+    for other_n in (seq_len + 1, 2 * seq_len):
+        try:
+            traced = trace(loaded, other_n, batch)
+        except UnrolledLoop:
+            return None  # it fixes the length there too: a loop over it
+        except ModelError:
+            continue
+        if fixed_length(traced.shape_env) is not None:
+            return None
+        if not _holds_but_at(traced, seq_len):
+            continue
+        other = _forward(loaded, traced, other_n, batch, options, rules, say)
+        pinned = here()
+        if pinned is None or not _same_costs_at(other, pinned):
+            return None
+        other.guards = [g for g in other.guards if excluded_length(g) != seq_len]
+        other.seq_len = seq_len
+        other.notes.append(f"at N={seq_len:,} the model takes another branch (its code compares "
+                           f"the length with {seq_len:,}), at the same cost")
+        return other
+    return None
+
+
+def _holds_but_at(traced: TracedModel, n: int) -> bool:
+    """Does the trace hold at N=n but for conditions that rule out n alone?"""
+    lo, hi = traced.n_range
+    if n < lo or (hi is not None and n > hi):
+        return False
+    failing = [g for g in traced.guards if holds_at(g, n, traced.batch_hint) is False]
+    return all(excluded_length(g) == n for g in failing)
+
+
+def _same_costs_at(other: Analysis, pinned: Analysis) -> bool:
+    """The same sites, FLOPs and peak memory at ``pinned``'s length."""
+    n, b = pinned.seq_len, pinned.batch
+    if [(s.name, s.variant, s.causal) for s in other.sites] != \
+            [(s.name, s.variant, s.causal) for s in pinned.sites]:
+        return False
+    pairs = [(other.flops, pinned.flops), (other.peak_memory_bytes, pinned.peak_memory_bytes)]
+    pairs += [(x.flops, y.flops) for x, y in zip(other.sites, pinned.sites)]
+    pairs += [(x.useful_flops, y.useful_flops) for x, y in zip(other.sites, pinned.sites)]
+    try:
+        return all(value_at(x, n, b) == value_at(y, n, b) for x, y in pairs)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return False
 
 
 def _runs_at(loaded: LoadedModel, seq_len: int) -> bool:
@@ -600,23 +667,31 @@ def _traced_here(loaded: LoadedModel, seq_len: int, batch: int, options: dict, r
     tensor made from range(N)), or loops over chunks whose costs step
     between those lengths: traced at the requested length alone; its
     formulas hold at that N only."""
-    from .tracing import say_fixed_values
-    from .tracing.loops import TraceTooLong, concrete_trace
-
-    say = progress or (lambda msg: None)
-    say(f"tracing at N={seq_len:,} alone")
-    try:
-        traced = concrete_trace(loaded, seq_len, batch, max_calls=FIXED_LENGTH_CALLS)
-    except TraceTooLong:
+    result = _traced_at(loaded, seq_len, batch, options, rules, progress or (lambda msg: None))
+    if result is None:
         raise ModelError(f"the model's cost cannot be fitted in N from short traces ({why}), "
                          f"and a trace at N={seq_len:,} is too long (a loop over the sequence); "
-                         "try a shorter --seq-len") from None
-    say_fixed_values(traced, loaded)
-    result = _forward(loaded, traced, seq_len, batch, options, rules, say)
+                         "try a shorter --seq-len")
     result.notes.append(f"the model fixes the length as a number and its cost cannot be fitted "
                         f"in N from short traces ({why}): it was traced at N={seq_len:,} and its "
                         f"formulas hold at that N only (and B={batch})")
     return result
+
+
+def _traced_at(loaded: LoadedModel, seq_len: int, batch: int, options: dict, rules,
+               say) -> Analysis | None:
+    """The model traced with N = seq_len a number; None where that trace is
+    too long (a loop over the sequence)."""
+    from .tracing import say_fixed_values
+    from .tracing.loops import TraceTooLong, concrete_trace
+
+    say(f"tracing at N={seq_len:,} alone")
+    try:
+        traced = concrete_trace(loaded, seq_len, batch, max_calls=FIXED_LENGTH_CALLS)
+    except TraceTooLong:
+        return None
+    say_fixed_values(traced, loaded)
+    return _forward(loaded, traced, seq_len, batch, options, rules, say)
 
 
 def _load(model: str | Path | LoadedModel, options: dict) -> LoadedModel:

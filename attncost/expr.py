@@ -319,12 +319,15 @@ def _interval_text(truth: list[bool], start: int) -> str | None:
     only", or "128 <= N <= 191" (with the residue they share, if any)."""
     allowed = [start + i for i, t in enumerate(truth) if t]
     first, last = allowed[0], allowed[-1]
+    after = truth[first - start:]
+    if all(after):
+        return f"N >= {first}"
+    # a residue kept to the span's end (its last multiple may fall short of it)
+    residue = _residue_text(after, first) if len(after) >= 128 else None
+    if residue:
+        return f"N >= {first}, {residue}"
     if last == start + len(truth) - 1:  # up to the span's end: from some N on
-        after = truth[first - start:]
-        if all(after):
-            return f"N >= {first}"
-        residue = _residue_text(after, first) if len(after) >= 128 else None
-        return f"N >= {first}, {residue}" if residue else None
+        return None
     if first == last:
         return f"N = {first} only"
     inside = truth[first - start:last - start + 1]

@@ -126,3 +126,10 @@ def test_a_count_that_does_not_grow_with_n_bounds_nothing():
 def test_one_length_ruled_out_and_nothing_else_is_named():
     # a trace whose one condition is that two sizes differ (2N − 64 ≠ N)
     assert conditions_text(["Ne(2*N - 64, N)"]) == "N ≠ 64"
+
+
+def test_a_residue_kept_to_the_end_of_the_lengths_read_bounds_nothing_above():
+    # multiples of 4 from 8 on, read on N = 4..259: the last multiple read is
+    # 256, three short of the span's end, and no bound above follows from it
+    conditions = ["Eq(Mod(N, 4), 0)", "floor(N/8) >= 1"]
+    assert conditions_text(conditions, start=4) == "N >= 8, N a multiple of 4"

@@ -441,3 +441,33 @@ def test_a_size_made_a_python_int_stays_a_size():
     for n, b in ((64, 1), (96, 2)):
         assert a.at(local.useful_flops, n, b) == b * n * rt.WINDOW * per_pair
         assert a.at(a.flops, n, b) == count_flops(model, rt.example_inputs(n, b)), (n, b)
+
+
+def test_a_branch_on_the_tables_own_length_at_the_same_cost_holds_for_every_n():
+    # traced at N = 64, the length of the position table, the code compares N
+    # with it; analysed a step away and found to cost the same at 64, the
+    # formulas hold at every N; where the branch costs less at 64, they do not
+    path = MODELS / "native_grid_positions.py"
+    grid = load_module(path)
+    a = attncost.analyze(path, seq_len=grid.POSITIONS, device="cpu")
+    assert a.n_range == (1, None) and a.valid_for() is None, (a.n_range, a.valid_for())
+    assert any("another branch" in note for note in a.notes), a.notes
+    torch.manual_seed(0)
+    model = grid.build_model().eval().requires_grad_(False)
+    for n, b in ((grid.POSITIONS, 1), (100, 2)):
+        assert a.at(a.flops, n, b) == count_flops(model, grid.example_inputs(n, b)), (n, b)
+        assert a.at(a.sites[0].useful_flops, n, b) == \
+            b * grid.HEADS * n * n * 2 * (2 * grid.DIM_HEAD)
+
+
+def test_a_branch_on_the_tables_own_length_that_costs_less_holds_there_alone(tmp_path):
+    path = tmp_path / "cheaper_at_grid.py"
+    source = (MODELS / "native_grid_positions.py").read_text()
+    path.write_text(source.replace("SKIP_AT_GRID = False", "SKIP_AT_GRID = True"))
+    grid = load_module(path)
+    a = attncost.analyze(path, seq_len=grid.POSITIONS, device="cpu")
+    assert a.n_range == (grid.POSITIONS, grid.POSITIONS)
+    torch.manual_seed(0)
+    model = grid.build_model().eval().requires_grad_(False)
+    for n, b in ((grid.POSITIONS, 1), (100, 2)):  # 100: analysed again there
+        assert a.at(a.flops, n, b) == count_flops(model, grid.example_inputs(n, b)), (n, b)

@@ -9,7 +9,9 @@ Read from the forward's signature and the config:
   patch tall and N patches wide, (B, C, p, p·N), so the image has exactly N
   patches (plus the model's class token) and its pixels grow linearly in N;
   the model interpolates its position embeddings to that grid, as it does for
-  any image size other than its config's;
+  any image size other than its config's; a model that attends within
+  windows of the image (Swin) reads an image a window tall at its last
+  stage, and N is the image's width in patches;
 * a vision-language model (a vision tower whose features replace the
   text's image tokens, ``image_token_id``): token ids alone, N the text's
   tokens: a prompt without an image (each image adds its tokens to N);
@@ -50,12 +52,30 @@ def _pixels(config) -> tuple[Callable[[int, int], torch.Tensor], str]:
                          "patch_size: write a .py file with example_inputs(seq_len, batch=1)")
     ph, pw = _pair(patch)
     channels = int(getattr(vision, "num_channels", 3))
+    rows = _window_rows(vision)
 
     def pixels(n: int, b: int) -> torch.Tensor:
-        return torch.zeros(b, channels, ph, pw * n)
+        return torch.zeros(b, channels, ph * rows, pw * n)
 
+    if rows > 1:
+        return pixels, (f"N is the image's width in patches: pixel_values of {ph * rows}×{pw}·N "
+                        f"pixels, {rows} patches tall (a window's height at the last stage) and "
+                        f"N wide: {rows}·N patches")
     return pixels, (f"N is the image's patches: pixel_values of {ph}×{pw}·N pixels, one "
                     f"{ph}×{pw} patch tall and N wide")
+
+
+def _window_rows(vision) -> int:
+    """Patch rows for a model that attends within windows of its image
+    (Swin): a window's height at its last stage, whose patches are merged
+    2×2 at each stage before, so that no stage's image is shorter than a
+    window (Swin then shrinks the window to the image, for good); 1 for
+    any other model."""
+    window = getattr(vision, "window_size", None)
+    if not window or not isinstance(window, (int, list, tuple)):
+        return 1
+    stages = len(getattr(vision, "depths", None) or [1])
+    return _pair(window)[0] * 2 ** (stages - 1)
 
 
 def _features(config) -> tuple[Callable[[int, int], torch.Tensor], str]:
