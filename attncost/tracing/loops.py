@@ -295,8 +295,9 @@ class FittedLoop:
 
 #: Longest graph a trace at the requested length may record to check the fit there.
 CHECK_NODES = 20_000
-#: Torch calls that check may make per op the fit expects (at least CHECK_FLOOR
-#: ops): more means the model does more work there than the fit says.
+#: Torch calls that check may make: CHECK_CALLS_PER_NODE times the calls the
+#: fit expects (its ops, at the calls per op of the lengths fitted), and
+#: CHECK_FLOOR more; past that the model does more work there than the fit says.
 CHECK_CALLS_PER_NODE = 3
 CHECK_FLOOR = 2_000
 
@@ -312,7 +313,7 @@ def check_at(fitted: FittedLoop, loaded: LoadedModel, seq_len: int, rules) -> Tr
     longest = max(n for n, _ in fitted.lengths.held_out)
     if seq_len <= longest or expected > CHECK_NODES:
         return None
-    budget = int(CHECK_CALLS_PER_NODE * max(expected, CHECK_FLOOR) * fitted.calls_per_node)
+    budget = int(CHECK_CALLS_PER_NODE * expected * fitted.calls_per_node) + CHECK_FLOOR
     try:
         traced = concrete_trace(loaded, seq_len, 1, max_calls=budget)
     except TraceTooLong:  # far more work than the fit says: it does not hold there
