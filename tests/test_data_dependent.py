@@ -658,3 +658,21 @@ def test_two_sizes_that_meet_at_one_length_rule_it_out(tmp_path):
     """)
     a = attncost.analyze(path, seq_len=128, device="cpu")
     assert a.valid_for() is not None and "N ≠ 64" in a.valid_for(), a.valid_for()
+
+
+def test_a_size_read_from_data_in_traces_at_fixed_lengths_is_fixed_there():
+    """A model traced at fixed lengths (it checks that the length is an
+    int) whose packed length is read from data (``repeat_interleave`` by a
+    tensor of counts, NaViT's image ids): each trace fixes that size as its
+    inputs give it, and the fit holds; the block-diagonal mask lets through
+    each image's pairs, counted by hand."""
+    path = MODELS / "two_images_packed.py"
+    mod = load_module(path)
+    a = attncost.analyze(path, seq_len=64, device="cpu")
+    assert [(s.variant, s.causal) for s in a.sites] == [("sparse", False)]
+    torch.manual_seed(0)
+    model = mod.build_model().eval()
+    for n, b in ((64, 1), (100, 2)):
+        pairs = (n // 2) ** 2 + (n - n // 2) ** 2
+        assert a.at(a.sites[0].useful_flops, n, b) == b * mod.HEADS * pairs * 2 * 2 * mod.DIM_HEAD
+        assert a.at(a.flops, n, b) == count_flops(model, mod.example_inputs(n, b)), (n, b)

@@ -98,7 +98,8 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
     """The forward traced with every size a number (N = seq_len, B = batch);
     ``max_calls`` stops it (TraceTooLong) past that many torch calls.  A
     branch on a value read from the inputs' data is decided as the example
-    inputs decide it (tracing.data_values), as in a symbolic trace."""
+    inputs decide it (tracing.data_values), and a size read from data that
+    no branch decides is fixed so, as in a symbolic trace."""
     from .data_values import DataValues, data_dependent
 
     data = DataValues(one_length=True)
@@ -110,6 +111,7 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
                     not data.resolve(exc, loaded, seq_len, batch, data.n_params):
                 raise
             continue
+        data.fix_sizes(gm, loaded, seq_len, batch)
         gm.meta["attncost_fixed"] = list(data.fixed)
         break
     placeholder_kinds = {}
@@ -117,7 +119,9 @@ def concrete_trace(loaded: LoadedModel, seq_len: int, batch: int,
         placeholder_kinds[node.name] = kinds[names[i]] if i < len(names) else "input"
         if i < len(names):
             node.meta["attncost_param"] = names[i]
-    return TracedModel(gm, ShapeEnv(), {}, placeholder_kinds, n_range=(seq_len, seq_len),
+    # sizes read from data are the values fixed for them (``u0`` -> 64)
+    values = {f.symbol: sympy.Integer(f.value) for f in data.fixed if f.value is not None}
+    return TracedModel(gm, ShapeEnv(), values, placeholder_kinds, n_range=(seq_len, seq_len),
                        batch_range=(batch, batch), seq_len_hint=seq_len, batch_hint=batch)
 
 
