@@ -676,3 +676,26 @@ def test_a_size_read_from_data_in_traces_at_fixed_lengths_is_fixed_there():
         pairs = (n // 2) ** 2 + (n - n // 2) ** 2
         assert a.at(a.sites[0].useful_flops, n, b) == b * mod.HEADS * pairs * 2 * 2 * mod.DIM_HEAD
         assert a.at(a.flops, n, b) == count_flops(model, mod.example_inputs(n, b)), (n, b)
+
+
+def test_pairs_of_a_mask_in_a_trace_at_one_length_are_counted_there(tmp_path):
+    """The same packed images, two of N patches each (2·N tokens), from a
+    model that does not run at the short lengths a fit is made from: traced
+    at N alone.  Its mask's pairs are the pairs there (two blocks of N), not
+    a formula fitted to its side (2·N) and said in N."""
+    path = tmp_path / "two_images_long_only.py"
+    source = (MODELS / "two_images_packed.py").read_text()
+    source = source.replace(
+        "        counts = torch.tensor(",
+        "        if n < 96:\n            raise ValueError('at least 48 patches an image')\n"
+        "        counts = torch.tensor(")
+    path.write_text(source.replace("torch.randn(batch, seq_len, DIM)",
+                                   "torch.randn(batch, 2 * seq_len, DIM)"))
+    mod = load_module(path)
+    a = attncost.analyze(path, seq_len=64, device="cpu")
+    assert a.n_range == (64, 64)
+    site = a.sites[0]
+    assert site.density == 0.5
+    assert a.at(site.useful_flops) == mod.HEADS * 2 * 64 ** 2 * 2 * 2 * mod.DIM_HEAD
+    torch.manual_seed(0)
+    assert a.at(a.flops) == count_flops(mod.build_model().eval(), mod.example_inputs(64))

@@ -84,6 +84,10 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, lengths:
     length ``first`` was read at (its keys may be fewer: a fixed number of
     them), and a shorter one."""
     n, shorter = lengths
+    if n == shorter:  # a trace that holds at one length: its pairs there, a number
+        pattern.pairs = sympy.Integer(int(torch.count_nonzero(first)))
+        pattern.density = int(pattern.pairs) / first.numel()
+        return
     try:
         short = _first(allowed_at(shorter))[0]
         stable = is_prefix_stable(first, short)
