@@ -29,7 +29,7 @@ from .patterns import subquadratic
 from .rules import DEVICES, flop_rules, node_flops
 from .rules.ops import is_view, op_name
 from .tracing import SymbolicTraceRaised, TracedModel, trace
-from .tracing.unroll import UnrolledLoop, fixed_length
+from .tracing.unroll import UNROLL_LIMIT, UnrolledLoop, fixed_length
 from .units import dtype_name
 
 
@@ -330,7 +330,7 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
                                  flop_rules(flop_rules_override), say)
         across = _across_a_branch_on(loaded, seq_len, batch, options,
                                      flop_rules(flop_rules_override), say, here) \
-            if unrolled.steps == seq_len else None
+            if unrolled.steps >= seq_len else None  # fewer: a loop over chunks
         if across is not None:
             _on_multiples(across)
             return across
@@ -350,7 +350,7 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
         return result
     rules = flop_rules(flop_rules_override)
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
-    if fixed_length(traced.shape_env) == seq_len and mode == "infer" and plan is None:
+    if (fixed_length(traced.shape_env) or 0) >= seq_len and mode == "infer" and plan is None:
         result = _across_a_branch_on(loaded, seq_len, batch, options, rules, say,
                                      lambda: result) or \
             _fitted_instead(result, device, allocation_rules, progress)
@@ -445,7 +445,8 @@ def _across_a_branch_on(loaded: LoadedModel, seq_len: int, batch: int, options: 
     where that trace holds at every length but this one and its formulas
     give, here, the costs of the model traced here (``here()``), they hold
     here too and are the answer.  None where they do not."""
-    for other_n in (seq_len + 1, 2 * seq_len):
+    step = max(seq_len, UNROLL_LIMIT) + 1  # where a loop over N stops the trace at once
+    for other_n in (step, 2 * step):
         try:
             traced = trace(loaded, other_n, batch)
         except UnrolledLoop:
