@@ -350,7 +350,8 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
         return result
     rules = flop_rules(flop_rules_override)
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
-    if (fixed_length(traced.shape_env) or 0) >= seq_len and mode == "infer" and plan is None:
+    if fixed_length(traced.shape_env) is not None and traced.n_range == (seq_len, seq_len) \
+            and mode == "infer" and plan is None:
         result = _across_a_branch_on(loaded, seq_len, batch, options, rules, say,
                                      lambda: result) or \
             _fitted_instead(result, device, allocation_rules, progress)
@@ -448,15 +449,15 @@ def _across_a_branch_on(loaded: LoadedModel, seq_len: int, batch: int, options: 
     step = max(seq_len, UNROLL_LIMIT) + 1  # where a loop over N stops the trace at once
     for other_n in (step, 2 * step):
         try:
-            traced = trace(loaded, other_n, batch)
+            traced = trace(loaded, other_n, batch, unroll_limit=0)
         except UnrolledLoop:
-            return None  # it fixes the length there too: a loop over it
+            return None  # it fixes the length, or a count made from it, there too: a loop
         except ModelError:
             continue
         if fixed_length(traced.shape_env) is not None:
             return None
         if not _holds_but_at(traced, seq_len):
-            continue
+            return None  # another count of chunks, not a branch at one length
         other = _forward(loaded, traced, other_n, batch, options, rules, say)
         pinned = here()
         if pinned is None or not _same_costs_at(other, pinned):

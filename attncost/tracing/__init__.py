@@ -105,7 +105,8 @@ def _record_module_paths(model: torch.nn.Module) -> Iterator[None]:
 
 def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
           progress: Callable[[str], None] | None = None, reuse_layers: bool = True,
-          program: Program = INFERENCE, batch_as_asked: bool = False) -> TracedModel:
+          program: Program = INFERENCE, batch_as_asked: bool = False,
+          unroll_limit: int = UNROLL_LIMIT) -> TracedModel:
     """Trace ``loaded`` once; the graph holds for every N in ``n_range``.
 
     With ``reuse_layers``, a stack of repeated layers is traced two periods
@@ -114,6 +115,7 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     an error that says so (see tracing.unroll).  ``program`` is what is
     traced (default: one forward without gradients); a program with
     gradients is traced in full (the replay copies forward layers only).
+    ``unroll_limit`` 0: any length or count fixed as a number stops it.
     """
     dims = probe_dims(loaded, batch)
     if dims.batch_in_structure:
@@ -129,9 +131,10 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
     if progress:
         progress("tracing the model with symbolic N")
     try:
-        made = _trace_truncated(loaded, dims, seq_hint, batch_hint, block) if block else None
+        made = _trace_truncated(loaded, dims, seq_hint, batch_hint, block, unroll_limit) \
+            if block else None
         if made is None:
-            made = _make_graph(loaded, dims, seq_hint, batch_hint, program=program)
+            made = _make_graph(loaded, dims, seq_hint, batch_hint, unroll_limit, program)
     except LengthSpecialized as exc:
         raise unrolled_error(exc.value,
                              lambda n: _node_count(loaded, dims, n, batch_hint, program),
@@ -147,7 +150,7 @@ def trace(loaded: LoadedModel, seq_len: int, batch: int = 1,
         # batch size): its formulas hold there only, so trace the batch asked
         if batch_hint != batch:
             return trace(loaded, seq_len, batch, progress, reuse_layers, program,
-                         batch_as_asked=True)
+                         batch_as_asked=True, unroll_limit=unroll_limit)
         traced.batch_range = (batch, batch)
     say_fixed_values(traced, loaded)
     return traced
@@ -190,13 +193,14 @@ def _lengths_read_from_data(traced: TracedModel) -> None:
         traced.replacements = {**traced.replacements, **lengths}
 
 
-def _trace_truncated(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int, block):
+def _trace_truncated(loaded: LoadedModel, dims, seq_hint: int, batch_hint: int, block,
+                     unroll_limit: int = UNROLL_LIMIT):
     """The graph traced two periods deep and replayed, or None where the
     model does not allow it (code that counts its layers itself raises on
     the shorter list; traced periods that differ)."""
     try:
         with truncated(block):
-            made = _make_graph(loaded, dims, seq_hint, batch_hint)
+            made = _make_graph(loaded, dims, seq_hint, batch_hint, unroll_limit)
     except LengthSpecialized:
         raise
     except ModelError:
