@@ -326,10 +326,9 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
     except UnrolledLoop as unrolled:
         if mode != "infer" or plan is not None:
             raise
-        here = functools.partial(_traced_at, loaded, seq_len, batch, options,
-                                 flop_rules(flop_rules_override), say)
-        across = _across_a_branch_on(loaded, seq_len, batch, options,
-                                     flop_rules(flop_rules_override), say, here) \
+        rules = flop_rules(flop_rules_override)
+        here = functools.partial(_traced_at, loaded, seq_len, batch, options, rules, say)
+        across = _across_a_branch_on(loaded, seq_len, batch, options, rules, say, here) \
             if unrolled.steps >= seq_len else None  # fewer: a loop over chunks
         if across is not None:
             _on_multiples(across)
@@ -350,13 +349,18 @@ def analyze(model: str | Path | LoadedModel, seq_len: int, batch: int = 1,
         return result
     rules = flop_rules(flop_rules_override)
     result = _forward(loaded, traced, seq_len, batch, options, rules, say)
-    if fixed_length(traced.shape_env) is not None and traced.n_range == (seq_len, seq_len) \
-            and mode == "infer" and plan is None:
-        result = _across_a_branch_on(loaded, seq_len, batch, options, rules, say,
-                                     lambda: result) or \
-            _fitted_instead(result, device, allocation_rules, progress)
-    elif fixed_length(traced.shape_env) is not None and mode == "infer" and plan is None:
-        result = _fitted_instead(result, device, allocation_rules, progress)
+    fixed = fixed_length(traced.shape_env) is not None
+    if mode == "infer" and plan is None and (fixed or traced.n_range == (seq_len, seq_len)):
+        # held to this length: by a branch on it (a guard ``Eq(N, 64)``, or N
+        # replaced by the number), checked a step away; by a loop, fitted
+        pinned = result
+        across = _across_a_branch_on(loaded, seq_len, batch, options, rules, say,
+                                     lambda: pinned) \
+            if traced.n_range == (seq_len, seq_len) else None
+        if across is not None:
+            result = across
+        elif fixed:
+            result = _fitted_instead(result, device, allocation_rules, progress)
     if mode == "train":
         from .training import TrainingOptions, with_training
         say("tracing forward and backward")
@@ -458,12 +462,12 @@ def _across_a_branch_on(loaded: LoadedModel, seq_len: int, batch: int, options: 
             return None
         if not _holds_but_at(traced, seq_len):
             return None  # another count of chunks, not a branch at one length
-        other = _forward(loaded, traced, other_n, batch, options, rules, say)
+        # said at the length asked: the trace holds there but for the branch
+        other = _forward(loaded, traced, seq_len, batch, options, rules, say)
         pinned = here()
         if pinned is None or not _same_costs_at(other, pinned):
             return None
         other.guards = [g for g in other.guards if excluded_length(g) != seq_len]
-        other.seq_len = seq_len
         other.notes.append(f"at N={seq_len:,} the model takes another branch (its code compares "
                            f"the length with {seq_len:,}), at the same cost")
         return other

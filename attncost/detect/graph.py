@@ -45,6 +45,12 @@ PROB_OPS = frozenset(
 )
 
 
+def _written_from(node: fx.Node, content: set) -> bool:
+    """Is anything in ``content`` written in place into ``node`` or its views?"""
+    _, writes = views_and_writes(node)
+    return any(isinstance(a, fx.Node) and a in content for w in writes for a in w.args[1:])
+
+
 #: Ops that copy a tensor several times over (keys repeated for grouped heads).
 _REPEATS = frozenset(getattr(aten, n) for n in ("repeat", "repeat_interleave")
                      if hasattr(aten, n))
@@ -107,12 +113,9 @@ class GraphContext:
         if is_view(node):
             return False  # asked of the tensor it views
         if content is not None:
-            _, writes = views_and_writes(node)
-            return any(isinstance(a, fx.Node) and a in content for w in writes for a in w.args[1:])
+            return _written_from(node, content)
         if node not in self._written:
-            _, writes = views_and_writes(node)
-            self._written[node] = any(isinstance(a, fx.Node) and a in self.activations
-                                      for w in writes for a in w.args[1:])
+            self._written[node] = _written_from(node, self.activations)
         return self._written[node]
 
     def node(self, name: str) -> fx.Node | None:

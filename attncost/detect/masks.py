@@ -84,7 +84,9 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, lengths:
     length ``first`` was read at (its keys may be fewer: a fixed number of
     them), and a shorter one."""
     n, shorter = lengths
-    if n == shorter:  # a trace that holds at one length: its pairs there, a number
+    if getattr(allowed_at, "one_length", False):  # a trace that holds at one length:
+        # its pairs there, a number (a range that starts at the probe is
+        # read at one length too, and still counted as a formula in N)
         pattern.pairs = sympy.Integer(int(torch.count_nonzero(first)))
         pattern.density = int(pattern.pairs) / first.numel()
         return
@@ -154,6 +156,8 @@ class _MaskReader:
     def __init__(self, ctx, masks: list[tuple[fx.Node, str]]):
         self.ctx, self.masks = ctx, masks
         self.lengths = _probe_lengths(ctx)
+        lo, hi = ctx.traced.n_range
+        self.one_length = lo == hi
 
     def __call__(self, n: int) -> torch.Tensor | None:
         allowed, everything = None, None

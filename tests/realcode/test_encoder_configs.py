@@ -30,7 +30,8 @@ Vision encoders take pixels:
   Asked at N = 196 the trace meets that comparison; the image attncost
   builds is one patch tall, so the table is interpolated at 196 as well,
   at the same cost: one dense bidirectional site over the N patches and
-  the class token, for every N;
+  the class token, for every N.  CLIP's vision tower (8 × 8 = 64) makes
+  the same comparison, which its trace keeps as a guard ``Eq(N, 64)``;
 - Swin: attention within windows of 4 × 4 patches (16 keys a query), every
   other block shifted and masked (``SwinLayer.get_attn_mask``); an image
   shorter than a window makes Swin shrink its window to the image, for
@@ -139,16 +140,24 @@ def _analysed(tmp_path, fields, seq_len):
     return attncost.analyze(tmp_path, seq_len=seq_len, device="cpu", dtype="float32")
 
 
-def test_vit_asked_at_its_own_grid_holds_for_every_n(tmp_path):
-    grid = (VIT["image_size"] // PATCH) ** 2
-    a = _analysed(tmp_path, VIT, grid)
-    assert a.n_range[1] is None and a.valid_for() is None, (a.n_range, a.valid_for())
+#: CLIP's vision tower: an 8 × 8 grid, the same comparison in its embeddings
+CLIP = dict(model_type="clip_vision_model", architectures=["CLIPVisionModel"], hidden_size=32,
+            intermediate_size=64, num_hidden_layers=2, num_attention_heads=HEADS, image_size=32,
+            patch_size=PATCH)
+
+
+@pytest.mark.parametrize("fields", [VIT, CLIP], ids=["vit", "clip"])
+def test_vit_asked_at_its_own_grid_holds_for_every_n(tmp_path, fields):
+    grid = (fields["image_size"] // PATCH) ** 2
+    a = _analysed(tmp_path, fields, grid)
+    assert a.n_range[1] is None and a.valid_for() in (None, "N >= 2"), \
+        (a.n_range, a.valid_for())
     # traced with N a symbol, not fitted from short traces as a loop over N would be
     assert any("another branch" in note for note in a.notes), a.notes
     assert not any("fitted" in note for note in a.notes), a.notes
     assert [(s.variant, s.causal, s.query_len, s.key_len) for s in a.sites] == \
         [("dense", False, N + 1, N + 1)] * 2
-    model = _real(VIT, "sdpa")
+    model = _real(fields, "sdpa")
     for n, b in ((grid, 1), (100, 2)):
         pixels = torch.randn(b, 3, PATCH, PATCH * n)
         truth = count_flops(model, (), {"pixel_values": pixels, "interpolate_pos_encoding": True})

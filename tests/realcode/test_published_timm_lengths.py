@@ -23,8 +23,8 @@ def test_a_model_asked_at_its_own_grid_is_traced_with_n_a_symbol():
     made for: timm's ``resample_abs_pos_embed`` returns them as they are
     when the grid is theirs, a branch on the length.  The model traced a
     step away holds everywhere but 64 and costs the same there, so its
-    formulas are the answer (they were fitted from short traces, as for a
-    loop over N, and their peak memory was 5% high at 64)."""
+    formulas are the answer, not a fit from short traces as for a loop
+    over N."""
     vit = load_module(HERE / "published_timm_vit_deep.py")
     a = attncost.analyze(HERE / "published_timm_vit_deep.py", seq_len=64)
     assert a.n_range[1] is None and a.n_range[0] <= 8 and a.valid_for() in (None, "N >= 2")
