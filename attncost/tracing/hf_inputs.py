@@ -192,7 +192,8 @@ def hf_inputs(model: torch.nn.Module, config, use_cache: bool,
             notes.append("N is both the encoder's and the decoder's tokens")
     if not builders:
         raise ModelError(f"{type(model).__name__}.forward takes none of input_ids, pixel_values, "
-                         "input_features, input_values: write a .py file with example_inputs(seq_len, batch=1)")
+                         "input_features, input_values: write a .py file with "
+                         "example_inputs(seq_len, batch=1)")
     fixed: dict[str, Any] = {}
     if "use_cache" in params:
         fixed["use_cache"] = use_cache
