@@ -248,8 +248,9 @@ class Analysis:
         # length where it is far from there (they may hold there alone)
         start = max(lo, 1, self.seq_len - 128)
         asked = conditions_text(conditions, start, truth=self._residues(conditions, start))
-        if asked and asked.startswith("N >= ") and (text is None or text.startswith("N >= ")):
-            text = asked  # the conditions start where the range does, or later
+        if asked and (asked.startswith("N = ") and asked.endswith(" only") or asked.startswith(
+                "N >= ") and (text is None or text.startswith("N >= "))):
+            text = asked  # one length, or conditions that start where the range does
         elif asked and asked != text:  # a count of pieces fixed says the range itself
             text = "; ".join(([text] if text else []) + [asked])
         return text

@@ -699,3 +699,23 @@ def test_pairs_of_a_mask_in_a_trace_at_one_length_are_counted_there(tmp_path):
     assert a.at(site.useful_flops) == mod.HEADS * 2 * 64 ** 2 * 2 * 2 * mod.DIM_HEAD
     torch.manual_seed(0)
     assert a.at(a.flops) == count_flops(mod.build_model().eval(), mod.example_inputs(64))
+
+
+def test_a_count_of_blocks_as_classes_and_as_a_tensor_stays_symbolic():
+    """LongT5's block summaries: ``F.one_hot`` with N // 8 + 1 classes and
+    ``torch.tensor(N // 8)`` both take a plain number, which fixed N to the
+    traced length.  The trace holds for every N that is a multiple of 8."""
+    from attncost.expr import N
+
+    path = MODELS / "block_summaries.py"
+    mod = load_module(path)
+    a = attncost.analyze(path, seq_len=64, device="cpu")
+    assert [(s.variant, s.query_len) for s in a.sites] == [("dense", N)] * 2
+    assert [a.at(s.key_len, 200, 1) for s in a.sites] == [25] * 2
+    assert a.n_range[1] is None
+    torch.manual_seed(0)
+    model = mod.build_model().eval()
+    for n, b in ((64, 1), (200, 2), (1000, 1)):
+        by_hand = b * mod.HEADS * n * (n // mod.BLOCK) * 2 * 2 * mod.DIM_HEAD
+        assert a.at(a.sites[0].flops, n, b) == by_hand, (n, b)
+        assert a.at(a.flops, n, b) == count_flops(model, mod.example_inputs(n, b)), (n, b)

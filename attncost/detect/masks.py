@@ -27,7 +27,7 @@ PROBE_CAP = 8192
 PROBE_MIN = 1024
 
 
-def _probe_lengths(ctx) -> tuple[int, int]:
+def probe_lengths(ctx) -> tuple[int, int]:
     """The length a mask is read at, and a shorter one to check that the
     mask at a length is the top-left block of the mask at a longer one."""
     lo, hi = ctx.traced.n_range
@@ -155,7 +155,7 @@ class _MaskReader:
 
     def __init__(self, ctx, masks: list[tuple[fx.Node, str]]):
         self.ctx, self.masks = ctx, masks
-        self.lengths = _probe_lengths(ctx)
+        self.lengths = probe_lengths(ctx)
         lo, hi = ctx.traced.n_range
         self.one_length = lo == hi
 
@@ -395,14 +395,16 @@ def windowed_pattern(ctx, pattern: MaskPattern, masks: list[tuple[fx.Node, str]]
     """``pattern`` of a site whose queries each meet a fixed number of keys
     (windows, blocks), with the pairs its masks let through counted, and
     their density over the pairs computed."""
-    if masks and (pattern.pairs is None or _fewer_than_queries(pattern.pairs, n_q)):
+    if masks and (pattern.pairs is None or _fewer_than_queries(pattern.pairs, n_q)
+                  or N in sympy.sympify(n_keys).free_symbols):
         # a count read on the first window's matrix alone (a mask of keys per
         # block, different at the edges) holds for that window, not the site
         pattern.pairs = counted_pairs(ctx, masks, scores_shape, heads)
     if pattern.pairs is not None:
         pattern.notes = []
         queries = value_at(n_q, ctx.seq_len)
-        pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / (queries * int(n_keys)))
+        keys = value_at(n_keys, ctx.seq_len)
+        pattern.density = float(value_at(pattern.pairs, ctx.seq_len) / (queries * keys))
         if pattern.kind == "full" and pattern.density < 1:  # the first block is not all
             pattern.kind = "pattern"
     return pattern
@@ -466,7 +468,7 @@ def pattern_of_mask_mod(ctx, mask_mod, heads: int = 1) -> MaskPattern:
         out = out[0] if isinstance(out, (tuple, list)) else out
         return torch.as_tensor(out).to(torch.bool).expand(n, n).contiguous()
 
-    lengths = _probe_lengths(ctx)
+    lengths = probe_lengths(ctx)
     allowed_at = functools.partial(head_of, 0)
     allowed_at.lengths = lengths
     return read_by_head(head_of, heads, lengths, ctx.seq_len) or \

@@ -14,7 +14,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from ..expr import B, N, as_int, settled, simplified
+from ..expr import B, N, as_int, settled, simplified, value_at
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
 from ..rules.ops import BIASED_MATMUL_OPS, GATHER_OPS, MATMUL_OPS, SOFTMAX_OPS, getitem, is_view, \
@@ -490,7 +490,14 @@ def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q,
     or at least the pairs its masks allow, counted."""
     qk, softmax, q_operand, k_operand = site
     if N in sympy.sympify(n_keys).free_symbols:
-        return masks.pattern_of(ctx, mask_inputs, heads) if mask_inputs else MaskPattern.full()
+        pattern = masks.pattern_of(ctx, mask_inputs, heads) if mask_inputs else MaskPattern.full()
+        rows = ctx.traced.shape(softmax)[-2]
+        if not mask_inputs or len({value_at(rows, n) for n in masks.probe_lengths(ctx)}) > 1:
+            return pattern
+        # queries in blocks, each over keys that grow with N (its neighbours
+        # and a summary of every block): the mask's first matrix is one block
+        return masks.windowed_pattern(ctx, pattern, mask_inputs, ctx.traced.shape(softmax),
+                                      heads, n_q, n_keys)
     probed = pattern_of_positions(ctx, qk, softmax, q_operand, k_operand, heads)
     if probed is None and relaid is not None:  # diagonals: read through the values
         probed = pattern_of_values(ctx, *relaid, softmax, qk)

@@ -13,6 +13,10 @@ is replayed), and tells the code what real data or a real GPU would tell it:
   so the eager replay of the memory model meets ops the graph has
   decomposed and cannot match them.  ``no_grad`` runs the same kernels,
   decomposed as the graph has them;
+* ``one_hot_of_a_size`` (every model): ``F.one_hot`` takes its number of
+  classes as a plain int, so a count of classes that grows with N (LongT5's
+  one global token per block of the input) would fix N; given a size, the
+  same tensor is built as a comparison with ``arange``;
 * ``unpacked_sequences`` (transformers): no packed sequences, so SDPA runs
   its causal kernel with no mask;
 * ``flex_without_compile`` (transformers): ``flex_attention`` is called
@@ -80,10 +84,26 @@ def inference_mode_as_no_grad():
     return patched(torch.autograd.grad_mode.inference_mode, "__enter__", _enter_as_no_grad)
 
 
+def _one_hot(original: Callable) -> Callable:
+    def one_hot(tensor, num_classes=-1):
+        if not isinstance(num_classes, torch.SymInt):
+            return original(tensor, num_classes)
+        classes = torch.arange(num_classes, device=tensor.device)
+        return (tensor.unsqueeze(-1) == classes).to(torch.int64)
+    return one_hot
+
+
+def one_hot_of_a_size():
+    """``F.one_hot`` with a count of classes that stays a size (see the
+    module's docstring)."""
+    functional = torch.nn.functional
+    return patched(functional, "one_hot", _one_hot(functional.one_hot))
+
+
 @contextlib.contextmanager
 def any_model() -> Iterator[None]:
     """What every model is traced in, a file's or a config's."""
-    with flex_uncompiled(), inference_mode_as_no_grad():
+    with flex_uncompiled(), inference_mode_as_no_grad(), one_hot_of_a_size():
         yield
 
 
