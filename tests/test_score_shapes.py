@@ -110,3 +110,22 @@ def test_a_model_that_runs_at_multiples_only_is_fitted_at_multiples():
     per_pair = bl.HEADS * 2 * (bl.DIM_HEAD + bl.DIM_HEAD)
     assert a.at(a.sites[0].useful_flops, 320, 1) == 320 * bl.BUCKET * per_pair
     _flops_equal(bl, a, [(64, 1), (96, 2), (320, 2)])
+
+
+def test_scores_learned_as_a_table_are_attention_over_the_values():
+    """The Random Synthesizer's scores are a parameter, no Q·Kᵀ: a causal
+    softmax over N keys applied to values of the input.  Its work is ·V
+    alone, 2·d_v per pair and head, over N·(N + 1)/2 pairs."""
+    from attncost.expr import N
+
+    rs = load_module(MODELS / "learned_scores.py")
+    a = attncost.analyze(MODELS / "learned_scores.py", seq_len=64, device="cpu")
+    assert [(s.variant, s.causal, s.heads, s.query_len, s.key_len) for s in a.sites] == \
+        [("dense", True, rs.HEADS, N, N)] * 2
+    # sliced to N: whole at N = 512, which torch's slice tells apart
+    assert a.valid_for() == f"1 <= N <= {rs.MAX_LEN - 1}"
+    for n, b in ((64, 1), (300, 2)):
+        by_hand = b * rs.HEADS * n * (n + 1) // 2 * 2 * rs.DIM_V
+        assert a.at(a.sites[0].useful_flops, n, b) == by_hand
+        assert a.at(a.sites[0].flops, n, b) == b * rs.HEADS * n * n * 2 * rs.DIM_V
+    _flops_equal(rs, a, [(64, 1), (300, 2)])

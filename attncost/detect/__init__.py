@@ -13,6 +13,8 @@ order they run; a later one does not claim nodes an earlier site holds:
 * linear.py: kernelized attention through a sequence-free state;
 * scan.py: causal linear attention through a prefix sum of states;
 * recurrent.py: a loop over the positions carrying a state (at a fixed length);
+* learned.py: a softmax over a learned table of N×N scores (the Random
+  Synthesizer's) applied to values of the input;
 * unfused.py last: scores applied to V with nothing weighing them (a
   retention's decay, a Taylor polynomial, a mask), once the linear forms
   have claimed their chunks.
@@ -29,6 +31,7 @@ from ..rules.registry import Registry
 from .blocks import merge_blocks, merge_pieces
 from .fused import find_fused
 from .graph import GraphContext
+from .learned import find_learned_scores
 from .linear import find_linear
 from .recurrent import find_chunk_loops, find_recurrent
 from .scan import find_scans
@@ -52,6 +55,7 @@ register_recogniser("chunk loop")(find_chunk_loops)
 register_recogniser("linear")(find_linear)
 register_recogniser("scan")(find_scans)
 register_recogniser("recurrent")(find_recurrent)
+register_recogniser("learned scores")(find_learned_scores)
 register_recogniser("unweighed")(find_unweighed)
 
 

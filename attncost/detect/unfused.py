@@ -300,7 +300,7 @@ def _sums_values_over(ctx, softmax: fx.Node, dim: int) -> bool:
     Then that axis holds the keys, whatever the product's order (K·Qᵀ with
     its softmax over the rows); slot attention normalises over the queries
     and sums the values over the other axis."""
-    pv, prob_path, p_side = _walk_forward(ctx, softmax)
+    pv, prob_path, p_side = walk_forward(ctx, softmax)
     if pv is None:
         return False
     axes = follow_axes(prob_path, softmax, (dim,))
@@ -334,7 +334,7 @@ def _applied(ctx, softmax: fx.Node, n_keys, pooled: bool):
     the weights of fixed windows were padded into another layout on the way
     (Longformer's diagonals), the keys of that layout.  Values are
     activations, never a weight; pooled, they are the tokens themselves."""
-    pv, prob_path, p_side = _walk_forward(ctx, softmax)
+    pv, prob_path, p_side = walk_forward(ctx, softmax)
     if pv is None:
         return None
     operands = ctx.product_operands(pv)
@@ -670,7 +670,7 @@ def _heads_mixed_sizes(ctx, path: list[fx.Node]) -> list[int]:
     return [m[1] for m in map(functools.partial(heads_mixed, ctx), path) if m is not None]
 
 
-def _walk_forward(ctx, softmax: fx.Node, limit: int = 32):
+def walk_forward(ctx, softmax: fx.Node, limit: int = 32):
     """From the softmax to the product that applies it to V: that product,
     the ops on the way (a mixing across heads among them), and which of its
     two factors the weights are."""
