@@ -17,7 +17,7 @@ tensor used as a slice bound is replaced by its size (Python's slicing
 would read it as an int, fixing it to a number).  ``torch.tensor(n)`` of a
 SymInt (LongT5's count of global tokens, a fill value for ``where``) would
 fix it to a number as well; it is built with ``scalar_tensor``, which keeps
-it a size, and a list of sizes with ``stack``.  Values
+it a size.  Values
 that come from data (a mask's ``any()``, ``nonzero``) are not touched.
 """
 from __future__ import annotations
@@ -120,26 +120,13 @@ _INDEXING = (_T.__getitem__, _T.__setitem__)
 _FROM_DATA = (torch.tensor, torch.as_tensor)
 
 
-def _symbolic(values) -> bool:
-    return any(isinstance(v, (torch.SymInt, torch.SymFloat)) for v in values)
-
-
-def _tensor_of_sizes(data, dtype=None, device=None, **_):
-    """``torch.tensor`` of SymInts (or a flat list of them) kept symbolic;
-    None where ``data`` is anything else."""
-    if isinstance(data, (torch.SymInt, torch.SymFloat)):
-        values, one = [data], True
-    elif isinstance(data, (list, tuple)) and data and _symbolic(data) and all(
-            isinstance(v, (int, float, torch.SymInt, torch.SymFloat))
-            and not isinstance(v, bool) for v in data):
-        values, one = list(data), False
-    else:
+def _tensor_of_a_size(data, dtype=None, device=None, **_):
+    """``torch.tensor`` of one SymInt kept symbolic; None for anything else
+    (a list of sizes is left as torch makes it: its ``tolist()`` must give
+    numbers back)."""
+    if not isinstance(data, torch.SymInt):
         return None
-    if dtype is None:
-        floats = any(isinstance(v, (float, torch.SymFloat)) for v in values)
-        dtype = torch.get_default_dtype() if floats else torch.int64
-    made = [torch.scalar_tensor(v, dtype=dtype, device=device) for v in values]
-    return made[0] if one else torch.stack(made)
+    return torch.scalar_tensor(data, dtype=dtype or torch.int64, device=device)
 
 
 class _SizesThroughTensors(TorchFunctionMode):
@@ -149,7 +136,7 @@ class _SizesThroughTensors(TorchFunctionMode):
             args = (args[0], _slices_with_sizes(args[1])) + tuple(args[2:])
         out = None
         if func in _FROM_DATA and len(args) == 1:
-            out = _tensor_of_sizes(args[0], **kwargs)
+            out = _tensor_of_a_size(args[0], **kwargs)
         if out is None:
             out = func(*args, **kwargs)
         if isinstance(out, torch.Tensor) and out.dim() == 0 and not out.dtype.is_floating_point \
