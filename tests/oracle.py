@@ -78,3 +78,21 @@ def transformers_config(fields: dict):
 
     cls = getattr(transformers, CONFIG_MAPPING_NAMES[fields["model_type"]])
     return cls(**{k: v for k, v in fields.items() if k != "model_type"})
+
+
+def analysed_configs(tmp_path_factory, configs: dict, implementation, seq_len: int = 64) -> dict:
+    """``attncost.analyze`` of each transformers config of ``configs`` (name
+    -> fields), written as config.json to its own folder, at float32 on a
+    CPU; ``implementation``: one for all, or name -> implementation."""
+    import json
+
+    import attncost
+
+    done = {}
+    for name, fields in configs.items():
+        folder = tmp_path_factory.mktemp(name)
+        (folder / "config.json").write_text(json.dumps(fields))
+        impl = implementation[name] if isinstance(implementation, dict) else implementation
+        done[name] = attncost.analyze(folder, seq_len=seq_len, device="cpu", dtype="float32",
+                                      attn_implementation=impl)
+    return done

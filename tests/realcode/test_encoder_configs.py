@@ -57,7 +57,7 @@ HERE = Path(__file__).parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
-from oracle import count_flops, transformers_config  # noqa: E402
+from oracle import analysed_configs, count_flops, transformers_config  # noqa: E402
 
 HEADS, DIM_HEAD = 2, 16
 CONV = dict(conv_dim=[16, 16], conv_stride=[5, 2], conv_kernel=[10, 3])
@@ -88,13 +88,7 @@ def _real(fields: dict, implementation: str):
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
-    done = {}
-    for name, fields in CONFIGS.items():
-        folder = tmp_path_factory.mktemp(name)
-        (folder / "config.json").write_text(json.dumps(fields))
-        done[name] = attncost.analyze(folder, seq_len=64, device="cpu", dtype="float32",
-                                      attn_implementation=IMPLEMENTATION[name])
-    return done
+    return analysed_configs(tmp_path_factory, CONFIGS, IMPLEMENTATION)
 
 
 def test_the_waveform_makes_n_frames():

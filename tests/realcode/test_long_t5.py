@@ -15,15 +15,12 @@ decoder is T5's: causal self-attention and cross-attention to the encoder.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import attncost
-from attncost.expr import N
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -32,7 +29,7 @@ HERE = Path(__file__).parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
-from oracle import count_flops, transformers_config  # noqa: E402
+from oracle import analysed_configs, count_flops, transformers_config  # noqa: E402
 
 HEADS, DIM_HEAD, RADIUS, GLOBAL_BLOCK = 2, 16, 15, 8
 BLOCK = RADIUS + 1
@@ -46,13 +43,7 @@ CONFIGS = {"local": dict(COMMON, encoder_attention_type="local"),
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
-    done = {}
-    for name, fields in CONFIGS.items():
-        folder = tmp_path_factory.mktemp(name)
-        (folder / "config.json").write_text(json.dumps(fields))
-        done[name] = attncost.analyze(folder, seq_len=64, device="cpu", dtype="float32",
-                                      attn_implementation="eager")
-    return done
+    return analysed_configs(tmp_path_factory, CONFIGS, "eager")
 
 
 def _real(fields: dict):
