@@ -256,12 +256,8 @@ class Analysis:
         return text
 
     def _length_conditions(self) -> list[str]:
-        """The trace's conditions on N other than its range (a residue, an
-        equality); a length ruled out beyond the range says nothing."""
-        lo, hi = self.n_range
-        return [c for c in length_conditions(self.guards)
-                if (excluded_length(c) is None or lo <= excluded_length(c)
-                    and (hi is None or excluded_length(c) <= hi))]
+        """The trace's conditions on N other than its range (a residue, an equality)."""
+        return length_conditions(self.guards)
 
     def _residues(self, conditions: list[str], start: int | None = None) -> list[bool] | None:
         """Where ``conditions`` hold from ``start`` (the range's start), read

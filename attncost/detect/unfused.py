@@ -179,8 +179,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
         return []  # a softmax over the heads or the batch
     over_queries = dim == (layout[0] if layout else len(shape) - 2)  # queries compete
     keys_first = over_queries and _sums_values_over(ctx, softmax, dim) and \
-        (_of_two_activations(ctx, _sink_free(t, scores, dim)) or
-         _pools_tokens(ctx, scores, shape[dim]))
+        _of_two_activations(ctx, _sink_free(t, scores, dim))
     if keys_first:  # K·Qᵀ: the rows the softmax runs over are the keys
         layout = (layout[1], layout[0]) if layout else (len(shape) - 1, len(shape) - 2)
         over_queries = False
@@ -200,7 +199,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if operands is None:
         return []
     q_operand, k_operand, pooled = operands
-    if keys_first and not pooled:
+    if keys_first:
         q_operand, k_operand = k_operand, q_operand
     # The softmax must be over the keys: the axis the Q·Kᵀ product produced
     # (or, pooling, the tokens its learned queries met), or the keys of
@@ -294,15 +293,6 @@ def _of_two_activations(ctx, scores: fx.Node) -> bool:
     softmax over the sequence in linear attention, nor learned queries)?"""
     qk = _walk_back(scores, ctx)[0]
     return qk is not None and not any(ctx.is_weight(x) for x in ctx.product_operands(qk))
-
-
-def _pools_tokens(ctx, scores: fx.Node, rows) -> bool:
-    """Are the scores learned queries met by the tokens, laid out with the
-    tokens first ((b, n, h): Fastformer's additive attention), the rows the
-    softmax runs over being the tokens?"""
-    qk = _walk_back(scores, ctx)[0]
-    return qk is not None and any(ctx.is_weight(x) for x in ctx.product_operands(qk)) and \
-        N in sympy.sympify(settled(rows)).free_symbols
 
 
 def _sums_values_over(ctx, softmax: fx.Node, dim: int) -> bool:
@@ -501,8 +491,10 @@ def _site_pattern(ctx, site, mask_inputs, n_keys, heads: int, n_q,
     qk, softmax, q_operand, k_operand = site
     if N in sympy.sympify(n_keys).free_symbols:
         pattern = masks.pattern_of(ctx, mask_inputs, heads) if mask_inputs else MaskPattern.full()
-        rows = ctx.traced.shape(softmax)[-2]
-        if not mask_inputs or len({value_at(rows, n) for n in masks.probe_lengths(ctx)}) > 1:
+        *lead, rows, _ = ctx.traced.shape(softmax)
+        blocks = sympy.Mul(*lead)
+        if not mask_inputs or N not in sympy.sympify(blocks).free_symbols or \
+                len({value_at(rows, n) for n in masks.probe_lengths(ctx)}) > 1:
             return pattern
         # queries in blocks, each over keys that grow with N (its neighbours
         # and a summary of every block): the mask's first matrix is one block

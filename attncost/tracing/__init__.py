@@ -24,7 +24,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 
 from ..errors import ModelError, first_line
-from ..expr import B, N, excluded_length, pins_batch
+from ..expr import B, N, pins_batch
 from ..loader import LoadedModel
 from .fake import call_args, fake_parameters, module_state_kept
 from .graph import TracedModel, tensor_outputs, tensors_of
@@ -337,18 +337,7 @@ def _guards(traced: TracedModel) -> tuple[list[str], tuple[int, int | None]]:
             continue
         texts.append(str(expr))
         lo, hi = _bounded(expr, lo, hi, traced.seq_len_hint)
-    return sorted(set(texts)), _edges_ruled_out(texts, lo, hi)
-
-
-def _edges_ruled_out(texts: list[str], lo: int, hi: int | None) -> tuple[int, int | None]:
-    """The range less the lengths at its edges that a guard rules out
-    (``N <= 512`` and ``N ≠ 512``: up to 511)."""
-    excluded = {excluded_length(t) for t in texts} - {None}
-    while hi is not None and hi in excluded and hi > lo:
-        hi -= 1
-    while lo in excluded and (hi is None or lo < hi):
-        lo += 1
-    return lo, hi
+    return sorted(set(texts)), (lo, hi)
 
 
 def _bounded(guard, lo: int, hi: int | None, hint: int) -> tuple[int, int | None]:
