@@ -128,3 +128,20 @@ def test_scores_learned_as_a_table_are_attention_over_the_values():
         assert a.at(a.sites[0].flops, n, b) == b * rs.HEADS * n * n * 2 * rs.DIM_V
     _flops_equal(rs, a, [(64, 1), (300, 2)])
 
+
+
+def test_tokens_pooled_by_learned_queries_laid_out_tokens_first():
+    """Fastformer's two poolings a layer: HEADS learned queries of width
+    DIM score the N tokens, a softmax over dim=1 of (b, n, h), and the
+    weights sum the tokens' values of DIM_HEAD.  Each is a site of HEADS
+    queries against N keys (no site was found with the tokens first)."""
+    from attncost.expr import N
+
+    fa = load_module(MODELS / "additive_attention.py")
+    a = attncost.analyze(MODELS / "additive_attention.py", seq_len=64, device="cpu")
+    assert [(s.variant, s.query_len, s.key_len) for s in a.sites] == \
+        [("dense", fa.HEADS, N)] * 4
+    for n, b in ((64, 1), (300, 2)):
+        by_hand = b * n * fa.HEADS * 2 * (fa.DIM + fa.DIM_HEAD)  # logits, then ·V
+        assert [a.at(s.useful_flops, n, b) for s in a.sites] == [by_hand] * 4
+    _flops_equal(fa, a, [(64, 1), (300, 2)])

@@ -179,7 +179,8 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
         return []  # a softmax over the heads or the batch
     over_queries = dim == (layout[0] if layout else len(shape) - 2)  # queries compete
     keys_first = over_queries and _sums_values_over(ctx, softmax, dim) and \
-        _of_two_activations(ctx, _sink_free(t, scores, dim))
+        (_of_two_activations(ctx, _sink_free(t, scores, dim)) or
+         _pools_tokens(ctx, scores, shape[dim], softmax))
     if keys_first:  # K·Qᵀ: the rows the softmax runs over are the keys
         layout = (layout[1], layout[0]) if layout else (len(shape) - 1, len(shape) - 2)
         over_queries = False
@@ -199,7 +200,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     if operands is None:
         return []
     q_operand, k_operand, pooled = operands
-    if keys_first:
+    if keys_first and not pooled:
         q_operand, k_operand = k_operand, q_operand
     # The softmax must be over the keys: the axis the Q·Kᵀ product produced
     # (or, pooling, the tokens its learned queries met), or the keys of
@@ -293,6 +294,23 @@ def _of_two_activations(ctx, scores: fx.Node) -> bool:
     softmax over the sequence in linear attention, nor learned queries)?"""
     qk = _walk_back(scores, ctx)[0]
     return qk is not None and not any(ctx.is_weight(x) for x in ctx.product_operands(qk))
+
+
+def _pools_tokens(ctx, scores: fx.Node, rows, softmax: fx.Node) -> bool:
+    """Are the scores learned queries met by the tokens, laid out with the
+    tokens first ((b, n, h): Fastformer's additive attention), the rows the
+    softmax runs over being the tokens, each query's weights summing the
+    values alone (a row of one in the product that applies them)?  Linear
+    attention's softmax of K over the sequence is no pooling: its weights
+    meet the values with a row per feature, a state for the queries."""
+    qk = _walk_back(scores, ctx)[0]
+    if qk is None or not any(ctx.is_weight(x) for x in ctx.product_operands(qk)) or \
+            N not in sympy.sympify(settled(rows)).free_symbols:
+        return False
+    pv, _, p_side = walk_forward(ctx, softmax)
+    p_shape = ctx.traced.shape(ctx.product_operands(pv)[p_side]) if pv is not None else None
+    return p_shape is not None and len(p_shape) >= 2 and \
+        as_int(p_shape[-2 if p_side == 0 else -1]) == 1
 
 
 def _sums_values_over(ctx, softmax: fx.Node, dim: int) -> bool:
