@@ -145,3 +145,19 @@ def test_tokens_pooled_by_learned_queries_laid_out_tokens_first():
         by_hand = b * n * fa.HEADS * 2 * (fa.DIM + fa.DIM_HEAD)  # logits, then ·V
         assert [a.at(s.useful_flops, n, b) for s in a.sites] == [by_hand] * 4
     _flops_equal(fa, a, [(64, 1), (300, 2)])
+
+
+def test_a_learned_table_weighed_by_exp_and_normalised_after_is_one_site():
+    """AFT-full: exp of a learned N×N table meets exp(K) ⊙ V and exp(K) in
+    two products, normalised after; no softmax, no Q·Kᵀ.  One dense site a
+    layer (no site was found), both products its work."""
+    from attncost.expr import N
+
+    aft = load_module(MODELS / "attention_free.py")
+    a = attncost.analyze(MODELS / "attention_free.py", seq_len=64, device="cpu")
+    assert [(s.variant, s.causal, s.heads, s.query_len, s.key_len) for s in a.sites] == \
+        [("dense", False, 1, N, N)] * 2
+    for n, b in ((64, 1), (300, 2)):
+        by_hand = b * n * n * 2 * (aft.HIDDEN + aft.HIDDEN)
+        assert [a.at(s.useful_flops, n, b) for s in a.sites] == [by_hand] * 2
+    _flops_equal(aft, a, [(64, 1), (300, 2)])

@@ -4,7 +4,12 @@ and the weights applied to values of the input.  No query meets a key,
 so there is no Q·Kᵀ to find; the tokens are still mixed by normalised
 pairwise weights, and ·V costs what it costs in any attention: 2·d_v per
 pair and head.  The masks on the way (a causal masked_fill) name the
-pattern, as for computed scores."""
+pattern, as for computed scores.
+
+The Attention Free Transformer (AFT-full) weighs its table by ``exp``
+instead, and normalises after the products: exp(w)·(exp(K) ⊙ V) over
+exp(w)·exp(K).  Every product of the weights with the input is the site's
+(the normaliser's is a term of each pair, as a position term is)."""
 from __future__ import annotations
 
 import sympy
@@ -13,7 +18,7 @@ import torch.fx as fx
 from ..expr import B, N, as_int, settled
 from ..patterns import MaskPattern
 from ..rules.flops import node_flops
-from ..rules.ops import is_view, packet
+from ..rules.ops import MATMUL_OPS, is_view, packet
 from . import masks
 from .site import SiteShape, build_sites
 from .unfused import softmax_of, walk_forward
@@ -22,16 +27,42 @@ aten = __import__("torch").ops.aten
 
 
 def find_learned_scores(ctx, used: set[str]) -> list:
-    found = []
+    found, exps = [], {}
     for node in ctx.traced.nodes:
-        if node.op != "call_function" or node.name in used or softmax_of(node) is None:
+        if node.op != "call_function" or node.name in used:
             continue
-        found.extend(_read(ctx, node, *softmax_of(node)))
+        if softmax_of(node) is not None:
+            found.extend(_read(ctx, [node], *softmax_of(node)))
+        elif packet(node) is aten.exp and isinstance(node.args[0], fx.Node):
+            exps.setdefault(node.args[0], []).append(node)  # exp(w), taken once a product
+    for table, weighed in exps.items():
+        found.extend(_read(ctx, weighed, table, -1, normalised_after=True))
     return found
 
 
-def _read(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list:
-    t = ctx.traced
+def _products_of(ctx, weights: fx.Node, limit: int = 4) -> list[tuple[fx.Node, int]]:
+    """(product, the weights' side) of every product the weights meet
+    through views."""
+    found, frontier = [], [weights]
+    for _ in range(limit):
+        nxt = []
+        for node in frontier:
+            for user in node.users:
+                if packet(user) in MATMUL_OPS:
+                    operands = ctx.product_operands(user)
+                    if node in operands:
+                        found.append((user, operands.index(node)))
+                elif is_view(user):
+                    nxt.append(user)
+        frontier = nxt
+    return found
+
+
+def _read(ctx, weighed: list[fx.Node], scores: fx.Node, axis: int,
+          normalised_after: bool = False) -> list:
+    """The site of the scores' table weighed by ``weighed`` (one softmax, or
+    each exp of the same table), or none."""
+    t, softmax = ctx.traced, weighed[0]
     shape = t.shape(softmax)
     if shape is None or len(shape) < 2 or axis % len(shape) != len(shape) - 1:
         return []
@@ -42,23 +73,24 @@ def _read(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list:
     if found is None:
         return []
     mask_inputs, path = found
-    pv, prob_path, p_side = walk_forward(ctx, softmax)
-    if pv is None:
-        return []
-    operands = ctx.product_operands(pv)
-    v_operand = operands[1 - p_side]
-    if v_operand not in ctx.activations or ctx.is_weight(v_operand):
-        return []
-    heads = as_int(sympy.Mul(*shape[:-2]) / (B if B in sympy.Mul(*shape[:-2]).free_symbols
-                                             else 1))
-    if not heads:
+    if normalised_after:
+        products, prob_path = [p for w in weighed for p in _products_of(ctx, w)], []
+    else:
+        pv, prob_path, p_side = walk_forward(ctx, softmax)
+        products = [(pv, p_side)] if pv is not None else []
+    products = [(p, side) for p, side in products
+                if ctx.product_operands(p)[1 - side] in ctx.activations]
+    lead = sympy.Mul(*shape[:-2])
+    heads = as_int(lead / (B if B in lead.free_symbols else 1))
+    if not products or not heads:
         return []
     pattern = masks.pattern_of(ctx, mask_inputs, heads) if mask_inputs else MaskPattern.full()
-    d_v = as_int(t.shape(pv)[-1 if p_side == 0 else -2])
-    site_shape = SiteShape("learned", heads, heads, 0, n_q, n_keys,
-                           sympy.expand(node_flops(t, pv, ctx.flop_rules)), d_v)
+    widths = [as_int(t.shape(p)[-1 if side == 0 else -2]) or 0 for p, side in products]
+    flops = sum((node_flops(t, p, ctx.flop_rules) for p, _ in products), sympy.Integer(0))
+    site_shape = SiteShape("learned", heads, heads, 0, n_q, n_keys, sympy.expand(flops),
+                           widths[0], score_term_width=sum(widths[1:]))
     sites = build_sites(ctx, softmax, site_shape, pattern,
-                        nodes=[*path, softmax, *prob_path, pv])
+                        nodes=[*path, *weighed, *prob_path, *(p for p, _ in products)])
     for site in sites:
         site.block_masks = list(mask_inputs)
     return sites
