@@ -134,9 +134,13 @@ def _not_a_bound(condition: str) -> bool:
 
 def pins_batch(condition: str) -> bool:
     """Does ``condition`` fix B to one value (``Eq(B, 2)``: a tensor built
-    from a list as long as the batch)?"""
+    from a list as long as the batch), rather than hold at every batch?"""
     guard = _parsed(condition)
-    return isinstance(guard, sympy.Eq) and guard.free_symbols == {B}
+    if not isinstance(guard, sympy.Eq) or guard.free_symbols != {B}:
+        return False
+    # an identity in B (``floor((3*B - 1)/B) == 2``: a split of 2·B rows in
+    # pieces of B) holds at every batch: it fixes none
+    return not all(bool(guard.subs(B, b)) for b in range(1, 65))
 
 
 def fails_at(condition: str, seq_len: int, batch: int = 1) -> bool:

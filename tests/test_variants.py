@@ -359,6 +359,23 @@ def test_a_model_that_fixes_the_batch_it_ran_with_is_traced_at_the_batch_asked()
     assert at_two.at(at_two.flops, 64, 1) == oracle("batch_as_a_list", 64, 1)
 
 
+def test_a_condition_on_the_batch_that_holds_at_every_batch_fixes_none():
+    """The Set Transformer cuts 2·B rows into pieces of B (``split(B, 0)``),
+    a guard ``floor((3*B - 1)/B) == 2`` on B alone that every batch meets:
+    B stays a symbol (it was traced at the batch asked, its formulas
+    holding there only), two sites a block, INDUCING × N and N × INDUCING."""
+    ip = load_module(MODELS / "induced_points.py")
+    a = analyze("induced_points", 64)
+    assert a.batch_range == (1, None)
+    assert [(s.query_len, s.key_len) for s in a.sites] == \
+        [(ip.INDUCING, N), (N, ip.INDUCING)] * 2
+    for n, b in ((64, 1), (100, 3)):
+        assert a.at(a.flops, n, b) == oracle("induced_points", n, b), (n, b)
+        for s in a.sites:  # Q·Kᵀ and P·V over INDUCING·N pairs, heads of DIM/HEADS
+            by_hand = b * ip.HEADS * ip.INDUCING * n * 2 * 2 * (ip.DIM // ip.HEADS)
+            assert a.at(s.useful_flops, n, b) == by_hand, (n, b)
+
+
 def test_a_site_with_no_batch_axis_needs_its_pairs_once():
     """Tokens with no batch axis (packed sequences): the site computes its
     pairs once whatever B, and so needs them once: N(N+1)/2 causal pairs
