@@ -369,10 +369,24 @@ def condition_text(condition, start: int = 1) -> str:
     try:
         truth = [holds_at(condition, n) for n in range(start, start + 256)]
     except (TypeError, ValueError, sympy.SympifyError):
-        return str(condition)
+        return _as_written(condition)
     if None in truth or all(truth) or not any(truth):
+        return _as_written(condition)
+    return _residue_text(truth, start) or _as_written(condition)
+
+
+_RELATIONS = {sympy.Eq: "=", sympy.Ne: "≠"}
+
+
+def _as_written(condition) -> str:
+    """``Ne(N, B)`` as "N ≠ B", ``Eq(a, b)`` as "a = b"; others as sympy
+    writes them ("N >= 8")."""
+    try:
+        guard = _parsed(condition)
+    except (TypeError, ValueError, sympy.SympifyError):
         return str(condition)
-    return _residue_text(truth, start) or str(condition)
+    relation = _RELATIONS.get(type(guard))
+    return f"{guard.lhs} {relation} {guard.rhs}" if relation else str(guard)
 
 
 def leading_term(expr: sympy.Expr, symbol: sympy.Symbol = N) -> sympy.Expr:

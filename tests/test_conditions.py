@@ -3,7 +3,7 @@ for the lengths they allow.  The truth of each case is worked out by hand
 in the test."""
 import sympy
 
-from attncost.expr import B, N, conditions_text, on_multiples, value_at
+from attncost.expr import B, N, condition_text, conditions_text, on_multiples, value_at
 
 
 def test_conditions_that_ask_a_residue_together():
@@ -133,3 +133,11 @@ def test_a_residue_kept_to_the_end_of_the_lengths_read_bounds_nothing_above():
     # 256, three short of the span's end, and no bound above follows from it
     conditions = ["Eq(Mod(N, 4), 0)", "floor(N/8) >= 1"]
     assert conditions_text(conditions, start=4) == "N >= 8, N a multiple of 4"
+
+
+def test_a_condition_with_no_words_of_its_own_reads_as_a_relation():
+    """A guard that compares N with B (a size equal to the batch told
+    apart from the length) says so in symbols, not as sympy's ``Ne(N, B)``."""
+    assert condition_text("Ne(N, B)") == "N ≠ B"
+    assert condition_text("Eq(B*N, 6)") == "B*N = 6"
+    assert condition_text("N > 2048") == "N > 2048"
