@@ -660,6 +660,26 @@ def test_two_sizes_that_meet_at_one_length_rule_it_out(tmp_path):
     assert a.valid_for() is not None and "N ≠ 64" in a.valid_for(), a.valid_for()
 
 
+def test_a_cache_keyed_by_a_shape_adds_no_condition(tmp_path):
+    """A cache keyed by the input's shape (einops caches its recipes by
+    (B, N, ...)): the batch and the length never meet as keys, so the trace
+    holds with no condition (it said "N ≠ B")."""
+    path = write_model(tmp_path, "shape_cache", """
+    import functools
+    @functools.lru_cache(maxsize=16)
+    def plan(shape):
+        return (shape[0] * shape[1], shape[2])
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(DIM, DIM)
+        def forward(self, x):
+            return self.proj(x.reshape(plan(tuple(x.shape)))).reshape(x.shape)
+    """)
+    a = attncost.analyze(path, seq_len=128, device="cpu")
+    assert a.valid_for() is None, a.valid_for()
+
+
 def test_a_size_read_from_data_in_traces_at_fixed_lengths_is_fixed_there():
     """A model traced at fixed lengths (it checks that the length is an
     int) whose packed length is read from data (``repeat_interleave`` by a

@@ -22,8 +22,11 @@ of each sample's length, and caches (``functools.lru_cache``) take sizes
 as arguments; torch refuses to hash a SymInt.  While a model is traced, a
 size hashes by its value at the traced length, within that trace only, so
 two sizes meet (and are compared, which guards the trace) where they are
-equal there; two that differ there are compared at once, so that a length
-where they would meet is ruled out by a guard rather than assumed away.
+equal there; two of the same symbols that differ there are compared at
+once, so that a length where they would meet is ruled out by a guard
+rather than assumed away.  A size of the batch and one of the length (the
+two of one shape, a key of einops' caches) are not: "N ≠ B" says nothing
+a user can act on.
 """
 from __future__ import annotations
 
@@ -180,7 +183,10 @@ def sizes_hashable() -> Iterator[None]:
             return unhashable(self)
         if node.expr not in hashed:
             for other in list(hashed.values()):
-                if _hint(other.node) != hint and other.node.shape_env is node.shape_env:
+                # sizes of the same symbols only: where N would meet 2·N − 64;
+                # the batch and the length as one key (a shape cache) never meet
+                if _hint(other.node) != hint and other.node.shape_env is node.shape_env \
+                        and other.node.expr.free_symbols == node.expr.free_symbols:
                     bool(self != other)  # a guard where they would be equal
             hashed[node.expr] = self
         return hash(("size in trace", trace, hint))
