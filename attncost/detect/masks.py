@@ -258,14 +258,53 @@ def _evaluated(ctx, mask: fx.Node, n: int, decay_free: bool = False):
     key = (mask, n) if not decay_free else (mask, n, "decay_free")
     if key not in cache:
         try:
-            given = _decays_as_one(ctx, mask, n) if decay_free else None
-            cache[key] = evaluate_node(ctx, mask, n, given)
+            given = {**(_decays_as_one(ctx, mask, n) if decay_free else {}),
+                     **_ties_broken(ctx, mask, n)}
+            cache[key] = evaluate_node(ctx, mask, n, given or None)
         except CannotEvaluate as why:
             cache[key] = why
     value = cache[key]
     if isinstance(value, CannotEvaluate):
         raise value
     return value
+
+
+def _ties_broken(ctx, mask: fx.Node, n: int) -> dict:
+    """For a mask that keeps the scores at or above their k-th largest (a
+    top-k compared by value: x-transformers' sparse top-k), the products
+    those scores come from, given as distinct values: with the weights read
+    as zeros every score ties and every pair would be kept, where k are."""
+    given, seen, stack = {}, set(), [mask]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, fx.Node) or node in seen or node.op != "call_function":
+            continue
+        seen.add(node)
+        if getattr(node.target, "overloadpacket", None) is torch.ops.aten.topk:
+            for product in _products_behind(ctx, node.args[0]):
+                zeros = torch.as_tensor(evaluate_node(ctx, product, n))
+                given[product] = torch.rand(zeros.shape, generator=torch.Generator().manual_seed(0))
+        stack.extend(node.all_input_nodes)
+    return given
+
+
+def _products_behind(ctx, scores: fx.Node, limit: int = 64) -> list[fx.Node]:
+    """The products of two activations (Q·Kᵀ) that ``scores`` are computed
+    from, the nearest on each path back; none behind a product with a
+    weight (a router's logits: its experts' choice is no threshold on the
+    scores)."""
+    found, seen, stack = [], set(), [scores]
+    while stack and len(seen) < limit:
+        node = stack.pop()
+        if not isinstance(node, fx.Node) or node in seen or node not in ctx.activations:
+            continue
+        seen.add(node)
+        if getattr(node.target, "overloadpacket", None) in (torch.ops.aten.bmm, torch.ops.aten.mm):
+            if not any(ctx.is_weight(o) for o in ctx.product_operands(node)):
+                found.append(node)
+            continue
+        stack.extend(node.all_input_nodes)
+    return found
 
 
 def _decays_as_one(ctx, mask: fx.Node, n: int) -> dict:

@@ -101,3 +101,22 @@ def test_xtransformers_memory_keys_every_query_sees():
         assert a.at(s.useful_flops, n, 1) == 2 * pairs * 2 * (16 + 16)
     assert a.at(a.flops, 128, 1) == _real_flops(model, mod, 128, 1)
     assert a.at(a.flops, 200, 2) == _real_flops(model, mod, 200, 2)
+
+
+def test_xtransformers_sparse_topk_keeps_k_keys_a_query():
+    """The top-k is compared by value: with the weights read as zeros every
+    logit ties with the k-th and every causal pair was counted as kept.
+    Distinct logits keep min(TOPK, i + 1) keys for query i."""
+    require("x_transformers")
+    mod = load_module(HERE / "published_xtransformers_sparse_topk.py")
+    model = mod.build_model()
+    a = attncost.analyze(HERE / "published_xtransformers_sparse_topk.py", seq_len=128,
+                         device="cpu")
+    assert [(s.variant, s.causal, s.heads) for s in a.sites] == [("sparse", True, 2)] * 2
+    for s in a.sites:
+        for n in (128, 1000):
+            kept = sum(min(mod.TOPK, i + 1) for i in range(n))
+            assert a.at(s.useful_flops, n, 1) == 2 * kept * 2 * (16 + 16), n
+            assert a.at(s.flops, n, 1) == 2 * n * n * 2 * (16 + 16)
+    assert a.at(a.flops, 128, 1) == _real_flops(model, mod, 128, 1)
+    assert a.at(a.flops, 200, 2) == _real_flops(model, mod, 200, 2)
