@@ -269,22 +269,31 @@ def _evaluated(ctx, mask: fx.Node, n: int, decay_free: bool = False):
     return value
 
 
-def _ties_broken(ctx, mask: fx.Node, n: int) -> dict:
-    """For a mask that keeps the scores at or above their k-th largest (a
-    top-k compared by value: x-transformers' sparse top-k), the products
-    those scores come from, given as distinct values: with the weights read
-    as zeros every score ties and every pair would be kept, where k are."""
-    given, seen, stack = {}, set(), [mask]
+def _ancestors(mask: fx.Node, stop=lambda node: False):
+    """The ops ``mask`` is computed from, each once, not past those ``stop``
+    says (they are yielded, their inputs not)."""
+    seen, stack = set(), [mask]
     while stack:
         node = stack.pop()
         if not isinstance(node, fx.Node) or node in seen or node.op != "call_function":
             continue
         seen.add(node)
+        yield node
+        if not stop(node):
+            stack.extend(node.all_input_nodes)
+
+
+def _ties_broken(ctx, mask: fx.Node, n: int) -> dict:
+    """For a mask that keeps the scores at or above their k-th largest (a
+    top-k compared by value: x-transformers' sparse top-k), the products
+    those scores come from, given as distinct values: with the weights read
+    as zeros every score ties and every pair would be kept, where k are."""
+    given = {}
+    for node in _ancestors(mask):
         if getattr(node.target, "overloadpacket", None) is torch.ops.aten.topk:
             for product in _products_behind(ctx, node.args[0]):
-                zeros = torch.as_tensor(evaluate_node(ctx, product, n))
-                given[product] = torch.rand(zeros.shape, generator=torch.Generator().manual_seed(0))
-        stack.extend(node.all_input_nodes)
+                shape = torch.as_tensor(evaluate_node(ctx, product, n)).shape
+                given[product] = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     return given
 
 
@@ -310,17 +319,12 @@ def _products_behind(ctx, scores: fx.Node, limit: int = 64) -> list[fx.Node]:
 def _decays_as_one(ctx, mask: fx.Node, n: int) -> dict:
     """The exponentials computed from the input on the way to ``mask``, each
     given as ones of its shape."""
-    given, seen, stack = {}, set(), [mask]
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, fx.Node) or node in seen or node.op != "call_function":
-            continue
-        seen.add(node)
-        if getattr(node.target, "overloadpacket", None) in _DECAYS and node in ctx.activations:
-            given[node] = torch.ones_like(torch.as_tensor(evaluate_node(ctx, node, n)))
-            continue
-        stack.extend(node.all_input_nodes)
-    return given
+    def decay(node: fx.Node) -> bool:
+        return getattr(node.target, "overloadpacket", None) in _DECAYS and \
+            node in ctx.activations
+
+    return {node: torch.ones_like(torch.as_tensor(evaluate_node(ctx, node, n)))
+            for node in _ancestors(mask, stop=decay) if decay(node)}
 
 
 def _group_heads(head_of, heads: int, n: int) -> list[list[int]] | None:
