@@ -140,7 +140,7 @@ def pins_batch(condition: str) -> bool:
         return False
     # an identity in B (``floor((3*B - 1)/B) == 2``: a split of 2·B rows in
     # pieces of B) holds at every batch: it fixes none
-    return not all(bool(guard.subs(B, b)) for b in range(1, 65))
+    return not all(holds_at(condition, 1, b) for b in range(1, 65))
 
 
 def fails_at(condition: str, seq_len: int, batch: int = 1) -> bool:

@@ -13,6 +13,7 @@ exp(w)·exp(K).  Every product of the weights with the input is the site's
 from __future__ import annotations
 
 import sympy
+import torch
 import torch.fx as fx
 
 from ..expr import B, N, as_int, settled
@@ -23,7 +24,7 @@ from . import masks
 from .site import SiteShape, build_sites
 from .unfused import softmax_of, walk_forward
 
-aten = __import__("torch").ops.aten
+aten = torch.ops.aten
 
 
 def find_learned_scores(ctx, used: set[str]) -> list:
@@ -109,7 +110,7 @@ def _back_to_table(ctx, scores: fx.Node, limit: int = 16):
             return (mask_inputs, path) if ctx.is_weight(node) else None
         pk = packet(node)
         path.append(node)
-        if is_view(node) or pk in (aten._to_copy, aten.clone, aten.slice):
+        if is_view(node) or pk in (aten._to_copy, aten.clone):
             node = node.args[0]
         elif pk in (aten.masked_fill, aten.masked_fill_):
             mask_inputs.append((node.args[1], "masked_fill"))

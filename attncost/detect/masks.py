@@ -18,7 +18,8 @@ import torch.fx as fx
 from ..expr import N, fails_at, length_conditions, shape_text, value_at
 from ..patterns.mask import MaskPattern, allowed_pairs, classify_allowed
 from ..patterns.measure import fit_pairs, is_prefix_stable
-from .evaluate import CannotEvaluate, evaluate_node, evaluation_batch
+from ..rules.ops import MATMUL_OPS, packet
+from .evaluate import CannotEvaluate, evaluate_node, evaluation_batch, zeros_at
 
 #: Longest length at which a mask is evaluated (its N×N entries are built):
 #: a window longer than this looks causal.
@@ -290,9 +291,9 @@ def _ties_broken(ctx, mask: fx.Node, n: int) -> dict:
     as zeros every score ties and every pair would be kept, where k are."""
     given = {}
     for node in _ancestors(mask):
-        if getattr(node.target, "overloadpacket", None) is torch.ops.aten.topk:
+        if packet(node) is torch.ops.aten.topk:
             for product in _products_behind(ctx, node.args[0]):
-                shape = torch.as_tensor(evaluate_node(ctx, product, n)).shape
+                shape = zeros_at(ctx, product, n).shape
                 given[product] = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     return given
 
@@ -308,7 +309,7 @@ def _products_behind(ctx, scores: fx.Node, limit: int = 64) -> list[fx.Node]:
         if not isinstance(node, fx.Node) or node in seen or node not in ctx.activations:
             continue
         seen.add(node)
-        if getattr(node.target, "overloadpacket", None) in (torch.ops.aten.bmm, torch.ops.aten.mm):
+        if packet(node) in MATMUL_OPS:
             if not any(ctx.is_weight(o) for o in ctx.product_operands(node)):
                 found.append(node)
             continue
