@@ -161,3 +161,41 @@ def test_a_learned_table_weighed_by_exp_and_normalised_after_is_one_site():
         by_hand = b * n * n * 2 * (aft.HIDDEN + aft.HIDDEN)
         assert [a.at(s.useful_flops, n, b) for s in a.sites] == [by_hand] * 2
     _flops_equal(aft, a, [(64, 1), (300, 2)])
+
+
+def test_weights_combined_across_heads_before_the_values_are_one_site():
+    """Differential attention: a softmax over 2·H heads, two maps of each
+    pair subtracted, then ·V with H heads of twice the width.  Per causal
+    pair, Q·Kᵀ does 2·(2H)·d_qk and P·V 2·H·d_v."""
+    da = load_module(MODELS / "differential_attention.py")
+    a = attncost.analyze(MODELS / "differential_attention.py", seq_len=64, device="cpu")
+    assert len(a.sites) == 2
+    for site in a.sites:
+        assert (site.variant, site.causal) == ("dense", True)
+        assert (site.heads, site.kv_heads, site.head_dim) == (2 * da.HEADS, 2 * da.KV_HEADS,
+                                                              da.DIM_QK)
+    per_pair = 2 * (2 * da.HEADS) * da.DIM_QK + 2 * da.HEADS * da.DIM_V
+    for n in (64, 250):
+        pairs = n * (n + 1) // 2
+        assert a.at(a.sites[0].useful_flops, n, 1) == pairs * per_pair, n
+        assert a.at(a.sites[0].flops, n, 1) == n * n * per_pair, n
+    _flops_equal(da, a, [(64, 1), (250, 2)])
+
+
+def test_a_fixed_number_of_last_tokens_querying_all_causally():
+    """Perceiver AR: M queries over N keys, the causal mask offset to the
+    keys' end; linear in N, every key of the prefix and a triangle of
+    their own kept, counted exactly at the length asked (not fitted
+    elsewhere and called an estimate)."""
+    pa = load_module(MODELS / "last_tokens_query_all.py")
+    a = attncost.analyze(MODELS / "last_tokens_query_all.py", seq_len=64, device="cpu")
+    cross = [s for s in a.sites if str(s.key_len) == "N"]
+    assert len(cross) == 1 and len(a.sites) == 3
+    site = cross[0]
+    assert (site.variant, site.causal, site.query_len) == ("dense", True, pa.M)
+    assert site.complexity == "N*M*d" and site.notes == []
+    per_pair = pa.HEADS * 2 * (pa.DIM_HEAD + pa.DIM_HEAD)
+    for n in (64, 300):
+        pairs = pa.M * (n - pa.M) + pa.M * (pa.M + 1) // 2
+        assert a.at(site.useful_flops, n, 1) == pairs * per_pair, n
+    _flops_equal(pa, a, [(64, 1), (300, 2)])

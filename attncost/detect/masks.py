@@ -103,7 +103,7 @@ def _count_pairs(pattern: MaskPattern, first: torch.Tensor, allowed_at, lengths:
         if pattern.pairs is None:
             pattern.notes.append(f"its density ({pattern.density:.2%}) was measured at "
                                  f"N={pattern.length}; it is not a formula in N")
-        elif seq_len < n // 4:
+        elif seq_len < n // 4 and not _counts_at(allowed_at, pattern.pairs, seq_len):
             pattern.notes.append(f"its pairs were counted at N={n // 4:,}..{n:,}; at "
                                  f"N={seq_len} the formula is an estimate")
     else:  # fitted in the matrix's side: put back in N
@@ -132,6 +132,15 @@ def _first_length(side: sympy.Expr, valid_side: int) -> int:
     """The first N whose matrix is at least ``valid_side`` on a side."""
     a, c = side.as_coefficients_dict()[N], side.subs(N, 0)
     return max(1, int(sympy.ceiling((valid_side - c) / a)))
+
+
+def _counts_at(allowed_at, pairs: sympy.Expr, n: int) -> bool:
+    """Does the formula give the pairs counted at ``n`` (the length asked
+    about, below the lengths it was fitted at)?"""
+    try:
+        return int(torch.count_nonzero(_first(allowed_at(n))[0])) == value_at(pairs, n)
+    except CannotEvaluate:
+        return False
 
 
 def _counted_at_lengths(allowed_at, n: int):

@@ -242,7 +242,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
         site_shape = SiteShape(_implementation(ctx, (q_operand, k_operand), n_keys, pattern,
                                                kv_heads),
                                heads, kv_heads, as_int(width) or 0, n_q, n_keys, flops,
-                               as_int(t.shape(pv)[-1 if p_side == 0 else -2]),
+                               _value_width(t, softmax, p_operand, pv, p_side),
                                score_term_width=_width_per_pair(term_flops, heads, n_q, n_keys))
     sites = build_sites(ctx, softmax, site_shape, pattern,
                         nodes=[*terms, qk, *score_path, softmax, *prob_path, pv])
@@ -685,6 +685,32 @@ def _search_product(start: fx.Node) -> bool:
     return False
 
 
+#: Ops that combine two maps of weights into one.
+_COMBINING = frozenset(getattr(aten, n) for n in ("add", "sub", "add_", "sub_") if hasattr(aten, n))
+
+
+def _value_width(t, softmax: fx.Node, p_operand: fx.Node, pv: fx.Node, p_side: int):
+    """The values' width each head of scores meets: the value heads' own,
+    or, where the maps of k heads were combined into one before ·V
+    (differential attention's pairs), its k-th share."""
+    d_v = as_int(t.shape(pv)[-1 if p_side == 0 else -2])
+    merged = as_int(simplified(sympy.Mul(*t.shape(softmax)) / sympy.Mul(*t.shape(p_operand))))
+    if d_v and merged and merged > 1 and d_v % merged == 0:
+        return d_v // merged
+    return d_v
+
+
+def _combines_its_weights(node: fx.Node, softmax: fx.Node) -> bool:
+    """Does ``node`` add or subtract maps of weights that all come from this
+    one softmax (differential attention: one softmax over 2·H heads, each
+    pair's second map, scaled by a learned λ, taken from its first)?"""
+    if packet(node) not in _COMBINING:
+        return False
+    others = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+    return len(others) == 2 and all(a is softmax or _depends_on(a, softmax, limit=64)
+                                    for a in others)
+
+
 def _heads_mixed_sizes(ctx, path: list[fx.Node]) -> list[int]:
     """The axes mixed on the way between Q·Kᵀ and ·V (``heads.heads_mixed``)."""
     return [m[1] for m in map(functools.partial(heads_mixed, ctx), path) if m is not None]
@@ -711,7 +737,7 @@ def walk_forward(ctx, softmax: fx.Node, limit: int = 32):
                         return user, path, factors.index(node)
                     continue
                 if pk in PROB_OPS or is_view(user) or user.target is getitem or \
-                        adds_constant(ctx, user) or \
+                        adds_constant(ctx, user) or _combines_its_weights(user, softmax) or \
                         (pk in _AFTER_WEIGHING and packet(softmax) in WEIGHING_OPS):
                     nxt.append((user, path + [user]))
         frontier = nxt

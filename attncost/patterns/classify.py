@@ -70,10 +70,11 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
             c.useful_flops = _share_read(pattern, flops)
         return c
     if keys_grow and N not in sympy.sympify(n_q).free_symbols and \
-            (pattern.kind == "full" or pattern.same_keys):
+            (pattern.kind == "full" or pattern.same_keys or pattern.pairs is not None):
         # a fixed number of queries over the sequence (learned latents, agent
-        # tokens, global tokens): every pair computed, linear in N; the keys a
-        # padding mask blocks for every query are not needed
+        # tokens, global tokens, Perceiver AR's last tokens): every pair
+        # computed, linear in N; the pairs a mask blocks are not needed (keys
+        # a padding mask blocks for every query, a causal mask's offset corner)
         c = _fixed_context(values, flops)
         if pattern.kind != "full" and pattern.pairs is not None:
             # a mask of keys alone (one row) is broadcast over every query
@@ -239,6 +240,17 @@ def _fixed_keys(impl: str, values: dict, flops: sympy.Expr) -> Classification:
         return Classification("sparse", flops, None, formula("sparse").complexity, "sparse", values)
     # a fixed context (an encoder's fixed length, learned tokens): linear in N
     return _fixed_context(values, flops)
+
+
+def lengths_fitted(site) -> None:
+    """A site read in traces at fixed lengths, classified where every size
+    was a number, its lengths then fitted in N: a fixed number of queries
+    over keys that grow (or the reverse) is a fixed context, as a symbolic
+    trace of the same code says."""
+    grows = [N in sympy.sympify(x).free_symbols for x in (site.query_len, site.key_len)]
+    if site.variant == "dense" and site.formula in ("dense", "causal_dense") and \
+            grows.count(True) == 1:
+        site.formula, site.complexity = "fixed_context", formula("fixed_context").complexity
 
 
 def _fixed_context(values: dict, flops: sympy.Expr) -> Classification:

@@ -28,6 +28,7 @@ from torch.utils._pytree import tree_flatten
 from ..errors import ModelError, first_line
 from ..expr import B, N, value_at
 from ..loader import LoadedModel
+from ..patterns.classify import lengths_fitted
 from .fake import call_args, fake_parameters, module_state_kept
 from .graph import TracedModel
 from .fast_paths import fast_paths
@@ -239,7 +240,8 @@ def measured_note(lengths: FitLengths = POSITIONS, looped: bool = True) -> str:
 
 
 def fitted_sites(measured: list[Measured], lengths: FitLengths = POSITIONS) -> list:
-    """The sites found at every length (at B=1), their numbers fitted; each
+    """The sites found at every length (at B=1), their numbers fitted (and
+    their class, where it follows from the lengths fitted); each
     named as the longest trace reads it, one of whole chunks where the loop
     steps over chunks (a short last chunk, sliced otherwise, hides the loop's
     repetition: MiniMax's lightning attention)."""
@@ -255,6 +257,7 @@ def fitted_sites(measured: list[Measured], lengths: FitLengths = POSITIONS) -> l
         values.update({f: _site_number(single, site.name, f, lengths) for f in SITE_COUNTS})
         values["heads"], values["kv_heads"] = (count_of(values[f]) for f in ("heads", "kv_heads"))
         out.append(replace(site, nodes=[], **values))
+        lengths_fitted(out[-1])
     return out
 
 

@@ -108,6 +108,11 @@ def test_perceiver_latents_at_one_length_where_n_is_also_a_width():
     assert len(a.sites) == 2 * pc.DEPTH
     assert {s.variant for s in a.sites} == {"dense"}
     assert all(s.implementation != "low-rank" for s in a.sites)
+    # the latents over the tokens: a fixed number of queries, linear in N,
+    # as a symbolic trace says, though the class was read at fixed lengths
+    cross_sites = [s for s in a.sites if str(s.key_len) == "N"]
+    assert len(cross_sites) == pc.DEPTH
+    assert all(s.complexity == "N*M*d" for s in cross_sites)
     per_pair = 2 * (pc.DIM_HEAD + pc.DIM_HEAD)
     cross = pc.LATENTS * 64 * pc.CROSS_HEADS * per_pair
     latent = pc.LATENTS * pc.LATENTS * pc.LATENT_HEADS * per_pair
