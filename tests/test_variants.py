@@ -430,3 +430,25 @@ def test_a_prefix_seen_both_ways_is_dense_not_sparse():
         assert a.at(a.sites[0].useful_flops, n, 1) == pairs * per_pair, n
     for n, b in ((64, 1), (100, 2)):
         assert a.at(a.flops, n, b) == oracle("prefix_lm", n, b), (n, b)
+
+
+def test_dilated_segments_are_local_to_their_kept_tokens():
+    """LongNet's groups: segments of s tokens, every r-th kept, a causal
+    triangle among each segment's s/r kept tokens.  The segment count and
+    width, both sizes of N hashed as einops' shape keys, rule out no length
+    (the length where they are equal, N = 256 for segments of 16, holds)."""
+    mod = load_module(MODELS / "dilated_segments.py")
+    a = analyze("dilated_segments")
+    per_layer = 2 * len(mod.RATES)
+    assert len(a.sites) == per_layer and {s.variant for s in a.sites} == {"local"}
+    heads = mod.HEADS // len(mod.RATES)
+    per_pair = heads * 2 * (mod.DIM_HEAD + mod.DIM_HEAD)
+    for n in (64, 256, 1024):
+        assert a.holds_at(n), (n, a.valid_for())
+        by_hand = 0
+        for s, r in zip(mod.SEGMENTS, mod.RATES):
+            kept = s // r
+            by_hand += (n // s) * kept * (kept + 1) // 2 * per_pair
+        assert sum(a.at(x.useful_flops, n, 1) for x in a.sites) == 2 * by_hand, n
+    assert a.at(a.flops, 256, 2) == oracle("dilated_segments", 256, batch=2)
+    assert a.at(a.flops, 96, 1) == oracle("dilated_segments", 96)

@@ -19,14 +19,16 @@ before.
 
 ``sizes_hashable()`` lets a size be a key: Lumina2 asks ``len(set(lengths))``
 of each sample's length, and caches (``functools.lru_cache``) take sizes
-as arguments; torch refuses to hash a SymInt.  While a model is traced, a
-size hashes by its value at the traced length, within that trace only, so
-two sizes meet (and are compared, which guards the trace) where they are
-equal there; two of the same symbols that differ there are compared at
-once, so that a length where they would meet is ruled out by a guard
-rather than assumed away.  A size of the batch and one of the length (the
-two of one shape, a key of einops' caches) are not: "N ≠ B" says nothing
-a user can act on.
+as arguments; torch refuses to hash a SymInt.  While a model is traced,
+the sizes of the same symbols hash alike, within that trace only, so a set
+or a dict that holds two of them compares them as Python compares keys
+that share a hash: equal at the traced length, a guard that they stay
+equal; different, a guard that rules out the lengths where they would meet
+(``len({n, 2*n - 64})`` holds but at N = 64).  Sizes only hashed, never held
+together, are never compared: the count and the width of einops' blocks,
+``(b, n, s)`` keys of its shape cache, do not rule out the length where
+n = s.  A size of the batch and one of the length hash apart: "N ≠ B" says
+nothing a user can act on.
 """
 from __future__ import annotations
 
@@ -170,7 +172,6 @@ def sizes_hashable() -> Iterator[None]:
     """SymInts hashable for the duration (see the module's docstring).  A
     cache filled in this trace is never hit by another: the hash names it."""
     trace = next(_TRACES)
-    hashed: dict[object, torch.SymInt] = {}  # by expression
     unhashable = torch.SymInt.__hash__
 
     def __hash__(self: torch.SymInt) -> int:
@@ -178,18 +179,12 @@ def sizes_hashable() -> Iterator[None]:
         value = node.maybe_as_int()
         if value is not None:
             return hash(value)
-        hint = None if node.is_nested_int() else _hint(node)
-        if hint is None:
+        if node.is_nested_int() or _hint(node) is None:
             return unhashable(self)
-        if node.expr not in hashed:
-            for other in list(hashed.values()):
-                # sizes of the same symbols only: where N would meet 2·N − 64;
-                # the batch and the length as one key (a shape cache) never meet
-                if _hint(other.node) != hint and other.node.shape_env is node.shape_env \
-                        and other.node.expr.free_symbols == node.expr.free_symbols:
-                    bool(self != other)  # a guard where they would be equal
-            hashed[node.expr] = self
-        return hash(("size in trace", trace, hint))
+        # one hash for the sizes of the same symbols: a container compares
+        # those it holds together (a guard either way), and only those
+        symbols = tuple(sorted(str(x) for x in node.expr.free_symbols))
+        return hash(("size in trace", trace, symbols))
 
     torch.SymInt.__hash__ = __hash__
     try:
