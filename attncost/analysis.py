@@ -7,7 +7,7 @@ thin layer over it.
 from __future__ import annotations
 
 import functools
-
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -251,6 +251,9 @@ class Analysis:
         if asked and (asked.startswith("N = ") and asked.endswith(" only") or asked.startswith(
                 "N >= ") and (text is None or text.startswith("N >= "))):
             text = asked  # one length, or conditions that start where the range does
+        elif asked and hi is not None and (m := re.match(r"N >= (\d+)", asked)) and \
+                lo <= int(m.group(1)) <= hi:  # a range that starts later: said as one
+            text = f"{m.group(1)} <= N <= {hi}" + asked[m.end():]
         elif asked and asked != text:  # a count of pieces fixed says the range itself
             text = "; ".join(([text] if text else []) + [asked])
         return text

@@ -452,3 +452,13 @@ def test_dilated_segments_are_local_to_their_kept_tokens():
         assert sum(a.at(x.useful_flops, n, 1) for x in a.sites) == 2 * by_hand, n
     assert a.at(a.flops, 256, 2) == oracle("dilated_segments", 256, batch=2)
     assert a.at(a.flops, 96, 1) == oracle("dilated_segments", 96)
+
+
+def test_weights_normalised_each_forward_are_weights_not_keys():
+    """A product with a weight computed from parameters alone (weight norm,
+    unit-norm rows) weighed by SiLU is a gated feed-forward: the sites are
+    the SDPA calls, and the FLOPs are a real forward's."""
+    a = analyze("normalised_weights")
+    assert [(s.implementation, s.variant, s.causal) for s in a.sites] == [("sdpa", "dense", True)] * 2
+    for n, b in ((64, 1), (150, 2)):
+        assert a.at(a.flops, n, b) == oracle("normalised_weights", n, batch=b)

@@ -82,6 +82,7 @@ class GraphContext:
     evaluated: object = None
     _sizes_of_weights: set | None = field(default=None, repr=False)
     _written: dict = field(default_factory=dict, repr=False)
+    _parameters_only: dict = field(default_factory=dict, repr=False)
     _by_name: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -100,11 +101,29 @@ class GraphContext:
                 return False
             if node.op == "placeholder":
                 return self.traced.placeholder_kinds.get(node.name) in ("parameter", "buffer")
-            if node.op != "call_function" or not (
-                    is_view(node) or packet(node) in (aten._to_copy, aten.clone)):
+            if node.op != "call_function":
                 return False
+            if not (is_view(node) or packet(node) in (aten._to_copy, aten.clone)):
+                return self._of_parameters(node)
             node = node.args[0]
         return False
+
+    def _of_parameters(self, node: fx.Node, depth: int = 12) -> bool:
+        """Is ``node`` computed from parameters alone, in a shape free of N
+        and B: a weight normalised each forward (a parametrization, weight
+        or spectral norm, nViT's unit-norm rows), a product of two weights?"""
+        if node in self._parameters_only:
+            return self._parameters_only[node]
+        shape = self.traced.shape(node)
+        inputs = tensor_inputs(node)
+        kinds = self.traced.placeholder_kinds
+        held = depth > 0 and shape is not None and inputs and \
+            not set().union(*(sympy.sympify(x).free_symbols for x in shape)) & {N, B} and \
+            packet(node) not in FACTORY_LIKE_OPS and all(
+                kinds.get(a.name) == "parameter" if a.op == "placeholder" else
+                a.op == "call_function" and self._of_parameters(a, depth - 1) for a in inputs)
+        self._parameters_only[node] = bool(held)
+        return bool(held)
 
     def _holds_activations(self, node: fx.Node, content: set | None = None) -> bool:
         """Does the model write activations in place into this tensor or its

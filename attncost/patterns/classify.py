@@ -178,14 +178,20 @@ def _counted(pattern: MaskPattern, values: dict, flops: sympy.Expr) -> Classific
     query reaches a bounded span of keys and the pairs grow as N, else sparse."""
     useful = sympy.expand(_per_pair(values, flops) * pattern.pairs)
     local = pattern.reach is not None and degree(pattern.pairs, N) <= 1
-    if pattern.earlier_keys and _PREFIX not in pattern.notes:
-        pattern.notes.append(_PREFIX)
+    if pattern.earlier_keys:
+        n = pattern.length
+        note = _ALL_BUT_ITS_OWN if n and pattern.allowed == n * (n - 1) else _PREFIX
+        if note not in pattern.notes:
+            pattern.notes.append(note)
     variant = "local" if local else "dense" if _all_earlier_keys(pattern) else "sparse"
     name = "causal_dense" if variant == "dense" else variant
     return Classification(variant, useful, pattern.keys if local else None,
                           formula(name).complexity, "dense", values)
 
 
+#: The note of a pattern that lets through every pair but a query's own
+#: key (locality self-attention's masked diagonal).
+_ALL_BUT_ITS_OWN = "each query meets every key but its own (the diagonal masked)"
 #: The note of a pattern that lets every earlier key through and more.
 _PREFIX = "each query meets every earlier key, and some meet later ones (a prefix seen both ways)"
 

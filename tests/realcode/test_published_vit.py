@@ -159,3 +159,37 @@ def test_twins_heads_folded_with_windows_after_a_pointwise_convolution():
         assert a.at(glob.useful_flops, n, b) == b * 8 * tokens * 2 * n * _pair_work(64, 64)
     assert a.at(a.flops, 8, 1) == real_flops("vit_twins", 8, 1)
     assert a.at(a.flops, 12, 2) == real_flops("vit_twins", 12, 2)
+
+
+# ------------------------------------------------------------------ masks and weights
+
+
+def test_locality_self_attention_masks_each_tokens_own_key():
+    """The diagonal masked: (N + 1)·N pairs a head, dense and not causal,
+    said as every key but its own; the positional table's bound and the
+    trace's own condition said as one range."""
+    vit_module("vit_for_small_dataset")
+    a = analysed("vit_small_dataset", TRACED)
+    assert len(a.sites) == 2
+    for s in a.sites:
+        assert (s.variant, s.causal, s.heads) == ("dense", False, HEADS)
+        assert any("every key but its own" in note for note in s.notes), s.notes
+        assert not any("prefix" in note for note in s.notes), s.notes
+        for n in (TRACED, UNTRACED):
+            pairs = HEADS * (n + 1) * n
+            assert a.at(s.useful_flops, n, 1) == pairs * _pair_work(DIM_HEAD, DIM_HEAD)
+    assert a.valid_for() == "2 <= N <= 256", a.valid_for()
+    _check_totals("vit_small_dataset", a)
+
+
+def test_nvit_unit_norm_weights_make_no_site_of_the_feed_forward():
+    """nViT's weights are normalised by a parametrization on every forward:
+    its gated feed-forward multiplies the tokens by those weights, a layer,
+    not keys; the sites are the two SDPA calls."""
+    vit_module("normalized_vit")
+    a = analysed("vit_normalized", TRACED)
+    assert [s.implementation for s in a.sites] == ["sdpa", "sdpa"], \
+        [(s.name, s.implementation, str(s.key_len)) for s in a.sites]
+    for s in a.sites:
+        _check_site(a, s, HEADS, lambda n: (n, n), DIM_HEAD)
+    _check_totals("vit_normalized", a)
