@@ -387,13 +387,18 @@ def test_a_causal_mask_on_groups_folded_into_the_batch_is_each_groups_triangle()
     """Groups of the sequence folded into the batch, each under its own
     causal mask: the site's queries are the N tokens, its keys one group's
     N/G; the useful work is G triangles of N/G, not one of N (which would be
-    more than the site computes)."""
+    more than the site computes).  In sequence positions, query i meets the
+    earlier keys of its group (i, i − G, i − 2G, ...: the Sparse
+    Transformer's strided pattern), 1/G of the causal pairs: sparse."""
     cg = load_module(MODELS / "causal_groups.py")
     a = attncost.analyze(MODELS / "causal_groups.py", seq_len=64, device="cpu")
-    assert [(s.variant, s.causal) for s in a.sites] == [("dense", True)] * 2
+    assert [(s.variant, s.causal) for s in a.sites] == [("sparse", True)] * 2
+    assert all(s.complexity == "N*k*d" for s in a.sites)
     per_pair = cg.HEADS * 2 * (cg.DIM_QK + cg.DIM_V)
     for n in (64, 200):
+        strided = sum(1 for i in range(n) for j in range(i + 1) if (i - j) % cg.GROUPS == 0)
         m = n // cg.GROUPS
+        assert strided == cg.GROUPS * m * (m + 1) // 2
         for s in a.sites:
             assert a.at(s.useful_flops, n, 1) == cg.GROUPS * m * (m + 1) // 2 * per_pair, n
             assert a.at(s.useful_flops, n, 1) <= a.at(s.flops, n, 1)
@@ -471,3 +476,24 @@ def test_a_branch_on_the_tables_own_length_that_costs_less_holds_there_alone(tmp
     model = grid.build_model().eval().requires_grad_(False)
     for n, b in ((grid.POSITIONS, 1), (100, 2)):  # 100: analysed again there
         assert a.at(a.flops, n, b) == count_flops(model, grid.example_inputs(n, b)), (n, b)
+
+
+def test_factorized_rows_are_local_and_columns_strided():
+    """Row attention: each query the earlier keys of its row of L (local,
+    window L); column attention: the earlier keys L, 2L, ... back (sparse).
+    Pairs counted one by one in sequence positions."""
+    fs = load_module(MODELS / "factorized_strided.py")
+    a = attncost.analyze(MODELS / "factorized_strided.py", seq_len=64, device="cpu")
+    rows, cols = a.sites[0::2], a.sites[1::2]
+    assert [(s.variant, s.causal, s.window) for s in rows] == [("local", True, fs.L)] * 2
+    assert [(s.variant, s.causal) for s in cols] == [("sparse", True)] * 2
+    per_pair = fs.HEADS * 2 * (fs.DH + fs.DH)
+    for n in (64, 160):
+        row_pairs = sum(1 for i in range(n) for j in range(i + 1) if i // fs.L == j // fs.L)
+        col_pairs = sum(1 for i in range(n) for j in range(i + 1) if (i - j) % fs.L == 0)
+        assert a.at(rows[0].useful_flops, n, 1) == row_pairs * per_pair, n
+        assert a.at(cols[0].useful_flops, n, 1) == col_pairs * per_pair, n
+    torch.manual_seed(0)
+    model = fs.build_model().eval()
+    for n, b in ((64, 1), (96, 2)):
+        assert a.at(a.flops, n, b) == count_flops(model, fs.example_inputs(n, b)), (n, b)

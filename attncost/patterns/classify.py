@@ -83,11 +83,15 @@ def classify(pattern: MaskPattern, impl: str, values: dict, flops: sympy.Expr) -
         return c
     blocks = settled(simplified(sympy.sympify(n_q) / n_k)) if keys_grow else None
     if pattern.kind == "causal" and blocks is not None and blocks.is_Integer and blocks > 1:
-        # a causal mask on each of a few blocks of queries folded into the
-        # batch, its keys as many as one block's queries: each block's triangle
+        # a causal mask on each of a few groups of queries folded into the
+        # batch, its keys as many as one group's queries: each group's
+        # triangle, 1/blocks of the causal pairs (the Sparse Transformer's
+        # strided pattern, where the groups interleave): sparse, N/blocks
+        # keys a query at most
         pairs = blocks * n_k * (n_k + 1) / 2
-        return Classification("dense", sympy.expand(_per_pair(values, flops) * pairs), None,
-                              formula("causal_dense").complexity, "dense", values)
+        values[SYMBOLS["k"]] = n_k
+        return Classification("sparse", sympy.expand(_per_pair(values, flops) * pairs), None,
+                              formula("sparse").complexity, "dense", values)
     if pattern.kind == "causal" and _one_length(n_q, n_k) and pattern.allowed:
         # traced at one length: the triangle read, broadcast over the scores
         # (blocks of queries under one block's mask: h-transformer's diagonal)
