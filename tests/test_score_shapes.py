@@ -199,3 +199,18 @@ def test_a_fixed_number_of_last_tokens_querying_all_causally():
         pairs = pa.M * (n - pa.M) + pa.M * (pa.M + 1) // 2
         assert a.at(site.useful_flops, n, 1) == pairs * per_pair, n
     _flops_equal(pa, a, [(64, 1), (300, 2)])
+
+
+def test_scores_convolved_over_queries_and_keys_are_one_site():
+    """Multi-token attention: the key-query convolution between Q·Kᵀ and the
+    softmax is passed on the way back and its work joins the site's; per
+    causal pair and head, 2·d for Q·Kᵀ, 2·CQ·CK for the convolution, 2·d
+    for P·V."""
+    kq = load_module(MODELS / "key_query_convolution.py")
+    a = attncost.analyze(MODELS / "key_query_convolution.py", seq_len=64, device="cpu")
+    assert [(s.variant, s.causal, s.heads) for s in a.sites] == [("dense", True, kq.HEADS)] * 2
+    per_pair = kq.HEADS * 2 * (kq.DH + kq.CQ * kq.CK + kq.DH)
+    for n in (64, 200):
+        assert a.at(a.sites[0].flops, n, 1) == n * n * per_pair
+        assert a.at(a.sites[0].useful_flops, n, 1) == n * (n + 1) // 2 * per_pair
+    _flops_equal(kq, a, [(64, 1), (200, 2)])

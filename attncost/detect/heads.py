@@ -70,6 +70,23 @@ def heads_mixed(ctx, node: fx.Node) -> tuple[fx.Node, int] | None:
     return (operand, k) if k and as_int(w[-1]) == as_int(w[-2]) == k else None
 
 
+def pairs_convolved(ctx, node: fx.Node) -> fx.Node | None:
+    """The scores ``node`` convolves over their (queries, keys) plane with
+    a learned kernel, each pair from its neighbours (multi-token attention's
+    key-query convolution), the output as many pairs as the scores before
+    any padding; None for any other op."""
+    if packet(node) is not aten.convolution or not ctx.is_weight(node.args[1]):
+        return None
+    source = node.args[0]
+    before = source.args[0] if packet(source) is aten.constant_pad_nd else source
+    x, out = ctx.traced.shape(before), ctx.traced.shape(node)
+    kernel = ctx.traced.shape(node.args[1])
+    if not x or not out or not kernel or len(x) != 4 or tuple(out) != tuple(x) or \
+            all(as_int(k) == 1 for k in kernel[2:]):
+        return None
+    return source
+
+
 def heads_and_queries(ctx, shape, dim: int, q_operand: fx.Node | None = None):
     """Heads and query length of the scores of ``shape`` (softmax over
     ``dim``), their queries coming from ``q_operand``."""

@@ -26,7 +26,7 @@ from .concatenated import read_concatenated
 from .positions import counted_positions, pattern_of_positions, pattern_of_values
 from .graph import INDEX_PUTS, PROB_OPS, SCORE_OPS, adds_constant, copied_into, is_product, tensor_inputs, \
     views_and_writes
-from .heads import heads_and_queries, heads_mixed
+from .heads import heads_and_queries, heads_mixed, pairs_convolved
 from .site import AttentionSite, SiteShape, build_sites, content_based
 
 aten = torch.ops.aten
@@ -226,7 +226,8 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
     ratio = as_int(ctx.expand_ratio(k_operand)) or 1
     kv_heads = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
     kv_heads = min(kv_heads, _key_heads(t, k_operand, n_keys, ratio, n_q) or kv_heads)
-    terms = _score_terms(ctx, qk, mask_inputs)
+    terms = _score_terms(ctx, qk, mask_inputs) + [n for n in score_path
+                                                  if pairs_convolved(ctx, n) is not None]
     term_flops = sum((node_flops(t, x, ctx.flop_rules) for x in terms), sympy.Integer(0))
     flops = sympy.expand(node_flops(t, qk, ctx.flop_rules) + node_flops(t, pv, ctx.flop_rules)
                          + term_flops)
@@ -576,7 +577,8 @@ def _implementation(ctx, operands: tuple[fx.Node, fx.Node], n_keys, pattern: Mas
 def _walk_back(start: fx.Node, ctx=None, limit: int = 16):
     """From the softmax input back to the Q·Kᵀ product, collecting the masks
     and biases applied on the way (with how to read them); given ``ctx``,
-    through a product that mixes scores across heads (``heads.heads_mixed``)."""
+    through a product that mixes scores across heads (``heads.heads_mixed``)
+    and a convolution over the pairs (``heads.pairs_convolved``)."""
     masks_found: list[tuple[fx.Node, str]] = []
     path: list[fx.Node] = []
     node = start
@@ -588,6 +590,11 @@ def _walk_back(start: fx.Node, ctx=None, limit: int = 16):
         if mixed is not None and _reaches_product(mixed[0]):
             path.append(node)  # scores mixed across heads: the pairs kept
             node = mixed[0]
+            continue
+        convolved = pairs_convolved(ctx, node) if ctx is not None else None
+        if convolved is not None and _reaches_product(convolved):
+            path.append(node)  # each pair's score from its neighbours'
+            node = convolved
             continue
         if pk in MATMUL_OPS:
             return node, masks_found, path
