@@ -462,3 +462,51 @@ def test_weights_normalised_each_forward_are_weights_not_keys():
     assert [(s.implementation, s.variant, s.causal) for s in a.sites] == [("sdpa", "dense", True)] * 2
     for n, b in ((64, 1), (150, 2)):
         assert a.at(a.flops, n, b) == oracle("normalised_weights", n, batch=b)
+
+
+def _segment_pairs(n: int, segment: int) -> int:
+    """Causal pairs within each segment, the last one shorter, one by one."""
+    return sum(1 for i in range(n) for j in range(i + 1) if i // segment == j // segment)
+
+
+def test_fused_calls_on_segments_in_a_loop_are_one_local_site():
+    """One SDPA call per segment, sliced from the same Q, K and V: one site
+    a layer, local with the segment as its window, fitted in N and the
+    segment count from short traces; its pairs counted one by one, at a
+    length the segments divide and at one they do not."""
+    mod = load_module(MODELS / "segment_loop.py")
+    a = analyze("segment_loop", 1024)
+    assert [(s.variant, s.causal, s.window) for s in a.sites] == [("local", True, mod.SEGMENT)] * 2
+    per_pair = mod.HEADS * 2 * (mod.DH + mod.DH)
+    for n in (1024, 300):
+        assert a.at(a.sites[0].useful_flops, n, 1) == _segment_pairs(n, mod.SEGMENT) * per_pair
+    assert a.at(a.flops, 300, 2) == oracle("segment_loop", 300, batch=2)
+    assert a.at(a.flops, 1024, 1) == oracle("segment_loop", 1024)
+
+
+def test_fused_calls_on_segments_at_one_length_count_the_pairs_there():
+    """Traced at one length (four segments, the loop's count fixed there):
+    the merged blocks' useful work is each computed pair's work times the
+    pairs let through, not the work times a density of the whole matrix."""
+    mod = load_module(MODELS / "segment_loop.py")
+    a = analyze("segment_loop", 64)
+    per_pair = mod.HEADS * 2 * (mod.DH + mod.DH)
+    assert [(s.variant, s.window) for s in a.sites] == [("local", mod.SEGMENT)] * 2
+    assert a.at(a.sites[0].useful_flops, 64, 1) == _segment_pairs(64, mod.SEGMENT) * per_pair
+
+
+def test_a_loop_over_segments_with_a_memory_is_fitted_by_its_segments():
+    """Infini-attention's loop over segments, asked at a length where it
+    runs as many steps as tokens would: the segment length is still found
+    (the loop's own count said none), the costs fitted in N and the segment
+    count, the segments' attention one local site a layer."""
+    mod = load_module(MODELS / "compressive_segments.py")
+    a = analyze("compressive_segments", 1024)
+    assert a.n_range[1] is None, a.valid_for()
+    local = [s for s in a.sites if s.variant == "local"]
+    assert [(s.causal, s.window) for s in local] == [(True, mod.S)] * 2
+    per_pair = mod.HEADS * 2 * (mod.DH + mod.DH)
+    for n in (1024, 300):
+        assert a.at(local[0].useful_flops, n, 1) == _segment_pairs(n, mod.S) * per_pair
+    assert a.at(a.flops, 1024, 1) == oracle("compressive_segments", 1024)
+    assert a.at(a.flops, 300, 2) == oracle("compressive_segments", 300, batch=2)

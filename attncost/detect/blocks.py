@@ -19,7 +19,7 @@ import torch.fx as fx
 from ..expr import as_int, settled, value_at
 from ..patterns.formulas import formula
 from ..patterns.mask import MaskPattern, classify_allowed
-from ..rules.ops import COPY_OPS, getitem, is_view, packet
+from ..rules.ops import COPY_OPS, getitem, is_fused_attention, is_view, packet, qkv_args
 from .evaluate import CannotEvaluate
 from .graph import is_product
 from .site import AttentionSite, SiteShape, build_site
@@ -57,11 +57,19 @@ def _block_key(ctx, site: AttentionSite) -> tuple | None:
     qk = ctx.node(site.nodes[0])
     if qk is None or qk.op != "call_function":
         return None
-    q_op, k_op = ctx.product_operands(qk)
+    q_op, k_op = _queries_and_keys(ctx, qk)
     q, k = _slice_of(ctx, q_op), _slice_of(ctx, k_op)
     if q is None and k is None:
         return None
     return site.name, (q or (q_op, None, 0))[0:2], (k or (k_op, None, 0))[0:2]
+
+
+def _queries_and_keys(ctx, first: fx.Node) -> tuple[fx.Node, fx.Node]:
+    """The query and key operands of a site's first node: Q·Kᵀ's factors,
+    or a fused call's q and k."""
+    if is_fused_attention(first):
+        return qkv_args(first)[:2]
+    return ctx.product_operands(first)
 
 
 def _slice_of(ctx, operand) -> tuple[fx.Node, int, sympy.Expr] | None:
@@ -74,9 +82,11 @@ def _slice_of(ctx, operand) -> tuple[fx.Node, int, sympy.Expr] | None:
         if node.target is getitem and isinstance(node.args[0], fx.Node) and \
                 packet(node.args[0]) in _SPLITS:
             return _piece(ctx, node.args[0], node.args[1])
-        if packet(node) is aten.slice and len(node.args) >= 3 and isinstance(node.args[0], fx.Node):
+        if packet(node) is aten.slice and len(node.args) >= 3 and isinstance(node.args[0], fx.Node) \
+                and not _whole_slice(node):
             start = node.args[2] if isinstance(node.args[2], int) else None
-            return (node.args[0], node.args[1], sympy.Integer(start)) if start is not None else None
+            return (_whole(node.args[0]), node.args[1], sympy.Integer(start)) \
+                if start is not None else None
         if packet(node) is aten.select and isinstance(node.args[0], fx.Node) and \
                 isinstance(node.args[2], int):
             index = node.args[2]
@@ -91,6 +101,23 @@ def _slice_of(ctx, operand) -> tuple[fx.Node, int, sympy.Expr] | None:
             return None
         node = node.args[0]
     return None
+
+
+def _whole_slice(node: fx.Node) -> bool:
+    """Is ``node`` a slice that keeps its whole axis (``x[:, :, i:j]`` first
+    slices axis 0 from 0 to the end)?"""
+    if packet(node) is not aten.slice:
+        return False
+    start = node.args[2] if len(node.args) > 2 else 0
+    end = node.args[3] if len(node.args) > 3 else None
+    return start in (0, None) and (end is None or isinstance(end, int) and end >= 2 ** 62)
+
+
+def _whole(node: fx.Node) -> fx.Node:
+    """The tensor a chain of slices that keep their whole axes views."""
+    while isinstance(node, fx.Node) and _whole_slice(node) and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
 
 
 def _axis_length(ctx, node: fx.Node, axis: int):
@@ -121,6 +148,9 @@ def _merged(ctx, key: tuple, blocks: list[AttentionSite]) -> AttentionSite | Non
     if allowed is None:
         return None
     pattern = classify_allowed(allowed)
+    lo, hi = ctx.traced.n_range
+    if pattern.kind == "pattern" and lo == hi:
+        _spans_read(pattern, allowed)
     first = blocks[0]
     pv_shape = ctx.traced.shape(ctx.node(first.nodes[-1]))
     shape = SiteShape("chunked", first.heads, first.kv_heads, first.head_dim, q_len, k_len,
@@ -128,9 +158,30 @@ def _merged(ctx, key: tuple, blocks: list[AttentionSite]) -> AttentionSite | Non
                       as_int(pv_shape[-1]) if pv_shape else None)
     nodes = list(dict.fromkeys(ctx.node(name) for b in blocks for name in b.nodes))
     site = build_site(ctx, ctx.node(first.nodes[0]), shape, pattern, nodes)
+    computed = sum(value_at(b.query_len, n) * value_at(b.key_len, n) for b in blocks)
+    if pattern.kind == "pattern" and computed < allowed.numel():
+        # blocks that cover part of the matrix (chunks along its diagonal):
+        # the work of a computed pair times the pairs let through
+        site.useful_flops = sympy.expand(shape.flops * sympy.Rational(pattern.allowed, computed))
     site.notes.append(f"computed in {len(blocks)} blocks of queries × keys; its pairs were "
                       f"read at N={n:,}, where the blocks are those the trace holds for")
     return site
+
+
+def _spans_read(pattern: MaskPattern, allowed: torch.Tensor) -> None:
+    """In a trace at one length, the blocks' pairs there, and, where each
+    query's keys lie within a span of at most half the keys (chunks along
+    the diagonal), that span and the most keys a query meets: local."""
+    pattern.pairs = sympy.Integer(int(allowed.sum()))
+    rows = allowed.any(dim=-1)
+    if not rows.any():
+        return
+    cols = torch.arange(allowed.shape[-1]).expand_as(allowed)
+    first = torch.where(allowed, cols, allowed.shape[-1]).min(dim=-1).values[rows]
+    last = torch.where(allowed, cols, -1).max(dim=-1).values[rows]
+    reach = int((last - first).max()) + 1
+    if 2 * reach <= allowed.shape[-1]:
+        pattern.reach, pattern.keys = reach, int(allowed.sum(dim=-1).max())
 
 
 def _length(ctx, whole: fx.Node | None, axis: int | None, fallback: sympy.Expr) -> sympy.Expr:
@@ -147,8 +198,7 @@ def _assembled(ctx, blocks, n: int, n_q: int, n_k: int) -> torch.Tensor | None:
 
     allowed = torch.zeros(n_q, n_k, dtype=torch.bool)
     for b in blocks:
-        qk = ctx.node(b.nodes[0])
-        q_op, k_op = ctx.product_operands(qk)
+        q_op, k_op = _queries_and_keys(ctx, ctx.node(b.nodes[0]))
         q0, k0 = (value_at(s[2], n) if s else 0 for s in (_slice_of(ctx, q_op),
                                                            _slice_of(ctx, k_op)))
         rows, cols = value_at(b.query_len, n), value_at(b.key_len, n)
@@ -158,6 +208,8 @@ def _assembled(ctx, blocks, n: int, n_q: int, n_k: int) -> torch.Tensor | None:
             return None
         if part is None or q0 + rows > n_q or k0 + cols > n_k:
             return None
+        if b.block_causal:  # the kernels align the triangle top-left
+            part = part & torch.ones(rows, cols, dtype=torch.bool).tril()
         allowed[q0:q0 + rows, k0:k0 + cols] |= part
     return allowed
 

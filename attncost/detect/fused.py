@@ -45,7 +45,13 @@ def read_fused(ctx, node: fx.Node) -> list[AttentionSite]:
             pattern.pairs = _causal_in_windows(qs, ks, heads)
         pattern = masks.windowed_pattern(ctx, pattern, found, (*qs[:-1], n_k), heads, n_q, n_k)
     pattern.content = content_based(ctx, (q, k), [mask] if isinstance(mask, fx.Node) else [])
-    return build_sites(ctx, node, shape, pattern, nodes=[node])
+    sites = build_sites(ctx, node, shape, pattern, nodes=[node])
+    if impl == "sdpa" and not windows:  # a block of a computation in chunks, maybe
+        for site in sites:
+            site.block_masks = [(mask, "allowed")] if isinstance(mask, fx.Node) else []
+            site.block_causal = not site.block_masks and \
+                bool(schema_args(node).get("is_causal", False))
+    return sites
 
 
 def _lengths(qs, ks, heads: int):

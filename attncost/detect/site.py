@@ -58,6 +58,8 @@ class AttentionSite:
     #: the masks read for its pattern, with their polarity (detect/blocks.py
     #: places a block's allowed pairs in the whole computation's)
     block_masks: list | None = field(default=None, repr=False, compare=False)
+    #: a fused call's is_causal, its block's triangle (detect/blocks.py)
+    block_causal: bool = field(default=False, repr=False, compare=False)
 
     @property
     def flops_per_head(self) -> sympy.Expr:

@@ -399,15 +399,20 @@ def chunk_length(loaded: LoadedModel, seq_len: int,
     def steps_at(chunk: int) -> bool:
         # a length that fills its last chunk may skip the padding the others
         # add (fewer ops): the chunk's ops are read one token short of it
+        if chunk < MIN_CHUNK:
+            return False
         inside = nodes(chunk) if nodes(chunk) == nodes(base) else nodes(chunk - 1)
-        return chunk >= MIN_CHUNK and inside == nodes(base) and nodes(chunk) <= nodes(base) \
+        return inside == nodes(base) and nodes(chunk) <= nodes(base) \
             and nodes(base) < nodes(chunk + 1) < nodes(2 * chunk + 1)
 
     if progress:
         progress("finding the length the model's loop steps by")
-    try:
+    try:  # the loop's count at seq_len says the chunk, where it is one
         if steps and steps_at(-(-seq_len // steps)):
             return -(-seq_len // steps)
+    except (TraceTooLong, TraceRaised):
+        pass
+    try:
         doubled = _first_longer(nodes, seq_len, _more)
         if doubled is None:
             return None
