@@ -237,6 +237,8 @@ class Analysis:
         """The range of N the formulas hold for, when a branch narrowed it,
         and the trace's other conditions on N (a length padded to a multiple)."""
         lo, hi = self.n_range
+        if lo == hi:  # a trace at one length: its conditions hold there
+            return f"N = {lo} only"
         conditions = self._length_conditions()
         if lo <= 2 and hi is None:
             text = None

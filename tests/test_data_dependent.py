@@ -713,7 +713,7 @@ def test_pairs_of_a_mask_in_a_trace_at_one_length_are_counted_there(tmp_path):
                                    "torch.randn(batch, 2 * seq_len, DIM)"))
     mod = load_module(path)
     a = attncost.analyze(path, seq_len=64, device="cpu")
-    assert a.n_range == (64, 64)
+    assert a.n_range == (64, 64) and a.valid_for() == "N = 64 only"
     site = a.sites[0]
     assert site.density == 0.5
     assert a.at(site.useful_flops) == mod.HEADS * 2 * 64 ** 2 * 2 * 2 * mod.DIM_HEAD

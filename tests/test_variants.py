@@ -484,10 +484,11 @@ def test_fused_calls_on_segments_in_a_loop_are_one_local_site():
     assert a.at(a.flops, 1024, 1) == oracle("segment_loop", 1024)
 
 
-def test_fused_calls_on_segments_at_one_length_count_the_pairs_there():
-    """Traced at one length (four segments, the loop's count fixed there):
-    the merged blocks' useful work is each computed pair's work times the
-    pairs let through, not the work times a density of the whole matrix."""
+def test_fused_calls_on_segments_read_at_fixed_lengths_count_the_pairs_there():
+    """Fitted from traces at fixed lengths, each read where its segments are
+    numbers: the merged blocks' useful work is each computed pair's work
+    times the pairs let through, not the work times a density of the whole
+    matrix (a quarter of it at four segments)."""
     mod = load_module(MODELS / "segment_loop.py")
     a = analyze("segment_loop", 64)
     per_pair = mod.HEADS * 2 * (mod.DH + mod.DH)
@@ -510,3 +511,4 @@ def test_a_loop_over_segments_with_a_memory_is_fitted_by_its_segments():
         assert a.at(local[0].useful_flops, n, 1) == _segment_pairs(n, mod.S) * per_pair
     assert a.at(a.flops, 1024, 1) == oracle("compressive_segments", 1024)
     assert a.at(a.flops, 300, 2) == oracle("compressive_segments", 300, batch=2)
+
