@@ -475,13 +475,13 @@ def test_fused_calls_on_segments_in_a_loop_are_one_local_site():
     segment count from short traces; its pairs counted one by one, at a
     length the segments divide and at one they do not."""
     mod = load_module(MODELS / "segment_loop.py")
-    a = analyze("segment_loop", 1024)
+    a = analyze("segment_loop", 256)
     assert [(s.variant, s.causal, s.window) for s in a.sites] == [("local", True, mod.SEGMENT)] * 2
     per_pair = mod.HEADS * 2 * (mod.DH + mod.DH)
-    for n in (1024, 300):
+    for n in (256, 300):
         assert a.at(a.sites[0].useful_flops, n, 1) == _segment_pairs(n, mod.SEGMENT) * per_pair
     assert a.at(a.flops, 300, 2) == oracle("segment_loop", 300, batch=2)
-    assert a.at(a.flops, 1024, 1) == oracle("segment_loop", 1024)
+    assert a.at(a.flops, 256, 1) == oracle("segment_loop", 256)
 
 
 def test_fused_calls_on_segments_read_at_fixed_lengths_count_the_pairs_there():
@@ -502,13 +502,13 @@ def test_a_loop_over_segments_with_a_memory_is_fitted_by_its_segments():
     (the loop's own count said none), the costs fitted in N and the segment
     count, the segments' attention one local site a layer."""
     mod = load_module(MODELS / "compressive_segments.py")
-    a = analyze("compressive_segments", 1024)
+    a = analyze("compressive_segments", 512)
     assert a.n_range[1] is None, a.valid_for()
     local = [s for s in a.sites if s.variant == "local"]
     assert [(s.causal, s.window) for s in local] == [(True, mod.S)] * 2
     per_pair = mod.HEADS * 2 * (mod.DH + mod.DH)
-    for n in (1024, 300):
+    for n in (512, 300):
         assert a.at(local[0].useful_flops, n, 1) == _segment_pairs(n, mod.S) * per_pair
-    assert a.at(a.flops, 1024, 1) == oracle("compressive_segments", 1024)
+    assert a.at(a.flops, 512, 1) == oracle("compressive_segments", 512)
     assert a.at(a.flops, 300, 2) == oracle("compressive_segments", 300, batch=2)
 
