@@ -459,7 +459,8 @@ def test_weights_normalised_each_forward_are_weights_not_keys():
     unit-norm rows) weighed by SiLU is a gated feed-forward: the sites are
     the SDPA calls, and the FLOPs are a real forward's."""
     a = analyze("normalised_weights")
-    assert [(s.implementation, s.variant, s.causal) for s in a.sites] == [("sdpa", "dense", True)] * 2
+    assert [(s.implementation, s.variant, s.causal) for s in a.sites] == \
+        [("sdpa", "dense", True)] * 2
     for n, b in ((64, 1), (150, 2)):
         assert a.at(a.flops, n, b) == oracle("normalised_weights", n, batch=b)
 

@@ -82,8 +82,8 @@ def _slice_of(ctx, operand) -> tuple[fx.Node, int, sympy.Expr] | None:
         if node.target is getitem and isinstance(node.args[0], fx.Node) and \
                 packet(node.args[0]) in _SPLITS:
             return _piece(ctx, node.args[0], node.args[1])
-        if packet(node) is aten.slice and len(node.args) >= 3 and isinstance(node.args[0], fx.Node) \
-                and not _whole_slice(node):
+        if packet(node) is aten.slice and len(node.args) >= 3 and \
+                isinstance(node.args[0], fx.Node) and not _whole_slice(node):
             start = node.args[2] if isinstance(node.args[2], int) else None
             return (_whole(node.args[0]), node.args[1], sympy.Integer(start)) \
                 if start is not None else None
