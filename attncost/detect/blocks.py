@@ -149,7 +149,8 @@ def _merged(ctx, key: tuple, blocks: list[AttentionSite]) -> AttentionSite | Non
         return None
     pattern = classify_allowed(allowed)
     lo, hi = ctx.traced.n_range
-    if pattern.kind == "pattern" and lo == hi:
+    at_one_length = pattern.kind == "pattern" and lo == hi
+    if at_one_length:
         _spans_read(pattern, allowed)
     first = blocks[0]
     pv_shape = ctx.traced.shape(ctx.node(first.nodes[-1]))
@@ -158,10 +159,9 @@ def _merged(ctx, key: tuple, blocks: list[AttentionSite]) -> AttentionSite | Non
                       as_int(pv_shape[-1]) if pv_shape else None)
     nodes = list(dict.fromkeys(ctx.node(name) for b in blocks for name in b.nodes))
     site = build_site(ctx, ctx.node(first.nodes[0]), shape, pattern, nodes)
-    computed = sum(value_at(b.query_len, n) * value_at(b.key_len, n) for b in blocks)
-    if pattern.kind == "pattern" and computed < allowed.numel():
-        # blocks that cover part of the matrix (chunks along its diagonal):
-        # the work of a computed pair times the pairs let through
+    if at_one_length:  # the work of a pair the blocks compute, times the pairs let
+        # through (blocks along the diagonal compute part of the matrix)
+        computed = sum(value_at(b.query_len, n) * value_at(b.key_len, n) for b in blocks)
         site.useful_flops = sympy.expand(shape.flops * sympy.Rational(pattern.allowed, computed))
     site.notes.append(f"computed in {len(blocks)} blocks of queries × keys; its pairs were "
                       f"read at N={n:,}, where the blocks are those the trace holds for")

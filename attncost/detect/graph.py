@@ -92,7 +92,8 @@ class GraphContext:
         self.order = {n: i for i, n in enumerate(self.traced.nodes)}
 
     def is_weight(self, node, limit: int = 12, content: set | None = None) -> bool:
-        """Is this operand a parameter or buffer (seen through views)?  Not
+        """Is this operand a parameter or buffer (seen through views), or
+        computed from parameters alone (``_of_parameters``)?  Not
         a buffer the model writes activations into (a KV cache, written in
         place before its keys are read back); ``content``: the activations
         known so far, while they are being found."""
@@ -114,10 +115,12 @@ class GraphContext:
         or spectral norm, nViT's unit-norm rows), a product of two weights?"""
         if node in self._parameters_only:
             return self._parameters_only[node]
+        if depth <= 0:  # too deep to tell here: not remembered
+            return False
         shape = self.traced.shape(node)
         inputs = tensor_inputs(node)
         kinds = self.traced.placeholder_kinds
-        held = depth > 0 and shape is not None and inputs and \
+        held = shape is not None and inputs and \
             not set().union(*(sympy.sympify(x).free_symbols for x in shape)) & {N, B} and \
             packet(node) not in FACTORY_LIKE_OPS and all(
                 kinds.get(a.name) == "parameter" if a.op == "placeholder" else

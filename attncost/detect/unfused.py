@@ -243,7 +243,7 @@ def read_unfused(ctx, softmax: fx.Node, scores: fx.Node, axis: int) -> list[Atte
         site_shape = SiteShape(_implementation(ctx, (q_operand, k_operand), n_keys, pattern,
                                                kv_heads),
                                heads, kv_heads, as_int(width) or 0, n_q, n_keys, flops,
-                               _value_width(t, softmax, p_operand, pv, p_side),
+                               _value_width(t, (softmax, p_operand, pv), p_side, prob_path),
                                score_term_width=_width_per_pair(term_flops, heads, n_q, n_keys))
     sites = build_sites(ctx, softmax, site_shape, pattern,
                         nodes=[*terms, qk, *score_path, softmax, *prob_path, pv])
@@ -696,11 +696,15 @@ def _search_product(start: fx.Node) -> bool:
 _COMBINING = frozenset(getattr(aten, n) for n in ("add", "sub", "add_", "sub_") if hasattr(aten, n))
 
 
-def _value_width(t, softmax: fx.Node, p_operand: fx.Node, pv: fx.Node, p_side: int):
+def _value_width(t, nodes: tuple[fx.Node, fx.Node, fx.Node], p_side: int,
+                 prob_path: list[fx.Node]):
     """The values' width each head of scores meets: the value heads' own,
-    or, where the maps of k heads were combined into one before ·V
+    or, where the maps of k heads were combined into one on the way to ·V
     (differential attention's pairs), its k-th share."""
+    softmax, p_operand, pv = nodes
     d_v = as_int(t.shape(pv)[-1 if p_side == 0 else -2])
+    if not any(packet(n) in _COMBINING for n in prob_path):
+        return d_v
     merged = as_int(simplified(sympy.Mul(*t.shape(softmax)) / sympy.Mul(*t.shape(p_operand))))
     if d_v and merged and merged > 1 and d_v % merged == 0:
         return d_v // merged
